@@ -1,0 +1,45 @@
+# tenant-agent: run `make help` for the targets.
+
+GO      ?= go
+BUF     := $(GO) tool buf
+BIN     := bin
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo devel)
+LDFLAGS := -X github.com/molecule-ai/tenant-agent/pkg/version.Version=$(VERSION)
+# Compare protos against this git ref in `make breaking`.
+BREAKING_AGAINST ?= HEAD~1
+
+.DEFAULT_GOAL := help
+.PHONY: help generate lint test build check-generated breaking clean
+
+help: ## Show this help
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+generate: ## Delete gen/ and regenerate it from proto/ (buf and plugins via go tool)
+	rm -rf gen
+	$(BUF) generate
+
+lint: ## buf format check, buf lint, gofmt and go vet
+	$(BUF) format --diff --exit-code
+	$(BUF) lint
+	@unformatted=$$(gofmt -l $$(find . -name '*.go' -not -path './gen/*')); \
+	if [ -n "$$unformatted" ]; then echo "gofmt needed on:"; echo "$$unformatted"; exit 1; fi
+	$(GO) vet ./...
+
+test: ## Run every test with the race detector (needs Docker for the Docker tests)
+	$(GO) test -race -count=1 ./...
+
+build: ## Build tenant-agent and controlplane into bin/
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/tenant-agent ./agent/cmd/tenant-agent
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/controlplane ./controlplane/cmd/controlplane
+
+check-generated: generate ## Fail if gen/ differs from what proto/ generates
+	@changes=$$(git status --porcelain -- gen); \
+	if [ -n "$$changes" ]; then echo "gen/ is stale; run make generate and commit:"; echo "$$changes"; exit 1; fi
+
+breaking: ## buf breaking against BREAKING_AGAINST (default HEAD~1), if that commit has protos
+	@if git cat-file -e $(BREAKING_AGAINST):buf.yaml 2>/dev/null; then \
+		$(BUF) breaking --against '.git#ref=$(BREAKING_AGAINST)'; \
+	else echo "breaking: $(BREAKING_AGAINST) has no buf module; nothing to compare"; fi
+
+clean: ## Remove bin/
+	rm -rf $(BIN)

@@ -1,0 +1,96 @@
+// Package cliflag gives both binaries the same command line: flags with
+// PREFIX_* environment fallbacks (a flag on the command line wins), a
+// --version flag, and a --help that names every variable.
+package cliflag
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+)
+
+// EnvName is the environment variable that backs a flag:
+// prefix "TENANT_AGENT" and flag "state-dir" give TENANT_AGENT_STATE_DIR.
+func EnvName(prefix, flagName string) string {
+	return prefix + "_" + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
+}
+
+// Command describes one binary's command line.
+type Command struct {
+	// Name is the binary's name, shown in usage.
+	Name string
+	// Summary is the paragraph shown above the flags in --help.
+	Summary string
+	// EnvPrefix is the prefix of the environment fallbacks.
+	EnvPrefix string
+	// Version is printed by --version.
+	Version string
+}
+
+// ErrExit means the command line was fully handled (--help or --version)
+// and the program should exit with status 0.
+var ErrExit = errors.New("exit requested")
+
+// Parse parses args into fs, applying environment fallbacks for every flag
+// not given on the command line. It handles --help and --version itself and
+// then returns ErrExit. Errors name the flag or variable at fault.
+func (c Command) Parse(fs *flag.FlagSet, args []string, stdout io.Writer) error {
+	showVersion := fs.Bool("version", false, "print the version and exit")
+	fs.SetOutput(io.Discard)
+	fs.Usage = func() {}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			c.Usage(fs, stdout)
+			return ErrExit
+		}
+		return fmt.Errorf("%w (see %s --help)", err, c.Name)
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected argument %q (see %s --help)", fs.Arg(0), c.Name)
+	}
+	if *showVersion {
+		fmt.Fprintf(stdout, "%s %s\n", c.Name, c.Version)
+		return ErrExit
+	}
+	given := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
+	var errs []error
+	fs.VisitAll(func(f *flag.Flag) {
+		if given[f.Name] || f.Name == "version" {
+			return
+		}
+		name := EnvName(c.EnvPrefix, f.Name)
+		value, ok := os.LookupEnv(name)
+		if !ok {
+			return
+		}
+		if err := fs.Set(f.Name, value); err != nil {
+			errs = append(errs, fmt.Errorf("environment variable %s=%q: %v", name, value, err))
+		}
+	})
+	return errors.Join(errs...)
+}
+
+// Usage writes the --help text: the summary, then each flag with its
+// environment variable and default.
+func (c Command) Usage(fs *flag.FlagSet, w io.Writer) {
+	fmt.Fprintf(w, "Usage: %s [flags]\n\n%s\n\nFlags (each may also be set by the environment variable shown; a flag wins):\n", c.Name, strings.TrimSpace(c.Summary))
+	fs.VisitAll(func(f *flag.Flag) {
+		typeName, usage := flag.UnquoteUsage(f)
+		fmt.Fprintf(w, "  --%s", f.Name)
+		if typeName != "" {
+			fmt.Fprintf(w, " %s", typeName)
+		}
+		if f.Name != "version" {
+			fmt.Fprintf(w, "   [$%s]", EnvName(c.EnvPrefix, f.Name))
+		}
+		fmt.Fprintf(w, "\n      %s", strings.ReplaceAll(usage, "\n", "\n      "))
+		if f.DefValue != "" && f.DefValue != "false" && f.DefValue != "0" && f.DefValue != "[]" {
+			fmt.Fprintf(w, " (default %q)", f.DefValue)
+		}
+		fmt.Fprintln(w)
+	})
+}

@@ -1,0 +1,77 @@
+package cliflag
+
+import (
+	"bytes"
+	"errors"
+	"flag"
+	"strings"
+	"testing"
+	"time"
+)
+
+func newSet() (*flag.FlagSet, *string, *time.Duration) {
+	fs := flag.NewFlagSet("x", flag.ContinueOnError)
+	addr := fs.String("listen-addr", ":1", "where to listen")
+	interval := fs.Duration("heartbeat-interval", time.Second, "how often")
+	return fs, addr, interval
+}
+
+var cmd = Command{Name: "x", Summary: "does x", EnvPrefix: "XTEST", Version: "v1.2.3"}
+
+func TestEnvFallbackAndFlagWins(t *testing.T) {
+	t.Setenv("XTEST_LISTEN_ADDR", ":2")
+	t.Setenv("XTEST_HEARTBEAT_INTERVAL", "5s")
+
+	fs, addr, interval := newSet()
+	if err := cmd.Parse(fs, []string{"--listen-addr", ":3"}, &bytes.Buffer{}); err != nil {
+		t.Fatal(err)
+	}
+	if *addr != ":3" {
+		t.Errorf("listen-addr = %q, want the flag's :3 over the environment", *addr)
+	}
+	if *interval != 5*time.Second {
+		t.Errorf("heartbeat-interval = %v, want 5s from XTEST_HEARTBEAT_INTERVAL", *interval)
+	}
+}
+
+func TestBadEnvValueNamesTheVariable(t *testing.T) {
+	t.Setenv("XTEST_HEARTBEAT_INTERVAL", "soon")
+	fs, _, _ := newSet()
+	err := cmd.Parse(fs, nil, &bytes.Buffer{})
+	if err == nil || !strings.Contains(err.Error(), "XTEST_HEARTBEAT_INTERVAL") {
+		t.Fatalf("err = %v, want one naming XTEST_HEARTBEAT_INTERVAL", err)
+	}
+}
+
+func TestHelpAndVersion(t *testing.T) {
+	var out bytes.Buffer
+	fs, _, _ := newSet()
+	if err := cmd.Parse(fs, []string{"--help"}, &out); !errors.Is(err, ErrExit) {
+		t.Fatalf("--help: err = %v, want ErrExit", err)
+	}
+	for _, want := range []string{"does x", "--listen-addr", "$XTEST_LISTEN_ADDR", `(default ":1")`} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("--help output lacks %q:\n%s", want, out.String())
+		}
+	}
+
+	out.Reset()
+	fs, _, _ = newSet()
+	if err := cmd.Parse(fs, []string{"--version"}, &out); !errors.Is(err, ErrExit) {
+		t.Fatalf("--version: err = %v, want ErrExit", err)
+	}
+	if got := out.String(); got != "x v1.2.3\n" {
+		t.Errorf("--version printed %q", got)
+	}
+}
+
+func TestUnknownFlagAndStrayArgument(t *testing.T) {
+	fs, _, _ := newSet()
+	if err := cmd.Parse(fs, []string{"--nope"}, &bytes.Buffer{}); err == nil || !strings.Contains(err.Error(), "nope") {
+		t.Errorf("unknown flag: err = %v", err)
+	}
+	fs, _, _ = newSet()
+	if err := cmd.Parse(fs, []string{"stray"}, &bytes.Buffer{}); err == nil || !strings.Contains(err.Error(), "stray") {
+		t.Errorf("stray argument: err = %v", err)
+	}
+}
