@@ -9,7 +9,7 @@ LDFLAGS := -X github.com/molecule-ai/tenant-agent/pkg/version.Version=$(VERSION)
 BREAKING_AGAINST ?= HEAD~1
 
 .DEFAULT_GOAL := help
-.PHONY: help generate lint test build check-generated breaking clean
+.PHONY: help generate lint test build check-generated breaking certs clean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -40,6 +40,9 @@ breaking: ## buf breaking against BREAKING_AGAINST (default HEAD~1), if that com
 	@if git cat-file -e $(BREAKING_AGAINST):buf.yaml 2>/dev/null; then \
 		$(BUF) breaking --against '.git#ref=$(BREAKING_AGAINST)'; \
 	else echo "breaking: $(BREAKING_AGAINST) has no buf module; nothing to compare"; fi
+
+certs: ## Make the dev PKI in certs/dev (keeps existing files; TENANTS="a b" adds agent certs)
+	$(GO) run ./certs/cmd/devpki --out certs/dev $(TENANTS)
 
 clean: ## Remove bin/
 	rm -rf $(BIN)

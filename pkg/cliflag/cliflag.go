@@ -28,6 +28,9 @@ type Command struct {
 	EnvPrefix string
 	// Version is printed by --version.
 	Version string
+	// Args names the positional arguments in usage, e.g. "[tenant ...]";
+	// empty means the command takes none.
+	Args string
 }
 
 // ErrExit means the command line was fully handled (--help or --version)
@@ -35,25 +38,34 @@ type Command struct {
 var ErrExit = errors.New("exit requested")
 
 // Parse parses args into fs, applying environment fallbacks for every flag
-// not given on the command line. It handles --help and --version itself and
-// then returns ErrExit. Errors name the flag or variable at fault.
-func (c Command) Parse(fs *flag.FlagSet, args []string, stdout io.Writer) error {
+// not given on the command line, and returns the positional arguments
+// (flags may follow them). It handles --help and --version itself and then
+// returns ErrExit. Errors name the flag or variable at fault.
+func (c Command) Parse(fs *flag.FlagSet, args []string, stdout io.Writer) ([]string, error) {
 	showVersion := fs.Bool("version", false, "print the version and exit")
 	fs.SetOutput(io.Discard)
 	fs.Usage = func() {}
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			c.Usage(fs, stdout)
-			return ErrExit
+	var positional []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			if errors.Is(err, flag.ErrHelp) {
+				c.Usage(fs, stdout)
+				return nil, ErrExit
+			}
+			return nil, fmt.Errorf("%w (see %s --help)", err, c.Name)
 		}
-		return fmt.Errorf("%w (see %s --help)", err, c.Name)
+		if fs.NArg() == 0 {
+			break
+		}
+		positional = append(positional, fs.Arg(0))
+		args = fs.Args()[1:]
 	}
-	if fs.NArg() > 0 {
-		return fmt.Errorf("unexpected argument %q (see %s --help)", fs.Arg(0), c.Name)
+	if len(positional) > 0 && c.Args == "" {
+		return nil, fmt.Errorf("unexpected argument %q (see %s --help)", positional[0], c.Name)
 	}
 	if *showVersion {
 		fmt.Fprintf(stdout, "%s %s\n", c.Name, c.Version)
-		return ErrExit
+		return nil, ErrExit
 	}
 	given := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
@@ -71,13 +83,13 @@ func (c Command) Parse(fs *flag.FlagSet, args []string, stdout io.Writer) error 
 			errs = append(errs, fmt.Errorf("environment variable %s=%q: %v", name, value, err))
 		}
 	})
-	return errors.Join(errs...)
+	return positional, errors.Join(errs...)
 }
 
 // Usage writes the --help text: the summary, then each flag with its
 // environment variable and default.
 func (c Command) Usage(fs *flag.FlagSet, w io.Writer) {
-	fmt.Fprintf(w, "Usage: %s [flags]\n\n%s\n\nFlags (each may also be set by the environment variable shown; a flag wins):\n", c.Name, strings.TrimSpace(c.Summary))
+	fmt.Fprintf(w, "Usage: %s [flags] %s\n\n%s\n\nFlags (each may also be set by the environment variable shown; a flag wins):\n", c.Name, c.Args, strings.TrimSpace(c.Summary))
 	fs.VisitAll(func(f *flag.Flag) {
 		typeName, usage := flag.UnquoteUsage(f)
 		fmt.Fprintf(w, "  --%s", f.Name)

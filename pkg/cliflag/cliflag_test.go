@@ -23,7 +23,7 @@ func TestEnvFallbackAndFlagWins(t *testing.T) {
 	t.Setenv("XTEST_HEARTBEAT_INTERVAL", "5s")
 
 	fs, addr, interval := newSet()
-	if err := cmd.Parse(fs, []string{"--listen-addr", ":3"}, &bytes.Buffer{}); err != nil {
+	if _, err := cmd.Parse(fs, []string{"--listen-addr", ":3"}, &bytes.Buffer{}); err != nil {
 		t.Fatal(err)
 	}
 	if *addr != ":3" {
@@ -37,7 +37,7 @@ func TestEnvFallbackAndFlagWins(t *testing.T) {
 func TestBadEnvValueNamesTheVariable(t *testing.T) {
 	t.Setenv("XTEST_HEARTBEAT_INTERVAL", "soon")
 	fs, _, _ := newSet()
-	err := cmd.Parse(fs, nil, &bytes.Buffer{})
+	_, err := cmd.Parse(fs, nil, &bytes.Buffer{})
 	if err == nil || !strings.Contains(err.Error(), "XTEST_HEARTBEAT_INTERVAL") {
 		t.Fatalf("err = %v, want one naming XTEST_HEARTBEAT_INTERVAL", err)
 	}
@@ -46,7 +46,7 @@ func TestBadEnvValueNamesTheVariable(t *testing.T) {
 func TestHelpAndVersion(t *testing.T) {
 	var out bytes.Buffer
 	fs, _, _ := newSet()
-	if err := cmd.Parse(fs, []string{"--help"}, &out); !errors.Is(err, ErrExit) {
+	if _, err := cmd.Parse(fs, []string{"--help"}, &out); !errors.Is(err, ErrExit) {
 		t.Fatalf("--help: err = %v, want ErrExit", err)
 	}
 	for _, want := range []string{"does x", "--listen-addr", "$XTEST_LISTEN_ADDR", `(default ":1")`} {
@@ -57,7 +57,7 @@ func TestHelpAndVersion(t *testing.T) {
 
 	out.Reset()
 	fs, _, _ = newSet()
-	if err := cmd.Parse(fs, []string{"--version"}, &out); !errors.Is(err, ErrExit) {
+	if _, err := cmd.Parse(fs, []string{"--version"}, &out); !errors.Is(err, ErrExit) {
 		t.Fatalf("--version: err = %v, want ErrExit", err)
 	}
 	if got := out.String(); got != "x v1.2.3\n" {
@@ -67,11 +67,24 @@ func TestHelpAndVersion(t *testing.T) {
 
 func TestUnknownFlagAndStrayArgument(t *testing.T) {
 	fs, _, _ := newSet()
-	if err := cmd.Parse(fs, []string{"--nope"}, &bytes.Buffer{}); err == nil || !strings.Contains(err.Error(), "nope") {
+	if _, err := cmd.Parse(fs, []string{"--nope"}, &bytes.Buffer{}); err == nil || !strings.Contains(err.Error(), "nope") {
 		t.Errorf("unknown flag: err = %v", err)
 	}
 	fs, _, _ = newSet()
-	if err := cmd.Parse(fs, []string{"stray"}, &bytes.Buffer{}); err == nil || !strings.Contains(err.Error(), "stray") {
+	if _, err := cmd.Parse(fs, []string{"stray"}, &bytes.Buffer{}); err == nil || !strings.Contains(err.Error(), "stray") {
 		t.Errorf("stray argument: err = %v", err)
+	}
+}
+
+func TestPositionalArguments(t *testing.T) {
+	withArgs := cmd
+	withArgs.Args = "[name ...]"
+	fs, addr, _ := newSet()
+	got, err := withArgs.Parse(fs, []string{"a", "--listen-addr", ":9", "b"}, &bytes.Buffer{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Join(got, ",") != "a,b" || *addr != ":9" {
+		t.Errorf("positional = %q, listen-addr = %q; want a,b and :9", got, *addr)
 	}
 }

@@ -21,7 +21,7 @@ runtime's containers on it, keeping their volumes, config and data.`
 func main() {
 	cmd := cliflag.Command{Name: "tenant-agent", Summary: summary, EnvPrefix: "TENANT_AGENT", Version: version.String()}
 	fs := flag.NewFlagSet(cmd.Name, flag.ContinueOnError)
-	if err := cmd.Parse(fs, os.Args[1:], os.Stdout); err != nil {
+	if _, err := cmd.Parse(fs, os.Args[1:], os.Stdout); err != nil {
 		if errors.Is(err, cliflag.ErrExit) {
 			return
 		}

@@ -19,7 +19,7 @@ serves the promote hook, operators with grpcurl, and dashboards.`
 func main() {
 	cmd := cliflag.Command{Name: "controlplane", Summary: summary, EnvPrefix: "CONTROLPLANE", Version: version.String()}
 	fs := flag.NewFlagSet(cmd.Name, flag.ContinueOnError)
-	if err := cmd.Parse(fs, os.Args[1:], os.Stdout); err != nil {
+	if _, err := cmd.Parse(fs, os.Args[1:], os.Stdout); err != nil {
 		if errors.Is(err, cliflag.ErrExit) {
 			return
 		}

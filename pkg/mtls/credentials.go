@@ -1,0 +1,125 @@
+package mtls
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+
+	"google.golang.org/grpc/credentials"
+
+	"github.com/molecule-ai/tenant-agent/pkg/identity"
+)
+
+// PeerCheck decides whether a verified peer may connect at all, for
+// example against a deny list. It runs during the handshake.
+type PeerCheck func(id identity.Identity, cert *x509.Certificate) error
+
+// ServerOptions configure ServerCredentials.
+type ServerOptions struct {
+	// TrustDomain is the only SPIFFE trust domain accepted from clients.
+	TrustDomain string
+	// Check, if set, may refuse a verified peer.
+	Check PeerCheck
+	// Logger receives one line per refused handshake.
+	Logger *slog.Logger
+}
+
+// ServerCredentials returns gRPC server credentials that require a client
+// certificate verified against the current CA bundle and carrying exactly
+// one SPIFFE ID of the trust domain. Each handshake uses the files as they
+// are now.
+func ServerCredentials(src *Source, opts ServerOptions) credentials.TransportCredentials {
+	logger := opts.Logger
+	if logger == nil {
+		logger = slog.Default()
+	}
+	logger = logger.With("component", "mtls")
+	verifyPeer := func(cs tls.ConnectionState) error {
+		if len(cs.PeerCertificates) == 0 {
+			return errors.New("no client certificate")
+		}
+		cert := cs.PeerCertificates[0]
+		id, err := identity.FromCertificate(cert, opts.TrustDomain)
+		if err == nil && opts.Check != nil {
+			err = opts.Check(id, cert)
+		}
+		if err != nil {
+			logger.Warn("handshake refused", "serial", identity.SerialHex(cert), "subject", cert.Subject.CommonName, "reason", err)
+		}
+		return err
+	}
+	return credentials.NewTLS(&tls.Config{
+		MinVersion: tls.VersionTLS13,
+		GetConfigForClient: func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
+			m := src.Current()
+			return &tls.Config{
+				MinVersion:       tls.VersionTLS13,
+				Certificates:     []tls.Certificate{m.Certificate},
+				ClientCAs:        m.Roots,
+				ClientAuth:       tls.RequireAndVerifyClientCert,
+				VerifyConnection: verifyPeer,
+			}, nil
+		},
+	})
+}
+
+// ClientCredentials returns gRPC client credentials that present the
+// current certificate and verify the server against the current CA bundle
+// and serverName. A reconnect after a rotation uses the new files.
+func ClientCredentials(src *Source, serverName string) credentials.TransportCredentials {
+	return &clientCredentials{src: src, serverName: serverName}
+}
+
+type clientCredentials struct {
+	src        *Source
+	serverName string
+}
+
+func (c *clientCredentials) config() *tls.Config {
+	m := c.src.Current()
+	return &tls.Config{
+		MinVersion:   tls.VersionTLS13,
+		Certificates: []tls.Certificate{m.Certificate},
+		RootCAs:      m.Roots,
+		ServerName:   c.serverName,
+	}
+}
+
+func (c *clientCredentials) ClientHandshake(ctx context.Context, authority string, conn net.Conn) (net.Conn, credentials.AuthInfo, error) {
+	return credentials.NewTLS(c.config()).ClientHandshake(ctx, authority, conn)
+}
+
+func (c *clientCredentials) ServerHandshake(net.Conn) (net.Conn, credentials.AuthInfo, error) {
+	return nil, nil, fmt.Errorf("mtls: client credentials cannot serve")
+}
+
+func (c *clientCredentials) Info() credentials.ProtocolInfo {
+	return credentials.ProtocolInfo{SecurityProtocol: "tls", SecurityVersion: "1.3", ServerName: c.serverName}
+}
+
+func (c *clientCredentials) Clone() credentials.TransportCredentials {
+	clone := *c
+	return &clone
+}
+
+func (c *clientCredentials) OverrideServerName(name string) error {
+	c.serverName = name
+	return nil
+}
+
+// PeerCertificate returns the verified leaf certificate of a gRPC peer's
+// TLS connection.
+func PeerCertificate(info credentials.AuthInfo) (*x509.Certificate, error) {
+	tlsInfo, ok := info.(credentials.TLSInfo)
+	if !ok {
+		return nil, errors.New("connection is not TLS")
+	}
+	if len(tlsInfo.State.VerifiedChains) == 0 || len(tlsInfo.State.VerifiedChains[0]) == 0 {
+		return nil, errors.New("no verified client certificate")
+	}
+	return tlsInfo.State.VerifiedChains[0][0], nil
+}
