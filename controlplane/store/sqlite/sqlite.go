@@ -1,0 +1,506 @@
+// Package sqlite is the embedded Store: one SQLite file in WAL mode, pure
+// Go (modernc.org/sqlite, no cgo), migrations embedded and applied at open.
+package sqlite
+
+import (
+	"context"
+	"database/sql"
+	"embed"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+	_ "modernc.org/sqlite" // registers the "sqlite" driver
+
+	"github.com/molecule-ai/tenant-agent/controlplane/store"
+	controlplanev1 "github.com/molecule-ai/tenant-agent/gen/controlplane/v1"
+	tenantagentv1 "github.com/molecule-ai/tenant-agent/gen/tenantagent/v1"
+)
+
+//go:embed migrations/*.sql
+var migrations embed.FS
+
+// Store is a store.Store on a SQLite file.
+type Store struct {
+	db *sql.DB
+}
+
+var _ store.Store = (*Store)(nil)
+
+// Open opens (creating if needed) the database at path and applies any
+// migration it has not seen.
+func Open(ctx context.Context, path string) (*Store, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return nil, fmt.Errorf("store directory: %w", err)
+	}
+	dsn := "file:" + path + "?_pragma=journal_mode(WAL)&_pragma=busy_timeout(10000)&_pragma=foreign_keys(1)&_pragma=synchronous(NORMAL)&_txlock=immediate"
+	db, err := sql.Open("sqlite", dsn)
+	if err != nil {
+		return nil, err
+	}
+	// One connection: SQLite has one writer anyway, and this keeps every
+	// transaction free of SQLITE_BUSY.
+	db.SetMaxOpenConns(1)
+	s := &Store{db: db}
+	if err := s.migrate(ctx); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("migrate %s: %w", path, err)
+	}
+	return s, nil
+}
+
+// Close closes the database.
+func (s *Store) Close() error { return s.db.Close() }
+
+func (s *Store) migrate(ctx context.Context) error {
+	if _, err := s.db.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)`); err != nil {
+		return err
+	}
+	names, err := fs.Glob(migrations, "migrations/*.sql")
+	if err != nil {
+		return err
+	}
+	sort.Strings(names)
+	for _, name := range names {
+		version, err := strconv.Atoi(strings.SplitN(filepath.Base(name), "_", 2)[0])
+		if err != nil {
+			return fmt.Errorf("migration %s: name must start with a number", name)
+		}
+		var seen int
+		if err := s.db.QueryRowContext(ctx, `SELECT COUNT(*) FROM schema_migrations WHERE version = ?`, version).Scan(&seen); err != nil {
+			return err
+		}
+		if seen > 0 {
+			continue
+		}
+		body, err := migrations.ReadFile(name)
+		if err != nil {
+			return err
+		}
+		err = s.tx(ctx, func(tx *sql.Tx) error {
+			if _, err := tx.ExecContext(ctx, string(body)); err != nil {
+				return fmt.Errorf("%s: %w", name, err)
+			}
+			_, err := tx.ExecContext(ctx, `INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)`, version, time.Now().UnixNano())
+			return err
+		})
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (s *Store) tx(ctx context.Context, fn func(*sql.Tx) error) error {
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	if err := fn(tx); err != nil {
+		tx.Rollback()
+		return err
+	}
+	return tx.Commit()
+}
+
+// --- pins
+
+func (s *Store) RecordPin(ctx context.Context, p store.Pin) error {
+	_, err := s.db.ExecContext(ctx, `INSERT INTO pins (runtime, template_name, image_repository, image_digest, git_sha, promoted_at, promoted_by, notes) VALUES (?, ?, ?, ?, ?, ?, ?, ?)`,
+		p.Runtime, p.TemplateName, p.Repository, p.Digest, p.GitSHA, p.PromotedAt.UnixNano(), p.PromotedBy, p.Notes)
+	return err
+}
+
+const pinColumns = `runtime, template_name, image_repository, image_digest, git_sha, promoted_at, promoted_by, notes`
+
+func scanPin(row interface{ Scan(...any) error }) (store.Pin, error) {
+	var p store.Pin
+	var at int64
+	err := row.Scan(&p.Runtime, &p.TemplateName, &p.Repository, &p.Digest, &p.GitSHA, &at, &p.PromotedBy, &p.Notes)
+	p.PromotedAt = time.Unix(0, at)
+	return p, err
+}
+
+func (s *Store) CurrentPin(ctx context.Context, runtime string) (store.Pin, error) {
+	p, err := scanPin(s.db.QueryRowContext(ctx, `SELECT `+pinColumns+` FROM pins WHERE runtime = ? ORDER BY seq DESC LIMIT 1`, runtime))
+	if errors.Is(err, sql.ErrNoRows) {
+		return p, fmt.Errorf("runtime %q has no pin: %w", runtime, store.ErrNotFound)
+	}
+	return p, err
+}
+
+func (s *Store) ListPins(ctx context.Context) ([]store.Pin, error) {
+	return queryAll(ctx, s.db, scanPin, `SELECT `+pinColumns+` FROM pins WHERE seq IN (SELECT MAX(seq) FROM pins GROUP BY runtime) ORDER BY runtime`)
+}
+
+func (s *Store) PinHistory(ctx context.Context, runtime string, limit int) ([]store.Pin, error) {
+	if limit <= 0 {
+		limit = -1
+	}
+	return queryAll(ctx, s.db, scanPin, `SELECT `+pinColumns+` FROM pins WHERE runtime = ? ORDER BY seq DESC LIMIT ?`, runtime, limit)
+}
+
+// --- commands
+
+const commandColumns = `seq, id, agent, tenant, kind, runtime, image_repository, image_digest, options, state, requested_by, rollout_id, created_at, updated_at, deadline, error, result`
+
+func scanCommand(row interface{ Scan(...any) error }) (*store.Command, error) {
+	c := &store.Command{}
+	var kind, state int32
+	var created, updated, deadline int64
+	var options, result []byte
+	if err := row.Scan(&c.Seq, &c.ID, &c.Agent, &c.Tenant, &kind, &c.Runtime, &c.Repository, &c.Digest, &options, &state, &c.RequestedBy, &c.RolloutID, &created, &updated, &deadline, &c.Error, &result); err != nil {
+		return nil, err
+	}
+	c.Kind, c.State = controlplanev1.CommandKind(kind), controlplanev1.CommandState(state)
+	c.CreatedAt, c.UpdatedAt, c.Deadline = time.Unix(0, created), time.Unix(0, updated), time.Unix(0, deadline)
+	if options != nil {
+		c.Options = &tenantagentv1.RefreshOptions{}
+		if err := proto.Unmarshal(options, c.Options); err != nil {
+			return nil, fmt.Errorf("command %s options: %w", c.ID, err)
+		}
+	}
+	if result != nil {
+		c.Result = &tenantagentv1.CommandResult{}
+		if err := proto.Unmarshal(result, c.Result); err != nil {
+			return nil, fmt.Errorf("command %s result: %w", c.ID, err)
+		}
+	}
+	return c, nil
+}
+
+func marshalOrNil(m proto.Message) ([]byte, error) {
+	if m == nil || !m.ProtoReflect().IsValid() {
+		return nil, nil
+	}
+	return proto.Marshal(m)
+}
+
+func (s *Store) InsertCommands(ctx context.Context, cmds []*store.Command) ([]string, error) {
+	var superseded []string
+	err := s.tx(ctx, func(tx *sql.Tx) error {
+		for _, c := range cmds {
+			if c.Kind == controlplanev1.CommandKind_COMMAND_KIND_REFRESH {
+				ids, err := supersede(ctx, tx, c)
+				if err != nil {
+					return err
+				}
+				superseded = append(superseded, ids...)
+			}
+			options, err := marshalOrNil(c.Options)
+			if err != nil {
+				return err
+			}
+			res, err := tx.ExecContext(ctx, `INSERT INTO commands (id, agent, tenant, kind, runtime, image_repository, image_digest, options, state, requested_by, rollout_id, created_at, updated_at, deadline) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+				c.ID, c.Agent, c.Tenant, int32(c.Kind), c.Runtime, c.Repository, c.Digest, options, int32(c.State), c.RequestedBy, c.RolloutID, c.CreatedAt.UnixNano(), c.UpdatedAt.UnixNano(), c.Deadline.UnixNano())
+			if err != nil {
+				return fmt.Errorf("insert command %s: %w", c.ID, err)
+			}
+			if c.Seq, err = res.LastInsertId(); err != nil {
+				return err
+			}
+			if err := insertEvent(ctx, tx, store.Event{CommandID: c.ID, At: c.CreatedAt, State: c.State, Message: "journaled"}); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	return superseded, err
+}
+
+// supersede marks PENDING refreshes for the command's agent and runtime as
+// SUPERSEDED by it.
+func supersede(ctx context.Context, tx *sql.Tx, c *store.Command) ([]string, error) {
+	pending := int32(controlplanev1.CommandState_COMMAND_STATE_PENDING)
+	ids, err := queryAll(ctx, tx, func(r interface{ Scan(...any) error }) (string, error) {
+		var id string
+		return id, r.Scan(&id)
+	}, `SELECT id FROM commands WHERE agent = ? AND runtime = ? AND kind = ? AND state = ?`, c.Agent, c.Runtime, int32(c.Kind), pending)
+	if err != nil {
+		return nil, err
+	}
+	for _, id := range ids {
+		msg := "superseded by " + c.ID
+		if _, err := tx.ExecContext(ctx, `UPDATE commands SET state = ?, error = ?, updated_at = ? WHERE id = ?`,
+			int32(controlplanev1.CommandState_COMMAND_STATE_SUPERSEDED), msg, c.CreatedAt.UnixNano(), id); err != nil {
+			return nil, err
+		}
+		if err := insertEvent(ctx, tx, store.Event{CommandID: id, At: c.CreatedAt, State: controlplanev1.CommandState_COMMAND_STATE_SUPERSEDED, Message: msg}); err != nil {
+			return nil, err
+		}
+	}
+	return ids, nil
+}
+
+func (s *Store) GetCommand(ctx context.Context, id string) (*store.Command, error) {
+	c, err := scanCommand(s.db.QueryRowContext(ctx, `SELECT `+commandColumns+` FROM commands WHERE id = ?`, id))
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, fmt.Errorf("command %q: %w", id, store.ErrNotFound)
+	}
+	return c, err
+}
+
+func (s *Store) ListCommands(ctx context.Context, f store.CommandFilter) ([]*store.Command, error) {
+	var where []string
+	var args []any
+	add := func(clause string, arg any) { where = append(where, clause); args = append(args, arg) }
+	if f.Agent != "" {
+		add("agent = ?", f.Agent)
+	}
+	if f.Tenant != "" {
+		add("tenant = ?", f.Tenant)
+	}
+	if f.Runtime != "" {
+		add("runtime = ?", f.Runtime)
+	}
+	if f.RolloutID != "" {
+		add("rollout_id = ?", f.RolloutID)
+	}
+	if f.Kind != controlplanev1.CommandKind_COMMAND_KIND_UNSPECIFIED {
+		add("kind = ?", int32(f.Kind))
+	}
+	if !f.DeadlineBefore.IsZero() {
+		add("deadline < ?", f.DeadlineBefore.UnixNano())
+	}
+	if f.BeforeSeq > 0 {
+		add("seq < ?", f.BeforeSeq)
+	}
+	if len(f.States) > 0 {
+		marks := strings.TrimSuffix(strings.Repeat("?,", len(f.States)), ",")
+		where = append(where, "state IN ("+marks+")")
+		for _, st := range f.States {
+			args = append(args, int32(st))
+		}
+	}
+	q := `SELECT ` + commandColumns + ` FROM commands`
+	if len(where) > 0 {
+		q += " WHERE " + strings.Join(where, " AND ")
+	}
+	if f.Oldest {
+		q += " ORDER BY seq ASC"
+	} else {
+		q += " ORDER BY seq DESC"
+	}
+	if f.Limit > 0 {
+		q += " LIMIT " + strconv.Itoa(f.Limit)
+	}
+	return queryAll(ctx, s.db, scanCommand, q, args...)
+}
+
+func (s *Store) UpdateCommand(ctx context.Context, id string, fn func(*store.Command) bool, ev func(*store.Command) *store.Event) (*store.Command, bool, error) {
+	var out *store.Command
+	var changed bool
+	err := s.tx(ctx, func(tx *sql.Tx) error {
+		c, err := scanCommand(tx.QueryRowContext(ctx, `SELECT `+commandColumns+` FROM commands WHERE id = ?`, id))
+		if errors.Is(err, sql.ErrNoRows) {
+			return fmt.Errorf("command %q: %w", id, store.ErrNotFound)
+		}
+		if err != nil {
+			return err
+		}
+		out = c
+		if !fn(c) {
+			return nil
+		}
+		changed = true
+		result, err := marshalOrNil(c.Result)
+		if err != nil {
+			return err
+		}
+		if _, err := tx.ExecContext(ctx, `UPDATE commands SET state = ?, updated_at = ?, error = ?, result = ? WHERE id = ?`,
+			int32(c.State), c.UpdatedAt.UnixNano(), c.Error, result, id); err != nil {
+			return err
+		}
+		if ev != nil {
+			if e := ev(c); e != nil {
+				return insertEvent(ctx, tx, *e)
+			}
+		}
+		return nil
+	})
+	return out, changed, err
+}
+
+func insertEvent(ctx context.Context, tx *sql.Tx, ev store.Event) error {
+	progress, err := marshalOrNil(ev.Progress)
+	if err != nil {
+		return err
+	}
+	_, err = tx.ExecContext(ctx, `INSERT INTO command_events (command_id, at, state, progress, message) VALUES (?, ?, ?, ?, ?)`,
+		ev.CommandID, ev.At.UnixNano(), int32(ev.State), progress, ev.Message)
+	return err
+}
+
+func (s *Store) AppendEvent(ctx context.Context, ev store.Event) error {
+	return s.tx(ctx, func(tx *sql.Tx) error { return insertEvent(ctx, tx, ev) })
+}
+
+func (s *Store) ListEvents(ctx context.Context, commandID string) ([]store.Event, error) {
+	return queryAll(ctx, s.db, func(r interface{ Scan(...any) error }) (store.Event, error) {
+		ev := store.Event{}
+		var at int64
+		var state int32
+		var progress []byte
+		if err := r.Scan(&ev.CommandID, &at, &state, &progress, &ev.Message); err != nil {
+			return ev, err
+		}
+		ev.At, ev.State = time.Unix(0, at), controlplanev1.CommandState(state)
+		if progress != nil {
+			ev.Progress = &tenantagentv1.CommandProgress{}
+			if err := proto.Unmarshal(progress, ev.Progress); err != nil {
+				return ev, err
+			}
+		}
+		return ev, nil
+	}, `SELECT command_id, at, state, progress, message FROM command_events WHERE command_id = ? ORDER BY seq`, commandID)
+}
+
+// --- agents
+
+func (s *Store) PutAgent(ctx context.Context, a store.Agent) error {
+	runtimes, err := proto.Marshal(&tenantagentv1.HealthReport{Runtimes: a.Runtimes})
+	if err != nil {
+		return err
+	}
+	_, err = s.db.ExecContext(ctx, `INSERT OR REPLACE INTO agents (identity, tenant, name, connected_at, last_seen, hostname, agent_version, docker_version, docker_reachable, runtimes) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		a.Identity, a.Tenant, a.Name, a.ConnectedAt.UnixNano(), a.LastSeen.UnixNano(), a.Hostname, a.AgentVersion, a.DockerVersion, a.DockerReachable, runtimes)
+	return err
+}
+
+func (s *Store) ListAgents(ctx context.Context) ([]store.Agent, error) {
+	return queryAll(ctx, s.db, func(r interface{ Scan(...any) error }) (store.Agent, error) {
+		var a store.Agent
+		var connected, seen int64
+		var runtimes []byte
+		if err := r.Scan(&a.Identity, &a.Tenant, &a.Name, &connected, &seen, &a.Hostname, &a.AgentVersion, &a.DockerVersion, &a.DockerReachable, &runtimes); err != nil {
+			return a, err
+		}
+		a.ConnectedAt, a.LastSeen = time.Unix(0, connected), time.Unix(0, seen)
+		var report tenantagentv1.HealthReport
+		if err := proto.Unmarshal(runtimes, &report); err != nil {
+			return a, err
+		}
+		a.Runtimes = report.Runtimes
+		return a, nil
+	}, `SELECT identity, tenant, name, connected_at, last_seen, hostname, agent_version, docker_version, docker_reachable, runtimes FROM agents ORDER BY tenant, identity`)
+}
+
+// --- holds and denials
+
+func (s *Store) PutHold(ctx context.Context, h store.Hold) error {
+	_, err := s.db.ExecContext(ctx, `INSERT OR REPLACE INTO holds (tenant, reason, held_by, held_at) VALUES (?, ?, ?, ?)`, h.Tenant, h.Reason, h.HeldBy, h.HeldAt.UnixNano())
+	return err
+}
+
+func (s *Store) DeleteHold(ctx context.Context, tenant string) (bool, error) {
+	return deleted(s.db.ExecContext(ctx, `DELETE FROM holds WHERE tenant = ?`, tenant))
+}
+
+func (s *Store) ListHolds(ctx context.Context) ([]store.Hold, error) {
+	return queryAll(ctx, s.db, func(r interface{ Scan(...any) error }) (store.Hold, error) {
+		var h store.Hold
+		var at int64
+		err := r.Scan(&h.Tenant, &h.Reason, &h.HeldBy, &at)
+		h.HeldAt = time.Unix(0, at)
+		return h, err
+	}, `SELECT tenant, reason, held_by, held_at FROM holds ORDER BY tenant`)
+}
+
+func (s *Store) PutDenial(ctx context.Context, d store.Denial) error {
+	_, err := s.db.ExecContext(ctx, `INSERT OR REPLACE INTO denials (kind, value, reason, denied_by, denied_at) VALUES (?, ?, ?, ?, ?)`, string(d.Kind), d.Value, d.Reason, d.DeniedBy, d.DeniedAt.UnixNano())
+	return err
+}
+
+func (s *Store) DeleteDenial(ctx context.Context, kind store.DenialKind, value string) (bool, error) {
+	return deleted(s.db.ExecContext(ctx, `DELETE FROM denials WHERE kind = ? AND value = ?`, string(kind), value))
+}
+
+func (s *Store) ListDenials(ctx context.Context) ([]store.Denial, error) {
+	return queryAll(ctx, s.db, func(r interface{ Scan(...any) error }) (store.Denial, error) {
+		var d store.Denial
+		var kind string
+		var at int64
+		err := r.Scan(&kind, &d.Value, &d.Reason, &d.DeniedBy, &at)
+		d.Kind, d.DeniedAt = store.DenialKind(kind), time.Unix(0, at)
+		return d, err
+	}, `SELECT kind, value, reason, denied_by, denied_at FROM denials ORDER BY kind, value`)
+}
+
+// --- rollouts
+
+const rolloutColumns = `id, runtime, image_repository, image_digest, options, state, requested_by, created_at, updated_at, message`
+
+func scanRollout(r interface{ Scan(...any) error }) (store.Rollout, error) {
+	var ro store.Rollout
+	var options []byte
+	var state string
+	var created, updated int64
+	if err := r.Scan(&ro.ID, &ro.Runtime, &ro.Repository, &ro.Digest, &options, &state, &ro.RequestedBy, &created, &updated, &ro.Message); err != nil {
+		return ro, err
+	}
+	ro.State, ro.CreatedAt, ro.UpdatedAt = store.RolloutState(state), time.Unix(0, created), time.Unix(0, updated)
+	ro.Options = &controlplanev1.RolloutOptions{}
+	return ro, proto.Unmarshal(options, ro.Options)
+}
+
+func (s *Store) PutRollout(ctx context.Context, r store.Rollout) error {
+	options, err := proto.Marshal(r.Options)
+	if err != nil {
+		return err
+	}
+	_, err = s.db.ExecContext(ctx, `INSERT INTO rollouts (`+rolloutColumns+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+		ON CONFLICT (id) DO UPDATE SET state = excluded.state, updated_at = excluded.updated_at, message = excluded.message`,
+		r.ID, r.Runtime, r.Repository, r.Digest, options, string(r.State), r.RequestedBy, r.CreatedAt.UnixNano(), r.UpdatedAt.UnixNano(), r.Message)
+	return err
+}
+
+func (s *Store) GetRollout(ctx context.Context, id string) (store.Rollout, error) {
+	r, err := scanRollout(s.db.QueryRowContext(ctx, `SELECT `+rolloutColumns+` FROM rollouts WHERE id = ?`, id))
+	if errors.Is(err, sql.ErrNoRows) {
+		return r, fmt.Errorf("rollout %q: %w", id, store.ErrNotFound)
+	}
+	return r, err
+}
+
+func (s *Store) ListRollouts(ctx context.Context, runtime string, state store.RolloutState) ([]store.Rollout, error) {
+	q := `SELECT ` + rolloutColumns + ` FROM rollouts WHERE (? = '' OR runtime = ?) AND (? = '' OR state = ?) ORDER BY seq DESC`
+	return queryAll(ctx, s.db, scanRollout, q, runtime, runtime, string(state), string(state))
+}
+
+// --- helpers
+
+type querier interface {
+	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
+}
+
+func queryAll[T any](ctx context.Context, q querier, scan func(interface{ Scan(...any) error }) (T, error), query string, args ...any) ([]T, error) {
+	rows, err := q.QueryContext(ctx, query, args...)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []T
+	for rows.Next() {
+		v, err := scan(rows)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, v)
+	}
+	return out, rows.Err()
+}
+
+func deleted(res sql.Result, err error) (bool, error) {
+	if err != nil {
+		return false, err
+	}
+	n, err := res.RowsAffected()
+	return n > 0, err
+}

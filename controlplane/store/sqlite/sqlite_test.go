@@ -1,0 +1,169 @@
+package sqlite
+
+import (
+	"context"
+	"errors"
+	"path/filepath"
+	"testing"
+	"time"
+
+	controlplanev1 "github.com/molecule-ai/tenant-agent/gen/controlplane/v1"
+	tenantagentv1 "github.com/molecule-ai/tenant-agent/gen/tenantagent/v1"
+	"github.com/molecule-ai/tenant-agent/controlplane/store"
+)
+
+const (
+	pending = controlplanev1.CommandState_COMMAND_STATE_PENDING
+	refresh = controlplanev1.CommandKind_COMMAND_KIND_REFRESH
+)
+
+func open(t *testing.T, path string) *Store {
+	t.Helper()
+	s, err := Open(context.Background(), path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+func cmd(id, agent, runtime string) *store.Command {
+	now := time.Now()
+	return &store.Command{ID: id, Agent: agent, Tenant: "acme", Kind: refresh, Runtime: runtime, Repository: "r", Digest: "sha256:x",
+		State: pending, RequestedBy: "test", CreatedAt: now, UpdatedAt: now, Deadline: now.Add(time.Hour)}
+}
+
+func TestPinsAndReopen(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "cp.db")
+	s := open(t, path)
+	if _, err := s.CurrentPin(ctx, "codex"); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("no pin yet: err = %v, want ErrNotFound", err)
+	}
+	for i, d := range []string{"sha256:a", "sha256:b"} {
+		if err := s.RecordPin(ctx, store.Pin{Runtime: "codex", Repository: "r", Digest: d, PromotedAt: time.Unix(int64(i), 0), PromotedBy: "op"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.RecordPin(ctx, store.Pin{Runtime: "hermes", Repository: "h", Digest: "sha256:h", PromotedBy: "op"}); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+
+	s = open(t, path) // reopening applies no migration twice and keeps the data
+	p, err := s.CurrentPin(ctx, "codex")
+	if err != nil || p.Digest != "sha256:b" {
+		t.Fatalf("current pin = %+v, %v; want sha256:b", p, err)
+	}
+	pins, err := s.ListPins(ctx)
+	if err != nil || len(pins) != 2 || pins[0].Runtime != "codex" || pins[1].Runtime != "hermes" {
+		t.Fatalf("ListPins = %+v, %v", pins, err)
+	}
+	hist, err := s.PinHistory(ctx, "codex", 0)
+	if err != nil || len(hist) != 2 || hist[1].Digest != "sha256:a" {
+		t.Fatalf("history = %+v, %v", hist, err)
+	}
+}
+
+func TestCommandsSupersedeUpdateAndList(t *testing.T) {
+	ctx := context.Background()
+	s := open(t, filepath.Join(t.TempDir(), "cp.db"))
+	if _, err := s.InsertCommands(ctx, []*store.Command{cmd("c1", "a1", "codex"), cmd("h1", "a1", "hermes"), cmd("x1", "a2", "codex")}); err != nil {
+		t.Fatal(err)
+	}
+	superseded, err := s.InsertCommands(ctx, []*store.Command{cmd("c2", "a1", "codex")})
+	if err != nil || len(superseded) != 1 || superseded[0] != "c1" {
+		t.Fatalf("superseded = %v, %v; want [c1]", superseded, err)
+	}
+	c1, err := s.GetCommand(ctx, "c1")
+	if err != nil || c1.State != controlplanev1.CommandState_COMMAND_STATE_SUPERSEDED || c1.Error != "superseded by c2" {
+		t.Fatalf("c1 = %+v, %v", c1, err)
+	}
+	if _, err := s.InsertCommands(ctx, []*store.Command{cmd("c2", "a1", "codex")}); err == nil {
+		t.Fatal("duplicate command ID accepted")
+	}
+
+	result := &tenantagentv1.CommandResult{CommandId: "c2", Outcome: tenantagentv1.CommandOutcome_COMMAND_OUTCOME_SUCCEEDED}
+	got, changed, err := s.UpdateCommand(ctx, "c2", func(c *store.Command) bool {
+		c.State, c.Result = controlplanev1.CommandState_COMMAND_STATE_SUCCEEDED, result
+		return true
+	}, func(c *store.Command) *store.Event {
+		return &store.Event{CommandID: c.ID, State: c.State, Message: "result"}
+	})
+	if err != nil || !changed || got.Result.GetOutcome() != result.Outcome {
+		t.Fatalf("update: %+v, %v, %v", got, changed, err)
+	}
+	again, _ := s.GetCommand(ctx, "c2")
+	if again.Result.GetOutcome() != tenantagentv1.CommandOutcome_COMMAND_OUTCOME_SUCCEEDED {
+		t.Fatalf("result not stored: %+v", again)
+	}
+	evs, err := s.ListEvents(ctx, "c2")
+	if err != nil || len(evs) != 2 || evs[1].Message != "result" {
+		t.Fatalf("events = %+v, %v", evs, err)
+	}
+	if _, _, err := s.UpdateCommand(ctx, "nope", func(*store.Command) bool { return true }, nil); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("update unknown: %v", err)
+	}
+
+	active, err := s.ListCommands(ctx, store.CommandFilter{Agent: "a1", States: store.ActiveStates})
+	if err != nil || len(active) != 1 || active[0].ID != "h1" {
+		t.Fatalf("active for a1 = %v, %v; want [h1]", ids(active), err)
+	}
+	page1, _ := s.ListCommands(ctx, store.CommandFilter{Limit: 2})
+	page2, _ := s.ListCommands(ctx, store.CommandFilter{Limit: 2, BeforeSeq: page1[1].Seq})
+	if len(page1) != 2 || len(page2) != 2 || page1[0].ID != "c2" || page2[1].ID != "c1" {
+		t.Fatalf("pages = %v %v", ids(page1), ids(page2))
+	}
+}
+
+func ids(cs []*store.Command) []string {
+	var out []string
+	for _, c := range cs {
+		out = append(out, c.ID)
+	}
+	return out
+}
+
+func TestAgentsHoldsDenialsRollouts(t *testing.T) {
+	ctx := context.Background()
+	s := open(t, filepath.Join(t.TempDir(), "cp.db"))
+	a := store.Agent{Identity: "spiffe://td/tenant/acme", Tenant: "acme", LastSeen: time.Unix(5, 0), DockerReachable: true,
+		Runtimes: []*tenantagentv1.RuntimeStatus{{Runtime: "codex", Containers: []*tenantagentv1.ContainerStatus{{Name: "ws-1", ImageDigest: "sha256:a"}}}}}
+	if err := s.PutAgent(ctx, a); err != nil {
+		t.Fatal(err)
+	}
+	agents, err := s.ListAgents(ctx)
+	if err != nil || len(agents) != 1 || agents[0].Runtimes[0].Containers[0].Name != "ws-1" || !agents[0].DockerReachable {
+		t.Fatalf("agents = %+v, %v", agents, err)
+	}
+	if err := s.PutHold(ctx, store.Hold{Tenant: "acme", Reason: "canary", HeldBy: "op"}); err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := s.DeleteHold(ctx, "acme"); !ok || err != nil {
+		t.Fatalf("delete hold: %v %v", ok, err)
+	}
+	if ok, _ := s.DeleteHold(ctx, "acme"); ok {
+		t.Fatal("deleted a hold twice")
+	}
+	if err := s.PutDenial(ctx, store.Denial{Kind: store.DenySerial, Value: "ab", DeniedBy: "op"}); err != nil {
+		t.Fatal(err)
+	}
+	if ds, _ := s.ListDenials(ctx); len(ds) != 1 || ds[0].Kind != store.DenySerial {
+		t.Fatalf("denials = %+v", ds)
+	}
+	r := store.Rollout{ID: "r1", Runtime: "codex", Options: &controlplanev1.RolloutOptions{MaxParallelTenants: 3}, State: store.RolloutRunning}
+	if err := s.PutRollout(ctx, r); err != nil {
+		t.Fatal(err)
+	}
+	r.State = store.RolloutHalted
+	if err := s.PutRollout(ctx, r); err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.GetRollout(ctx, "r1")
+	if err != nil || got.State != store.RolloutHalted || got.Options.GetMaxParallelTenants() != 3 {
+		t.Fatalf("rollout = %+v, %v", got, err)
+	}
+	if rs, _ := s.ListRollouts(ctx, "codex", store.RolloutRunning); len(rs) != 0 {
+		t.Fatalf("running rollouts = %+v", rs)
+	}
+}

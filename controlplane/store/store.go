@@ -1,0 +1,224 @@
+// Package store is the control plane's durable state: pins with history,
+// the command journal and its events, agents, rollouts, holds and denials.
+// Store is the one interface callers use; sqlite implements it (the
+// default, embedded), and a PostgreSQL implementation for several control
+// plane replicas can follow without touching callers.
+package store
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	controlplanev1 "github.com/molecule-ai/tenant-agent/gen/controlplane/v1"
+	tenantagentv1 "github.com/molecule-ai/tenant-agent/gen/tenantagent/v1"
+)
+
+// ErrNotFound is returned when a record does not exist.
+var ErrNotFound = errors.New("not found")
+
+// Pin is the image a runtime must run (one row of runtime_image_pins).
+type Pin struct {
+	Runtime      string
+	TemplateName string
+	Repository   string
+	Digest       string
+	GitSHA       string
+	PromotedAt   time.Time
+	PromotedBy   string
+	Notes        string
+}
+
+// Ref is the pin's image reference, repository@digest.
+func (p Pin) Ref() string { return p.Repository + "@" + p.Digest }
+
+// Command is one journaled command, addressed to one agent.
+type Command struct {
+	ID string
+	// Seq orders commands by creation; it is assigned by the store.
+	Seq int64
+	// Agent is the SPIFFE ID of the agent the command is for.
+	Agent       string
+	Tenant      string
+	Kind        controlplanev1.CommandKind
+	Runtime     string
+	Repository  string
+	Digest      string
+	Options     *tenantagentv1.RefreshOptions
+	State       controlplanev1.CommandState
+	RequestedBy string
+	RolloutID   string
+	CreatedAt   time.Time
+	UpdatedAt   time.Time
+	Deadline    time.Time
+	Error       string
+	Result      *tenantagentv1.CommandResult
+}
+
+// Terminal reports whether the state is final.
+func Terminal(s controlplanev1.CommandState) bool {
+	switch s {
+	case controlplanev1.CommandState_COMMAND_STATE_SUCCEEDED,
+		controlplanev1.CommandState_COMMAND_STATE_FAILED,
+		controlplanev1.CommandState_COMMAND_STATE_ROLLED_BACK,
+		controlplanev1.CommandState_COMMAND_STATE_SUPERSEDED,
+		controlplanev1.CommandState_COMMAND_STATE_CANCELED,
+		controlplanev1.CommandState_COMMAND_STATE_EXPIRED:
+		return true
+	}
+	return false
+}
+
+// ActiveStates are the states of a command not yet ended.
+var ActiveStates = []controlplanev1.CommandState{
+	controlplanev1.CommandState_COMMAND_STATE_PENDING,
+	controlplanev1.CommandState_COMMAND_STATE_SENT,
+	controlplanev1.CommandState_COMMAND_STATE_ACKED,
+	controlplanev1.CommandState_COMMAND_STATE_RUNNING,
+}
+
+// CommandFilter selects commands; zero fields match everything.
+type CommandFilter struct {
+	Agent     string
+	Tenant    string
+	Runtime   string
+	RolloutID string
+	Kind      controlplanev1.CommandKind
+	States    []controlplanev1.CommandState
+	// DeadlineBefore selects commands whose deadline is before it.
+	DeadlineBefore time.Time
+	// BeforeSeq pages: only commands with Seq below it.
+	BeforeSeq int64
+	// Limit caps the result; 0 means no cap.
+	Limit int
+	// Oldest orders oldest first instead of newest first.
+	Oldest bool
+}
+
+// Event is one stored step of a command: a state change or a new phase.
+type Event struct {
+	CommandID string
+	At        time.Time
+	State     controlplanev1.CommandState
+	// Progress is set for progress events.
+	Progress *tenantagentv1.CommandProgress
+	Message  string
+}
+
+// Agent is what the control plane remembers of an agent.
+type Agent struct {
+	Identity        string
+	Tenant          string
+	Name            string
+	ConnectedAt     time.Time
+	LastSeen        time.Time
+	Hostname        string
+	AgentVersion    string
+	DockerVersion   string
+	DockerReachable bool
+	Runtimes        []*tenantagentv1.RuntimeStatus
+}
+
+// Hold stops automatic refreshes for a tenant.
+type Hold struct {
+	Tenant string
+	Reason string
+	HeldBy string
+	HeldAt time.Time
+}
+
+// DenialKind is what a denial names.
+type DenialKind string
+
+const (
+	DenyTenant DenialKind = "tenant"
+	DenySerial DenialKind = "serial"
+)
+
+// Denial revokes a tenant or a certificate serial.
+type Denial struct {
+	Kind     DenialKind
+	Value    string
+	Reason   string
+	DeniedBy string
+	DeniedAt time.Time
+}
+
+// RolloutState is where a rollout is.
+type RolloutState string
+
+const (
+	RolloutRunning   RolloutState = "running"
+	RolloutCompleted RolloutState = "completed"
+	RolloutHalted    RolloutState = "halted"
+)
+
+// Rollout is one promote's roll to the fleet.
+type Rollout struct {
+	ID          string
+	Runtime     string
+	Repository  string
+	Digest      string
+	Options     *controlplanev1.RolloutOptions
+	State       RolloutState
+	RequestedBy string
+	CreatedAt   time.Time
+	UpdatedAt   time.Time
+	Message     string
+}
+
+// Store is the control plane's persistence. Implementations are safe for
+// concurrent use.
+type Store interface {
+	// RecordPin appends a pin to the runtime's history, making it current.
+	RecordPin(ctx context.Context, p Pin) error
+	// CurrentPin returns the runtime's latest pin or ErrNotFound.
+	CurrentPin(ctx context.Context, runtime string) (Pin, error)
+	// ListPins returns every runtime's current pin, ordered by runtime.
+	ListPins(ctx context.Context) ([]Pin, error)
+	// PinHistory returns a runtime's pins, newest first.
+	PinHistory(ctx context.Context, runtime string, limit int) ([]Pin, error)
+
+	// InsertCommands journals commands in one transaction. A new refresh
+	// first supersedes PENDING refreshes for the same agent and runtime;
+	// their IDs are returned.
+	InsertCommands(ctx context.Context, cmds []*Command) (superseded []string, err error)
+	// GetCommand returns a command or ErrNotFound.
+	GetCommand(ctx context.Context, id string) (*Command, error)
+	// ListCommands returns matching commands, newest first unless
+	// f.Oldest.
+	ListCommands(ctx context.Context, f CommandFilter) ([]*Command, error)
+	// UpdateCommand reads a command, lets fn change it and writes it back
+	// in one transaction, with ev (if any) appended. fn returns false to
+	// leave the command as it was. It returns the command as stored.
+	UpdateCommand(ctx context.Context, id string, fn func(*Command) bool, ev func(*Command) *Event) (*Command, bool, error)
+	// AppendEvent stores one event of a command.
+	AppendEvent(ctx context.Context, ev Event) error
+	// ListEvents returns a command's events, oldest first.
+	ListEvents(ctx context.Context, commandID string) ([]Event, error)
+
+	// PutAgent creates or replaces an agent record.
+	PutAgent(ctx context.Context, a Agent) error
+	// ListAgents returns every agent, ordered by tenant and identity.
+	ListAgents(ctx context.Context) ([]Agent, error)
+
+	// PutHold, DeleteHold and ListHolds manage tenant holds.
+	PutHold(ctx context.Context, h Hold) error
+	DeleteHold(ctx context.Context, tenant string) (bool, error)
+	ListHolds(ctx context.Context) ([]Hold, error)
+
+	// PutDenial, DeleteDenial and ListDenials manage the deny list.
+	PutDenial(ctx context.Context, d Denial) error
+	DeleteDenial(ctx context.Context, kind DenialKind, value string) (bool, error)
+	ListDenials(ctx context.Context) ([]Denial, error)
+
+	// PutRollout creates or replaces a rollout.
+	PutRollout(ctx context.Context, r Rollout) error
+	// GetRollout returns a rollout or ErrNotFound.
+	GetRollout(ctx context.Context, id string) (Rollout, error)
+	// ListRollouts returns rollouts, newest first; a non-empty state
+	// filters.
+	ListRollouts(ctx context.Context, runtime string, state RolloutState) ([]Rollout, error)
+
+	Close() error
+}
