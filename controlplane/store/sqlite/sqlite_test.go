@@ -7,9 +7,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/molecule-ai/tenant-agent/controlplane/store"
 	controlplanev1 "github.com/molecule-ai/tenant-agent/gen/controlplane/v1"
 	tenantagentv1 "github.com/molecule-ai/tenant-agent/gen/tenantagent/v1"
-	"github.com/molecule-ai/tenant-agent/controlplane/store"
 )
 
 const (
