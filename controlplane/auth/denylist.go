@@ -46,16 +46,19 @@ func (d *DenyList) DenySerial(serial, reason string) {
 // Check returns an error if the identity's tenant or the certificate's
 // serial is denied. It has the shape of mtls.PeerCheck.
 func (d *DenyList) Check(id identity.Identity, cert *x509.Certificate) error {
+	return d.Denied(id.Tenant, identity.SerialHex(cert))
+}
+
+// Denied returns an error if the tenant (may be empty) or the serial is
+// denied.
+func (d *DenyList) Denied(tenant, serial string) error {
 	d.mu.RLock()
 	defer d.mu.RUnlock()
-	if reason, ok := d.serials[identity.SerialHex(cert)]; ok {
-		return fmt.Errorf("certificate serial %s of %s is denied: %s", identity.SerialHex(cert), id, reason)
+	if reason, ok := d.serials[serial]; ok {
+		return fmt.Errorf("certificate serial %s is denied: %s", serial, reason)
 	}
-	if id.Tenant == "" {
-		return nil
-	}
-	if reason, ok := d.tenants[id.Tenant]; ok {
-		return fmt.Errorf("tenant %q is denied: %s", id.Tenant, reason)
+	if reason, ok := d.tenants[tenant]; ok && tenant != "" {
+		return fmt.Errorf("tenant %q is denied: %s", tenant, reason)
 	}
 	return nil
 }

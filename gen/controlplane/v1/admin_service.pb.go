@@ -1019,7 +1019,12 @@ type CommandEvent struct {
 	//
 	//	*CommandEvent_Command
 	//	*CommandEvent_Progress
-	Event         isCommandEvent_Event `protobuf_oneof:"event"`
+	Event isCommandEvent_Event `protobuf_oneof:"event"`
+	// state is the command's state after the event.
+	State CommandState `protobuf:"varint,4,opt,name=state,proto3,enum=controlplane.v1.CommandState" json:"state,omitempty"`
+	// message is a human-readable line about the event, for example
+	// "sent to spiffe://molecule.local/tenant/acme" or "pulling 1.2 GB of 7 GB".
+	Message       string `protobuf:"bytes,5,opt,name=message,proto3" json:"message,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1084,6 +1089,20 @@ func (x *CommandEvent) GetProgress() *v1.CommandProgress {
 		}
 	}
 	return nil
+}
+
+func (x *CommandEvent) GetState() CommandState {
+	if x != nil {
+		return x.State
+	}
+	return CommandState_COMMAND_STATE_UNSPECIFIED
+}
+
+func (x *CommandEvent) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
 }
 
 type isCommandEvent_Event interface {
@@ -2765,11 +2784,13 @@ const file_controlplane_v1_admin_service_proto_rawDesc = "" +
 	"\fimage_digest\x18\x03 \x01(\tR\vimageDigest\x128\n" +
 	"\aoptions\x18\x04 \x01(\v2\x1e.tenantagent.v1.RefreshOptionsR\aoptions\"R\n" +
 	"\x1bRefreshRuntimeImageResponse\x123\n" +
-	"\x05event\x18\x01 \x01(\v2\x1d.controlplane.v1.CommandEventR\x05event\"\xbc\x01\n" +
+	"\x05event\x18\x01 \x01(\v2\x1d.controlplane.v1.CommandEventR\x05event\"\x8b\x02\n" +
 	"\fCommandEvent\x12.\n" +
 	"\x04time\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x124\n" +
 	"\acommand\x18\x02 \x01(\v2\x18.controlplane.v1.CommandH\x00R\acommand\x12=\n" +
-	"\bprogress\x18\x03 \x01(\v2\x1f.tenantagent.v1.CommandProgressH\x00R\bprogressB\a\n" +
+	"\bprogress\x18\x03 \x01(\v2\x1f.tenantagent.v1.CommandProgressH\x00R\bprogress\x123\n" +
+	"\x05state\x18\x04 \x01(\x0e2\x1d.controlplane.v1.CommandStateR\x05state\x12\x18\n" +
+	"\amessage\x18\x05 \x01(\tR\amessageB\a\n" +
 	"\x05event\"\xcc\x04\n" +
 	"\aCommand\x12\x1d\n" +
 	"\n" +
@@ -3012,61 +3033,62 @@ var file_controlplane_v1_admin_service_proto_depIdxs = []int32{
 	41, // 11: controlplane.v1.CommandEvent.time:type_name -> google.protobuf.Timestamp
 	14, // 12: controlplane.v1.CommandEvent.command:type_name -> controlplane.v1.Command
 	43, // 13: controlplane.v1.CommandEvent.progress:type_name -> tenantagent.v1.CommandProgress
-	2,  // 14: controlplane.v1.Command.kind:type_name -> controlplane.v1.CommandKind
-	3,  // 15: controlplane.v1.Command.state:type_name -> controlplane.v1.CommandState
-	41, // 16: controlplane.v1.Command.created_at:type_name -> google.protobuf.Timestamp
-	41, // 17: controlplane.v1.Command.updated_at:type_name -> google.protobuf.Timestamp
-	41, // 18: controlplane.v1.Command.deadline:type_name -> google.protobuf.Timestamp
-	44, // 19: controlplane.v1.Command.result:type_name -> tenantagent.v1.CommandResult
-	5,  // 20: controlplane.v1.GetRuntimePinResponse.pin:type_name -> controlplane.v1.RuntimePin
-	5,  // 21: controlplane.v1.GetRuntimePinResponse.history:type_name -> controlplane.v1.RuntimePin
-	5,  // 22: controlplane.v1.ListRuntimePinsResponse.pins:type_name -> controlplane.v1.RuntimePin
-	41, // 23: controlplane.v1.Agent.connected_at:type_name -> google.protobuf.Timestamp
-	41, // 24: controlplane.v1.Agent.last_seen:type_name -> google.protobuf.Timestamp
-	20, // 25: controlplane.v1.Agent.runtimes:type_name -> controlplane.v1.AgentRuntime
-	45, // 26: controlplane.v1.AgentRuntime.status:type_name -> tenantagent.v1.RuntimeStatus
-	19, // 27: controlplane.v1.ListAgentsResponse.agents:type_name -> controlplane.v1.Agent
-	14, // 28: controlplane.v1.GetCommandResponse.command:type_name -> controlplane.v1.Command
-	13, // 29: controlplane.v1.GetCommandResponse.events:type_name -> controlplane.v1.CommandEvent
-	3,  // 30: controlplane.v1.ListCommandsRequest.states:type_name -> controlplane.v1.CommandState
-	14, // 31: controlplane.v1.ListCommandsResponse.commands:type_name -> controlplane.v1.Command
-	13, // 32: controlplane.v1.WatchCommandResponse.event:type_name -> controlplane.v1.CommandEvent
-	4,  // 33: controlplane.v1.WatchAgentsResponse.kind:type_name -> controlplane.v1.AgentEventKind
-	19, // 34: controlplane.v1.WatchAgentsResponse.agent:type_name -> controlplane.v1.Agent
-	41, // 35: controlplane.v1.HoldTenantResponse.held_at:type_name -> google.protobuf.Timestamp
-	7,  // 36: controlplane.v1.AdminService.PromoteRuntimeImage:input_type -> controlplane.v1.PromoteRuntimeImageRequest
-	11, // 37: controlplane.v1.AdminService.RefreshRuntimeImage:input_type -> controlplane.v1.RefreshRuntimeImageRequest
-	15, // 38: controlplane.v1.AdminService.GetRuntimePin:input_type -> controlplane.v1.GetRuntimePinRequest
-	17, // 39: controlplane.v1.AdminService.ListRuntimePins:input_type -> controlplane.v1.ListRuntimePinsRequest
-	21, // 40: controlplane.v1.AdminService.ListAgents:input_type -> controlplane.v1.ListAgentsRequest
-	23, // 41: controlplane.v1.AdminService.GetCommand:input_type -> controlplane.v1.GetCommandRequest
-	25, // 42: controlplane.v1.AdminService.ListCommands:input_type -> controlplane.v1.ListCommandsRequest
-	27, // 43: controlplane.v1.AdminService.WatchCommand:input_type -> controlplane.v1.WatchCommandRequest
-	29, // 44: controlplane.v1.AdminService.WatchAgents:input_type -> controlplane.v1.WatchAgentsRequest
-	31, // 45: controlplane.v1.AdminService.HoldTenant:input_type -> controlplane.v1.HoldTenantRequest
-	33, // 46: controlplane.v1.AdminService.ReleaseTenant:input_type -> controlplane.v1.ReleaseTenantRequest
-	35, // 47: controlplane.v1.AdminService.DenyTenant:input_type -> controlplane.v1.DenyTenantRequest
-	37, // 48: controlplane.v1.AdminService.AllowTenant:input_type -> controlplane.v1.AllowTenantRequest
-	39, // 49: controlplane.v1.AdminService.DenyCertificate:input_type -> controlplane.v1.DenyCertificateRequest
-	8,  // 50: controlplane.v1.AdminService.PromoteRuntimeImage:output_type -> controlplane.v1.PromoteRuntimeImageResponse
-	12, // 51: controlplane.v1.AdminService.RefreshRuntimeImage:output_type -> controlplane.v1.RefreshRuntimeImageResponse
-	16, // 52: controlplane.v1.AdminService.GetRuntimePin:output_type -> controlplane.v1.GetRuntimePinResponse
-	18, // 53: controlplane.v1.AdminService.ListRuntimePins:output_type -> controlplane.v1.ListRuntimePinsResponse
-	22, // 54: controlplane.v1.AdminService.ListAgents:output_type -> controlplane.v1.ListAgentsResponse
-	24, // 55: controlplane.v1.AdminService.GetCommand:output_type -> controlplane.v1.GetCommandResponse
-	26, // 56: controlplane.v1.AdminService.ListCommands:output_type -> controlplane.v1.ListCommandsResponse
-	28, // 57: controlplane.v1.AdminService.WatchCommand:output_type -> controlplane.v1.WatchCommandResponse
-	30, // 58: controlplane.v1.AdminService.WatchAgents:output_type -> controlplane.v1.WatchAgentsResponse
-	32, // 59: controlplane.v1.AdminService.HoldTenant:output_type -> controlplane.v1.HoldTenantResponse
-	34, // 60: controlplane.v1.AdminService.ReleaseTenant:output_type -> controlplane.v1.ReleaseTenantResponse
-	36, // 61: controlplane.v1.AdminService.DenyTenant:output_type -> controlplane.v1.DenyTenantResponse
-	38, // 62: controlplane.v1.AdminService.AllowTenant:output_type -> controlplane.v1.AllowTenantResponse
-	40, // 63: controlplane.v1.AdminService.DenyCertificate:output_type -> controlplane.v1.DenyCertificateResponse
-	50, // [50:64] is the sub-list for method output_type
-	36, // [36:50] is the sub-list for method input_type
-	36, // [36:36] is the sub-list for extension type_name
-	36, // [36:36] is the sub-list for extension extendee
-	0,  // [0:36] is the sub-list for field type_name
+	3,  // 14: controlplane.v1.CommandEvent.state:type_name -> controlplane.v1.CommandState
+	2,  // 15: controlplane.v1.Command.kind:type_name -> controlplane.v1.CommandKind
+	3,  // 16: controlplane.v1.Command.state:type_name -> controlplane.v1.CommandState
+	41, // 17: controlplane.v1.Command.created_at:type_name -> google.protobuf.Timestamp
+	41, // 18: controlplane.v1.Command.updated_at:type_name -> google.protobuf.Timestamp
+	41, // 19: controlplane.v1.Command.deadline:type_name -> google.protobuf.Timestamp
+	44, // 20: controlplane.v1.Command.result:type_name -> tenantagent.v1.CommandResult
+	5,  // 21: controlplane.v1.GetRuntimePinResponse.pin:type_name -> controlplane.v1.RuntimePin
+	5,  // 22: controlplane.v1.GetRuntimePinResponse.history:type_name -> controlplane.v1.RuntimePin
+	5,  // 23: controlplane.v1.ListRuntimePinsResponse.pins:type_name -> controlplane.v1.RuntimePin
+	41, // 24: controlplane.v1.Agent.connected_at:type_name -> google.protobuf.Timestamp
+	41, // 25: controlplane.v1.Agent.last_seen:type_name -> google.protobuf.Timestamp
+	20, // 26: controlplane.v1.Agent.runtimes:type_name -> controlplane.v1.AgentRuntime
+	45, // 27: controlplane.v1.AgentRuntime.status:type_name -> tenantagent.v1.RuntimeStatus
+	19, // 28: controlplane.v1.ListAgentsResponse.agents:type_name -> controlplane.v1.Agent
+	14, // 29: controlplane.v1.GetCommandResponse.command:type_name -> controlplane.v1.Command
+	13, // 30: controlplane.v1.GetCommandResponse.events:type_name -> controlplane.v1.CommandEvent
+	3,  // 31: controlplane.v1.ListCommandsRequest.states:type_name -> controlplane.v1.CommandState
+	14, // 32: controlplane.v1.ListCommandsResponse.commands:type_name -> controlplane.v1.Command
+	13, // 33: controlplane.v1.WatchCommandResponse.event:type_name -> controlplane.v1.CommandEvent
+	4,  // 34: controlplane.v1.WatchAgentsResponse.kind:type_name -> controlplane.v1.AgentEventKind
+	19, // 35: controlplane.v1.WatchAgentsResponse.agent:type_name -> controlplane.v1.Agent
+	41, // 36: controlplane.v1.HoldTenantResponse.held_at:type_name -> google.protobuf.Timestamp
+	7,  // 37: controlplane.v1.AdminService.PromoteRuntimeImage:input_type -> controlplane.v1.PromoteRuntimeImageRequest
+	11, // 38: controlplane.v1.AdminService.RefreshRuntimeImage:input_type -> controlplane.v1.RefreshRuntimeImageRequest
+	15, // 39: controlplane.v1.AdminService.GetRuntimePin:input_type -> controlplane.v1.GetRuntimePinRequest
+	17, // 40: controlplane.v1.AdminService.ListRuntimePins:input_type -> controlplane.v1.ListRuntimePinsRequest
+	21, // 41: controlplane.v1.AdminService.ListAgents:input_type -> controlplane.v1.ListAgentsRequest
+	23, // 42: controlplane.v1.AdminService.GetCommand:input_type -> controlplane.v1.GetCommandRequest
+	25, // 43: controlplane.v1.AdminService.ListCommands:input_type -> controlplane.v1.ListCommandsRequest
+	27, // 44: controlplane.v1.AdminService.WatchCommand:input_type -> controlplane.v1.WatchCommandRequest
+	29, // 45: controlplane.v1.AdminService.WatchAgents:input_type -> controlplane.v1.WatchAgentsRequest
+	31, // 46: controlplane.v1.AdminService.HoldTenant:input_type -> controlplane.v1.HoldTenantRequest
+	33, // 47: controlplane.v1.AdminService.ReleaseTenant:input_type -> controlplane.v1.ReleaseTenantRequest
+	35, // 48: controlplane.v1.AdminService.DenyTenant:input_type -> controlplane.v1.DenyTenantRequest
+	37, // 49: controlplane.v1.AdminService.AllowTenant:input_type -> controlplane.v1.AllowTenantRequest
+	39, // 50: controlplane.v1.AdminService.DenyCertificate:input_type -> controlplane.v1.DenyCertificateRequest
+	8,  // 51: controlplane.v1.AdminService.PromoteRuntimeImage:output_type -> controlplane.v1.PromoteRuntimeImageResponse
+	12, // 52: controlplane.v1.AdminService.RefreshRuntimeImage:output_type -> controlplane.v1.RefreshRuntimeImageResponse
+	16, // 53: controlplane.v1.AdminService.GetRuntimePin:output_type -> controlplane.v1.GetRuntimePinResponse
+	18, // 54: controlplane.v1.AdminService.ListRuntimePins:output_type -> controlplane.v1.ListRuntimePinsResponse
+	22, // 55: controlplane.v1.AdminService.ListAgents:output_type -> controlplane.v1.ListAgentsResponse
+	24, // 56: controlplane.v1.AdminService.GetCommand:output_type -> controlplane.v1.GetCommandResponse
+	26, // 57: controlplane.v1.AdminService.ListCommands:output_type -> controlplane.v1.ListCommandsResponse
+	28, // 58: controlplane.v1.AdminService.WatchCommand:output_type -> controlplane.v1.WatchCommandResponse
+	30, // 59: controlplane.v1.AdminService.WatchAgents:output_type -> controlplane.v1.WatchAgentsResponse
+	32, // 60: controlplane.v1.AdminService.HoldTenant:output_type -> controlplane.v1.HoldTenantResponse
+	34, // 61: controlplane.v1.AdminService.ReleaseTenant:output_type -> controlplane.v1.ReleaseTenantResponse
+	36, // 62: controlplane.v1.AdminService.DenyTenant:output_type -> controlplane.v1.DenyTenantResponse
+	38, // 63: controlplane.v1.AdminService.AllowTenant:output_type -> controlplane.v1.AllowTenantResponse
+	40, // 64: controlplane.v1.AdminService.DenyCertificate:output_type -> controlplane.v1.DenyCertificateResponse
+	51, // [51:65] is the sub-list for method output_type
+	37, // [37:51] is the sub-list for method input_type
+	37, // [37:37] is the sub-list for extension type_name
+	37, // [37:37] is the sub-list for extension extendee
+	0,  // [0:37] is the sub-list for field type_name
 }
 
 func init() { file_controlplane_v1_admin_service_proto_init() }

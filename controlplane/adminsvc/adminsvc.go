@@ -1,0 +1,492 @@
+// Package adminsvc serves controlplane.v1.AdminService: a thin adapter that
+// validates requests, calls the control plane's local services and maps
+// their errors to status codes (errors.go).
+package adminsvc
+
+import (
+	"context"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/molecule-ai/tenant-agent/controlplane/cperr"
+	"github.com/molecule-ai/tenant-agent/controlplane/dispatch"
+	"github.com/molecule-ai/tenant-agent/controlplane/fleet"
+	"github.com/molecule-ai/tenant-agent/controlplane/pubsub"
+	"github.com/molecule-ai/tenant-agent/controlplane/rollout"
+	"github.com/molecule-ai/tenant-agent/controlplane/store"
+	controlplanev1 "github.com/molecule-ai/tenant-agent/gen/controlplane/v1"
+	tenantagentv1 "github.com/molecule-ai/tenant-agent/gen/tenantagent/v1"
+	"github.com/molecule-ai/tenant-agent/pkg/identity"
+	"github.com/molecule-ai/tenant-agent/pkg/imageref"
+)
+
+// Config configures the service.
+type Config struct {
+	Store      store.Store
+	Fleet      *fleet.Fleet
+	Dispatcher *dispatch.Dispatcher
+	Rollouts   *rollout.Rollouts
+	Logger     *slog.Logger
+	// CommandTTL is how long a refresh may wait to start.
+	CommandTTL time.Duration
+	Now        func() time.Time
+}
+
+// CheckAndSetDefaults validates the config and fills in defaults.
+func (c *Config) CheckAndSetDefaults() error {
+	if c.Store == nil || c.Fleet == nil || c.Dispatcher == nil || c.Rollouts == nil {
+		return errors.New("adminsvc: Store, Fleet, Dispatcher and Rollouts are required")
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	c.Logger = c.Logger.With("component", "adminsvc")
+	if c.CommandTTL <= 0 {
+		c.CommandTTL = 24 * time.Hour
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+	return nil
+}
+
+type service struct {
+	controlplanev1.UnimplementedAdminServiceServer
+	cfg Config
+}
+
+var _ controlplanev1.AdminServiceServer = (*service)(nil)
+
+// New returns the AdminService implementation.
+func New(cfg Config) (controlplanev1.AdminServiceServer, error) {
+	if err := cfg.CheckAndSetDefaults(); err != nil {
+		return nil, err
+	}
+	return &service{cfg: cfg}, nil
+}
+
+func (s *service) status(err error) error { return toStatus(s.cfg.Logger, err) }
+
+func caller(ctx context.Context) identity.Identity {
+	id, _ := identity.FromContext(ctx) // the auth interceptor always sets it
+	return id
+}
+
+func checkName(what, v string) error {
+	if !identity.ValidName(v) {
+		return cperr.Invalid("%s %q: want 1-63 lowercase letters, digits or hyphens", what, v)
+	}
+	return nil
+}
+
+func (s *service) PromoteRuntimeImage(req *controlplanev1.PromoteRuntimeImageRequest, stream controlplanev1.AdminService_PromoteRuntimeImageServer) error {
+	ro, sub, err := s.cfg.Rollouts.Promote(stream.Context(), caller(stream.Context()), req)
+	if err != nil {
+		return s.status(err)
+	}
+	defer sub.Close()
+	for {
+		select {
+		case <-stream.Context().Done():
+			return nil // the rollout goes on without the caller
+		case ev, ok := <-sub.C:
+			if !ok {
+				return status.Errorf(codes.Aborted, "%v; the rollout goes on: ListCommands with rollout_id %q", sub.Err(), ro.ID)
+			}
+			if err := stream.Send(&controlplanev1.PromoteRuntimeImageResponse{Event: ev}); err != nil {
+				return err
+			}
+			if ev.GetKind() == controlplanev1.RolloutEventKind_ROLLOUT_EVENT_KIND_COMPLETED || ev.GetKind() == controlplanev1.RolloutEventKind_ROLLOUT_EVENT_KIND_HALTED {
+				return nil
+			}
+		}
+	}
+}
+
+func checkOptions(o *tenantagentv1.RefreshOptions) error {
+	if o.GetMaxParallelContainers() > 64 {
+		return cperr.Invalid("options.max_parallel_containers is %d, at most 64", o.GetMaxParallelContainers())
+	}
+	for name, d := range map[string]interface{ AsDuration() time.Duration }{"health_gate_timeout": o.GetHealthGateTimeout(), "stability_window": o.GetStabilityWindow()} {
+		if d != nil && d.AsDuration() < 0 {
+			return cperr.Invalid("options.%s is negative", name)
+		}
+	}
+	return nil
+}
+
+func (s *service) RefreshRuntimeImage(req *controlplanev1.RefreshRuntimeImageRequest, stream controlplanev1.AdminService_RefreshRuntimeImageServer) error {
+	ctx := stream.Context()
+	cmds, err := s.planRefresh(req, caller(ctx))
+	if err != nil {
+		return s.status(err)
+	}
+	subs := make([]*pubsub.Subscription[dispatch.Update], len(cmds))
+	for i, c := range cmds {
+		subs[i] = s.cfg.Dispatcher.Watch(c.ID)
+		defer subs[i].Close()
+	}
+	if err := s.cfg.Dispatcher.Issue(ctx, cmds); err != nil {
+		return s.status(err)
+	}
+	for i, c := range cmds {
+		if err := s.follow(ctx, c.ID, subs[i], func(ev *controlplanev1.CommandEvent) error {
+			return stream.Send(&controlplanev1.RefreshRuntimeImageResponse{Event: ev})
+		}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// planRefresh validates a refresh and builds one command per agent of the
+// tenant that reports the runtime.
+func (s *service) planRefresh(req *controlplanev1.RefreshRuntimeImageRequest, by identity.Identity) ([]*store.Command, error) {
+	if err := checkName("tenant", req.GetTenant()); err != nil {
+		return nil, err
+	}
+	if err := checkName("runtime", req.GetRuntime()); err != nil {
+		return nil, err
+	}
+	if req.GetImageDigest() != "" {
+		if err := imageref.ValidateDigest(req.GetImageDigest()); err != nil {
+			return nil, cperr.Invalid("image_digest: %v", err)
+		}
+	}
+	if err := checkOptions(req.GetOptions()); err != nil {
+		return nil, err
+	}
+	if !s.cfg.Fleet.KnownTenant(req.GetTenant()) {
+		return nil, cperr.NotFound("tenant %q: no agent of it ever connected", req.GetTenant())
+	}
+	if h, held := s.cfg.Fleet.Held(req.GetTenant()); held {
+		return nil, cperr.Precondition("tenant %q is held (%s, by %s); release it first", req.GetTenant(), h.Reason, h.HeldBy)
+	}
+	pin, hasPin := s.cfg.Fleet.Pin(req.GetRuntime())
+	digest := req.GetImageDigest()
+	if digest == "" {
+		if !hasPin {
+			return nil, cperr.NotFound("runtime %q has no pin; promote one or give image_digest", req.GetRuntime())
+		}
+		digest = pin.Digest
+	}
+	now := s.cfg.Now()
+	var cmds []*store.Command
+	for _, a := range s.cfg.Fleet.Agents(req.GetTenant()) {
+		rt := fleet.RuntimeStatus(a, req.GetRuntime())
+		if rt == nil {
+			continue
+		}
+		repo := pin.Repository
+		if !hasPin {
+			repo = rt.GetImageRepository()
+		}
+		if err := imageref.ValidateRepository(repo); err != nil {
+			return nil, cperr.Precondition("runtime %q on %s: %v", req.GetRuntime(), a.Identity, err)
+		}
+		cmds = append(cmds, &store.Command{
+			ID: dispatch.NewCommandID(), Agent: a.Identity, Tenant: a.Tenant, Kind: controlplanev1.CommandKind_COMMAND_KIND_REFRESH,
+			Runtime: req.GetRuntime(), Repository: repo, Digest: digest, Options: req.GetOptions(),
+			RequestedBy: by.ID, Deadline: now.Add(s.cfg.CommandTTL),
+		})
+	}
+	if len(cmds) == 0 {
+		return nil, cperr.NotFound("tenant %q has no agent reporting runtime %q", req.GetTenant(), req.GetRuntime())
+	}
+	return cmds, nil
+}
+
+// follow sends a command as stored, then every update, until it ends.
+func (s *service) follow(ctx context.Context, id string, sub *pubsub.Subscription[dispatch.Update], send func(*controlplanev1.CommandEvent) error) error {
+	c, err := s.cfg.Store.GetCommand(ctx, id)
+	if err != nil {
+		return s.status(err)
+	}
+	if err := send(snapshotEvent(c, "")); err != nil {
+		return err
+	}
+	if store.Terminal(c.State) {
+		return nil
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case u, ok := <-sub.C:
+			if !ok {
+				return status.Errorf(codes.Aborted, "%v (command %s goes on)", sub.Err(), id)
+			}
+			if err := send(updateEvent(u)); err != nil {
+				return err
+			}
+			if u.Command != nil && store.Terminal(u.Command.State) {
+				return nil
+			}
+		}
+	}
+}
+
+func (s *service) WatchCommand(req *controlplanev1.WatchCommandRequest, stream controlplanev1.AdminService_WatchCommandServer) error {
+	if req.GetCommandId() == "" {
+		return status.Error(codes.InvalidArgument, "command_id is required")
+	}
+	sub := s.cfg.Dispatcher.Watch(req.GetCommandId())
+	defer sub.Close()
+	return s.follow(stream.Context(), req.GetCommandId(), sub, func(ev *controlplanev1.CommandEvent) error {
+		return stream.Send(&controlplanev1.WatchCommandResponse{Event: ev})
+	})
+}
+
+func (s *service) GetRuntimePin(ctx context.Context, req *controlplanev1.GetRuntimePinRequest) (*controlplanev1.GetRuntimePinResponse, error) {
+	if err := checkName("runtime", req.GetRuntime()); err != nil {
+		return nil, s.status(err)
+	}
+	pin, err := s.cfg.Store.CurrentPin(ctx, req.GetRuntime())
+	if err != nil {
+		return nil, s.status(err)
+	}
+	resp := &controlplanev1.GetRuntimePinResponse{Pin: rollout.PinProto(pin)}
+	if req.GetIncludeHistory() {
+		hist, err := s.cfg.Store.PinHistory(ctx, req.GetRuntime(), 0)
+		if err != nil {
+			return nil, s.status(err)
+		}
+		for _, p := range hist[1:] {
+			resp.History = append(resp.History, rollout.PinProto(p))
+		}
+	}
+	return resp, nil
+}
+
+func (s *service) ListRuntimePins(ctx context.Context, _ *controlplanev1.ListRuntimePinsRequest) (*controlplanev1.ListRuntimePinsResponse, error) {
+	pins, err := s.cfg.Store.ListPins(ctx)
+	if err != nil {
+		return nil, s.status(err)
+	}
+	resp := &controlplanev1.ListRuntimePinsResponse{}
+	for _, p := range pins {
+		resp.Pins = append(resp.Pins, rollout.PinProto(p))
+	}
+	return resp, nil
+}
+
+func (s *service) ListAgents(_ context.Context, req *controlplanev1.ListAgentsRequest) (*controlplanev1.ListAgentsResponse, error) {
+	if req.GetTenant() != "" {
+		if err := checkName("tenant", req.GetTenant()); err != nil {
+			return nil, s.status(err)
+		}
+	}
+	resp := &controlplanev1.ListAgentsResponse{}
+	for _, a := range s.cfg.Fleet.Agents(req.GetTenant()) {
+		v := s.cfg.Fleet.View(a)
+		if req.GetConnectedOnly() && !v.GetConnected() {
+			continue
+		}
+		resp.Agents = append(resp.Agents, v)
+	}
+	return resp, nil
+}
+
+func (s *service) GetCommand(ctx context.Context, req *controlplanev1.GetCommandRequest) (*controlplanev1.GetCommandResponse, error) {
+	if req.GetCommandId() == "" {
+		return nil, status.Error(codes.InvalidArgument, "command_id is required")
+	}
+	c, err := s.cfg.Store.GetCommand(ctx, req.GetCommandId())
+	if err != nil {
+		return nil, s.status(err)
+	}
+	resp := &controlplanev1.GetCommandResponse{Command: commandProto(c)}
+	if req.GetIncludeEvents() {
+		evs, err := s.cfg.Store.ListEvents(ctx, c.ID)
+		if err != nil {
+			return nil, s.status(err)
+		}
+		for _, ev := range evs {
+			resp.Events = append(resp.Events, storedEventProto(ev))
+		}
+	}
+	return resp, nil
+}
+
+const (
+	defaultPageSize = 50
+	maxPageSize     = 500
+)
+
+func (s *service) ListCommands(ctx context.Context, req *controlplanev1.ListCommandsRequest) (*controlplanev1.ListCommandsResponse, error) {
+	f := store.CommandFilter{Tenant: req.GetTenant(), Runtime: req.GetRuntime(), RolloutID: req.GetRolloutId(), States: req.GetStates()}
+	if f.Tenant != "" {
+		if err := checkName("tenant", f.Tenant); err != nil {
+			return nil, s.status(err)
+		}
+	}
+	size := int(req.GetPageSize())
+	switch {
+	case size == 0:
+		size = defaultPageSize
+	case size > maxPageSize:
+		return nil, status.Errorf(codes.InvalidArgument, "page_size is %d, at most %d", size, maxPageSize)
+	}
+	if req.GetPageToken() != "" {
+		seq, err := decodePageToken(req.GetPageToken())
+		if err != nil {
+			return nil, status.Error(codes.InvalidArgument, "page_token is not one this API returned")
+		}
+		f.BeforeSeq = seq
+	}
+	f.Limit = size + 1 // one more tells whether there is a next page
+	cmds, err := s.cfg.Store.ListCommands(ctx, f)
+	if err != nil {
+		return nil, s.status(err)
+	}
+	resp := &controlplanev1.ListCommandsResponse{}
+	if len(cmds) > size {
+		cmds = cmds[:size]
+		resp.NextPageToken = encodePageToken(cmds[size-1].Seq)
+	}
+	for _, c := range cmds {
+		resp.Commands = append(resp.Commands, commandProto(c))
+	}
+	return resp, nil
+}
+
+func encodePageToken(seq int64) string {
+	return base64.RawURLEncoding.EncodeToString([]byte("seq:" + strconv.FormatInt(seq, 10)))
+}
+
+func decodePageToken(tok string) (int64, error) {
+	b, err := base64.RawURLEncoding.DecodeString(tok)
+	if err != nil || len(b) < 5 || string(b[:4]) != "seq:" {
+		return 0, fmt.Errorf("bad page token")
+	}
+	seq, err := strconv.ParseInt(string(b[4:]), 10, 64)
+	if err != nil || seq <= 0 {
+		return 0, fmt.Errorf("bad page token")
+	}
+	return seq, nil
+}
+
+func (s *service) WatchAgents(req *controlplanev1.WatchAgentsRequest, stream controlplanev1.AdminService_WatchAgentsServer) error {
+	if req.GetTenant() != "" {
+		if err := checkName("tenant", req.GetTenant()); err != nil {
+			return s.status(err)
+		}
+	}
+	sub := s.cfg.Fleet.Watch() // before the snapshot, so no change falls between
+	defer sub.Close()
+	for _, a := range s.cfg.Fleet.Agents(req.GetTenant()) {
+		if err := stream.Send(&controlplanev1.WatchAgentsResponse{Kind: controlplanev1.AgentEventKind_AGENT_EVENT_KIND_SNAPSHOT, Agent: s.cfg.Fleet.View(a)}); err != nil {
+			return err
+		}
+	}
+	if err := stream.Send(&controlplanev1.WatchAgentsResponse{Kind: controlplanev1.AgentEventKind_AGENT_EVENT_KIND_SYNCED}); err != nil {
+		return err
+	}
+	for {
+		select {
+		case <-stream.Context().Done():
+			return nil
+		case ev, ok := <-sub.C:
+			if !ok {
+				return status.Errorf(codes.Aborted, "%v", sub.Err())
+			}
+			if req.GetTenant() != "" && ev.GetAgent().GetTenant() != req.GetTenant() {
+				continue
+			}
+			if err := stream.Send(ev); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+const maxReason = 1024
+
+func checkReason(r string) error {
+	if len(r) > maxReason {
+		return cperr.Invalid("reason is %d bytes, at most %d", len(r), maxReason)
+	}
+	return nil
+}
+
+func (s *service) HoldTenant(ctx context.Context, req *controlplanev1.HoldTenantRequest) (*controlplanev1.HoldTenantResponse, error) {
+	if err := firstErr(checkName("tenant", req.GetTenant()), checkReason(req.GetReason())); err != nil {
+		return nil, s.status(err)
+	}
+	h := store.Hold{Tenant: req.GetTenant(), Reason: req.GetReason(), HeldBy: caller(ctx).ID, HeldAt: s.cfg.Now()}
+	if err := s.cfg.Fleet.Hold(ctx, h); err != nil {
+		return nil, s.status(err)
+	}
+	return &controlplanev1.HoldTenantResponse{HeldAt: timestamppb.New(h.HeldAt)}, nil
+}
+
+func (s *service) ReleaseTenant(ctx context.Context, req *controlplanev1.ReleaseTenantRequest) (*controlplanev1.ReleaseTenantResponse, error) {
+	if err := checkName("tenant", req.GetTenant()); err != nil {
+		return nil, s.status(err)
+	}
+	ok, err := s.cfg.Fleet.Release(ctx, req.GetTenant())
+	if err != nil {
+		return nil, s.status(err)
+	}
+	if !ok {
+		return nil, status.Errorf(codes.NotFound, "tenant %q is not held", req.GetTenant())
+	}
+	return &controlplanev1.ReleaseTenantResponse{}, nil
+}
+
+func (s *service) DenyTenant(ctx context.Context, req *controlplanev1.DenyTenantRequest) (*controlplanev1.DenyTenantResponse, error) {
+	if err := firstErr(checkName("tenant", req.GetTenant()), checkReason(req.GetReason())); err != nil {
+		return nil, s.status(err)
+	}
+	n, err := s.cfg.Fleet.Deny(ctx, store.Denial{Kind: store.DenyTenant, Value: req.GetTenant(), Reason: req.GetReason(), DeniedBy: caller(ctx).ID, DeniedAt: s.cfg.Now()})
+	if err != nil {
+		return nil, s.status(err)
+	}
+	return &controlplanev1.DenyTenantResponse{Disconnected: uint32(n)}, nil
+}
+
+func (s *service) AllowTenant(ctx context.Context, req *controlplanev1.AllowTenantRequest) (*controlplanev1.AllowTenantResponse, error) {
+	if err := checkName("tenant", req.GetTenant()); err != nil {
+		return nil, s.status(err)
+	}
+	ok, err := s.cfg.Fleet.Allow(ctx, req.GetTenant())
+	if err != nil {
+		return nil, s.status(err)
+	}
+	if !ok {
+		return nil, status.Errorf(codes.NotFound, "tenant %q is not denied", req.GetTenant())
+	}
+	return &controlplanev1.AllowTenantResponse{}, nil
+}
+
+func (s *service) DenyCertificate(ctx context.Context, req *controlplanev1.DenyCertificateRequest) (*controlplanev1.DenyCertificateResponse, error) {
+	serial, err := identity.NormalizeSerial(req.GetSerial())
+	if err != nil {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
+	if err := checkReason(req.GetReason()); err != nil {
+		return nil, s.status(err)
+	}
+	n, err := s.cfg.Fleet.Deny(ctx, store.Denial{Kind: store.DenySerial, Value: serial, Reason: req.GetReason(), DeniedBy: caller(ctx).ID, DeniedAt: s.cfg.Now()})
+	if err != nil {
+		return nil, s.status(err)
+	}
+	return &controlplanev1.DenyCertificateResponse{Disconnected: uint32(n)}, nil
+}
+
+func firstErr(errs ...error) error {
+	for _, err := range errs {
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}

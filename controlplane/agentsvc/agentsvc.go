@@ -1,0 +1,229 @@
+// Package agentsvc serves tenantagent.v1.AgentService: it turns each
+// agent's stream into a session and hands what the agent says to the
+// fleet, the dispatcher and the reconciler.
+package agentsvc
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	"github.com/molecule-ai/tenant-agent/controlplane/dispatch"
+	"github.com/molecule-ai/tenant-agent/controlplane/fleet"
+	"github.com/molecule-ai/tenant-agent/controlplane/reconcile"
+	"github.com/molecule-ai/tenant-agent/controlplane/session"
+	tenantagentv1 "github.com/molecule-ai/tenant-agent/gen/tenantagent/v1"
+	"github.com/molecule-ai/tenant-agent/pkg/identity"
+	"github.com/molecule-ai/tenant-agent/pkg/mtls"
+	"github.com/molecule-ai/tenant-agent/pkg/version"
+)
+
+// Config configures the service.
+type Config struct {
+	Sessions   *session.Registry
+	Fleet      *fleet.Fleet
+	Dispatcher *dispatch.Dispatcher
+	Reconciler *reconcile.Reconciler
+	Logger     *slog.Logger
+	// HeartbeatInterval is what Welcome tells agents.
+	HeartbeatInterval time.Duration
+	// HelloTimeout is how long a new stream may take to send Hello.
+	HelloTimeout time.Duration
+}
+
+// CheckAndSetDefaults validates the config and fills in defaults.
+func (c *Config) CheckAndSetDefaults() error {
+	if c.Sessions == nil || c.Fleet == nil || c.Dispatcher == nil || c.Reconciler == nil {
+		return errors.New("agentsvc: Sessions, Fleet, Dispatcher and Reconciler are required")
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	c.Logger = c.Logger.With("component", "agentsvc")
+	if c.HeartbeatInterval <= 0 {
+		c.HeartbeatInterval = 15 * time.Second
+	}
+	if c.HelloTimeout <= 0 {
+		c.HelloTimeout = 10 * time.Second
+	}
+	return nil
+}
+
+type service struct {
+	tenantagentv1.UnimplementedAgentServiceServer
+	cfg Config
+}
+
+var _ tenantagentv1.AgentServiceServer = (*service)(nil)
+
+// New returns the AgentService implementation.
+func New(cfg Config) (tenantagentv1.AgentServiceServer, error) {
+	if err := cfg.CheckAndSetDefaults(); err != nil {
+		return nil, err
+	}
+	return &service{cfg: cfg}, nil
+}
+
+func (s *service) Connect(stream tenantagentv1.AgentService_ConnectServer) error {
+	ctx := stream.Context()
+	id, ok := identity.FromContext(ctx)
+	if !ok || id.Kind != identity.KindAgent {
+		return status.Error(codes.PermissionDenied, "only tenant agents may connect")
+	}
+	hello, err := s.awaitHello(stream)
+	if err != nil {
+		return err
+	}
+	if hello.GetTenant() != "" && hello.GetTenant() != id.Tenant {
+		s.cfg.Logger.Warn("hello claims another tenant; refused", "identity", id.ID, "claimed", hello.GetTenant())
+		return status.Errorf(codes.PermissionDenied, "certificate %s is for tenant %q; Hello claims tenant %q", id.ID, id.Tenant, hello.GetTenant())
+	}
+
+	sess, replaced := s.cfg.Sessions.Register(id, serialOf(ctx), time.Now())
+	defer sess.Close(errors.New("stream closed"))
+	log := s.cfg.Logger.With("agent", id.ID)
+	if replaced != nil {
+		log.Info("new connection replaces the previous one")
+	}
+	log.Info("agent connected", "hostname", hello.GetHostname(), "version", hello.GetAgentVersion(), "docker", hello.GetDockerVersion())
+	defer func() {
+		if s.cfg.Sessions.Unregister(sess) {
+			s.cfg.Fleet.Disconnected(context.WithoutCancel(ctx), sess)
+		}
+		log.Info("agent disconnected", "cause", sess.Err())
+	}()
+
+	// The writer starts first: delivery below may queue many commands.
+	writerDone := make(chan error, 1)
+	go func() { writerDone <- s.write(stream, sess) }()
+	_ = sess.Send(&tenantagentv1.ControlMessage{Body: &tenantagentv1.ControlMessage_Welcome{Welcome: &tenantagentv1.Welcome{
+		Identity: id.ID, Tenant: id.Tenant, AgentName: id.Name,
+		HeartbeatInterval: durationpb.New(s.cfg.HeartbeatInterval), ControlPlaneVersion: version.String(),
+	}}})
+	agent, err := s.cfg.Fleet.Connected(ctx, sess, hello)
+	if err != nil {
+		return status.Error(codes.Unavailable, "cannot record the agent; reconnect later")
+	}
+	if err := s.cfg.Dispatcher.Deliver(ctx, sess, hello); err != nil {
+		log.Error("cannot deliver pending commands", "error", err)
+	}
+	s.cfg.Reconciler.Reconcile(ctx, agent)
+
+	readerDone := make(chan error, 1)
+	go func() { readerDone <- s.read(ctx, stream, sess) }()
+
+	select {
+	case err := <-readerDone:
+		sess.Close(errors.New("stream ended by the agent"))
+		return err
+	case err := <-writerDone:
+		sess.Close(errors.New("stream write failed"))
+		return err
+	case <-sess.Done():
+		// Replaced, denied, too slow or shutting down: returning ends the
+		// stream, which also unblocks the reader and writer.
+		return closeStatus(sess.Err())
+	}
+}
+
+func (s *service) awaitHello(stream tenantagentv1.AgentService_ConnectServer) (*tenantagentv1.Hello, error) {
+	got := make(chan *tenantagentv1.AgentMessage, 1)
+	failed := make(chan error, 1)
+	go func() {
+		msg, err := stream.Recv()
+		if err != nil {
+			failed <- err
+			return
+		}
+		got <- msg
+	}()
+	select {
+	case msg := <-got:
+		if msg.GetHello() == nil {
+			return nil, status.Error(codes.InvalidArgument, "the first message on the stream must be Hello")
+		}
+		return msg.GetHello(), nil
+	case err := <-failed:
+		return nil, err
+	case <-time.After(s.cfg.HelloTimeout):
+		return nil, status.Errorf(codes.DeadlineExceeded, "no Hello within %s", s.cfg.HelloTimeout)
+	}
+}
+
+func (s *service) write(stream tenantagentv1.AgentService_ConnectServer, sess *session.Session) error {
+	for {
+		select {
+		case <-sess.Done():
+			return nil
+		case msg := <-sess.Queue():
+			if err := stream.Send(msg); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+func (s *service) read(ctx context.Context, stream tenantagentv1.AgentService_ConnectServer, sess *session.Session) error {
+	for {
+		msg, err := stream.Recv()
+		if err != nil {
+			return nil // the agent went away; the deferred cleanup records it
+		}
+		sess.Touch(time.Now())
+		switch body := msg.GetBody().(type) {
+		case *tenantagentv1.AgentMessage_Health:
+			if err := s.cfg.Fleet.CheckSession(sess); err != nil {
+				return status.Error(codes.PermissionDenied, err.Error())
+			}
+			agent, err := s.cfg.Fleet.Health(ctx, sess, body.Health)
+			if err != nil {
+				s.cfg.Logger.Error("cannot record health", "agent", sess.Identity.ID, "error", err)
+				continue
+			}
+			s.cfg.Reconciler.Reconcile(ctx, agent)
+		case *tenantagentv1.AgentMessage_Ack:
+			s.cfg.Dispatcher.HandleAck(ctx, sess.Identity, body.Ack)
+		case *tenantagentv1.AgentMessage_Progress:
+			s.cfg.Dispatcher.HandleProgress(ctx, sess.Identity, body.Progress)
+		case *tenantagentv1.AgentMessage_Result:
+			s.cfg.Dispatcher.HandleResult(ctx, sess, body.Result)
+		case *tenantagentv1.AgentMessage_Hello:
+			return status.Error(codes.InvalidArgument, "Hello may be sent only once per stream")
+		default:
+			return status.Error(codes.InvalidArgument, "empty or unknown agent message")
+		}
+	}
+}
+
+func closeStatus(cause error) error {
+	switch {
+	case errors.Is(cause, session.ErrSlow):
+		return status.Error(codes.ResourceExhausted, cause.Error())
+	case errors.Is(cause, session.ErrReplaced):
+		return status.Error(codes.Aborted, cause.Error())
+	case errors.Is(cause, ErrShuttingDown):
+		return status.Error(codes.Unavailable, cause.Error())
+	}
+	return status.Error(codes.PermissionDenied, cause.Error())
+}
+
+// ErrShuttingDown closes sessions when the control plane stops.
+var ErrShuttingDown = errors.New("control plane shutting down; reconnect")
+
+func serialOf(ctx context.Context) string {
+	p, ok := peer.FromContext(ctx)
+	if !ok {
+		return ""
+	}
+	cert, err := mtls.PeerCertificate(p.AuthInfo)
+	if err != nil {
+		return ""
+	}
+	return identity.SerialHex(cert)
+}

@@ -1,0 +1,78 @@
+package main
+
+import (
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+
+	"github.com/molecule-ai/tenant-agent/controlplane/server"
+	"github.com/molecule-ai/tenant-agent/pkg/cliflag"
+	"github.com/molecule-ai/tenant-agent/pkg/version"
+)
+
+const summary = `controlplane accepts the tenant agents' outbound mutual-TLS streams, keeps
+each runtime's image pin, and pushes refreshes down the agents' own
+connections. Its admin API (controlplane.v1.AdminService, with reflection and
+grpc.health.v1) serves the promote hook, operators with grpcurl, and
+dashboards; /metrics and /healthz are on the HTTP address.
+
+Make dev certificates with "make certs", then for example:
+
+  controlplane --cert certs/dev/controlplane.pem --key certs/dev/controlplane-key.pem --ca certs/dev/ca.pem
+  go tool grpcurl -cacert certs/dev/ca.pem -cert certs/dev/operator-dev.pem \
+      -key certs/dev/operator-dev-key.pem localhost:7444 list`
+
+func parseFlags(args []string, stdout io.Writer) (server.Config, error) {
+	cfg := server.Defaults()
+	cmd := cliflag.Command{Name: "controlplane", Summary: summary, EnvPrefix: "CONTROLPLANE", Version: version.String()}
+	fs := flag.NewFlagSet(cmd.Name, flag.ContinueOnError)
+	fs.StringVar(&cfg.AgentAddr, "agent-addr", cfg.AgentAddr, "listen address for agents (AgentService only)")
+	fs.StringVar(&cfg.AdminAddr, "admin-addr", cfg.AdminAddr, "listen address for the admin API, reflection and health")
+	fs.StringVar(&cfg.HTTPAddr, "http-addr", cfg.HTTPAddr, "listen address for /metrics and /healthz")
+	fs.StringVar(&cfg.TLS.Cert, "cert", cfg.TLS.Cert, "server certificate (PEM); re-read when it changes")
+	fs.StringVar(&cfg.TLS.Key, "key", cfg.TLS.Key, "server key (PEM)")
+	fs.StringVar(&cfg.TLS.CA, "ca", cfg.TLS.CA, "CA bundle clients are verified against (PEM, may hold several CAs)")
+	fs.StringVar(&cfg.TrustDomain, "trust-domain", cfg.TrustDomain, "SPIFFE trust domain of every client identity")
+	fs.StringVar(&cfg.StorePath, "store", cfg.StorePath, "SQLite database file (created if missing)")
+	fs.StringVar(&cfg.ServiceGrants, "service-grants", "", "what service identities may call, e.g. 'promote-hook=PromoteRuntimeImage,RefreshRuntimeImage;ci=ListCommands'\n(default for unlisted services: Promote, Refresh, Get, List and Watch methods)")
+	fs.DurationVar(&cfg.HeartbeatInterval, "heartbeat-interval", cfg.HeartbeatInterval, "how often agents send health reports")
+	fs.DurationVar(&cfg.KeepaliveMinTime, "keepalive-min-time", cfg.KeepaliveMinTime, "the most often agents may send HTTP/2 pings (agents ping every 30s)")
+	fs.DurationVar(&cfg.KeepaliveTime, "keepalive-time", cfg.KeepaliveTime, "idle time before the server pings an agent")
+	fs.DurationVar(&cfg.KeepaliveTimeout, "keepalive-timeout", cfg.KeepaliveTimeout, "how long the server waits for a ping reply before closing")
+	fs.DurationVar(&cfg.CommandTTL, "command-ttl", cfg.CommandTTL, "how long a command may wait (agent offline) before it expires")
+	fs.IntVar(&cfg.DefaultParallelTenants, "max-parallel-tenants", cfg.DefaultParallelTenants, "tenants refreshed at once by a rollout that does not say")
+	fs.DurationVar(&cfg.ReconcileBackoff, "reconcile-backoff", cfg.ReconcileBackoff, "wait after a failed automatic refresh; doubles per failure")
+	fs.DurationVar(&cfg.ReconcileBackoffMax, "reconcile-backoff-max", cfg.ReconcileBackoffMax, "longest wait between automatic refresh attempts")
+	fs.IntVar(&cfg.SendQueue, "send-queue", cfg.SendQueue, "messages queued per agent before a non-reading agent is disconnected")
+	fs.DurationVar(&cfg.ShutdownGrace, "shutdown-grace", cfg.ShutdownGrace, "how long streams may drain at shutdown")
+	fs.DurationVar(&cfg.ReconnectStagger, "reconnect-stagger", cfg.ReconnectStagger, "at shutdown, agents are told to reconnect after a random delay up to this")
+	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
+	logFormat := fs.String("log-format", "text", "text or json")
+
+	if _, err := cmd.Parse(fs, args, stdout); err != nil {
+		return cfg, err
+	}
+	logger, err := newLogger(*logLevel, *logFormat)
+	if err != nil {
+		return cfg, err
+	}
+	cfg.Logger = logger
+	return cfg, nil
+}
+
+func newLogger(level, format string) (*slog.Logger, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("--log-level %q: want debug, info, warn or error", level)
+	}
+	opts := &slog.HandlerOptions{Level: l}
+	switch format {
+	case "text":
+		return slog.New(slog.NewTextHandler(os.Stderr, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(os.Stderr, opts)), nil
+	}
+	return nil, fmt.Errorf("--log-format %q: want text or json", format)
+}

@@ -1,0 +1,405 @@
+// Package dispatch delivers commands to agents with at-least-once delivery
+// (DESIGN.md §5): every command is journaled before it is sent, waits as
+// PENDING while its agent is offline, is sent again on every connect until
+// acknowledged, and its progress and result are recorded as they come back.
+// The agent dedupes by command ID, so the pair executes exactly once.
+package dispatch
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/molecule-ai/tenant-agent/controlplane/pubsub"
+	"github.com/molecule-ai/tenant-agent/controlplane/session"
+	"github.com/molecule-ai/tenant-agent/controlplane/store"
+	controlplanev1 "github.com/molecule-ai/tenant-agent/gen/controlplane/v1"
+	tenantagentv1 "github.com/molecule-ai/tenant-agent/gen/tenantagent/v1"
+	"github.com/molecule-ai/tenant-agent/pkg/identity"
+)
+
+// Update is one thing that happened to a command, for watchers.
+type Update struct {
+	// Command is set when the command's stored state changed.
+	Command *store.Command
+	// Progress is set for a progress report.
+	Progress *tenantagentv1.CommandProgress
+}
+
+// Observer is told about finished commands (metrics).
+type Observer interface {
+	CommandFinished(c *store.Command)
+}
+
+// Config configures a Dispatcher.
+type Config struct {
+	Store    store.Store
+	Sessions *session.Registry
+	Logger   *slog.Logger
+	Observer Observer
+	// ExpireEvery is how often deadlines are checked.
+	ExpireEvery time.Duration
+	Now         func() time.Time
+}
+
+// CheckAndSetDefaults validates the config and fills in defaults.
+func (c *Config) CheckAndSetDefaults() error {
+	if c.Store == nil || c.Sessions == nil {
+		return errors.New("dispatch: Store and Sessions are required")
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	c.Logger = c.Logger.With("component", "dispatch")
+	if c.ExpireEvery <= 0 {
+		c.ExpireEvery = 5 * time.Second
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+	return nil
+}
+
+// Dispatcher owns the command life cycle.
+type Dispatcher struct {
+	cfg       Config
+	updates   *pubsub.Hub[string, Update]
+	lastPhase sync.Map // command ID -> phase
+}
+
+// New returns a Dispatcher.
+func New(cfg Config) (*Dispatcher, error) {
+	if err := cfg.CheckAndSetDefaults(); err != nil {
+		return nil, err
+	}
+	return &Dispatcher{cfg: cfg, updates: pubsub.NewHub[string, Update](1024)}, nil
+}
+
+// NewCommandID returns a fresh, unguessable command ID.
+func NewCommandID() string { return "c-" + strings.ToLower(rand.Text()) }
+
+// Watch subscribes to a command's updates. Subscribe before reading the
+// command from the store, so no update falls between the two.
+func (d *Dispatcher) Watch(commandID string) *pubsub.Subscription[Update] {
+	return d.updates.Subscribe(commandID)
+}
+
+// rank orders states so transitions only move forward.
+func rank(s controlplanev1.CommandState) int {
+	switch s {
+	case controlplanev1.CommandState_COMMAND_STATE_PENDING:
+		return 0
+	case controlplanev1.CommandState_COMMAND_STATE_SENT:
+		return 1
+	case controlplanev1.CommandState_COMMAND_STATE_ACKED:
+		return 2
+	case controlplanev1.CommandState_COMMAND_STATE_RUNNING:
+		return 3
+	}
+	return 4
+}
+
+// Issue journals cmds in one transaction and sends each to its agent if
+// it is connected. Commands it superseded are reported to their watchers.
+func (d *Dispatcher) Issue(ctx context.Context, cmds []*store.Command) error {
+	now := d.cfg.Now()
+	for _, c := range cmds {
+		if c.ID == "" {
+			c.ID = NewCommandID()
+		}
+		c.State = controlplanev1.CommandState_COMMAND_STATE_PENDING
+		c.CreatedAt, c.UpdatedAt = now, now
+	}
+	superseded, err := d.cfg.Store.InsertCommands(ctx, cmds)
+	if err != nil {
+		return fmt.Errorf("journal commands: %w", err)
+	}
+	for _, id := range superseded {
+		d.publishStored(ctx, id)
+	}
+	for _, c := range cmds {
+		d.cfg.Logger.Info("command journaled", "command", c.ID, "agent", c.Agent, "kind", c.Kind, "runtime", c.Runtime, "digest", c.Digest, "requested_by", c.RequestedBy)
+		d.updates.Publish(c.ID, Update{Command: c})
+		if s := d.cfg.Sessions.Get(c.Agent); s != nil {
+			d.send(ctx, s, c)
+		}
+	}
+	return nil
+}
+
+// send queues a command on a session and records it SENT.
+func (d *Dispatcher) send(ctx context.Context, s *session.Session, c *store.Command) {
+	if err := s.Send(ControlMessage(c)); err != nil {
+		d.cfg.Logger.Warn("command not sent; it stays pending", "command", c.ID, "agent", c.Agent, "error", err)
+		return
+	}
+	d.advance(ctx, c.ID, controlplanev1.CommandState_COMMAND_STATE_SENT, "sent to "+s.Identity.ID)
+}
+
+// ControlMessage is the message that carries c to its agent.
+func ControlMessage(c *store.Command) *tenantagentv1.ControlMessage {
+	deadline := timestamppb.New(c.Deadline)
+	if c.Kind == controlplanev1.CommandKind_COMMAND_KIND_PREFETCH {
+		return &tenantagentv1.ControlMessage{Body: &tenantagentv1.ControlMessage_Prefetch{Prefetch: &tenantagentv1.PrefetchRuntimeImage{
+			CommandId: c.ID, Runtime: c.Runtime, ImageRepository: c.Repository, ImageDigest: c.Digest, Deadline: deadline,
+		}}}
+	}
+	return &tenantagentv1.ControlMessage{Body: &tenantagentv1.ControlMessage_Refresh{Refresh: &tenantagentv1.RefreshRuntimeImage{
+		CommandId: c.ID, Runtime: c.Runtime, ImageRepository: c.Repository, ImageDigest: c.Digest, Options: c.Options, Deadline: deadline,
+	}}}
+}
+
+// advance moves a command forward to state (never backward, never out of
+// a final state) and tells watchers.
+func (d *Dispatcher) advance(ctx context.Context, id string, state controlplanev1.CommandState, msg string) {
+	now := d.cfg.Now()
+	c, changed, err := d.cfg.Store.UpdateCommand(ctx, id, func(c *store.Command) bool {
+		if rank(state) <= rank(c.State) {
+			return false
+		}
+		c.State, c.UpdatedAt = state, now
+		return true
+	}, func(c *store.Command) *store.Event {
+		return &store.Event{CommandID: id, At: now, State: state, Message: msg}
+	})
+	if err != nil {
+		d.cfg.Logger.Error("cannot record command state", "command", id, "state", state, "error", err)
+		return
+	}
+	if changed {
+		d.updates.Publish(id, Update{Command: c})
+	}
+}
+
+func (d *Dispatcher) publishStored(ctx context.Context, id string) {
+	c, err := d.cfg.Store.GetCommand(ctx, id)
+	if err != nil {
+		d.cfg.Logger.Error("cannot read command", "command", id, "error", err)
+		return
+	}
+	d.updates.Publish(id, Update{Command: c})
+	if store.Terminal(c.State) && d.cfg.Observer != nil {
+		d.cfg.Observer.CommandFinished(c)
+	}
+}
+
+// Deliver runs when an agent's Hello arrives: it sends every command the
+// agent should hold but does not say it holds, and fails RUNNING commands
+// the agent no longer knows (its state was lost).
+func (d *Dispatcher) Deliver(ctx context.Context, s *session.Session, hello *tenantagentv1.Hello) error {
+	active, err := d.cfg.Store.ListCommands(ctx, store.CommandFilter{Agent: s.Identity.ID, States: store.ActiveStates, Oldest: true})
+	if err != nil {
+		return err
+	}
+	held := func(id string) bool {
+		return slices.Contains(hello.GetRunningCommandIds(), id) || slices.Contains(hello.GetResultCommandIds(), id)
+	}
+	for _, c := range active {
+		switch {
+		case held(c.ID):
+			// Its progress or result follows on this stream.
+		case c.State == controlplanev1.CommandState_COMMAND_STATE_RUNNING:
+			d.finish(ctx, c.ID, controlplanev1.CommandState_COMMAND_STATE_FAILED, nil,
+				"the agent reconnected without this command: its journal was lost while the command ran")
+		default:
+			d.send(ctx, s, c)
+		}
+	}
+	return nil
+}
+
+// HandleAck records that the agent journaled a command.
+func (d *Dispatcher) HandleAck(ctx context.Context, from identity.Identity, ack *tenantagentv1.CommandAck) {
+	if _, err := d.owned(ctx, from, ack.GetCommandId(), "ack"); err == nil {
+		d.advance(ctx, ack.GetCommandId(), controlplanev1.CommandState_COMMAND_STATE_ACKED, "acknowledged by the agent")
+	}
+}
+
+// HandleProgress records a command as RUNNING, stores a new phase as an
+// event, and passes every report to watchers.
+func (d *Dispatcher) HandleProgress(ctx context.Context, from identity.Identity, p *tenantagentv1.CommandProgress) {
+	c, err := d.owned(ctx, from, p.GetCommandId(), "progress")
+	if err != nil || store.Terminal(c.State) {
+		return
+	}
+	if c.State != controlplanev1.CommandState_COMMAND_STATE_RUNNING {
+		d.advance(ctx, c.ID, controlplanev1.CommandState_COMMAND_STATE_RUNNING, "running")
+	}
+	step := phase{p.GetPhase(), p.GetContainer()}
+	if last, ok := d.lastPhase.Swap(c.ID, step); !ok || last != step {
+		if err := d.cfg.Store.AppendEvent(ctx, store.Event{CommandID: c.ID, At: d.cfg.Now(), State: controlplanev1.CommandState_COMMAND_STATE_RUNNING, Progress: p, Message: p.GetMessage()}); err != nil {
+			d.cfg.Logger.Error("cannot store progress", "command", c.ID, "error", err)
+		}
+	}
+	d.updates.Publish(c.ID, Update{Progress: p})
+}
+
+// phase is a step of a command; a new one is stored as an event, while
+// byte counts within a step only go to watchers.
+type phase struct {
+	phase     tenantagentv1.CommandPhase
+	container string
+}
+
+// HandleResult stores a command's result once and confirms it to the
+// agent with ResultReceived. A repeated result is confirmed again but not
+// stored; a result for another agent's command is refused.
+func (d *Dispatcher) HandleResult(ctx context.Context, s *session.Session, r *tenantagentv1.CommandResult) {
+	c, err := d.owned(ctx, s.Identity, r.GetCommandId(), "result")
+	if errors.Is(err, store.ErrNotFound) {
+		// Confirm it anyway, so an agent holding a result for a command
+		// this control plane never issued stops resending it.
+		d.confirm(s, r.GetCommandId())
+		return
+	}
+	if err != nil {
+		return
+	}
+	if c.Result != nil {
+		d.cfg.Logger.Info("duplicate result ignored", "command", c.ID, "agent", s.Identity.ID)
+		d.confirm(s, c.ID)
+		return
+	}
+	state := stateOf(r.GetOutcome())
+	if state == controlplanev1.CommandState_COMMAND_STATE_UNSPECIFIED {
+		d.cfg.Logger.Warn("result with no outcome refused", "command", c.ID, "agent", s.Identity.ID)
+		return
+	}
+	if d.finish(ctx, c.ID, state, r, r.GetError()) {
+		d.confirm(s, c.ID)
+	}
+}
+
+func (d *Dispatcher) confirm(s *session.Session, id string) {
+	_ = s.Send(&tenantagentv1.ControlMessage{Body: &tenantagentv1.ControlMessage_ResultReceived{ResultReceived: &tenantagentv1.ResultReceived{CommandId: id}}})
+}
+
+// finish records a final state (and result), reporting whether it was
+// stored. A result may still land on a command the control plane had
+// already expired or canceled: the agent's word is what happened.
+func (d *Dispatcher) finish(ctx context.Context, id string, state controlplanev1.CommandState, r *tenantagentv1.CommandResult, msg string) bool {
+	now := d.cfg.Now()
+	c, changed, err := d.cfg.Store.UpdateCommand(ctx, id, func(c *store.Command) bool {
+		if c.Result != nil || (store.Terminal(c.State) && r == nil) {
+			return false
+		}
+		c.State, c.Result, c.Error, c.UpdatedAt = state, r, msg, now
+		return true
+	}, func(c *store.Command) *store.Event {
+		return &store.Event{CommandID: id, At: now, State: state, Message: finishMessage(state, msg)}
+	})
+	if err != nil {
+		d.cfg.Logger.Error("cannot record command result", "command", id, "error", err)
+		return false
+	}
+	if changed {
+		d.lastPhase.Delete(id)
+		d.cfg.Logger.Info("command finished", "command", id, "agent", c.Agent, "state", state, "error", msg)
+		d.updates.Publish(id, Update{Command: c})
+		if d.cfg.Observer != nil {
+			d.cfg.Observer.CommandFinished(c)
+		}
+	}
+	return changed
+}
+
+func finishMessage(state controlplanev1.CommandState, msg string) string {
+	s := strings.ToLower(strings.TrimPrefix(state.String(), "COMMAND_STATE_"))
+	if msg == "" {
+		return s
+	}
+	return s + ": " + msg
+}
+
+func stateOf(o tenantagentv1.CommandOutcome) controlplanev1.CommandState {
+	switch o {
+	case tenantagentv1.CommandOutcome_COMMAND_OUTCOME_SUCCEEDED:
+		return controlplanev1.CommandState_COMMAND_STATE_SUCCEEDED
+	case tenantagentv1.CommandOutcome_COMMAND_OUTCOME_FAILED:
+		return controlplanev1.CommandState_COMMAND_STATE_FAILED
+	case tenantagentv1.CommandOutcome_COMMAND_OUTCOME_ROLLED_BACK:
+		return controlplanev1.CommandState_COMMAND_STATE_ROLLED_BACK
+	case tenantagentv1.CommandOutcome_COMMAND_OUTCOME_CANCELED:
+		return controlplanev1.CommandState_COMMAND_STATE_CANCELED
+	}
+	return controlplanev1.CommandState_COMMAND_STATE_UNSPECIFIED
+}
+
+var errNotOwner = errors.New("the command belongs to another agent")
+
+// owned returns the command if it exists and belongs to the agent; it logs
+// and refuses anything else.
+func (d *Dispatcher) owned(ctx context.Context, from identity.Identity, id, what string) (*store.Command, error) {
+	c, err := d.cfg.Store.GetCommand(ctx, id)
+	if err != nil {
+		d.cfg.Logger.Warn("agent message for an unknown command ignored", "what", what, "command", id, "agent", from.ID, "error", err)
+		return nil, err
+	}
+	if c.Agent != from.ID {
+		d.cfg.Logger.Warn("agent message for another agent's command refused", "what", what, "command", id, "agent", from.ID, "owner", c.Agent)
+		return nil, errNotOwner
+	}
+	return c, nil
+}
+
+// Cancel asks to stop a command: one not yet sent is canceled at once; one
+// the agent holds is canceled on the agent, which reports the outcome.
+func (d *Dispatcher) Cancel(ctx context.Context, id, reason string) error {
+	c, err := d.cfg.Store.GetCommand(ctx, id)
+	if err != nil {
+		return err
+	}
+	if c.State == controlplanev1.CommandState_COMMAND_STATE_PENDING {
+		d.finish(ctx, id, controlplanev1.CommandState_COMMAND_STATE_CANCELED, nil, reason)
+		return nil
+	}
+	if s := d.cfg.Sessions.Get(c.Agent); s != nil && !store.Terminal(c.State) {
+		return s.Send(&tenantagentv1.ControlMessage{Body: &tenantagentv1.ControlMessage_Cancel{Cancel: &tenantagentv1.CancelCommand{CommandId: id, Reason: reason}}})
+	}
+	return nil
+}
+
+// ExpireLoop marks commands whose deadline passed before they started as
+// EXPIRED, until ctx ends.
+func (d *Dispatcher) ExpireLoop(ctx context.Context) {
+	t := time.NewTicker(d.cfg.ExpireEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			d.ExpireNow(ctx)
+		}
+	}
+}
+
+// ExpireNow runs one expiry pass.
+func (d *Dispatcher) ExpireNow(ctx context.Context) {
+	notStarted := []controlplanev1.CommandState{
+		controlplanev1.CommandState_COMMAND_STATE_PENDING,
+		controlplanev1.CommandState_COMMAND_STATE_SENT,
+		controlplanev1.CommandState_COMMAND_STATE_ACKED,
+	}
+	expired, err := d.cfg.Store.ListCommands(ctx, store.CommandFilter{States: notStarted, DeadlineBefore: d.cfg.Now()})
+	if err != nil {
+		d.cfg.Logger.Error("cannot list expired commands", "error", err)
+		return
+	}
+	for _, c := range expired {
+		msg := "deadline " + c.Deadline.UTC().Format(time.RFC3339) + " passed before the command started"
+		if d.finish(ctx, c.ID, controlplanev1.CommandState_COMMAND_STATE_EXPIRED, nil, msg) {
+			if s := d.cfg.Sessions.Get(c.Agent); s != nil && c.State != controlplanev1.CommandState_COMMAND_STATE_PENDING {
+				_ = s.Send(&tenantagentv1.ControlMessage{Body: &tenantagentv1.ControlMessage_Cancel{Cancel: &tenantagentv1.CancelCommand{CommandId: c.ID, Reason: "expired"}}})
+			}
+		}
+	}
+}

@@ -1,0 +1,333 @@
+// Package fleet is the control plane's view of its agents and tenants: what
+// each agent last reported, the runtime pins it is compared against, holds
+// and denials. It persists every change and streams it to dashboards.
+package fleet
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sort"
+	"sync"
+	"time"
+
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/molecule-ai/tenant-agent/controlplane/auth"
+	"github.com/molecule-ai/tenant-agent/controlplane/pubsub"
+	"github.com/molecule-ai/tenant-agent/controlplane/session"
+	"github.com/molecule-ai/tenant-agent/controlplane/store"
+	controlplanev1 "github.com/molecule-ai/tenant-agent/gen/controlplane/v1"
+	tenantagentv1 "github.com/molecule-ai/tenant-agent/gen/tenantagent/v1"
+)
+
+// Config configures a Fleet.
+type Config struct {
+	Store    store.Store
+	Sessions *session.Registry
+	Deny     *auth.DenyList
+	Logger   *slog.Logger
+	Now      func() time.Time
+}
+
+// CheckAndSetDefaults validates the config and fills in defaults.
+func (c *Config) CheckAndSetDefaults() error {
+	if c.Store == nil || c.Sessions == nil || c.Deny == nil {
+		return errors.New("fleet: Store, Sessions and Deny are required")
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	c.Logger = c.Logger.With("component", "fleet")
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+	return nil
+}
+
+// Fleet is safe for concurrent use.
+type Fleet struct {
+	cfg     Config
+	watches *pubsub.Hub[struct{}, *controlplanev1.WatchAgentsResponse]
+
+	mu     sync.RWMutex
+	agents map[string]*store.Agent // by SPIFFE ID
+	pins   map[string]store.Pin    // by runtime
+	holds  map[string]store.Hold   // by tenant
+}
+
+// New loads the fleet's state from the store and fills the deny list.
+func New(ctx context.Context, cfg Config) (*Fleet, error) {
+	if err := cfg.CheckAndSetDefaults(); err != nil {
+		return nil, err
+	}
+	f := &Fleet{cfg: cfg, watches: pubsub.NewHub[struct{}, *controlplanev1.WatchAgentsResponse](4096),
+		agents: map[string]*store.Agent{}, pins: map[string]store.Pin{}, holds: map[string]store.Hold{}}
+	agents, err := cfg.Store.ListAgents(ctx)
+	if err != nil {
+		return nil, err
+	}
+	for i := range agents {
+		f.agents[agents[i].Identity] = &agents[i]
+	}
+	pins, err := cfg.Store.ListPins(ctx)
+	if err != nil {
+		return nil, err
+	}
+	for _, p := range pins {
+		f.pins[p.Runtime] = p
+	}
+	holds, err := cfg.Store.ListHolds(ctx)
+	if err != nil {
+		return nil, err
+	}
+	for _, h := range holds {
+		f.holds[h.Tenant] = h
+	}
+	denials, err := cfg.Store.ListDenials(ctx)
+	if err != nil {
+		return nil, err
+	}
+	for _, d := range denials {
+		f.applyDenial(d)
+	}
+	return f, nil
+}
+
+func (f *Fleet) applyDenial(d store.Denial) {
+	switch d.Kind {
+	case store.DenyTenant:
+		f.cfg.Deny.DenyTenant(d.Value, d.Reason)
+	case store.DenySerial:
+		f.cfg.Deny.DenySerial(d.Value, d.Reason)
+	}
+}
+
+// Connected records an agent's Hello.
+func (f *Fleet) Connected(ctx context.Context, s *session.Session, hello *tenantagentv1.Hello) (store.Agent, error) {
+	now := f.cfg.Now()
+	a := store.Agent{
+		Identity: s.Identity.ID, Tenant: s.Identity.Tenant, Name: s.Identity.Name,
+		ConnectedAt: s.ConnectedAt, LastSeen: now,
+		Hostname: hello.GetHostname(), AgentVersion: hello.GetAgentVersion(), DockerVersion: hello.GetDockerVersion(),
+		DockerReachable: hello.GetDockerReachable(), Runtimes: hello.GetRuntimes(),
+	}
+	return a, f.put(ctx, a, controlplanev1.AgentEventKind_AGENT_EVENT_KIND_CONNECTED)
+}
+
+// Health records a heartbeat.
+func (f *Fleet) Health(ctx context.Context, s *session.Session, h *tenantagentv1.HealthReport) (store.Agent, error) {
+	a, _ := f.Agent(s.Identity.ID)
+	a.Identity, a.Tenant, a.Name, a.ConnectedAt = s.Identity.ID, s.Identity.Tenant, s.Identity.Name, s.ConnectedAt
+	a.LastSeen, a.DockerReachable, a.Runtimes = f.cfg.Now(), h.GetDockerReachable(), h.GetRuntimes()
+	if h.GetAgentVersion() != "" {
+		a.AgentVersion = h.GetAgentVersion()
+	}
+	return a, f.put(ctx, a, controlplanev1.AgentEventKind_AGENT_EVENT_KIND_HEALTH)
+}
+
+// Disconnected records that an agent's stream closed.
+func (f *Fleet) Disconnected(ctx context.Context, s *session.Session) {
+	a, ok := f.Agent(s.Identity.ID)
+	if !ok {
+		return
+	}
+	a.LastSeen = s.LastSeen()
+	if err := f.put(ctx, a, controlplanev1.AgentEventKind_AGENT_EVENT_KIND_DISCONNECTED); err != nil {
+		f.cfg.Logger.Error("cannot record disconnect", "agent", a.Identity, "error", err)
+	}
+}
+
+func (f *Fleet) put(ctx context.Context, a store.Agent, kind controlplanev1.AgentEventKind) error {
+	if err := f.cfg.Store.PutAgent(ctx, a); err != nil {
+		return fmt.Errorf("record agent %s: %w", a.Identity, err)
+	}
+	f.mu.Lock()
+	f.agents[a.Identity] = &a
+	f.mu.Unlock()
+	f.watches.Publish(struct{}{}, &controlplanev1.WatchAgentsResponse{Kind: kind, Agent: f.View(a)})
+	return nil
+}
+
+// Agent returns an agent's record.
+func (f *Fleet) Agent(id string) (store.Agent, bool) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	a, ok := f.agents[id]
+	if !ok {
+		return store.Agent{}, false
+	}
+	return *a, true
+}
+
+// Agents returns every agent record, by tenant then identity; a non-empty
+// tenant filters.
+func (f *Fleet) Agents(tenant string) []store.Agent {
+	f.mu.RLock()
+	out := make([]store.Agent, 0, len(f.agents))
+	for _, a := range f.agents {
+		if tenant == "" || a.Tenant == tenant {
+			out = append(out, *a)
+		}
+	}
+	f.mu.RUnlock()
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].Tenant != out[j].Tenant {
+			return out[i].Tenant < out[j].Tenant
+		}
+		return out[i].Identity < out[j].Identity
+	})
+	return out
+}
+
+// KnownTenant reports whether any agent of tenant ever connected.
+func (f *Fleet) KnownTenant(tenant string) bool {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	for _, a := range f.agents {
+		if a.Tenant == tenant {
+			return true
+		}
+	}
+	return false
+}
+
+// RuntimeStatus returns what an agent last reported for a runtime.
+func RuntimeStatus(a store.Agent, runtime string) *tenantagentv1.RuntimeStatus {
+	for _, r := range a.Runtimes {
+		if r.GetRuntime() == runtime {
+			return r
+		}
+	}
+	return nil
+}
+
+// Pin returns a runtime's current pin.
+func (f *Fleet) Pin(runtime string) (store.Pin, bool) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	p, ok := f.pins[runtime]
+	return p, ok
+}
+
+// SetPin makes p the runtime's current pin in the fleet's view; the caller
+// has stored it.
+func (f *Fleet) SetPin(p store.Pin) {
+	f.mu.Lock()
+	f.pins[p.Runtime] = p
+	f.mu.Unlock()
+}
+
+// Held returns a tenant's hold, if any.
+func (f *Fleet) Held(tenant string) (store.Hold, bool) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	h, ok := f.holds[tenant]
+	return h, ok
+}
+
+// Hold stores a hold on a tenant.
+func (f *Fleet) Hold(ctx context.Context, h store.Hold) error {
+	if err := f.cfg.Store.PutHold(ctx, h); err != nil {
+		return err
+	}
+	f.mu.Lock()
+	f.holds[h.Tenant] = h
+	f.mu.Unlock()
+	f.cfg.Logger.Info("tenant held", "tenant", h.Tenant, "by", h.HeldBy, "reason", h.Reason)
+	return nil
+}
+
+// Release lifts a hold; it reports whether there was one.
+func (f *Fleet) Release(ctx context.Context, tenant string) (bool, error) {
+	ok, err := f.cfg.Store.DeleteHold(ctx, tenant)
+	if err != nil {
+		return false, err
+	}
+	f.mu.Lock()
+	delete(f.holds, tenant)
+	f.mu.Unlock()
+	f.cfg.Logger.Info("tenant released", "tenant", tenant)
+	return ok, nil
+}
+
+// Deny stores a denial, applies it to new handshakes and calls, and
+// closes the matching streams at once. It returns how many it closed.
+func (f *Fleet) Deny(ctx context.Context, d store.Denial) (int, error) {
+	if err := f.cfg.Store.PutDenial(ctx, d); err != nil {
+		return 0, err
+	}
+	f.applyDenial(d)
+	cause := session.ErrDenied(d.Reason)
+	n := f.cfg.Sessions.CloseMatching(func(s *session.Session) bool {
+		return (d.Kind == store.DenyTenant && s.Identity.Tenant == d.Value) || (d.Kind == store.DenySerial && s.Serial == d.Value)
+	}, cause)
+	f.cfg.Logger.Warn("denied", "kind", d.Kind, "value", d.Value, "by", d.DeniedBy, "reason", d.Reason, "disconnected", n)
+	return n, nil
+}
+
+// Allow lifts a tenant's denial; it reports whether there was one.
+func (f *Fleet) Allow(ctx context.Context, tenant string) (bool, error) {
+	ok, err := f.cfg.Store.DeleteDenial(ctx, store.DenyTenant, tenant)
+	if err != nil {
+		return false, err
+	}
+	f.cfg.Deny.AllowTenant(tenant)
+	f.cfg.Logger.Info("tenant allowed", "tenant", tenant)
+	return ok, nil
+}
+
+// CheckSession re-checks an open session against the deny list (on each
+// heartbeat), closing it if it is denied.
+func (f *Fleet) CheckSession(s *session.Session) error {
+	if err := f.cfg.Deny.Denied(s.Identity.Tenant, s.Serial); err != nil {
+		s.Close(session.ErrDenied(err.Error()))
+		return err
+	}
+	return nil
+}
+
+// View is an agent as the admin API shows it, each runtime compared with
+// its pin.
+func (f *Fleet) View(a store.Agent) *controlplanev1.Agent {
+	f.mu.RLock()
+	_, held := f.holds[a.Tenant]
+	pins := make(map[string]store.Pin, len(a.Runtimes))
+	for _, r := range a.Runtimes {
+		if p, ok := f.pins[r.GetRuntime()]; ok {
+			pins[r.GetRuntime()] = p
+		}
+	}
+	f.mu.RUnlock()
+	v := &controlplanev1.Agent{
+		Identity: a.Identity, Tenant: a.Tenant, AgentName: a.Name,
+		Connected:   f.cfg.Sessions.Get(a.Identity) != nil,
+		ConnectedAt: timestamppb.New(a.ConnectedAt), LastSeen: timestamppb.New(a.LastSeen),
+		Hostname: a.Hostname, AgentVersion: a.AgentVersion, DockerVersion: a.DockerVersion, DockerReachable: a.DockerReachable,
+		Held: held, Denied: f.cfg.Deny.Denied(a.Tenant, "") != nil,
+	}
+	if s := f.cfg.Sessions.Get(a.Identity); s != nil {
+		v.LastSeen = timestamppb.New(s.LastSeen())
+	}
+	for _, r := range a.Runtimes {
+		ar := &controlplanev1.AgentRuntime{Status: r}
+		if p, ok := pins[r.GetRuntime()]; ok {
+			ar.PinnedDigest = p.Digest
+			for _, c := range r.GetContainers() {
+				if c.GetImageDigest() == p.Digest {
+					ar.OnPin++
+				} else {
+					ar.OffPin++
+				}
+			}
+		}
+		v.Runtimes = append(v.Runtimes, ar)
+	}
+	return v
+}
+
+// Watch streams agent changes; see WatchAgents for the snapshot.
+func (f *Fleet) Watch() *pubsub.Subscription[*controlplanev1.WatchAgentsResponse] {
+	return f.watches.Subscribe(struct{}{})
+}

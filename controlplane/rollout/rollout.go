@@ -1,0 +1,489 @@
+// Package rollout promotes a runtime pin and rolls it to the fleet:
+// optionally a prefetch everywhere first, then canary tenants one at a
+// time, then the rest at most N at once, halting after M failures. A
+// rollout runs on the control plane's lifetime, not the caller's: it goes
+// on when the caller disconnects and resumes after a restart, reusing the
+// commands it already issued.
+package rollout
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"log/slog"
+	"path"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/molecule-ai/tenant-agent/controlplane/cperr"
+	"github.com/molecule-ai/tenant-agent/controlplane/dispatch"
+	"github.com/molecule-ai/tenant-agent/controlplane/fleet"
+	"github.com/molecule-ai/tenant-agent/controlplane/pubsub"
+	"github.com/molecule-ai/tenant-agent/controlplane/session"
+	"github.com/molecule-ai/tenant-agent/controlplane/store"
+	controlplanev1 "github.com/molecule-ai/tenant-agent/gen/controlplane/v1"
+	"github.com/molecule-ai/tenant-agent/pkg/identity"
+	"github.com/molecule-ai/tenant-agent/pkg/imageref"
+)
+
+// MaxNotes bounds the free text stored with a pin.
+const MaxNotes = 4096
+
+// Config configures Rollouts.
+type Config struct {
+	Store      store.Store
+	Fleet      *fleet.Fleet
+	Dispatcher *dispatch.Dispatcher
+	Sessions   *session.Registry
+	Logger     *slog.Logger
+	// DefaultParallel is how many tenants refresh at once when a promote
+	// does not say.
+	DefaultParallel int
+	// CommandTTL is how long a rollout's command may wait to start.
+	CommandTTL time.Duration
+	Now        func() time.Time
+}
+
+// CheckAndSetDefaults validates the config and fills in defaults.
+func (c *Config) CheckAndSetDefaults() error {
+	if c.Store == nil || c.Fleet == nil || c.Dispatcher == nil || c.Sessions == nil {
+		return errors.New("rollout: Store, Fleet, Dispatcher and Sessions are required")
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	c.Logger = c.Logger.With("component", "rollout")
+	if c.DefaultParallel <= 0 {
+		c.DefaultParallel = 10
+	}
+	if c.CommandTTL <= 0 {
+		c.CommandTTL = 24 * time.Hour
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+	return nil
+}
+
+// Rollouts starts and runs rollouts.
+type Rollouts struct {
+	cfg    Config
+	events *pubsub.Hub[string, *controlplanev1.RolloutEvent]
+	ctx    context.Context
+	wg     sync.WaitGroup
+}
+
+// New returns Rollouts whose rollouts run until ctx ends.
+func New(ctx context.Context, cfg Config) (*Rollouts, error) {
+	if err := cfg.CheckAndSetDefaults(); err != nil {
+		return nil, err
+	}
+	return &Rollouts{cfg: cfg, events: pubsub.NewHub[string, *controlplanev1.RolloutEvent](4096), ctx: ctx}, nil
+}
+
+// Wait waits for running rollouts to return after the lifetime ended.
+func (r *Rollouts) Wait() { r.wg.Wait() }
+
+// Promote validates the request, records the pin and starts the rollout.
+// The subscription receives the rollout's events; closing it does not stop
+// the rollout.
+func (r *Rollouts) Promote(ctx context.Context, caller identity.Identity, req *controlplanev1.PromoteRuntimeImageRequest) (store.Rollout, *pubsub.Subscription[*controlplanev1.RolloutEvent], error) {
+	ref, err := validate(req)
+	if err != nil {
+		return store.Rollout{}, nil, err
+	}
+	for _, t := range req.GetOptions().GetCanaryTenants() {
+		if len(r.targets(req.GetRuntime(), t)) == 0 {
+			return store.Rollout{}, nil, cperr.NotFound("canary tenant %q has no agent reporting runtime %q", t, req.GetRuntime())
+		}
+	}
+	now := r.cfg.Now()
+	pin := store.Pin{
+		Runtime: req.GetRuntime(), TemplateName: path.Base(ref.Repository), Repository: ref.Repository, Digest: ref.Digest,
+		GitSHA: req.GetGitSha(), PromotedAt: now, PromotedBy: caller.ID, Notes: req.GetNotes(),
+	}
+	if err := r.cfg.Store.RecordPin(ctx, pin); err != nil {
+		return store.Rollout{}, nil, fmt.Errorf("record pin: %w", err)
+	}
+	ro := store.Rollout{
+		ID: "r-" + strings.ToLower(rand.Text()), Runtime: pin.Runtime, Repository: pin.Repository, Digest: pin.Digest,
+		Options: req.GetOptions(), State: store.RolloutRunning, RequestedBy: caller.ID, CreatedAt: now, UpdatedAt: now,
+	}
+	if ro.Options == nil {
+		ro.Options = &controlplanev1.RolloutOptions{}
+	}
+	if err := r.cfg.Store.PutRollout(ctx, ro); err != nil {
+		return store.Rollout{}, nil, fmt.Errorf("record rollout: %w", err)
+	}
+	r.cfg.Fleet.SetPin(pin)
+	r.cfg.Logger.Info("pin promoted", "runtime", pin.Runtime, "image", pin.Ref(), "by", caller.ID, "rollout", ro.ID)
+	sub := r.events.Subscribe(ro.ID)
+	r.start(ro, &pin)
+	return ro, sub, nil
+}
+
+func validate(req *controlplanev1.PromoteRuntimeImageRequest) (imageref.Ref, error) {
+	if !identity.ValidName(req.GetRuntime()) {
+		return imageref.Ref{}, cperr.Invalid("runtime %q: want 1-63 lowercase letters, digits or hyphens", req.GetRuntime())
+	}
+	ref, err := imageref.Parse(req.GetImageRef())
+	if err != nil {
+		return imageref.Ref{}, cperr.Invalid("%v", err)
+	}
+	if len(req.GetNotes()) > MaxNotes {
+		return imageref.Ref{}, cperr.Invalid("notes are %d bytes, at most %d", len(req.GetNotes()), MaxNotes)
+	}
+	if len(req.GetGitSha()) > 64 {
+		return imageref.Ref{}, cperr.Invalid("git_sha is %d characters, at most 64", len(req.GetGitSha()))
+	}
+	for _, t := range req.GetOptions().GetCanaryTenants() {
+		if !identity.ValidName(t) {
+			return imageref.Ref{}, cperr.Invalid("canary tenant %q: want 1-63 lowercase letters, digits or hyphens", t)
+		}
+	}
+	return ref, nil
+}
+
+// Resume restarts rollouts a previous run of the control plane left running.
+func (r *Rollouts) Resume(ctx context.Context) error {
+	running, err := r.cfg.Store.ListRollouts(ctx, "", store.RolloutRunning)
+	if err != nil {
+		return err
+	}
+	for _, ro := range running {
+		r.cfg.Logger.Info("resuming rollout", "rollout", ro.ID, "runtime", ro.Runtime, "digest", ro.Digest)
+		r.start(ro, nil)
+	}
+	return nil
+}
+
+func (r *Rollouts) start(ro store.Rollout, pin *store.Pin) {
+	r.wg.Add(1)
+	go func() {
+		defer r.wg.Done()
+		run := &run{Rollouts: r, ro: ro}
+		run.execute(pin)
+	}()
+}
+
+// targets returns, by tenant, the agents that report the runtime; a
+// non-empty tenant filters.
+func (r *Rollouts) targets(runtime, tenant string) map[string][]store.Agent {
+	out := map[string][]store.Agent{}
+	for _, a := range r.cfg.Fleet.Agents(tenant) {
+		if fleet.RuntimeStatus(a, runtime) != nil {
+			out[a.Tenant] = append(out[a.Tenant], a)
+		}
+	}
+	return out
+}
+
+// run is one execution of a rollout.
+type run struct {
+	*Rollouts
+	ro store.Rollout
+
+	mu     sync.Mutex
+	counts controlplanev1.RolloutCounts
+}
+
+type outcome int
+
+const (
+	succeeded outcome = iota
+	failedOutcome
+	skipped
+	pending // the agent is offline; its command waits for it
+)
+
+func (x *run) emit(kind controlplanev1.RolloutEventKind, phase controlplanev1.RolloutPhase, tenant string, c *store.Command, msg string) {
+	x.mu.Lock()
+	counts := &controlplanev1.RolloutCounts{Tenants: x.counts.Tenants, Succeeded: x.counts.Succeeded, Failed: x.counts.Failed, Skipped: x.counts.Skipped}
+	x.mu.Unlock()
+	ev := &controlplanev1.RolloutEvent{
+		Time: timestamppb.New(x.cfg.Now()), RolloutId: x.ro.ID, Kind: kind, Phase: phase, Tenant: tenant, Message: msg, Counts: counts,
+	}
+	if c != nil {
+		ev.CommandId, ev.State = c.ID, c.State
+	}
+	x.events.Publish(x.ro.ID, ev)
+}
+
+func (x *run) count(o outcome) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	switch o {
+	case succeeded:
+		x.counts.Succeeded++
+	case failedOutcome:
+		x.counts.Failed++
+	case skipped:
+		x.counts.Skipped++
+	}
+}
+
+func (x *run) execute(pin *store.Pin) {
+	ctx := x.ctx
+	opts := x.ro.Options
+	if pin != nil {
+		ev := &controlplanev1.RolloutEvent{Time: timestamppb.New(x.cfg.Now()), RolloutId: x.ro.ID, Kind: controlplanev1.RolloutEventKind_ROLLOUT_EVENT_KIND_PIN_RECORDED,
+			Pin: PinProto(*pin), Message: "pin recorded: " + pin.Runtime + " -> " + pin.Ref()}
+		x.events.Publish(x.ro.ID, ev)
+	}
+
+	targets := x.targets(x.ro.Runtime, "")
+	tenants := make([]string, 0, len(targets))
+	for t := range targets {
+		tenants = append(tenants, t)
+	}
+	sort.Strings(tenants)
+	x.counts.Tenants = uint32(len(tenants))
+
+	var canaries, rest []string
+	for _, t := range tenants {
+		if h, held := x.cfg.Fleet.Held(t); held {
+			x.count(skipped)
+			x.emit(controlplanev1.RolloutEventKind_ROLLOUT_EVENT_KIND_TENANT_SKIPPED, 0, t, nil, "tenant is held: "+h.Reason)
+			continue
+		}
+		if slices.Contains(opts.GetCanaryTenants(), t) {
+			canaries = append(canaries, t)
+		} else {
+			rest = append(rest, t)
+		}
+	}
+	// Canaries run in the order given.
+	sort.SliceStable(canaries, func(i, j int) bool {
+		return slices.Index(opts.GetCanaryTenants(), canaries[i]) < slices.Index(opts.GetCanaryTenants(), canaries[j])
+	})
+	parallel := int(opts.GetMaxParallelTenants())
+	if parallel <= 0 {
+		parallel = x.cfg.DefaultParallel
+	}
+
+	if opts.GetPrefetch() {
+		phase := controlplanev1.RolloutPhase_ROLLOUT_PHASE_PREFETCH
+		x.emit(controlplanev1.RolloutEventKind_ROLLOUT_EVENT_KIND_PHASE_STARTED, phase, "", nil, fmt.Sprintf("prefetching on %d tenants", len(canaries)+len(rest)))
+		// A failed prefetch does not count: the refresh pulls again.
+		always := func() bool { return true }
+		x.each(ctx, append(slices.Clone(canaries), rest...), parallel, always, func(t string) {
+			x.tenant(ctx, phase, controlplanev1.CommandKind_COMMAND_KIND_PREFETCH, t, targets[t])
+		})
+	}
+
+	halted := ""
+	if len(canaries) > 0 {
+		phase := controlplanev1.RolloutPhase_ROLLOUT_PHASE_CANARY
+		x.emit(controlplanev1.RolloutEventKind_ROLLOUT_EVENT_KIND_PHASE_STARTED, phase, "", nil, fmt.Sprintf("refreshing %d canary tenants one at a time", len(canaries)))
+		for _, t := range canaries {
+			o := x.tenant(ctx, phase, controlplanev1.CommandKind_COMMAND_KIND_REFRESH, t, targets[t])
+			x.count(o)
+			if o != succeeded {
+				halted = "canary tenant " + t + " did not succeed"
+				break
+			}
+		}
+	}
+
+	if halted == "" && len(rest) > 0 {
+		phase := controlplanev1.RolloutPhase_ROLLOUT_PHASE_FLEET
+		x.emit(controlplanev1.RolloutEventKind_ROLLOUT_EVENT_KIND_PHASE_STARTED, phase, "", nil, fmt.Sprintf("refreshing %d tenants, %d at a time", len(rest), parallel))
+		limit := opts.GetHaltAfterFailures()
+		var mu sync.Mutex
+		var failures uint32
+		belowLimit := func() bool {
+			mu.Lock()
+			defer mu.Unlock()
+			return limit == 0 || failures < limit
+		}
+		started := x.each(ctx, rest, parallel, belowLimit, func(t string) {
+			o := x.tenant(ctx, phase, controlplanev1.CommandKind_COMMAND_KIND_REFRESH, t, targets[t])
+			x.count(o)
+			if o == failedOutcome {
+				mu.Lock()
+				failures++
+				mu.Unlock()
+			}
+		})
+		if limit > 0 && failures >= limit {
+			halted = fmt.Sprintf("%d tenants failed (halt after %d)", failures, limit)
+		}
+		for _, t := range rest[started:] {
+			x.count(skipped)
+			x.emit(controlplanev1.RolloutEventKind_ROLLOUT_EVENT_KIND_TENANT_SKIPPED, phase, t, nil, "not started: rollout halted")
+		}
+	}
+	if ctx.Err() != nil {
+		return // shutting down: the rollout stays RUNNING and resumes
+	}
+
+	x.ro.UpdatedAt = x.cfg.Now()
+	kind := controlplanev1.RolloutEventKind_ROLLOUT_EVENT_KIND_COMPLETED
+	x.ro.State, x.ro.Message = store.RolloutCompleted, x.summary()
+	if halted != "" {
+		kind = controlplanev1.RolloutEventKind_ROLLOUT_EVENT_KIND_HALTED
+		x.ro.State, x.ro.Message = store.RolloutHalted, "halted: "+halted+"; "+x.summary()
+	}
+	if err := x.cfg.Store.PutRollout(ctx, x.ro); err != nil {
+		x.cfg.Logger.Error("cannot record rollout end", "rollout", x.ro.ID, "error", err)
+	}
+	x.cfg.Logger.Info("rollout ended", "rollout", x.ro.ID, "runtime", x.ro.Runtime, "state", x.ro.State, "message", x.ro.Message)
+	x.emit(kind, 0, "", nil, x.ro.Message)
+}
+
+func (x *run) summary() string {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	c := &x.counts
+	waiting := c.Tenants - c.Succeeded - c.Failed - c.Skipped
+	return fmt.Sprintf("%d tenants: %d succeeded, %d failed, %d skipped, %d waiting for their agent to connect", c.Tenants, c.Succeeded, c.Failed, c.Skipped, waiting)
+}
+
+// each runs fn for tenants in order, at most parallel at once. Before each
+// start (once a slot is free, so after the latest finish) it asks
+// canStart; it stops at the first no or when ctx ends, and returns how
+// many tenants it started.
+func (x *run) each(ctx context.Context, tenants []string, parallel int, canStart func() bool, fn func(string)) int {
+	sem := make(chan struct{}, parallel)
+	var wg sync.WaitGroup
+	started := 0
+	for _, t := range tenants {
+		select {
+		case sem <- struct{}{}:
+		case <-ctx.Done():
+		}
+		if ctx.Err() != nil || !canStart() {
+			break
+		}
+		started++
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			fn(t)
+		}()
+	}
+	wg.Wait()
+	return started
+}
+
+// tenant refreshes (or prefetches) one tenant: one command per agent that
+// reports the runtime, reusing commands this rollout already issued, and
+// waits for them unless the agent is offline.
+func (x *run) tenant(ctx context.Context, phase controlplanev1.RolloutPhase, kind controlplanev1.CommandKind, tenant string, agents []store.Agent) outcome {
+	existing, err := x.cfg.Store.ListCommands(ctx, store.CommandFilter{RolloutID: x.ro.ID, Tenant: tenant, Kind: kind})
+	if err != nil {
+		x.emit(controlplanev1.RolloutEventKind_ROLLOUT_EVENT_KIND_COMMAND_UPDATED, phase, tenant, nil, "cannot read commands: "+err.Error())
+		return failedOutcome
+	}
+	var cmds, fresh []*store.Command
+	for _, a := range agents {
+		i := slices.IndexFunc(existing, func(c *store.Command) bool { return c.Agent == a.Identity })
+		if i >= 0 {
+			cmds = append(cmds, existing[i])
+			continue
+		}
+		c := &store.Command{
+			Agent: a.Identity, Tenant: tenant, Kind: kind, Runtime: x.ro.Runtime, Repository: x.ro.Repository, Digest: x.ro.Digest,
+			RequestedBy: x.ro.RequestedBy, RolloutID: x.ro.ID, Deadline: x.cfg.Now().Add(x.cfg.CommandTTL),
+		}
+		cmds, fresh = append(cmds, c), append(fresh, c)
+	}
+	// Subscribe before issuing, so no update is missed.
+	subs := make([]*pubsub.Subscription[dispatch.Update], len(cmds))
+	for i, c := range cmds {
+		if c.ID == "" {
+			c.ID = dispatch.NewCommandID()
+		}
+		subs[i] = x.cfg.Dispatcher.Watch(c.ID)
+		defer subs[i].Close()
+	}
+	if len(fresh) > 0 {
+		if err := x.cfg.Dispatcher.Issue(ctx, fresh); err != nil {
+			x.emit(controlplanev1.RolloutEventKind_ROLLOUT_EVENT_KIND_COMMAND_UPDATED, phase, tenant, nil, "cannot issue: "+err.Error())
+			return failedOutcome
+		}
+		for _, c := range fresh {
+			x.emit(controlplanev1.RolloutEventKind_ROLLOUT_EVENT_KIND_COMMAND_ISSUED, phase, tenant, c, "issued to "+c.Agent)
+		}
+	}
+	result := succeeded
+	for i, c := range cmds {
+		o := x.await(ctx, phase, tenant, c, subs[i])
+		switch {
+		case o == failedOutcome:
+			result = failedOutcome
+		case o == pending && result == succeeded:
+			result = pending
+		case o == skipped && result == succeeded:
+			result = skipped
+		}
+	}
+	return result
+}
+
+// await follows a command until it ends; a command whose agent is offline
+// is left waiting for it.
+func (x *run) await(ctx context.Context, phase controlplanev1.RolloutPhase, tenant string, c *store.Command, sub *pubsub.Subscription[dispatch.Update]) outcome {
+	for {
+		stored, err := x.cfg.Store.GetCommand(ctx, c.ID)
+		if err != nil {
+			return failedOutcome
+		}
+		if store.Terminal(stored.State) {
+			x.emit(controlplanev1.RolloutEventKind_ROLLOUT_EVENT_KIND_COMMAND_UPDATED, phase, tenant, stored, describe(stored))
+			return classify(stored.State)
+		}
+		if stored.State == controlplanev1.CommandState_COMMAND_STATE_PENDING && x.cfg.Sessions.Get(stored.Agent) == nil {
+			x.emit(controlplanev1.RolloutEventKind_ROLLOUT_EVENT_KIND_COMMAND_UPDATED, phase, tenant, stored, "agent offline: the command waits for it to connect")
+			return pending
+		}
+		select {
+		case <-ctx.Done():
+			return pending
+		case u, ok := <-sub.C:
+			if !ok {
+				sub = x.cfg.Dispatcher.Watch(c.ID) // fell behind: re-attach and re-read
+				defer sub.Close()
+				continue
+			}
+			if u.Command != nil && !store.Terminal(u.Command.State) {
+				x.emit(controlplanev1.RolloutEventKind_ROLLOUT_EVENT_KIND_COMMAND_UPDATED, phase, tenant, u.Command, describe(u.Command))
+			}
+		case <-time.After(30 * time.Second):
+			// Re-read: the agent may have gone offline meanwhile.
+		}
+	}
+}
+
+func describe(c *store.Command) string {
+	s := strings.ToLower(strings.TrimPrefix(c.State.String(), "COMMAND_STATE_"))
+	if c.Error != "" {
+		s += ": " + c.Error
+	}
+	return s
+}
+
+func classify(s controlplanev1.CommandState) outcome {
+	switch s {
+	case controlplanev1.CommandState_COMMAND_STATE_SUCCEEDED:
+		return succeeded
+	case controlplanev1.CommandState_COMMAND_STATE_SUPERSEDED, controlplanev1.CommandState_COMMAND_STATE_CANCELED:
+		return skipped
+	}
+	return failedOutcome
+}
+
+// PinProto converts a stored pin for the admin API.
+func PinProto(p store.Pin) *controlplanev1.RuntimePin {
+	return &controlplanev1.RuntimePin{
+		Runtime: p.Runtime, TemplateName: p.TemplateName, ImageRepository: p.Repository, ImageDigest: p.Digest, ImageRef: p.Ref(),
+		GitSha: p.GitSHA, PromotedAt: timestamppb.New(p.PromotedAt), PromotedBy: p.PromotedBy, Notes: p.Notes,
+	}
+}

@@ -1,0 +1,136 @@
+// Package server assembles the control plane: the store, the agent and
+// admin listeners (each mTLS, each with its own services), the HTTP port for
+// /metrics and /healthz, and graceful shutdown.
+package server
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"time"
+
+	"github.com/molecule-ai/tenant-agent/controlplane/auth"
+	"github.com/molecule-ai/tenant-agent/pkg/mtls"
+)
+
+// Config is the control plane's configuration; the binary fills it from
+// flags and CONTROLPLANE_* variables.
+type Config struct {
+	// AgentAddr serves tenantagent.v1.AgentService only.
+	AgentAddr string
+	// AdminAddr serves controlplane.v1.AdminService, reflection and health.
+	AdminAddr string
+	// HTTPAddr serves /metrics and /healthz (plain HTTP: no secrets there).
+	HTTPAddr string
+	// TLS is the control plane's server certificate, key and the CA bundle
+	// clients are verified against.
+	TLS         mtls.Files
+	TrustDomain string
+	// StorePath is the SQLite file.
+	StorePath string
+	// ServiceGrants limits service identities, see auth.ParseGrants.
+	ServiceGrants string
+
+	HeartbeatInterval time.Duration
+	// KeepaliveMinTime is the most often agents may ping (they ping every
+	// 30 s); KeepaliveTime and KeepaliveTimeout are the server's own pings
+	// to find dead connections.
+	KeepaliveMinTime time.Duration
+	KeepaliveTime    time.Duration
+	KeepaliveTimeout time.Duration
+
+	// CommandTTL is how long a command may wait to start before it expires.
+	CommandTTL time.Duration
+	// DefaultParallelTenants bounds a rollout that does not say.
+	DefaultParallelTenants int
+	// ReconcileBackoff is the first wait after a failed automatic refresh;
+	// it doubles up to ReconcileBackoffMax.
+	ReconcileBackoff    time.Duration
+	ReconcileBackoffMax time.Duration
+	// SendQueue is each agent session's queue length.
+	SendQueue int
+	// ShutdownGrace bounds draining streams at shutdown; ReconnectStagger
+	// spreads the agents' reconnects over this long.
+	ShutdownGrace    time.Duration
+	ReconnectStagger time.Duration
+
+	Logger *slog.Logger
+}
+
+// Defaults returns the configuration the binary starts from.
+func Defaults() Config {
+	return Config{
+		AgentAddr: ":7443", AdminAddr: ":7444", HTTPAddr: ":9090",
+		TLS:         mtls.Files{Cert: "certs/dev/controlplane.pem", Key: "certs/dev/controlplane-key.pem", CA: "certs/dev/ca.pem"},
+		TrustDomain: "molecule.local", StorePath: "var/controlplane.db",
+		HeartbeatInterval: 15 * time.Second,
+		KeepaliveMinTime:  15 * time.Second, KeepaliveTime: time.Minute, KeepaliveTimeout: 20 * time.Second,
+		CommandTTL: 24 * time.Hour, DefaultParallelTenants: 10,
+		ReconcileBackoff: time.Minute, ReconcileBackoffMax: time.Hour,
+		SendQueue:     256,
+		ShutdownGrace: 10 * time.Second, ReconnectStagger: 30 * time.Second,
+	}
+}
+
+// CheckAndSetDefaults validates everything once, at start, and reports
+// every problem together.
+func (c *Config) CheckAndSetDefaults() error {
+	d := Defaults()
+	var errs []error
+	for _, a := range []struct{ name, v string }{{"agent-addr", c.AgentAddr}, {"admin-addr", c.AdminAddr}, {"http-addr", c.HTTPAddr}} {
+		if _, _, err := net.SplitHostPort(a.v); err != nil {
+			errs = append(errs, fmt.Errorf("--%s %q: want host:port (%v)", a.name, a.v, err))
+		}
+	}
+	if err := c.TLS.CheckAndSetDefaults(); err != nil {
+		errs = append(errs, fmt.Errorf("TLS (--cert, --key, --ca): %w", err))
+	}
+	if c.TrustDomain == "" {
+		errs = append(errs, errors.New("--trust-domain is empty"))
+	}
+	if c.StorePath == "" {
+		errs = append(errs, errors.New("--store is empty"))
+	}
+	if _, err := auth.ParseGrants(c.ServiceGrants); err != nil {
+		errs = append(errs, fmt.Errorf("--service-grants: %w", err))
+	}
+	positive := []struct {
+		name string
+		v    *time.Duration
+		def  time.Duration
+	}{
+		{"heartbeat-interval", &c.HeartbeatInterval, d.HeartbeatInterval},
+		{"keepalive-min-time", &c.KeepaliveMinTime, d.KeepaliveMinTime},
+		{"keepalive-time", &c.KeepaliveTime, d.KeepaliveTime},
+		{"keepalive-timeout", &c.KeepaliveTimeout, d.KeepaliveTimeout},
+		{"command-ttl", &c.CommandTTL, d.CommandTTL},
+		{"reconcile-backoff", &c.ReconcileBackoff, d.ReconcileBackoff},
+		{"reconcile-backoff-max", &c.ReconcileBackoffMax, d.ReconcileBackoffMax},
+		{"shutdown-grace", &c.ShutdownGrace, d.ShutdownGrace},
+	}
+	for _, p := range positive {
+		switch {
+		case *p.v < 0:
+			errs = append(errs, fmt.Errorf("--%s is negative", p.name))
+		case *p.v == 0:
+			*p.v = p.def
+		}
+	}
+	if c.KeepaliveMinTime > 30*time.Second {
+		errs = append(errs, fmt.Errorf("--keepalive-min-time %s would refuse the agents' 30s pings", c.KeepaliveMinTime))
+	}
+	if c.ReconnectStagger < 0 {
+		errs = append(errs, errors.New("--reconnect-stagger is negative"))
+	}
+	if c.DefaultParallelTenants <= 0 {
+		c.DefaultParallelTenants = d.DefaultParallelTenants
+	}
+	if c.SendQueue <= 0 {
+		c.SendQueue = d.SendQueue
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	return errors.Join(errs...)
+}

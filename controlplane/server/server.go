@@ -1,0 +1,252 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/health"
+	"google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/reflection"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	"github.com/molecule-ai/tenant-agent/controlplane/adminsvc"
+	"github.com/molecule-ai/tenant-agent/controlplane/agentsvc"
+	"github.com/molecule-ai/tenant-agent/controlplane/auth"
+	"github.com/molecule-ai/tenant-agent/controlplane/dispatch"
+	"github.com/molecule-ai/tenant-agent/controlplane/fleet"
+	"github.com/molecule-ai/tenant-agent/controlplane/metrics"
+	"github.com/molecule-ai/tenant-agent/controlplane/reconcile"
+	"github.com/molecule-ai/tenant-agent/controlplane/rollout"
+	"github.com/molecule-ai/tenant-agent/controlplane/session"
+	"github.com/molecule-ai/tenant-agent/controlplane/store/sqlite"
+	controlplanev1 "github.com/molecule-ai/tenant-agent/gen/controlplane/v1"
+	tenantagentv1 "github.com/molecule-ai/tenant-agent/gen/tenantagent/v1"
+	"github.com/molecule-ai/tenant-agent/pkg/mtls"
+	"github.com/molecule-ai/tenant-agent/pkg/version"
+)
+
+const (
+	maxAgentMessage = 1 << 20   // a health report of many containers fits
+	maxAdminMessage = 256 << 10 // admin requests are small
+)
+
+// Server is a running control plane.
+type Server struct {
+	cfg Config
+
+	store      *sqlite.Store
+	sessions   *session.Registry
+	dispatcher *dispatch.Dispatcher
+	rollouts   *rollout.Rollouts
+	health     *health.Server
+	serving    atomic.Bool
+
+	agentLis, adminLis, httpLis net.Listener
+	agentSrv, adminSrv          *grpc.Server
+	httpSrv                     *http.Server
+
+	lifetime context.Context
+	stop     context.CancelFunc
+	wg       sync.WaitGroup
+}
+
+// New opens the store, builds every component and binds the listeners;
+// Serve starts serving.
+func New(cfg Config) (_ *Server, err error) {
+	if err := cfg.CheckAndSetDefaults(); err != nil {
+		return nil, err
+	}
+	logger := cfg.Logger
+	s := &Server{cfg: cfg}
+	s.lifetime, s.stop = context.WithCancel(context.Background())
+	defer func() {
+		if err != nil {
+			s.close()
+		}
+	}()
+
+	if s.store, err = sqlite.Open(s.lifetime, cfg.StorePath); err != nil {
+		return nil, fmt.Errorf("open store: %w", err)
+	}
+	deny := auth.NewDenyList()
+	s.sessions = session.NewRegistry(cfg.SendQueue)
+	fl, err := fleet.New(s.lifetime, fleet.Config{Store: s.store, Sessions: s.sessions, Deny: deny, Logger: logger})
+	if err != nil {
+		return nil, fmt.Errorf("load fleet: %w", err)
+	}
+	m := metrics.New(s.sessions, fl)
+	if s.dispatcher, err = dispatch.New(dispatch.Config{Store: s.store, Sessions: s.sessions, Logger: logger, Observer: m}); err != nil {
+		return nil, err
+	}
+	rec, err := reconcile.New(reconcile.Config{Store: s.store, Fleet: fl, Issuer: s.dispatcher, Logger: logger,
+		BackoffBase: cfg.ReconcileBackoff, BackoffMax: cfg.ReconcileBackoffMax, CommandTTL: cfg.CommandTTL})
+	if err != nil {
+		return nil, err
+	}
+	if s.rollouts, err = rollout.New(s.lifetime, rollout.Config{Store: s.store, Fleet: fl, Dispatcher: s.dispatcher, Sessions: s.sessions,
+		Logger: logger, DefaultParallel: cfg.DefaultParallelTenants, CommandTTL: cfg.CommandTTL}); err != nil {
+		return nil, err
+	}
+	agents, err := agentsvc.New(agentsvc.Config{Sessions: s.sessions, Fleet: fl, Dispatcher: s.dispatcher, Reconciler: rec, Logger: logger, HeartbeatInterval: cfg.HeartbeatInterval})
+	if err != nil {
+		return nil, err
+	}
+	admin, err := adminsvc.New(adminsvc.Config{Store: s.store, Fleet: fl, Dispatcher: s.dispatcher, Rollouts: s.rollouts, Logger: logger, CommandTTL: cfg.CommandTTL})
+	if err != nil {
+		return nil, err
+	}
+
+	src, err := mtls.NewSource(cfg.TLS, logger)
+	if err != nil {
+		return nil, err
+	}
+	grants, _ := auth.ParseGrants(cfg.ServiceGrants) // checked in CheckAndSetDefaults
+	creds := mtls.ServerCredentials(src, mtls.ServerOptions{TrustDomain: cfg.TrustDomain, Check: deny.Check, Logger: logger})
+	common := append([]grpc.ServerOption{grpc.Creds(creds)}, auth.Interceptors{
+		TrustDomain: cfg.TrustDomain, Policy: auth.NewPolicy(grants), Check: deny.Check, Logger: logger,
+	}.ServerOptions()...)
+
+	s.agentSrv = grpc.NewServer(append(common,
+		grpc.MaxRecvMsgSize(maxAgentMessage),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: cfg.KeepaliveMinTime, PermitWithoutStream: true}),
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: cfg.KeepaliveTime, Timeout: cfg.KeepaliveTimeout}),
+	)...)
+	tenantagentv1.RegisterAgentServiceServer(s.agentSrv, agents)
+
+	s.adminSrv = grpc.NewServer(append(common, grpc.MaxRecvMsgSize(maxAdminMessage))...)
+	controlplanev1.RegisterAdminServiceServer(s.adminSrv, admin)
+	s.health = health.NewServer()
+	grpc_health_v1.RegisterHealthServer(s.adminSrv, s.health)
+	reflection.Register(s.adminSrv)
+
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(m.Registry, promhttp.HandlerOpts{}))
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
+		if !s.serving.Load() {
+			http.Error(w, "shutting down", http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, "ok")
+	})
+	s.httpSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+
+	for _, l := range []struct {
+		addr string
+		lis  *net.Listener
+	}{{cfg.AgentAddr, &s.agentLis}, {cfg.AdminAddr, &s.adminLis}, {cfg.HTTPAddr, &s.httpLis}} {
+		if *l.lis, err = net.Listen("tcp", l.addr); err != nil {
+			return nil, err
+		}
+	}
+	if err := s.rollouts.Resume(s.lifetime); err != nil {
+		return nil, fmt.Errorf("resume rollouts: %w", err)
+	}
+	return s, nil
+}
+
+// AgentAddr, AdminAddr and HTTPAddr are the bound addresses.
+func (s *Server) AgentAddr() string { return s.agentLis.Addr().String() }
+func (s *Server) AdminAddr() string { return s.adminLis.Addr().String() }
+func (s *Server) HTTPAddr() string  { return s.httpLis.Addr().String() }
+
+// Serve serves until ctx ends, then shuts down gracefully: health goes
+// NOT_SERVING, agents are told to reconnect (staggered), streams drain for
+// up to ShutdownGrace.
+func (s *Server) Serve(ctx context.Context) error {
+	errc := make(chan error, 3)
+	s.wg.Add(4)
+	go func() { defer s.wg.Done(); errc <- s.agentSrv.Serve(s.agentLis) }()
+	go func() { defer s.wg.Done(); errc <- s.adminSrv.Serve(s.adminLis) }()
+	go func() {
+		defer s.wg.Done()
+		if err := s.httpSrv.Serve(s.httpLis); !errors.Is(err, http.ErrServerClosed) {
+			errc <- err
+		}
+	}()
+	go func() { defer s.wg.Done(); s.dispatcher.ExpireLoop(s.lifetime) }()
+	s.serving.Store(true)
+	s.health.SetServingStatus("", grpc_health_v1.HealthCheckResponse_SERVING)
+	s.cfg.Logger.Info("control plane serving", "component", "server", "version", version.String(),
+		"agent_addr", s.AgentAddr(), "admin_addr", s.AdminAddr(), "http_addr", s.HTTPAddr(), "store", s.cfg.StorePath)
+
+	var err error
+	select {
+	case <-ctx.Done():
+	case err = <-errc:
+		s.cfg.Logger.Error("listener failed; shutting down", "component", "server", "error", err)
+	}
+	s.shutdown()
+	return err
+}
+
+func (s *Server) shutdown() {
+	log := s.cfg.Logger.With("component", "server")
+	log.Info("shutting down", "agents", s.sessions.Len())
+	s.serving.Store(false)
+	s.health.Shutdown() // NOT_SERVING to every watcher
+	for _, sess := range s.sessions.List() {
+		after := time.Duration(0)
+		if s.cfg.ReconnectStagger > 0 {
+			after = rand.N(s.cfg.ReconnectStagger)
+		}
+		_ = sess.Send(&tenantagentv1.ControlMessage{Body: &tenantagentv1.ControlMessage_Reconnect{Reconnect: &tenantagentv1.Reconnect{
+			After: durationpb.New(after), Reason: "control plane shutting down",
+		}}})
+	}
+	// Give the writers a moment to flush Reconnect, then end the streams.
+	time.Sleep(200 * time.Millisecond)
+	s.sessions.CloseMatching(func(*session.Session) bool { return true }, agentsvc.ErrShuttingDown)
+
+	done := make(chan struct{})
+	go func() {
+		s.agentSrv.GracefulStop()
+		s.adminSrv.GracefulStop()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(s.cfg.ShutdownGrace):
+		log.Warn("streams did not drain in time; closing them")
+		s.agentSrv.Stop()
+		s.adminSrv.Stop()
+	}
+	shutdownCtx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	_ = s.httpSrv.Shutdown(shutdownCtx)
+	s.stop()
+	s.rollouts.Wait()
+	s.wg.Wait()
+	s.close()
+	log.Info("stopped")
+}
+
+func (s *Server) close() {
+	s.stop()
+	for _, l := range []net.Listener{s.agentLis, s.adminLis, s.httpLis} {
+		if l != nil {
+			l.Close()
+		}
+	}
+	if s.store != nil {
+		s.store.Close()
+	}
+}
+
+// Run builds the control plane and serves until ctx ends.
+func Run(ctx context.Context, cfg Config) error {
+	s, err := New(cfg)
+	if err != nil {
+		return err
+	}
+	return s.Serve(ctx)
+}

@@ -1,0 +1,156 @@
+// Package session is the registry of connected agents: one session per
+// agent identity, each with a bounded send queue. Sending never blocks: an
+// agent that does not drain its queue is disconnected, so one stuck agent
+// can never hold up a fan-out to the others.
+package session
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	tenantagentv1 "github.com/molecule-ai/tenant-agent/gen/tenantagent/v1"
+	"github.com/molecule-ai/tenant-agent/pkg/identity"
+)
+
+var (
+	// ErrSlow closes a session whose send queue is full.
+	ErrSlow = errors.New("agent is not reading its stream (send queue full); disconnected")
+	// ErrReplaced closes a session when the same identity connects again.
+	ErrReplaced = errors.New("replaced by a newer connection of the same agent")
+)
+
+// Session is one agent's open stream.
+type Session struct {
+	Identity    identity.Identity
+	Serial      string
+	ConnectedAt time.Time
+
+	queue    chan *tenantagentv1.ControlMessage
+	ctx      context.Context
+	cancel   context.CancelCauseFunc
+	lastSeen atomic.Int64
+}
+
+// Send queues msg for the agent without blocking. If the queue is full the
+// session is closed with ErrSlow.
+func (s *Session) Send(msg *tenantagentv1.ControlMessage) error {
+	if err := s.Err(); err != nil {
+		return err
+	}
+	select {
+	case s.queue <- msg:
+		return nil
+	default:
+		s.Close(ErrSlow)
+		return ErrSlow
+	}
+}
+
+// Queue is what the stream's writer sends, in order.
+func (s *Session) Queue() <-chan *tenantagentv1.ControlMessage { return s.queue }
+
+// Done is closed when the session is closed.
+func (s *Session) Done() <-chan struct{} { return s.ctx.Done() }
+
+// Err is why the session was closed, or nil while it is open.
+func (s *Session) Err() error {
+	if s.ctx.Err() == nil {
+		return nil
+	}
+	return context.Cause(s.ctx)
+}
+
+// Close ends the session; the first cause wins.
+func (s *Session) Close(cause error) { s.cancel(cause) }
+
+// Touch records that the agent sent something.
+func (s *Session) Touch(now time.Time) { s.lastSeen.Store(now.UnixNano()) }
+
+// LastSeen is when the agent last sent something.
+func (s *Session) LastSeen() time.Time { return time.Unix(0, s.lastSeen.Load()) }
+
+// Registry holds the open sessions, keyed by SPIFFE ID.
+type Registry struct {
+	queueSize int
+	mu        sync.RWMutex
+	sessions  map[string]*Session
+}
+
+// NewRegistry returns a registry whose sessions queue up to queueSize
+// messages.
+func NewRegistry(queueSize int) *Registry {
+	return &Registry{queueSize: queueSize, sessions: map[string]*Session{}}
+}
+
+// Register opens a session for id. A session the same identity already
+// had is closed with ErrReplaced and returned.
+func (r *Registry) Register(id identity.Identity, serial string, now time.Time) (s *Session, replaced *Session) {
+	ctx, cancel := context.WithCancelCause(context.Background())
+	s = &Session{Identity: id, Serial: serial, ConnectedAt: now, queue: make(chan *tenantagentv1.ControlMessage, r.queueSize), ctx: ctx, cancel: cancel}
+	s.Touch(now)
+	r.mu.Lock()
+	replaced = r.sessions[id.ID]
+	r.sessions[id.ID] = s
+	r.mu.Unlock()
+	if replaced != nil {
+		replaced.Close(ErrReplaced)
+	}
+	return s, replaced
+}
+
+// Unregister removes s if it is still the identity's current session, and
+// reports whether it was.
+func (r *Registry) Unregister(s *Session) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.sessions[s.Identity.ID] != s {
+		return false
+	}
+	delete(r.sessions, s.Identity.ID)
+	return true
+}
+
+// Get returns the open session of an identity, or nil.
+func (r *Registry) Get(id string) *Session {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	return r.sessions[id]
+}
+
+// List returns every open session.
+func (r *Registry) List() []*Session {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	out := make([]*Session, 0, len(r.sessions))
+	for _, s := range r.sessions {
+		out = append(out, s)
+	}
+	return out
+}
+
+// Len is the number of open sessions.
+func (r *Registry) Len() int {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	return len(r.sessions)
+}
+
+// CloseMatching closes every session match selects, with cause, and
+// returns how many it closed.
+func (r *Registry) CloseMatching(match func(*Session) bool, cause error) int {
+	n := 0
+	for _, s := range r.List() {
+		if match(s) {
+			s.Close(cause)
+			n++
+		}
+	}
+	return n
+}
+
+// ErrDenied wraps a denial reason as a session close cause.
+func ErrDenied(reason string) error { return fmt.Errorf("denied: %s", reason) }

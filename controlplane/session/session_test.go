@@ -1,0 +1,52 @@
+package session
+
+import (
+	"errors"
+	"testing"
+	"time"
+
+	tenantagentv1 "github.com/molecule-ai/tenant-agent/gen/tenantagent/v1"
+	"github.com/molecule-ai/tenant-agent/pkg/identity"
+)
+
+var acme = identity.Identity{ID: "spiffe://td/tenant/acme", Kind: identity.KindAgent, Tenant: "acme"}
+
+func TestFullQueueDisconnectsInsteadOfBlocking(t *testing.T) {
+	r := NewRegistry(2)
+	s, _ := r.Register(acme, "1", time.Now())
+	msg := &tenantagentv1.ControlMessage{}
+	for i := 0; i < 2; i++ {
+		if err := s.Send(msg); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.Send(msg); !errors.Is(err, ErrSlow) {
+		t.Fatalf("third send: %v, want ErrSlow", err)
+	}
+	select {
+	case <-s.Done():
+	default:
+		t.Fatal("slow session not closed")
+	}
+	if !errors.Is(s.Err(), ErrSlow) {
+		t.Fatalf("Err = %v", s.Err())
+	}
+}
+
+func TestSecondConnectionReplacesFirst(t *testing.T) {
+	r := NewRegistry(1)
+	first, _ := r.Register(acme, "1", time.Now())
+	second, replaced := r.Register(acme, "2", time.Now())
+	if replaced != first || !errors.Is(first.Err(), ErrReplaced) {
+		t.Fatalf("replaced = %v, first.Err = %v", replaced, first.Err())
+	}
+	if r.Unregister(first) {
+		t.Fatal("the replaced session unregistered the new one")
+	}
+	if r.Get(acme.ID) != second || r.Len() != 1 {
+		t.Fatal("the new session is not current")
+	}
+	if n := r.CloseMatching(func(s *Session) bool { return s.Identity.Tenant == "acme" }, ErrDenied("test")); n != 1 || second.Err() == nil {
+		t.Fatalf("CloseMatching closed %d", n)
+	}
+}
