@@ -1,0 +1,166 @@
+package server
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"log/slog"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+
+	"github.com/molecule-ai/tenant-agent/certs/pkitest"
+	"github.com/molecule-ai/tenant-agent/controlplane/cptest"
+	controlplanev1 "github.com/molecule-ai/tenant-agent/gen/controlplane/v1"
+	tenantagentv1 "github.com/molecule-ai/tenant-agent/gen/tenantagent/v1"
+	"github.com/molecule-ai/tenant-agent/pkg/mtls"
+)
+
+const (
+	digestV1 = "sha256:1111111111111111111111111111111111111111111111111111111111111111"
+	digestV2 = "sha256:2222222222222222222222222222222222222222222222222222222222222222"
+	repo     = "registry.example/molecule-ai/workspace-template-codex"
+	wait     = 15 * time.Second
+)
+
+type logBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *logBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *logBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// harness is a control plane in this process on loopback, with a real
+// SQLite file and real mTLS.
+type harness struct {
+	t         *testing.T
+	pki       *pkitest.PKI
+	storePath string
+	srv       *Server
+	cancel    context.CancelFunc
+	done      chan error
+	logs      *logBuffer
+}
+
+func newHarness(t *testing.T, tenants ...string) *harness {
+	h := &harness{t: t, pki: pkitest.New(t, tenants...), storePath: filepath.Join(t.TempDir(), "cp.db"), logs: &logBuffer{}}
+	h.start(nil)
+	return h
+}
+
+func (h *harness) start(mutate func(*Config)) {
+	h.t.Helper()
+	cfg := Defaults()
+	cfg.AgentAddr, cfg.AdminAddr, cfg.HTTPAddr = "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0"
+	cfg.TLS = h.pki.Files("controlplane")
+	cfg.TrustDomain = pkitest.TrustDomain
+	cfg.StorePath = h.storePath
+	cfg.ReconnectStagger = 0
+	cfg.ShutdownGrace = 2 * time.Second
+	cfg.Logger = slog.New(slog.NewTextHandler(io.MultiWriter(h.logs, testWriter{h.t}), &slog.HandlerOptions{Level: slog.LevelDebug}))
+	if mutate != nil {
+		mutate(&cfg)
+	}
+	srv, err := New(cfg)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	h.srv, h.cancel, h.done = srv, cancel, make(chan error, 1)
+	go func() { h.done <- srv.Serve(ctx) }()
+	h.t.Cleanup(h.stop)
+}
+
+func (h *harness) stop() {
+	if h.cancel == nil {
+		return
+	}
+	h.cancel()
+	if err := <-h.done; err != nil {
+		h.t.Errorf("serve: %v", err)
+	}
+	h.cancel = nil
+}
+
+func (h *harness) restart() {
+	h.stop()
+	h.start(nil)
+}
+
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	if testing.Verbose() {
+		w.t.Log(string(bytes.TrimRight(p, "\n")))
+	}
+	return len(p), nil
+}
+
+func (h *harness) admin(stem string) controlplanev1.AdminServiceClient {
+	h.t.Helper()
+	src, err := mtls.NewSource(h.pki.Files(stem), nil)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	conn, err := grpc.NewClient(h.srv.AdminAddr(), grpc.WithTransportCredentials(mtls.ClientCredentials(src, "localhost")))
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	h.t.Cleanup(func() { conn.Close() })
+	return controlplanev1.NewAdminServiceClient(conn)
+}
+
+func (h *harness) operator() controlplanev1.AdminServiceClient { return h.admin("operator-dev") }
+
+func (h *harness) agent(tenant string, opts cptest.Options) *cptest.Agent {
+	h.t.Helper()
+	a := cptest.Connect(h.t, h.srv.AgentAddr(), h.pki.Files("agent-"+tenant), opts)
+	h.waitConnected("spiffe://molecule.local/tenant/"+tenant, true)
+	return a
+}
+
+func (h *harness) waitConnected(id string, want bool) {
+	h.t.Helper()
+	eventually(h.t, "agent "+id+" connected="+boolString(want), func() bool { return (h.srv.sessions.Get(id) != nil) == want })
+}
+
+func boolString(b bool) string {
+	if b {
+		return "true"
+	}
+	return "false"
+}
+
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(wait)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func ctx(t *testing.T) context.Context {
+	c, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	t.Cleanup(cancel)
+	return c
+}
+
+func codex(digest string) cptest.Options {
+	return cptest.Options{Runtimes: []*tenantagentv1.RuntimeStatus{cptest.Runtime("codex", repo, digest, 2)}}
+}
