@@ -79,8 +79,20 @@ func Runtime(name, repo, digest string, n int) *tenantagentv1.RuntimeStatus {
 	return rt
 }
 
-// Connect dials addr with the certificate files and sends Hello.
+// Connect dials addr with the certificate files and sends Hello; it fails
+// the test if the stream cannot even be opened.
 func Connect(t testing.TB, addr string, files mtls.Files, opts Options) *Agent {
+	t.Helper()
+	a, err := Dial(t, addr, files, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a
+}
+
+// Dial is Connect that returns the error of opening the stream or sending
+// Hello, for tests where the control plane must refuse the agent.
+func Dial(t testing.TB, addr string, files mtls.Files, opts Options) (*Agent, error) {
 	t.Helper()
 	src, err := mtls.NewSource(files, nil)
 	if err != nil {
@@ -95,7 +107,8 @@ func Connect(t testing.TB, addr string, files mtls.Files, opts Options) *Agent {
 	stream, err := tenantagentv1.NewAgentServiceClient(conn).Connect(ctx)
 	if err != nil {
 		cancel()
-		t.Fatal(err)
+		conn.Close()
+		return nil, err
 	}
 	if opts.Executor == nil {
 		opts.Executor = Succeed
@@ -109,15 +122,17 @@ func Connect(t testing.TB, addr string, files mtls.Files, opts Options) *Agent {
 		proto.Merge(hello, opts.Hello)
 	}
 	if err := stream.Send(&tenantagentv1.AgentMessage{Body: &tenantagentv1.AgentMessage_Hello{Hello: hello}}); err != nil {
-		t.Fatalf("send hello: %v", err)
+		cancel()
+		conn.Close()
+		return nil, err
 	}
 	t.Cleanup(a.Close)
 	if opts.NoRead {
 		close(a.done)
-		return a
+		return a, nil
 	}
 	go a.loop()
-	return a
+	return a, nil
 }
 
 // Close ends the agent's stream and connection.

@@ -164,3 +164,7 @@ func ctx(t *testing.T) context.Context {
 func codex(digest string) cptest.Options {
 	return cptest.Options{Runtimes: []*tenantagentv1.RuntimeStatus{cptest.Runtime("codex", repo, digest, 2)}}
 }
+
+func contextWithCancel(t *testing.T) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.Background(), 30*time.Second)
+}
