@@ -111,6 +111,11 @@ func (w testWriter) Write(p []byte) (int, error) {
 
 func (h *harness) admin(stem string) controlplanev1.AdminServiceClient {
 	h.t.Helper()
+	return controlplanev1.NewAdminServiceClient(h.adminConn(stem))
+}
+
+func (h *harness) adminConn(stem string) *grpc.ClientConn {
+	h.t.Helper()
 	src, err := mtls.NewSource(h.pki.Files(stem), nil)
 	if err != nil {
 		h.t.Fatal(err)
@@ -120,7 +125,7 @@ func (h *harness) admin(stem string) controlplanev1.AdminServiceClient {
 		h.t.Fatal(err)
 	}
 	h.t.Cleanup(func() { conn.Close() })
-	return controlplanev1.NewAdminServiceClient(conn)
+	return conn
 }
 
 func (h *harness) operator() controlplanev1.AdminServiceClient { return h.admin("operator-dev") }
