@@ -99,17 +99,19 @@ func (s *service) Connect(stream tenantagentv1.AgentService_ConnectServer) error
 		log.Info("agent disconnected", "cause", sess.Err())
 	}()
 
-	// The writer starts first: delivery below may queue many commands.
+	// Recorded before Welcome, so an agent that was welcomed is known.
+	agent, err := s.cfg.Fleet.Connected(ctx, sess, hello)
+	if err != nil {
+		return status.Error(codes.Unavailable, "cannot record the agent; reconnect later")
+	}
+	// The writer starts before anything is queued: delivery below may
+	// queue many commands.
 	writerDone := make(chan error, 1)
 	go func() { writerDone <- s.write(stream, sess) }()
 	_ = sess.Send(&tenantagentv1.ControlMessage{Body: &tenantagentv1.ControlMessage_Welcome{Welcome: &tenantagentv1.Welcome{
 		Identity: id.ID, Tenant: id.Tenant, AgentName: id.Name,
 		HeartbeatInterval: durationpb.New(s.cfg.HeartbeatInterval), ControlPlaneVersion: version.String(),
 	}}})
-	agent, err := s.cfg.Fleet.Connected(ctx, sess, hello)
-	if err != nil {
-		return status.Error(codes.Unavailable, "cannot record the agent; reconnect later")
-	}
 	if err := s.cfg.Dispatcher.Deliver(ctx, sess, hello); err != nil {
 		log.Error("cannot deliver pending commands", "error", err)
 	}

@@ -133,7 +133,11 @@ func (h *harness) operator() controlplanev1.AdminServiceClient { return h.admin(
 func (h *harness) agent(tenant string, opts cptest.Options) *cptest.Agent {
 	h.t.Helper()
 	a := cptest.Connect(h.t, h.srv.AgentAddr(), h.pki.Files("agent-"+tenant), opts)
-	h.waitConnected("spiffe://molecule.local/tenant/"+tenant, true)
+	if opts.NoRead {
+		h.waitConnected("spiffe://molecule.local/tenant/"+tenant, true)
+		return a
+	}
+	a.WaitFor(wait, "Welcome", func(m []*tenantagentv1.ControlMessage) bool { return len(m) > 0 && m[0].GetWelcome() != nil })
 	return a
 }
 

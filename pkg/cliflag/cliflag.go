@@ -80,7 +80,7 @@ func (c Command) Parse(fs *flag.FlagSet, args []string, stdout io.Writer) ([]str
 			return
 		}
 		if err := fs.Set(f.Name, value); err != nil {
-			errs = append(errs, fmt.Errorf("environment variable %s=%q: %v", name, value, err))
+			errs = append(errs, fmt.Errorf("environment variable %s=%q is not a valid --%s: %v", name, value, f.Name, err))
 		}
 	})
 	return positional, errors.Join(errs...)
