@@ -9,7 +9,7 @@ LDFLAGS := -X github.com/molecule-ai/tenant-agent/pkg/version.Version=$(VERSION)
 BREAKING_AGAINST ?= HEAD~1
 
 .DEFAULT_GOAL := help
-.PHONY: help generate lint test build check-generated breaking certs clean
+.PHONY: help generate lint test build check-generated breaking certs run clean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -43,6 +43,13 @@ breaking: ## buf breaking against BREAKING_AGAINST (default HEAD~1), if that com
 
 certs: ## Make the dev PKI in certs/dev (keeps existing files; TENANTS="a b" adds agent certs)
 	$(GO) run ./certs/cmd/devpki --out certs/dev $(TENANTS)
+
+run: build certs ## Run the control plane on SQLite (var/) with the dev certs, printing grpcurl commands to try
+	@echo "Try, in another shell:"
+	@echo "  go tool grpcurl -cacert certs/dev/ca.pem -cert certs/dev/operator-dev.pem -key certs/dev/operator-dev-key.pem localhost:7444 list"
+	@echo "  go tool grpcurl -cacert certs/dev/ca.pem -cert certs/dev/operator-dev.pem -key certs/dev/operator-dev-key.pem -d '{}' localhost:7444 controlplane.v1.AdminService/ListAgents"
+	@echo "  curl -s localhost:9090/metrics | grep tenantagent_"
+	bin/controlplane --store var/controlplane.db --agent-addr 127.0.0.1:7443 --admin-addr 127.0.0.1:7444 --http-addr 127.0.0.1:9090
 
 clean: ## Remove bin/
 	rm -rf $(BIN)

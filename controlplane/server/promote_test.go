@@ -166,3 +166,77 @@ func TestCanaryFirstThenHaltAfterFailures(t *testing.T) {
 		t.Errorf("%d TENANT_SKIPPED events, want 2", got)
 	}
 }
+
+func TestPrefetchPhaseRunsBeforeRefreshes(t *testing.T) {
+	h := newHarness(t, "one", "two")
+	agents := []*cptest.Agent{h.agent("one", codex(digestV1)), h.agent("two", codex(digestV1))}
+	events := promote(t, h.operator(), &controlplanev1.PromoteRuntimeImageRequest{Runtime: "codex", ImageRef: repo + "@" + digestV2,
+		Options: &controlplanev1.RolloutOptions{Prefetch: true}})
+	if last := events[len(events)-1]; last.GetKind() != controlplanev1.RolloutEventKind_ROLLOUT_EVENT_KIND_COMPLETED || last.GetCounts().GetSucceeded() != 2 {
+		t.Fatalf("last event %v", last)
+	}
+	var phases []controlplanev1.RolloutPhase
+	for _, e := range kinds(events, controlplanev1.RolloutEventKind_ROLLOUT_EVENT_KIND_PHASE_STARTED) {
+		phases = append(phases, e.GetPhase())
+	}
+	if len(phases) != 2 || phases[0] != controlplanev1.RolloutPhase_ROLLOUT_PHASE_PREFETCH || phases[1] != controlplanev1.RolloutPhase_ROLLOUT_PHASE_FLEET {
+		t.Errorf("phases = %v, want PREFETCH then FLEET", phases)
+	}
+	for i, a := range agents {
+		var order []string
+		for _, m := range a.Received() {
+			switch {
+			case m.GetPrefetch() != nil:
+				order = append(order, "prefetch")
+			case m.GetRefresh() != nil:
+				order = append(order, "refresh")
+			}
+		}
+		if strings.Join(order, ",") != "prefetch,refresh" {
+			t.Errorf("agent %d received %v, want a prefetch then a refresh", i, order)
+		}
+	}
+}
+
+func TestRolloutOutlivesItsCallerAndARestart(t *testing.T) {
+	h := newHarness(t, "first", "second")
+	first := h.agent("first", cptest.Options{Runtimes: codex(digestV1).Runtimes, Executor: cptest.Hang})
+	h.agent("second", codex(digestV1))
+
+	// The caller reads one event and goes away.
+	c, cancel := contextWithCancel(t)
+	stream, err := h.operator().PromoteRuntimeImage(c, &controlplanev1.PromoteRuntimeImageRequest{Runtime: "codex", ImageRef: repo + "@" + digestV2,
+		Options: &controlplanev1.RolloutOptions{MaxParallelTenants: 1}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ev, err := stream.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	rolloutID := ev.GetEvent().GetRolloutId()
+	cancel()
+	first.WaitFor(wait, "its refresh", func([]*tenantagentv1.ControlMessage) bool { return len(first.Refreshes()) == 1 })
+	cmdID := first.Refreshes()[0].GetCommandId()
+	h.waitState(cmdID, stateRunning)
+
+	// The control plane restarts while the first tenant's refresh runs.
+	first.Close()
+	h.restart()
+	back := h.agent("first", cptest.Options{Runtimes: codex(digestV1).Runtimes, Executor: cptest.Hang,
+		Hello: &tenantagentv1.Hello{RunningCommandIds: []string{cmdID}}})
+	second := h.agent("second", codex(digestV1))
+	if err := back.SendResult(cptest.Succeed(&tenantagentv1.RefreshRuntimeImage{CommandId: cmdID, ImageRepository: repo, ImageDigest: digestV2})); err != nil {
+		t.Fatal(err)
+	}
+	// The resumed rollout moves on to the second tenant and completes.
+	second.WaitFor(wait, "the second tenant's refresh", func([]*tenantagentv1.ControlMessage) bool { return len(second.Refreshes()) == 1 })
+	eventually(t, "the rollout completed", func() bool {
+		ro, err := h.srv.store.GetRollout(ctx(t), rolloutID)
+		return err == nil && ro.State == store.RolloutCompleted
+	})
+	cmds, _ := h.srv.store.ListCommands(ctx(t), store.CommandFilter{RolloutID: rolloutID})
+	if len(cmds) != 2 {
+		t.Errorf("rollout has %d commands, want 2 (none issued twice)", len(cmds))
+	}
+}
