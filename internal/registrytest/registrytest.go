@@ -1,0 +1,234 @@
+// Package registrytest gives Docker tests what this machine lacks: images
+// and a registry. It builds the workspace stand-in (internal/workspace) into
+// images with no base image, and serves them from a registry on 127.0.0.1,
+// which the Docker daemon treats as insecure (plain HTTP) by default.
+package registrytest
+
+import (
+	"archive/tar"
+	"bytes"
+	"context"
+	"crypto/rand"
+	"errors"
+	"io"
+	"log"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/docker/docker/client"
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/registry"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/tarball"
+)
+
+// Docker returns a client for the local daemon. Without a daemon the test
+// is skipped on a laptop and fails in CI (CI is set), so a missing daemon
+// never hides behind a green run.
+func Docker(t testing.TB) *client.Client {
+	t.Helper()
+	c, err := client.NewClientWithOpts(client.FromEnv, client.WithAPIVersionNegotiation())
+	if err == nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_, err = c.Ping(ctx)
+	}
+	if err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatalf("Docker daemon required in CI: %v", err)
+		}
+		t.Skipf("no Docker daemon: %v", err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// Registry is an OCI registry on 127.0.0.1 that can be stopped and
+// restarted on the same port (for "registry down" tests).
+type Registry struct {
+	Host    string
+	handler http.Handler
+	mu      sync.Mutex
+	srv     *http.Server
+}
+
+// StartRegistry serves a registry until the test ends.
+func StartRegistry(t testing.TB) *Registry {
+	t.Helper()
+	r := &Registry{handler: registry.New(registry.Logger(discardLogger()))}
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.Host = lis.Addr().String()
+	r.serve(lis)
+	t.Cleanup(r.Stop)
+	return r
+}
+
+func (r *Registry) serve(lis net.Listener) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.srv = &http.Server{Handler: r.handler, ReadHeaderTimeout: 10 * time.Second}
+	go r.srv.Serve(lis)
+}
+
+// Stop takes the registry down; its content survives for Restart.
+func (r *Registry) Stop() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.srv != nil {
+		r.srv.Close()
+		r.srv = nil
+	}
+}
+
+// Restart serves the registry again on the same address.
+func (r *Registry) Restart(t testing.TB) {
+	lis, err := net.Listen("tcp", r.Host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.serve(lis)
+}
+
+// Push writes img to repo ("molecule-ai/workspace-template-codex") and
+// returns the full repository and the image's digest.
+func (r *Registry) Push(t testing.TB, repo string, img v1.Image) (repository, digest string) {
+	t.Helper()
+	repository = r.Host + "/" + repo
+	ref, err := name.NewTag(repository+":push", name.Insecure)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := remote.Write(ref, img); err != nil {
+		t.Fatalf("push %s: %v", ref, err)
+	}
+	d, err := img.Digest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return repository, d.String()
+}
+
+// Image describes a workspace image.
+type Image struct {
+	// Version is WS_VERSION inside the image.
+	Version string
+	// Unhealthy makes /healthz (and so the HEALTHCHECK) fail.
+	Unhealthy bool
+	// NoHealthcheck leaves the HEALTHCHECK out.
+	NoHealthcheck bool
+	// Padding adds a layer of that many random bytes, for pull progress.
+	Padding int
+}
+
+var (
+	buildOnce sync.Once
+	binary    []byte
+	buildErr  error
+)
+
+// workspaceBinary builds internal/workspace once per test process.
+func workspaceBinary(t testing.TB) []byte {
+	t.Helper()
+	buildOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "workspace-bin")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		defer os.RemoveAll(dir)
+		out := filepath.Join(dir, "workspace")
+		cmd := exec.Command("go", "build", "-trimpath", "-ldflags", "-s -w", "-o", out, "github.com/molecule-ai/tenant-agent/internal/workspace")
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux")
+		if msg, err := cmd.CombinedOutput(); err != nil {
+			buildErr = errors.New("build workspace: " + err.Error() + "\n" + string(msg))
+			return
+		}
+		binary, buildErr = os.ReadFile(out)
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return binary
+}
+
+// WorkspaceImage assembles the workspace binary into an image with no
+// base: entrypoint /workspace, port 8080, data folders /data and /cache
+// (/cache is an image VOLUME, so containers get an anonymous volume there).
+func WorkspaceImage(t testing.TB, spec Image) v1.Image {
+	t.Helper()
+	files := map[string][]byte{"workspace": workspaceBinary(t)}
+	layer := tarLayer(t, files, 0o755)
+	img, err := mutate.AppendLayers(empty.Image, layer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if spec.Padding > 0 {
+		pad := make([]byte, spec.Padding)
+		rand.Read(pad)
+		img, err = mutate.AppendLayers(img, tarLayer(t, map[string][]byte{"padding": pad}, 0o644))
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	cfg, err := img.ConfigFile()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg = cfg.DeepCopy()
+	cfg.OS, cfg.Architecture = "linux", "amd64"
+	env := []string{"PATH=/", "WS_VERSION=" + spec.Version, "WS_DATA_DIRS=/data,/cache"}
+	if spec.Unhealthy {
+		env = append(env, "WS_HEALTHY=false")
+	}
+	cfg.Config = v1.Config{
+		Entrypoint:   []string{"/workspace"},
+		Cmd:          []string{"serve"},
+		Env:          env,
+		ExposedPorts: map[string]struct{}{"8080/tcp": {}},
+		Volumes:      map[string]struct{}{"/cache": {}},
+		WorkingDir:   "/",
+		Labels:       map[string]string{"org.opencontainers.image.version": spec.Version, "org.opencontainers.image.title": "workspace"},
+		StopSignal:   "SIGTERM",
+	}
+	if !spec.NoHealthcheck {
+		cfg.Config.Healthcheck = &v1.HealthConfig{Test: []string{"CMD", "/workspace", "health"}, Interval: 500 * time.Millisecond, Timeout: 2 * time.Second, Retries: 2}
+	}
+	img, err = mutate.ConfigFile(img, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return img
+}
+
+func tarLayer(t testing.TB, files map[string][]byte, mode int64) v1.Layer {
+	t.Helper()
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	for name, body := range files {
+		if err := tw.WriteHeader(&tar.Header{Name: name, Mode: mode, Size: int64(len(body)), Typeflag: tar.TypeReg, ModTime: time.Unix(0, 0)}); err != nil {
+			t.Fatal(err)
+		}
+		tw.Write(body)
+	}
+	tw.Close()
+	data := buf.Bytes()
+	layer, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(data)), nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	return layer
+}
+
+func discardLogger() *log.Logger { return log.New(io.Discard, "", 0) }
