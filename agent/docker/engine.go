@@ -1,0 +1,200 @@
+// Package docker is the agent's only contact with the Docker Engine: it
+// lists the tenant's managed containers, pulls images by digest with
+// progress, and recreates containers on a new image with rollback.
+package docker
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"strings"
+	"time"
+
+	"github.com/docker/docker/api/types/container"
+	"github.com/docker/docker/api/types/filters"
+	"github.com/docker/docker/client"
+	"github.com/docker/go-connections/nat"
+	dockerspec "github.com/moby/docker-image-spec/specs-go/v1"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	tenantagentv1 "github.com/molecule-ai/tenant-agent/gen/tenantagent/v1"
+)
+
+// Engine talks to one Docker Engine.
+type Engine struct {
+	cli    *client.Client
+	logger *slog.Logger
+}
+
+// New connects to the Docker Engine at host ("" means DOCKER_HOST or the
+// default socket), negotiating the API version (Engine 20.10 speaks 1.41).
+func New(host string, logger *slog.Logger) (*Engine, error) {
+	opts := []client.Opt{client.FromEnv, client.WithAPIVersionNegotiation()}
+	if host != "" {
+		opts = append(opts, client.WithHost(host))
+	}
+	cli, err := client.NewClientWithOpts(opts...)
+	if err != nil {
+		return nil, err
+	}
+	if logger == nil {
+		logger = slog.Default()
+	}
+	return &Engine{cli: cli, logger: logger.With("component", "docker")}, nil
+}
+
+// Client exposes the Docker client for tests and the event watcher.
+func (e *Engine) Client() *client.Client { return e.cli }
+
+// Close releases the client.
+func (e *Engine) Close() error { return e.cli.Close() }
+
+// Version returns the Engine's version.
+func (e *Engine) Version(ctx context.Context) (string, error) {
+	v, err := e.cli.ServerVersion(ctx)
+	return v.Version, err
+}
+
+// Selector picks the tenant's managed containers by labels, all of which
+// must match ("molecule.org-id" = "acme", "molecule.platform.managed" = "true").
+type Selector map[string]string
+
+// Filters is the selector as Docker list filters.
+func (s Selector) Filters() filters.Args {
+	f := filters.NewArgs()
+	for k, v := range s {
+		f.Add("label", k+"="+v)
+	}
+	return f
+}
+
+// Container is a managed container as the agent sees it.
+type Container struct {
+	Inspect container.InspectResponse
+	// Repository is the repository of the image reference it was created
+	// from, without tag or digest.
+	Repository string
+	// RepoDigests of its image.
+	RepoDigests []string
+	// ImageConfig is its image's config, for Rebuild.
+	ImageConfig *container.Config
+}
+
+// Name is the container's name without the leading slash.
+func (c Container) Name() string { return strings.TrimPrefix(c.Inspect.Name, "/") }
+
+// DigestFor returns the digest the container's image has in repo, or "".
+func (c Container) DigestFor(repo string) string {
+	for _, d := range c.RepoDigests {
+		if r, digest, ok := strings.Cut(d, "@"); ok && r == repo {
+			return digest
+		}
+	}
+	return ""
+}
+
+// List returns the managed containers, running or not.
+func (e *Engine) List(ctx context.Context, sel Selector) ([]Container, error) {
+	summaries, err := e.cli.ContainerList(ctx, container.ListOptions{All: true, Filters: sel.Filters()})
+	if err != nil {
+		return nil, fmt.Errorf("list containers: %w", err)
+	}
+	out := make([]Container, 0, len(summaries))
+	for _, s := range summaries {
+		c, err := e.inspect(ctx, s.ID)
+		if err != nil {
+			e.logger.Warn("container vanished while listing", "id", s.ID, "error", err)
+			continue
+		}
+		out = append(out, c)
+	}
+	return out, nil
+}
+
+func (e *Engine) inspect(ctx context.Context, id string) (Container, error) {
+	in, err := e.cli.ContainerInspect(ctx, id)
+	if err != nil {
+		return Container{}, err
+	}
+	c := Container{Inspect: in, Repository: RepositoryOf(in.Config.Image)}
+	if img, err := e.cli.ImageInspect(ctx, in.Image); err == nil {
+		c.RepoDigests, c.ImageConfig = img.RepoDigests, imageConfig(img.Config)
+	}
+	return c, nil
+}
+
+// RepositoryOf strips a tag and digest from an image reference.
+func RepositoryOf(ref string) string {
+	ref, _, _ = strings.Cut(ref, "@")
+	if i := strings.LastIndex(ref, ":"); i > strings.LastIndex(ref, "/") {
+		ref = ref[:i]
+	}
+	return ref
+}
+
+// Status is a container as health reports show it: never its environment
+// or inspect output, which can hold the workspace's decrypted secrets.
+func (c Container) Status() *tenantagentv1.ContainerStatus {
+	st := &tenantagentv1.ContainerStatus{
+		Name: c.Name(), Id: c.Inspect.ID, ImageRef: c.Inspect.Config.Image, ImageDigest: c.DigestFor(c.Repository),
+		RestartCount: uint32(c.Inspect.RestartCount), Health: tenantagentv1.ContainerHealth_CONTAINER_HEALTH_NONE,
+	}
+	if s := c.Inspect.State; s != nil {
+		st.State = stateOf(s.Status)
+		if s.Health != nil {
+			st.Health = healthOf(s.Health.Status)
+		}
+		if t, err := time.Parse(time.RFC3339Nano, s.StartedAt); err == nil && !t.IsZero() && t.Year() > 1 {
+			st.StartedAt = timestamppb.New(t)
+		}
+	}
+	return st
+}
+
+func stateOf(s container.ContainerState) tenantagentv1.ContainerState {
+	switch s {
+	case container.StateCreated:
+		return tenantagentv1.ContainerState_CONTAINER_STATE_CREATED
+	case container.StateRunning:
+		return tenantagentv1.ContainerState_CONTAINER_STATE_RUNNING
+	case container.StatePaused:
+		return tenantagentv1.ContainerState_CONTAINER_STATE_PAUSED
+	case container.StateRestarting:
+		return tenantagentv1.ContainerState_CONTAINER_STATE_RESTARTING
+	case container.StateExited:
+		return tenantagentv1.ContainerState_CONTAINER_STATE_EXITED
+	case container.StateRemoving:
+		return tenantagentv1.ContainerState_CONTAINER_STATE_REMOVING
+	case container.StateDead:
+		return tenantagentv1.ContainerState_CONTAINER_STATE_DEAD
+	}
+	return tenantagentv1.ContainerState_CONTAINER_STATE_UNSPECIFIED
+}
+
+func healthOf(s container.HealthStatus) tenantagentv1.ContainerHealth {
+	switch s {
+	case container.Starting:
+		return tenantagentv1.ContainerHealth_CONTAINER_HEALTH_STARTING
+	case container.Healthy:
+		return tenantagentv1.ContainerHealth_CONTAINER_HEALTH_HEALTHY
+	case container.Unhealthy:
+		return tenantagentv1.ContainerHealth_CONTAINER_HEALTH_UNHEALTHY
+	}
+	return tenantagentv1.ContainerHealth_CONTAINER_HEALTH_NONE
+}
+
+// imageConfig puts an image's config in the shape of a container's, for
+// Rebuild to subtract what a container inherited from it.
+func imageConfig(c *dockerspec.DockerOCIImageConfig) *container.Config {
+	if c == nil {
+		return &container.Config{}
+	}
+	ports := nat.PortSet{}
+	for p := range c.ExposedPorts {
+		ports[nat.Port(p)] = struct{}{}
+	}
+	return &container.Config{
+		User: c.User, ExposedPorts: ports, Env: c.Env, Entrypoint: c.Entrypoint, Cmd: c.Cmd,
+		Volumes: c.Volumes, WorkingDir: c.WorkingDir, Labels: c.Labels, StopSignal: c.StopSignal, Healthcheck: c.Healthcheck,
+	}
+}

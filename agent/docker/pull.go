@@ -1,0 +1,207 @@
+package docker
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"slices"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/docker/docker/api/types/image"
+
+	tenantagentv1 "github.com/molecule-ai/tenant-agent/gen/tenantagent/v1"
+)
+
+// PullProgress is the state of a pull, summed over its layers.
+type PullProgress struct {
+	Layers       []*tenantagentv1.LayerProgress
+	CurrentBytes uint64
+	TotalBytes   uint64
+	Message      string
+}
+
+// PullResult is what a finished pull reports.
+type PullResult struct {
+	// ImageID is the pulled image's local ID (its config digest).
+	ImageID string
+	// Duration is zero when the image was already present.
+	Duration time.Duration
+	Bytes    uint64
+}
+
+// PullOptions tune Pull.
+type PullOptions struct {
+	// RegistryAuth is the X-Registry-Auth header value, or empty.
+	RegistryAuth string
+	// Attempts is how often a transient failure is retried (default 5).
+	Attempts int
+	// Backoff is the first wait between attempts; it doubles (default 2s).
+	Backoff time.Duration
+	// Every bounds how often progress is reported (default 250ms).
+	Every time.Duration
+}
+
+// Pull pulls ref ("repo@sha256:...") unless it is present, reading the
+// pull stream to its end and reporting per-layer byte progress at most once
+// per opts.Every. Transient failures are retried with backoff. It then
+// verifies the image's RepoDigests hold ref, so nothing later runs on an
+// image that is not the pin.
+func (e *Engine) Pull(ctx context.Context, ref string, opts PullOptions, progress func(PullProgress)) (PullResult, error) {
+	if opts.Attempts <= 0 {
+		opts.Attempts = 5
+	}
+	if opts.Backoff <= 0 {
+		opts.Backoff = 2 * time.Second
+	}
+	if opts.Every <= 0 {
+		opts.Every = 250 * time.Millisecond
+	}
+	if id, err := e.verifiedImage(ctx, ref); err == nil {
+		return PullResult{ImageID: id}, nil
+	}
+	start := time.Now()
+	var bytes uint64
+	var err error
+	for attempt := 1; attempt <= opts.Attempts; attempt++ {
+		bytes, err = e.pullOnce(ctx, ref, opts, progress)
+		if err == nil || !transient(err) || attempt == opts.Attempts || ctx.Err() != nil {
+			break
+		}
+		wait := opts.Backoff << (attempt - 1)
+		wait = wait/2 + rand.N(wait/2+1)
+		e.logger.Warn("pull failed; retrying", "ref", ref, "attempt", attempt, "in", wait, "error", err)
+		select {
+		case <-ctx.Done():
+			return PullResult{}, ctx.Err()
+		case <-time.After(wait):
+		}
+	}
+	if err != nil {
+		return PullResult{}, fmt.Errorf("pull %s: %w", ref, err)
+	}
+	id, err := e.verifiedImage(ctx, ref)
+	if err != nil {
+		return PullResult{}, err
+	}
+	return PullResult{ImageID: id, Duration: time.Since(start), Bytes: bytes}, nil
+}
+
+// verifiedImage returns the local image ID of ref if the image is present
+// and its RepoDigests hold ref.
+func (e *Engine) verifiedImage(ctx context.Context, ref string) (string, error) {
+	img, err := e.cli.ImageInspect(ctx, ref)
+	if err != nil {
+		return "", err
+	}
+	if !slices.Contains(img.RepoDigests, ref) {
+		return "", fmt.Errorf("image %s is present but its repository digests %v do not include %s", img.ID, img.RepoDigests, ref)
+	}
+	return img.ID, nil
+}
+
+// pullMessage is one line of the Engine's pull stream (the fields of
+// jsonmessage.JSONMessage the agent reads, without its terminal code).
+type pullMessage struct {
+	Status   string `json:"status"`
+	ID       string `json:"id"`
+	Progress *struct {
+		Current int64 `json:"current"`
+		Total   int64 `json:"total"`
+	} `json:"progressDetail"`
+	Error *struct {
+		Message string `json:"message"`
+	} `json:"errorDetail"`
+	ErrorMessage string `json:"error"`
+}
+
+type layer struct {
+	status         string
+	current, total int64
+}
+
+func (e *Engine) pullOnce(ctx context.Context, ref string, opts PullOptions, progress func(PullProgress)) (uint64, error) {
+	rc, err := e.cli.ImagePull(ctx, ref, image.PullOptions{RegistryAuth: opts.RegistryAuth})
+	if err != nil {
+		return 0, err
+	}
+	defer rc.Close()
+	layers := map[string]*layer{}
+	var last time.Time
+	report := func(force bool, msg string) {
+		if progress == nil || (!force && time.Since(last) < opts.Every) {
+			return
+		}
+		last = time.Now()
+		progress(summarize(layers, msg))
+	}
+	dec := json.NewDecoder(rc)
+	for {
+		var m pullMessage
+		if err := dec.Decode(&m); err == io.EOF {
+			break
+		} else if err != nil {
+			return 0, fmt.Errorf("read pull stream: %w", err)
+		}
+		if m.Error != nil {
+			return 0, errors.New(m.Error.Message)
+		}
+		if m.ErrorMessage != "" {
+			return 0, errors.New(m.ErrorMessage)
+		}
+		if m.ID == "" || strings.HasPrefix(m.Status, "Pulling from") {
+			report(false, m.Status)
+			continue
+		}
+		l := layers[m.ID]
+		if l == nil {
+			l = &layer{}
+			layers[m.ID] = l
+		}
+		l.status = m.Status
+		switch {
+		case m.Status == "Downloading" && m.Progress != nil:
+			l.current, l.total = m.Progress.Current, m.Progress.Total
+		case m.Status == "Download complete" || m.Status == "Pull complete" || m.Status == "Already exists":
+			if l.total > 0 {
+				l.current = l.total
+			}
+		}
+		report(false, m.Status)
+	}
+	p := summarize(layers, "pull complete")
+	report(true, "pull complete")
+	return p.CurrentBytes, nil
+}
+
+func summarize(layers map[string]*layer, msg string) PullProgress {
+	ids := make([]string, 0, len(layers))
+	for id := range layers {
+		ids = append(ids, id)
+	}
+	sort.Strings(ids)
+	p := PullProgress{Message: msg}
+	for _, id := range ids {
+		l := layers[id]
+		p.Layers = append(p.Layers, &tenantagentv1.LayerProgress{Id: id, Status: l.status, CurrentBytes: uint64(max(l.current, 0)), TotalBytes: uint64(max(l.total, 0))})
+		p.CurrentBytes += uint64(max(l.current, 0))
+		p.TotalBytes += uint64(max(l.total, 0))
+	}
+	return p
+}
+
+// transient reports whether a pull error may pass on a retry: network and
+// server trouble, not a missing manifest or refused credentials.
+func transient(err error) bool {
+	s := strings.ToLower(err.Error())
+	for _, permanent := range []string{"manifest unknown", "not found", "unauthorized", "denied", "invalid reference", "no such host"} {
+		if strings.Contains(s, permanent) {
+			return false
+		}
+	}
+	return true
+}
