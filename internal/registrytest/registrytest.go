@@ -21,6 +21,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/docker/docker/api/types/filters"
+	"github.com/docker/docker/api/types/image"
 	"github.com/docker/docker/client"
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/registry"
@@ -232,3 +234,17 @@ func tarLayer(t testing.TB, files map[string][]byte, mode int64) v1.Layer {
 }
 
 func discardLogger() *log.Logger { return log.New(io.Discard, "", 0) }
+
+// RemoveImages removes every local image of repository (images pulled
+// from a test registry that is gone once the test ends).
+func RemoveImages(t testing.TB, cli *client.Client, repository string) {
+	ctx := context.Background()
+	imgs, err := cli.ImageList(ctx, image.ListOptions{Filters: filters.NewArgs(filters.Arg("reference", repository))})
+	if err != nil {
+		t.Logf("list images of %s: %v", repository, err)
+		return
+	}
+	for _, img := range imgs {
+		cli.ImageRemove(ctx, img.ID, image.RemoveOptions{Force: true, PruneChildren: true})
+	}
+}

@@ -25,7 +25,7 @@ func TestDaemonPullsFromLoopbackRegistry(t *testing.T) {
 	if strings.Contains(string(out), `"error"`) {
 		t.Fatalf("pull stream reports an error: %s", out)
 	}
-	t.Cleanup(func() { docker.ImageRemove(context.Background(), ref, image.RemoveOptions{Force: true}) })
+	t.Cleanup(func() { RemoveImages(t, docker, repo) })
 	inspect, err := docker.ImageInspect(ctx, ref)
 	if err != nil {
 		t.Fatal(err)
