@@ -1,0 +1,192 @@
+// Package agent assembles the tenant agent: the Docker engine, the
+// journal, the executor and runner, and the channel to the control plane.
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/molecule-ai/tenant-agent/agent/channel"
+	"github.com/molecule-ai/tenant-agent/agent/docker"
+	"github.com/molecule-ai/tenant-agent/agent/executor"
+	"github.com/molecule-ai/tenant-agent/agent/journal"
+	"github.com/molecule-ai/tenant-agent/agent/runner"
+	"github.com/molecule-ai/tenant-agent/pkg/identity"
+	"github.com/molecule-ai/tenant-agent/pkg/mtls"
+	"github.com/molecule-ai/tenant-agent/pkg/version"
+)
+
+// Config is the agent's configuration; the binary fills it from flags and
+// TENANT_AGENT_* variables.
+type Config struct {
+	// ControlPlane is the control plane's agent address, host:port.
+	ControlPlane string
+	// ServerName is the name the control plane's certificate must carry;
+	// empty means the host of ControlPlane.
+	ServerName  string
+	TLS         mtls.Files
+	TrustDomain string
+	// StateDir holds the journal and the outbox.
+	StateDir   string
+	DockerHost string
+	// Labels selects the tenant's managed containers; "{tenant}" in a
+	// value is replaced by the tenant slug from the agent's certificate.
+	Labels              map[string]string
+	RepositoryPattern   string
+	RuntimeLabel        string
+	AllowRepositories   []string
+	RegistryCredentials string
+	HealthGateTimeout   time.Duration
+	StabilityWindow     time.Duration
+	PullTimeout         time.Duration
+	MaxParallel         int
+	HeartbeatInterval   time.Duration
+	// ResultRetention is how long confirmed command IDs are remembered,
+	// so a command resent after a long outage still runs only once.
+	ResultRetention time.Duration
+	// CrashAt is a test hook: the agent dies just before this recreate
+	// step. OnCrash says how (default: the process exits, as if killed).
+	CrashAt string
+	OnCrash func()
+	Logger  *slog.Logger
+}
+
+// Defaults returns the configuration the binary starts from.
+func Defaults() Config {
+	return Config{
+		ControlPlane:      "localhost:7443",
+		TLS:               mtls.Files{Cert: "certs/dev/agent.pem", Key: "certs/dev/agent-key.pem", CA: "certs/dev/ca.pem"},
+		TrustDomain:       "molecule.local",
+		StateDir:          "var/agent",
+		Labels:            map[string]string{"molecule.org-id": "{tenant}", "molecule.platform.managed": "true"},
+		RepositoryPattern: "workspace-template-{runtime}",
+		HealthGateTimeout: 2 * time.Minute, StabilityWindow: 10 * time.Second,
+		PullTimeout: 2 * time.Hour, MaxParallel: 1, HeartbeatInterval: 15 * time.Second,
+		ResultRetention: 7 * 24 * time.Hour,
+	}
+}
+
+// CheckAndSetDefaults validates everything once, at start.
+func (c *Config) CheckAndSetDefaults() error {
+	var errs []error
+	host, _, err := net.SplitHostPort(c.ControlPlane)
+	if err != nil {
+		errs = append(errs, fmt.Errorf("--control-plane %q: want host:port", c.ControlPlane))
+	}
+	if c.ServerName == "" {
+		c.ServerName = host
+	}
+	if err := c.TLS.CheckAndSetDefaults(); err != nil {
+		errs = append(errs, fmt.Errorf("TLS (--cert, --key, --ca): %w", err))
+	}
+	if c.StateDir == "" {
+		errs = append(errs, errors.New("--state-dir is empty"))
+	}
+	if len(c.Labels) == 0 {
+		errs = append(errs, errors.New("--labels is empty: several tenants may share one Docker daemon, so the agent must know which containers are this tenant's"))
+	}
+	if strings.Count(c.RepositoryPattern, "{runtime}") != 1 {
+		errs = append(errs, fmt.Errorf("--repository-pattern %q must hold {runtime} once", c.RepositoryPattern))
+	}
+	for name, d := range map[string]time.Duration{"health-gate-timeout": c.HealthGateTimeout, "stability-window": c.StabilityWindow, "pull-timeout": c.PullTimeout, "heartbeat-interval": c.HeartbeatInterval} {
+		if d <= 0 {
+			errs = append(errs, fmt.Errorf("--%s must be positive", name))
+		}
+	}
+	if c.MaxParallel <= 0 {
+		errs = append(errs, errors.New("--max-parallel must be at least 1"))
+	}
+	if c.CrashAt != "" && !validStep(c.CrashAt) {
+		errs = append(errs, fmt.Errorf("crash point %q is not a recreate step", c.CrashAt))
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	if c.OnCrash == nil {
+		logger := c.Logger
+		c.OnCrash = func() {
+			logger.Error("crash point reached: exiting as if killed")
+			os.Exit(3)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func validStep(s string) bool {
+	for _, st := range []docker.Step{docker.StepCreate, docker.StepConnect, docker.StepDisableRestart, docker.StepStop, docker.StepRenameOld, docker.StepRenameNew, docker.StepStart, docker.StepHealthGate, docker.StepRemoveOld, docker.StepDone} {
+		if string(st) == s {
+			return true
+		}
+	}
+	return false
+}
+
+// Run runs the agent until ctx ends. Commands that are running when ctx
+// ends are abandoned mid-way only as far as a crash would be: the journal
+// lets the next start finish or roll them back.
+func Run(ctx context.Context, cfg Config) error {
+	if err := cfg.CheckAndSetDefaults(); err != nil {
+		return err
+	}
+	logger := cfg.Logger
+	src, err := mtls.NewSource(cfg.TLS, logger)
+	if err != nil {
+		return err
+	}
+	id, err := identity.FromCertificate(src.Current().Leaf, cfg.TrustDomain)
+	if err != nil {
+		return fmt.Errorf("the agent's own certificate: %w", err)
+	}
+	if id.Kind != identity.KindAgent {
+		return fmt.Errorf("the agent's certificate is for %s %s, not a tenant agent", id.Kind, id)
+	}
+	selector := docker.Selector{}
+	for k, v := range cfg.Labels {
+		selector[k] = strings.ReplaceAll(v, "{tenant}", id.Tenant)
+	}
+	engine, err := docker.New(cfg.DockerHost, logger)
+	if err != nil {
+		return fmt.Errorf("docker: %w", err)
+	}
+	defer engine.Close()
+	auth := func(string) string { return "" }
+	if cfg.RegistryCredentials != "" {
+		if auth, err = docker.RegistryAuth(cfg.RegistryCredentials); err != nil {
+			return err
+		}
+	}
+	exec, err := executor.New(executor.Config{
+		Engine: engine, Selector: selector, RepositoryPattern: cfg.RepositoryPattern, RuntimeLabel: cfg.RuntimeLabel,
+		AllowRepositories: cfg.AllowRepositories, RegistryAuth: auth,
+		HealthGateTimeout: cfg.HealthGateTimeout, StabilityWindow: cfg.StabilityWindow, PullTimeout: cfg.PullTimeout, MaxParallel: cfg.MaxParallel,
+		Logger: logger,
+	})
+	if err != nil {
+		return err
+	}
+	j, err := journal.Open(cfg.StateDir)
+	if err != nil {
+		return err
+	}
+	if err := j.Prune(time.Now().Add(-cfg.ResultRetention)); err != nil {
+		logger.Warn("cannot prune the journal", "error", err)
+	}
+	run := runner.New(runner.Config{Journal: j, Executor: exec, Logger: logger, CrashAt: docker.Step(cfg.CrashAt), OnCrash: cfg.OnCrash})
+	hostname, _ := os.Hostname()
+	logger.Info("tenant agent starting", "component", "agent", "identity", id.ID, "version", version.String(),
+		"control_plane", cfg.ControlPlane, "selector", selector, "state_dir", cfg.StateDir)
+	run.Start(ctx)
+	defer run.Wait()
+	return channel.Run(ctx, channel.Config{
+		Addr: cfg.ControlPlane, Creds: mtls.ClientCredentials(src, cfg.ServerName), Tenant: id.Tenant,
+		Hostname: hostname, Version: version.String(), DockerVersion: engine.Version,
+		Inventory: exec.Inventory, Runner: run, Changes: engine.Changes(ctx, selector),
+		HeartbeatInterval: cfg.HeartbeatInterval, Logger: logger,
+	})
+}

@@ -1,0 +1,265 @@
+// Package channel holds the agent's one stream to the control plane: it
+// dials out, says Hello, sends heartbeats (every interval, and within a
+// second of a Docker change), hands commands to the runner, and redials
+// with exponential backoff and full jitter when the stream drops, so a
+// control plane restart does not bring the whole fleet back in one second.
+package channel
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/keepalive"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/molecule-ai/tenant-agent/agent/runner"
+	tenantagentv1 "github.com/molecule-ai/tenant-agent/gen/tenantagent/v1"
+)
+
+// Inventory reports the managed containers.
+type Inventory func(ctx context.Context) ([]*tenantagentv1.RuntimeStatus, error)
+
+// Config configures the channel.
+type Config struct {
+	// Addr is the control plane's agent address, host:port.
+	Addr  string
+	Creds credentials.TransportCredentials
+	// Tenant is the agent's own tenant, from its certificate.
+	Tenant        string
+	Hostname      string
+	Version       string
+	DockerVersion func(context.Context) (string, error)
+	Inventory     Inventory
+	Runner        *runner.Runner
+	// Changes signals Docker changes worth a prompt health report.
+	Changes <-chan struct{}
+	// HeartbeatInterval is used until Welcome says otherwise.
+	HeartbeatInterval time.Duration
+	// BackoffBase and BackoffMax bound the wait between dial attempts.
+	BackoffBase, BackoffMax time.Duration
+	// KeepaliveTime and KeepaliveTimeout are the HTTP/2 pings; the
+	// heartbeat also exists because some L7 proxies drop pings.
+	KeepaliveTime, KeepaliveTimeout time.Duration
+	Logger                          *slog.Logger
+}
+
+// CheckAndSetDefaults validates the config and fills in defaults.
+func (c *Config) CheckAndSetDefaults() error {
+	if c.Addr == "" || c.Creds == nil || c.Inventory == nil || c.Runner == nil {
+		return errors.New("channel: Addr, Creds, Inventory and Runner are required")
+	}
+	if c.HeartbeatInterval <= 0 {
+		c.HeartbeatInterval = 15 * time.Second
+	}
+	if c.BackoffBase <= 0 {
+		c.BackoffBase = time.Second
+	}
+	if c.BackoffMax <= 0 {
+		c.BackoffMax = time.Minute
+	}
+	if c.KeepaliveTime <= 0 {
+		c.KeepaliveTime = 30 * time.Second
+	}
+	if c.KeepaliveTimeout <= 0 {
+		c.KeepaliveTimeout = 10 * time.Second
+	}
+	if c.DockerVersion == nil {
+		c.DockerVersion = func(context.Context) (string, error) { return "", errors.New("unknown") }
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	c.Logger = c.Logger.With("component", "channel")
+	return nil
+}
+
+// Run keeps a stream to the control plane open until ctx ends.
+func Run(ctx context.Context, cfg Config) error {
+	if err := cfg.CheckAndSetDefaults(); err != nil {
+		return err
+	}
+	conn, err := grpc.NewClient(cfg.Addr, grpc.WithTransportCredentials(cfg.Creds),
+		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: cfg.KeepaliveTime, Timeout: cfg.KeepaliveTimeout, PermitWithoutStream: true}))
+	if err != nil {
+		return fmt.Errorf("control plane address %q: %w", cfg.Addr, err)
+	}
+	defer conn.Close()
+	client := tenantagentv1.NewAgentServiceClient(conn)
+	failures := 0
+	for ctx.Err() == nil {
+		welcomed, err := session(ctx, cfg, client)
+		var rc *reconnectError
+		switch {
+		case ctx.Err() != nil:
+			return nil
+		case errors.As(err, &rc):
+			cfg.Logger.Info("control plane asked to reconnect", "after", rc.after, "reason", rc.reason)
+			failures = 0
+			sleep(ctx, rc.after)
+			continue
+		case welcomed:
+			failures = 0 // the stream worked; start the backoff over
+		}
+		failures++
+		wait := backoff(cfg.BackoffBase, cfg.BackoffMax, failures)
+		cfg.Logger.Warn("stream to the control plane ended; redialing", "error", err, "in", wait.Round(time.Millisecond))
+		sleep(ctx, wait)
+	}
+	return nil
+}
+
+// backoff is full jitter: uniform in [0, min(max, base * 2^(n-1))].
+func backoff(base, max time.Duration, n int) time.Duration {
+	ceiling := base
+	for i := 1; i < n && ceiling < max; i++ {
+		ceiling *= 2
+	}
+	ceiling = min(ceiling, max)
+	return rand.N(ceiling + 1)
+}
+
+func sleep(ctx context.Context, d time.Duration) {
+	select {
+	case <-ctx.Done():
+	case <-time.After(d):
+	}
+}
+
+type reconnectError struct {
+	after  time.Duration
+	reason string
+}
+
+func (e *reconnectError) Error() string { return "reconnect requested: " + e.reason }
+
+// session runs one stream; it reports whether Welcome arrived.
+func session(ctx context.Context, cfg Config, client tenantagentv1.AgentServiceClient) (bool, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stream, err := client.Connect(ctx)
+	if err != nil {
+		return false, err
+	}
+	hello, err := helloMessage(ctx, cfg)
+	if err != nil {
+		return false, err
+	}
+	if err := stream.Send(hello); err != nil {
+		return false, err
+	}
+	first, err := stream.Recv()
+	if err != nil {
+		return false, err
+	}
+	welcome := first.GetWelcome()
+	if welcome == nil {
+		return false, errors.New("the control plane's first message was not Welcome")
+	}
+	interval := cfg.HeartbeatInterval
+	if d := welcome.GetHeartbeatInterval().AsDuration(); d > 0 {
+		interval = d
+	}
+	cfg.Logger.Info("connected to the control plane", "identity", welcome.GetIdentity(), "heartbeat", interval, "control_plane_version", welcome.GetControlPlaneVersion())
+
+	out := make(chan *tenantagentv1.AgentMessage, 1024)
+	cfg.Runner.SetSender(func(m *tenantagentv1.AgentMessage) bool {
+		select {
+		case out <- m:
+			return true
+		default:
+			return false // progress can be dropped; results stay in the outbox
+		}
+	})
+	defer cfg.Runner.SetSender(nil)
+	sendOutbox := func() error {
+		for _, res := range cfg.Runner.Outbox() {
+			if err := stream.Send(&tenantagentv1.AgentMessage{Body: &tenantagentv1.AgentMessage_Result{Result: res}}); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	if err := sendOutbox(); err != nil {
+		return true, err
+	}
+
+	recvErr := make(chan error, 1)
+	go func() {
+		for {
+			m, err := stream.Recv()
+			if err != nil {
+				recvErr <- err
+				return
+			}
+			if rc := m.GetReconnect(); rc != nil {
+				recvErr <- &reconnectError{after: rc.GetAfter().AsDuration(), reason: rc.GetReason()}
+				return
+			}
+			cfg.Runner.Handle(m)
+		}
+	}()
+
+	heartbeat := time.NewTicker(interval)
+	defer heartbeat.Stop()
+	var debounce <-chan time.Time
+	for {
+		select {
+		case err := <-recvErr:
+			return true, err
+		case m := <-out:
+			if err := stream.Send(m); err != nil {
+				return true, err
+			}
+		case <-heartbeat.C:
+			if err := sendHealth(ctx, cfg, stream); err != nil {
+				return true, err
+			}
+			// Results the control plane has not confirmed go again, in case
+			// one was dropped on a full queue.
+			if err := sendOutbox(); err != nil {
+				return true, err
+			}
+		case <-cfg.Changes:
+			if debounce == nil {
+				debounce = time.After(time.Second)
+			}
+		case <-debounce:
+			debounce = nil
+			if err := sendHealth(ctx, cfg, stream); err != nil {
+				return true, err
+			}
+		}
+	}
+}
+
+func helloMessage(ctx context.Context, cfg Config) (*tenantagentv1.AgentMessage, error) {
+	running, results := cfg.Runner.Held()
+	hello := &tenantagentv1.Hello{Tenant: cfg.Tenant, AgentVersion: cfg.Version, Hostname: cfg.Hostname, RunningCommandIds: running, ResultCommandIds: results}
+	if v, err := cfg.DockerVersion(ctx); err == nil {
+		hello.DockerVersion = v
+	}
+	runtimes, err := cfg.Inventory(ctx)
+	hello.DockerReachable = err == nil
+	hello.Runtimes = runtimes
+	if err != nil {
+		cfg.Logger.Warn("Docker unreachable; saying Hello without containers", "error", err)
+	}
+	return &tenantagentv1.AgentMessage{Body: &tenantagentv1.AgentMessage_Hello{Hello: hello}}, nil
+}
+
+func sendHealth(ctx context.Context, cfg Config, stream tenantagentv1.AgentService_ConnectClient) error {
+	running, _ := cfg.Runner.Held()
+	h := &tenantagentv1.HealthReport{ObservedAt: timestamppb.Now(), AgentVersion: cfg.Version, RunningCommandIds: running}
+	runtimes, err := cfg.Inventory(ctx)
+	h.DockerReachable, h.Runtimes = err == nil, runtimes
+	if err != nil {
+		h.DockerError = err.Error()
+	}
+	return stream.Send(&tenantagentv1.AgentMessage{Body: &tenantagentv1.AgentMessage_Health{Health: h}})
+}

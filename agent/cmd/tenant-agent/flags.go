@@ -1,0 +1,121 @@
+package main
+
+import (
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"strings"
+
+	"github.com/molecule-ai/tenant-agent/agent"
+	"github.com/molecule-ai/tenant-agent/pkg/cliflag"
+	"github.com/molecule-ai/tenant-agent/pkg/version"
+)
+
+const summary = `tenant-agent keeps one mutual-TLS gRPC stream open to the control plane,
+dialed out from the tenant host, so the control plane can push
+RefreshRuntimeImage(runtime, digest) through the tenant's own connection.
+It pulls the image by digest through the Docker Engine API and recreates the
+runtime's containers on it, keeping their volumes, config and data; a
+recreate that fails its health gate is rolled back.
+
+The tenant is read from the agent's certificate (spiffe://<td>/tenant/<slug>).
+Only digest references are accepted, only for the runtime's own repository
+(--repository-pattern) and the allow-list (--allow-repos). Container
+environment and inspect output never leave the host.
+
+Example:
+
+  tenant-agent --control-plane cp.example:7443 --cert agent.pem --key agent-key.pem \
+      --ca ca.pem --allow-repos registry.example/molecule-ai/`
+
+func parseFlags(args []string, stdout io.Writer) (agent.Config, error) {
+	cfg := agent.Defaults()
+	cmd := cliflag.Command{Name: "tenant-agent", Summary: summary, EnvPrefix: "TENANT_AGENT", Version: version.String()}
+	fs := flag.NewFlagSet(cmd.Name, flag.ContinueOnError)
+	fs.StringVar(&cfg.ControlPlane, "control-plane", cfg.ControlPlane, "the control plane's agent address, host:port")
+	fs.StringVar(&cfg.ServerName, "server-name", "", "name the control plane's certificate must carry (default: the host of --control-plane)")
+	fs.StringVar(&cfg.TLS.Cert, "cert", cfg.TLS.Cert, "agent certificate (PEM); re-read when it changes")
+	fs.StringVar(&cfg.TLS.Key, "key", cfg.TLS.Key, "agent key (PEM)")
+	fs.StringVar(&cfg.TLS.CA, "ca", cfg.TLS.CA, "CA bundle the control plane is verified against")
+	fs.StringVar(&cfg.TrustDomain, "trust-domain", cfg.TrustDomain, "SPIFFE trust domain of the agent's identity")
+	fs.StringVar(&cfg.StateDir, "state-dir", cfg.StateDir, "journal and result outbox (keep it across restarts)")
+	fs.StringVar(&cfg.DockerHost, "docker-host", "", "Docker Engine address (default: $DOCKER_HOST or the local socket)")
+	labels := fs.String("labels", "molecule.org-id={tenant},molecule.platform.managed=true", "labels selecting this tenant's containers, key=value,...; {tenant} is the slug from the certificate")
+	fs.StringVar(&cfg.RepositoryPattern, "repository-pattern", cfg.RepositoryPattern, "last path element of a runtime's image repository; {runtime} is the runtime name")
+	fs.StringVar(&cfg.RuntimeLabel, "runtime-label", "", "container label naming its runtime, if set (wins over --repository-pattern)")
+	allow := fs.String("allow-repos", "", "repositories commands may use, comma-separated; an entry ending in / is a prefix\n(default: only the repository a runtime's containers already run)")
+	fs.StringVar(&cfg.RegistryCredentials, "registry-credentials", defaultCredentials(), "Docker config file with registry credentials (the auths section)")
+	fs.DurationVar(&cfg.HealthGateTimeout, "health-gate-timeout", cfg.HealthGateTimeout, "how long a new container may take to become healthy before it is rolled back")
+	fs.DurationVar(&cfg.StabilityWindow, "stability-window", cfg.StabilityWindow, "how long a container without a healthcheck must run without restarting")
+	fs.DurationVar(&cfg.PullTimeout, "pull-timeout", cfg.PullTimeout, "longest pull (images are large and links slow)")
+	fs.IntVar(&cfg.MaxParallel, "max-parallel", cfg.MaxParallel, "containers recreated at once")
+	fs.DurationVar(&cfg.HeartbeatInterval, "heartbeat-interval", cfg.HeartbeatInterval, "health report interval until the control plane sets one")
+	fs.DurationVar(&cfg.ResultRetention, "result-retention", cfg.ResultRetention, "how long finished command IDs are remembered to refuse re-execution")
+	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
+	logFormat := fs.String("log-format", "text", "text or json")
+
+	if _, err := cmd.Parse(fs, args, stdout); err != nil {
+		return cfg, err
+	}
+	var err error
+	if cfg.Labels, err = parseLabels(*labels); err != nil {
+		return cfg, err
+	}
+	for _, r := range strings.Split(*allow, ",") {
+		if r = strings.TrimSpace(r); r != "" {
+			cfg.AllowRepositories = append(cfg.AllowRepositories, r)
+		}
+	}
+	cfg.CrashAt = os.Getenv("TENANT_AGENT_TEST_CRASH_AT") // test hook, see agent.Config.CrashAt
+	if cfg.Logger, err = newLogger(*logLevel, *logFormat); err != nil {
+		return cfg, err
+	}
+	return cfg, nil
+}
+
+func parseLabels(s string) (map[string]string, error) {
+	out := map[string]string{}
+	for _, kv := range strings.Split(s, ",") {
+		if kv = strings.TrimSpace(kv); kv == "" {
+			continue
+		}
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok || k == "" || v == "" {
+			return nil, fmt.Errorf("--labels entry %q: want key=value", kv)
+		}
+		out[k] = v
+	}
+	return out, nil
+}
+
+func defaultCredentials() string {
+	dir := os.Getenv("DOCKER_CONFIG")
+	if dir == "" {
+		home, err := os.UserHomeDir()
+		if err != nil {
+			return ""
+		}
+		dir = home + "/.docker"
+	}
+	if _, err := os.Stat(dir + "/config.json"); err != nil {
+		return ""
+	}
+	return dir + "/config.json"
+}
+
+func newLogger(level, format string) (*slog.Logger, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("--log-level %q: want debug, info, warn or error", level)
+	}
+	opts := &slog.HandlerOptions{Level: l}
+	switch format {
+	case "text":
+		return slog.New(slog.NewTextHandler(os.Stderr, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(os.Stderr, opts)), nil
+	}
+	return nil, fmt.Errorf("--log-format %q: want text or json", format)
+}

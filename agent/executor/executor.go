@@ -1,0 +1,430 @@
+// Package executor carries out the control plane's commands on this host:
+// it checks a command against the agent's own rules (digest only, allowed
+// repository, the runtime's own repository), pulls, and recreates the
+// runtime's containers one at a time. Commands never carry container
+// configuration: every container is rebuilt from its own inspect output.
+package executor
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/molecule-ai/tenant-agent/agent/docker"
+	tenantagentv1 "github.com/molecule-ai/tenant-agent/gen/tenantagent/v1"
+	"github.com/molecule-ai/tenant-agent/pkg/imageref"
+)
+
+// Config configures an Executor.
+type Config struct {
+	Engine *docker.Engine
+	// Selector picks this tenant's managed containers.
+	Selector docker.Selector
+	// RepositoryPattern names a runtime's repository: the last path
+	// element of the repository with {runtime} in it
+	// ("workspace-template-{runtime}").
+	RepositoryPattern string
+	// RuntimeLabel, if set, is a container label that names its runtime
+	// and wins over the repository pattern.
+	RuntimeLabel string
+	// AllowRepositories lists the repositories (or prefixes ending in "/")
+	// commands may use. Empty means: only the repository a runtime's
+	// containers already run.
+	AllowRepositories []string
+	// RegistryAuth returns the X-Registry-Auth value for a repository.
+	RegistryAuth func(repository string) string
+	// Defaults for commands that do not say.
+	HealthGateTimeout time.Duration
+	StabilityWindow   time.Duration
+	PullTimeout       time.Duration
+	MaxParallel       int
+	Logger            *slog.Logger
+}
+
+// CheckAndSetDefaults validates the config and fills in defaults.
+func (c *Config) CheckAndSetDefaults() error {
+	if c.Engine == nil {
+		return errors.New("executor: Engine is required")
+	}
+	if len(c.Selector) == 0 {
+		return errors.New("executor: a label selector is required (several tenants may share one Docker daemon)")
+	}
+	if c.RepositoryPattern == "" {
+		c.RepositoryPattern = "workspace-template-{runtime}"
+	}
+	if strings.Count(c.RepositoryPattern, "{runtime}") != 1 {
+		return fmt.Errorf("repository pattern %q must hold {runtime} once", c.RepositoryPattern)
+	}
+	if c.RegistryAuth == nil {
+		c.RegistryAuth = func(string) string { return "" }
+	}
+	if c.HealthGateTimeout <= 0 {
+		c.HealthGateTimeout = 2 * time.Minute
+	}
+	if c.StabilityWindow <= 0 {
+		c.StabilityWindow = 10 * time.Second
+	}
+	if c.PullTimeout <= 0 {
+		c.PullTimeout = 2 * time.Hour
+	}
+	if c.MaxParallel <= 0 {
+		c.MaxParallel = 1
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	c.Logger = c.Logger.With("component", "executor")
+	return nil
+}
+
+// Executor runs commands.
+type Executor struct{ cfg Config }
+
+// New returns an Executor.
+func New(cfg Config) (*Executor, error) {
+	if err := cfg.CheckAndSetDefaults(); err != nil {
+		return nil, err
+	}
+	return &Executor{cfg: cfg}, nil
+}
+
+// runtimeOf names a container's runtime, or "" if it belongs to none.
+func (x *Executor) runtimeOf(c docker.Container) string {
+	if x.cfg.RuntimeLabel != "" {
+		if r := c.Inspect.Config.Labels[x.cfg.RuntimeLabel]; r != "" {
+			return r
+		}
+	}
+	return x.runtimeOfRepository(c.Repository)
+}
+
+func (x *Executor) runtimeOfRepository(repo string) string {
+	last := repo[strings.LastIndex(repo, "/")+1:]
+	prefix, suffix, _ := strings.Cut(x.cfg.RepositoryPattern, "{runtime}")
+	if !strings.HasPrefix(last, prefix) || !strings.HasSuffix(last, suffix) || len(last) <= len(prefix)+len(suffix) {
+		return ""
+	}
+	return last[len(prefix) : len(last)-len(suffix)]
+}
+
+// Containers returns the managed containers by runtime.
+func (x *Executor) Containers(ctx context.Context) (map[string][]docker.Container, error) {
+	all, err := x.cfg.Engine.List(ctx, x.cfg.Selector)
+	if err != nil {
+		return nil, err
+	}
+	out := map[string][]docker.Container{}
+	for _, c := range all {
+		if rt := x.runtimeOf(c); rt != "" {
+			out[rt] = append(out[rt], c)
+		}
+	}
+	return out, nil
+}
+
+// Inventory is what Hello and health reports say about containers: names,
+// IDs, images, digests, state and health; never environment or inspect
+// output.
+func (x *Executor) Inventory(ctx context.Context) ([]*tenantagentv1.RuntimeStatus, error) {
+	byRuntime, err := x.Containers(ctx)
+	if err != nil {
+		return nil, err
+	}
+	names := make([]string, 0, len(byRuntime))
+	for rt := range byRuntime {
+		names = append(names, rt)
+	}
+	sort.Strings(names)
+	var out []*tenantagentv1.RuntimeStatus
+	for _, rt := range names {
+		cs := byRuntime[rt]
+		st := &tenantagentv1.RuntimeStatus{Runtime: rt, ImageRepository: cs[0].Repository}
+		sort.Slice(cs, func(i, j int) bool { return cs[i].Name() < cs[j].Name() })
+		for _, c := range cs {
+			st.Containers = append(st.Containers, c.Status())
+		}
+		out = append(out, st)
+	}
+	return out, nil
+}
+
+// check refuses a command the agent's rules do not allow, before anything
+// on the host is touched.
+func (x *Executor) check(runtime, repo, digest string, containers []docker.Container) error {
+	if err := imageref.ValidateDigest(digest); err != nil {
+		return fmt.Errorf("refused: %w (only digests are accepted)", err)
+	}
+	if err := imageref.ValidateRepository(repo); err != nil {
+		return fmt.Errorf("refused: %w", err)
+	}
+	if got := x.runtimeOfRepository(repo); got != runtime {
+		return fmt.Errorf("refused: repository %s is not runtime %q's (want a repository named %s)", repo, runtime, strings.ReplaceAll(x.cfg.RepositoryPattern, "{runtime}", runtime))
+	}
+	if len(x.cfg.AllowRepositories) > 0 {
+		for _, allowed := range x.cfg.AllowRepositories {
+			if repo == allowed || (strings.HasSuffix(allowed, "/") && strings.HasPrefix(repo, allowed)) {
+				return nil
+			}
+		}
+		return fmt.Errorf("refused: repository %s is not on this agent's allow-list", repo)
+	}
+	for _, c := range containers {
+		if c.Repository == repo {
+			return nil
+		}
+	}
+	return fmt.Errorf("refused: repository %s is not the one runtime %q's containers run, and no allow-list names it", repo, runtime)
+}
+
+// Progress is a progress report without command ID, sequence and time,
+// which the caller stamps.
+type Progress = tenantagentv1.CommandProgress
+
+// Hooks connect a command's execution to the journal and the stream.
+type Hooks struct {
+	// Step journals a container's recreate step before it is taken.
+	Step func(docker.RecreateState) error
+	// Progress reports progress (best effort).
+	Progress func(*Progress)
+}
+
+func failed(id, ref string, phase tenantagentv1.CommandPhase, err error) *tenantagentv1.CommandResult {
+	return &tenantagentv1.CommandResult{CommandId: id, Outcome: tenantagentv1.CommandOutcome_COMMAND_OUTCOME_FAILED, Error: err.Error(), FailedPhase: phase, ImageRef: ref}
+}
+
+// Prefetch pulls an image without touching containers.
+func (x *Executor) Prefetch(ctx context.Context, cmd *tenantagentv1.PrefetchRuntimeImage, hooks Hooks) *tenantagentv1.CommandResult {
+	started := timestamppb.Now()
+	ref := cmd.GetImageRepository() + "@" + cmd.GetImageDigest()
+	byRuntime, err := x.Containers(ctx)
+	if err != nil {
+		return failed(cmd.GetCommandId(), ref, tenantagentv1.CommandPhase_COMMAND_PHASE_PULLING, err)
+	}
+	if err := x.check(cmd.GetRuntime(), cmd.GetImageRepository(), cmd.GetImageDigest(), byRuntime[cmd.GetRuntime()]); err != nil {
+		return failed(cmd.GetCommandId(), ref, tenantagentv1.CommandPhase_COMMAND_PHASE_UNSPECIFIED, err)
+	}
+	pulled, err := x.pull(ctx, ref, cmd.GetImageRepository(), hooks)
+	if err != nil {
+		return failed(cmd.GetCommandId(), ref, tenantagentv1.CommandPhase_COMMAND_PHASE_PULLING, err)
+	}
+	return &tenantagentv1.CommandResult{CommandId: cmd.GetCommandId(), Outcome: tenantagentv1.CommandOutcome_COMMAND_OUTCOME_SUCCEEDED, ImageRef: ref,
+		StartedAt: started, FinishedAt: timestamppb.Now(), PullDuration: durationpb.New(pulled.Duration), PulledBytes: pulled.Bytes}
+}
+
+func (x *Executor) pull(ctx context.Context, ref, repo string, hooks Hooks) (docker.PullResult, error) {
+	ctx, cancel := context.WithTimeout(ctx, x.cfg.PullTimeout)
+	defer cancel()
+	hooks.Progress(&Progress{Phase: tenantagentv1.CommandPhase_COMMAND_PHASE_PULLING, Message: "pulling " + ref})
+	res, err := x.cfg.Engine.Pull(ctx, ref, docker.PullOptions{RegistryAuth: x.cfg.RegistryAuth(repo)}, func(p docker.PullProgress) {
+		hooks.Progress(&Progress{Phase: tenantagentv1.CommandPhase_COMMAND_PHASE_PULLING, Layers: p.Layers, CurrentBytes: p.CurrentBytes, TotalBytes: p.TotalBytes,
+			Message: fmt.Sprintf("pulling %s: %s of %s", ref, bytesString(p.CurrentBytes), bytesString(p.TotalBytes))})
+	})
+	if err != nil {
+		return res, err
+	}
+	hooks.Progress(&Progress{Phase: tenantagentv1.CommandPhase_COMMAND_PHASE_PULLED, Message: "pulled and verified " + ref})
+	return res, nil
+}
+
+// Refresh pulls the image and recreates the runtime's containers on it
+// (DESIGN.md §6). Containers already on the digest are left alone. After
+// the first container that rolls back, no further container is touched.
+// It returns nil only if a simulated crash (docker.ErrCrash) stopped it.
+func (x *Executor) Refresh(ctx context.Context, cmd *tenantagentv1.RefreshRuntimeImage, hooks Hooks) *tenantagentv1.CommandResult {
+	started := timestamppb.Now()
+	id, repo, digest := cmd.GetCommandId(), cmd.GetImageRepository(), cmd.GetImageDigest()
+	ref := repo + "@" + digest
+	byRuntime, err := x.Containers(ctx)
+	if err != nil {
+		return failed(id, ref, tenantagentv1.CommandPhase_COMMAND_PHASE_UNSPECIFIED, fmt.Errorf("cannot list containers: %w", err))
+	}
+	containers := byRuntime[cmd.GetRuntime()]
+	if len(containers) == 0 {
+		return failed(id, ref, tenantagentv1.CommandPhase_COMMAND_PHASE_UNSPECIFIED, fmt.Errorf("refused: unknown runtime %q: no managed container of it on this host", cmd.GetRuntime()))
+	}
+	if err := x.check(cmd.GetRuntime(), repo, digest, containers); err != nil {
+		return failed(id, ref, tenantagentv1.CommandPhase_COMMAND_PHASE_UNSPECIFIED, err)
+	}
+	result := &tenantagentv1.CommandResult{CommandId: id, ImageRef: ref, StartedAt: started}
+	var todo []docker.Container
+	for _, c := range containers {
+		if c.DigestFor(repo) == digest && c.Inspect.Config.Image == ref {
+			result.Containers = append(result.Containers, &tenantagentv1.ContainerResult{Name: c.Name(), OldContainerId: c.Inspect.ID, NewContainerId: c.Inspect.ID,
+				OldDigest: digest, NewDigest: digest, WasRunning: c.Inspect.State.Running, Outcome: tenantagentv1.ContainerOutcome_CONTAINER_OUTCOME_ALREADY_CURRENT})
+		} else {
+			todo = append(todo, c)
+		}
+	}
+	if len(todo) == 0 {
+		hooks.Progress(&Progress{Phase: tenantagentv1.CommandPhase_COMMAND_PHASE_CONTAINER_DONE, Message: fmt.Sprintf("all %d containers already run %s", len(containers), digest)})
+		return finish(result, tenantagentv1.CommandOutcome_COMMAND_OUTCOME_SUCCEEDED, "")
+	}
+
+	// Nothing is stopped before the image is present and verified.
+	pulled, err := x.pull(ctx, ref, repo, hooks)
+	if err != nil {
+		if ctx.Err() != nil {
+			return x.notAttempted(finish(result, tenantagentv1.CommandOutcome_COMMAND_OUTCOME_CANCELED, "canceled during the pull; nothing was changed"), todo, digest)
+		}
+		r := x.notAttempted(finish(result, tenantagentv1.CommandOutcome_COMMAND_OUTCOME_FAILED, fmt.Sprintf("%v; nothing was changed", err)), todo, digest)
+		r.FailedPhase = tenantagentv1.CommandPhase_COMMAND_PHASE_PULLING
+		return r
+	}
+	result.PullDuration, result.PulledBytes = durationpb.New(pulled.Duration), pulled.Bytes
+	target := docker.Target{Repository: repo, Digest: digest, ImageID: pulled.ImageID}
+	opts := docker.RecreateOptions{HealthGateTimeout: x.cfg.HealthGateTimeout, StabilityWindow: x.cfg.StabilityWindow, Suffix: shortCommand(id)}
+	if o := cmd.GetOptions(); o != nil {
+		if d := o.GetHealthGateTimeout().AsDuration(); d > 0 {
+			opts.HealthGateTimeout = d
+		}
+		if d := o.GetStabilityWindow().AsDuration(); d > 0 {
+			opts.StabilityWindow = d
+		}
+	}
+	parallel := x.cfg.MaxParallel
+	if n := int(cmd.GetOptions().GetMaxParallelContainers()); n > 0 {
+		parallel = n
+	}
+	results, crashed := x.recreateAll(ctx, todo, target, opts, parallel, hooks)
+	if crashed {
+		return nil
+	}
+	result.Containers = append(result.Containers, results...)
+	return summarize(result)
+}
+
+// recreateAll recreates containers, at most parallel at once, and starts
+// no new one after a failure or a cancel.
+func (x *Executor) recreateAll(ctx context.Context, todo []docker.Container, target docker.Target, opts docker.RecreateOptions, parallel int, hooks Hooks) ([]*tenantagentv1.ContainerResult, bool) {
+	results := make([]*tenantagentv1.ContainerResult, len(todo))
+	var mu sync.Mutex
+	stop, crashed := false, false
+	sem := make(chan struct{}, parallel)
+	var wg sync.WaitGroup
+	for i, c := range todo {
+		sem <- struct{}{}
+		mu.Lock()
+		halt := stop || crashed || ctx.Err() != nil
+		mu.Unlock()
+		if halt {
+			<-sem
+			results[i] = &tenantagentv1.ContainerResult{Name: c.Name(), OldContainerId: c.Inspect.ID, NewContainerId: c.Inspect.ID, OldDigest: c.DigestFor(c.Repository), NewDigest: c.DigestFor(c.Repository),
+				WasRunning: c.Inspect.State.Running, Outcome: tenantagentv1.ContainerOutcome_CONTAINER_OUTCOME_NOT_ATTEMPTED, Error: "not attempted: an earlier container failed or the command was canceled"}
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			report := func(phase tenantagentv1.CommandPhase, msg string) {
+				hooks.Progress(&Progress{Phase: phase, Container: c.Name(), Message: msg})
+			}
+			r := x.cfg.Engine.Recreate(ctx, c, target, opts, hooks.Step, report)
+			mu.Lock()
+			defer mu.Unlock()
+			if r == nil {
+				crashed = true
+				return
+			}
+			results[i] = r
+			if r.GetOutcome() != tenantagentv1.ContainerOutcome_CONTAINER_OUTCOME_RECREATED {
+				stop = true
+				x.cfg.Logger.Warn("container not recreated", "container", c.Name(), "outcome", r.GetOutcome(), "error", r.GetError())
+			}
+		}()
+	}
+	wg.Wait()
+	return results, crashed
+}
+
+func (x *Executor) notAttempted(r *tenantagentv1.CommandResult, todo []docker.Container, digest string) *tenantagentv1.CommandResult {
+	for _, c := range todo {
+		d := c.DigestFor(c.Repository)
+		r.Containers = append(r.Containers, &tenantagentv1.ContainerResult{Name: c.Name(), OldContainerId: c.Inspect.ID, NewContainerId: c.Inspect.ID, OldDigest: d, NewDigest: d,
+			WasRunning: c.Inspect.State.Running, Outcome: tenantagentv1.ContainerOutcome_CONTAINER_OUTCOME_NOT_ATTEMPTED})
+	}
+	return r
+}
+
+// Recover finishes or rolls back recreates a previous process left half
+// done, and returns the command's result.
+func (x *Executor) Recover(ctx context.Context, id, ref string, states []docker.RecreateState) *tenantagentv1.CommandResult {
+	result := &tenantagentv1.CommandResult{CommandId: id, ImageRef: ref, StartedAt: timestamppb.Now()}
+	for _, st := range states {
+		if st.Step == docker.StepDone {
+			result.Containers = append(result.Containers, &tenantagentv1.ContainerResult{Name: st.Name, OldContainerId: st.OldID, NewContainerId: st.NewID,
+				OldDigest: st.OldDigest, NewDigest: st.NewDigest, WasRunning: st.WasRunning, Outcome: tenantagentv1.ContainerOutcome_CONTAINER_OUTCOME_RECREATED})
+			continue
+		}
+		x.cfg.Logger.Warn("recovering an interrupted recreate", "command", id, "container", st.Name, "step", st.Step)
+		result.Containers = append(result.Containers, x.cfg.Engine.Recover(ctx, st))
+	}
+	return summarize(result)
+}
+
+func summarize(r *tenantagentv1.CommandResult) *tenantagentv1.CommandResult {
+	var errs []string
+	outcome := tenantagentv1.CommandOutcome_COMMAND_OUTCOME_SUCCEEDED
+	for _, c := range r.GetContainers() {
+		switch c.GetOutcome() {
+		case tenantagentv1.ContainerOutcome_CONTAINER_OUTCOME_ROLLED_BACK, tenantagentv1.ContainerOutcome_CONTAINER_OUTCOME_FAILED:
+			outcome = tenantagentv1.CommandOutcome_COMMAND_OUTCOME_ROLLED_BACK
+			errs = append(errs, c.GetName()+": "+c.GetError())
+			if r.FailedPhase == tenantagentv1.CommandPhase_COMMAND_PHASE_UNSPECIFIED {
+				r.FailedPhase = c.GetFailedPhase()
+			}
+		case tenantagentv1.ContainerOutcome_CONTAINER_OUTCOME_NOT_ATTEMPTED:
+			if outcome == tenantagentv1.CommandOutcome_COMMAND_OUTCOME_SUCCEEDED {
+				outcome = tenantagentv1.CommandOutcome_COMMAND_OUTCOME_CANCELED
+			}
+			if c.GetError() != "" && !strings.HasPrefix(c.GetError(), "not attempted") {
+				outcome = tenantagentv1.CommandOutcome_COMMAND_OUTCOME_FAILED
+				errs = append(errs, c.GetName()+": "+c.GetError())
+			}
+		}
+	}
+	return finish(r, outcome, strings.Join(errs, "; "))
+}
+
+func finish(r *tenantagentv1.CommandResult, outcome tenantagentv1.CommandOutcome, msg string) *tenantagentv1.CommandResult {
+	r.Outcome, r.FinishedAt = outcome, timestamppb.Now()
+	if msg != "" {
+		r.Error = msg
+	}
+	return r
+}
+
+// shortCommand makes a command ID fit in a container name.
+func shortCommand(id string) string {
+	var b strings.Builder
+	for _, r := range strings.ToLower(strings.TrimPrefix(id, "c-")) {
+		if (r >= 'a' && r <= 'z' || r >= '0' && r <= '9') && b.Len() < 8 {
+			b.WriteRune(r)
+		}
+	}
+	if b.Len() == 0 {
+		return "cmd"
+	}
+	return b.String()
+}
+
+func bytesString(n uint64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := uint64(unit), 0
+	for m := n / unit; m >= unit; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}
