@@ -17,7 +17,9 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -61,6 +63,47 @@ type Registry struct {
 	handler http.Handler
 	mu      sync.Mutex
 	srv     *http.Server
+	// throttle is the blob download rate in bytes per second; 0 is
+	// unlimited.
+	throttle atomic.Int64
+}
+
+// Throttle limits blob downloads to bytesPerSecond (0 lifts the limit), so
+// a test can act while a pull is under way.
+func (r *Registry) Throttle(bytesPerSecond int64) { r.throttle.Store(bytesPerSecond) }
+
+func (r *Registry) serveHTTP(w http.ResponseWriter, req *http.Request) {
+	rate := r.throttle.Load()
+	if rate <= 0 || req.Method != http.MethodGet || !strings.Contains(req.URL.Path, "/blobs/") {
+		r.handler.ServeHTTP(w, req)
+		return
+	}
+	r.handler.ServeHTTP(&slowWriter{ResponseWriter: w, rate: rate}, req)
+}
+
+// slowWriter writes at most rate bytes per second, in tenths.
+type slowWriter struct {
+	http.ResponseWriter
+	rate int64
+}
+
+func (s *slowWriter) Write(p []byte) (int, error) {
+	chunk := int(max(s.rate/10, 1))
+	written := 0
+	for len(p) > 0 {
+		n := min(chunk, len(p))
+		m, err := s.ResponseWriter.Write(p[:n])
+		written += m
+		if err != nil {
+			return written, err
+		}
+		if f, ok := s.ResponseWriter.(http.Flusher); ok {
+			f.Flush()
+		}
+		p = p[n:]
+		time.Sleep(100 * time.Millisecond)
+	}
+	return written, nil
 }
 
 // StartRegistry serves a registry until the test ends.
@@ -80,7 +123,7 @@ func StartRegistry(t testing.TB) *Registry {
 func (r *Registry) serve(lis net.Listener) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.srv = &http.Server{Handler: r.handler, ReadHeaderTimeout: 10 * time.Second}
+	r.srv = &http.Server{Handler: http.HandlerFunc(r.serveHTTP), ReadHeaderTimeout: 10 * time.Second}
 	go r.srv.Serve(lis)
 }
 
