@@ -278,6 +278,7 @@ func eventually(t *testing.T, what string, cond func() bool) {
 
 // runningAgent is an agent in this process.
 type runningAgent struct {
+	once   sync.Once
 	cancel context.CancelFunc
 	done   chan error
 	logs   *logBuffer
@@ -306,6 +307,8 @@ func (e *env) startAgent(tenant, addr, stateDir string, mutate func(*agent.Confi
 }
 
 func (a *runningAgent) stop() {
-	a.cancel()
-	<-a.done
+	a.once.Do(func() {
+		a.cancel()
+		<-a.done
+	})
 }
