@@ -173,12 +173,22 @@ func TestWatchCommandAndListCommandsPaging(t *testing.T) {
 	if err != nil || len(got.GetEvents()) < 4 {
 		t.Fatalf("GetCommand events = %v, %v", got.GetEvents(), err)
 	}
+	// States only move forward; SENT may be skipped when the agent's ack
+	// is recorded before the send is.
 	var states []string
+	prev := controlplanev1.CommandState_COMMAND_STATE_UNSPECIFIED
 	for _, ev := range got.GetEvents() {
+		if ev.GetState() < prev {
+			t.Errorf("state went back from %v to %v", prev, ev.GetState())
+		}
+		prev = ev.GetState()
 		states = append(states, strings.TrimPrefix(ev.GetState().String(), "COMMAND_STATE_"))
 	}
-	if want := "PENDING SENT ACKED RUNNING"; !strings.HasPrefix(strings.Join(states, " "), want) || states[len(states)-1] != "SUCCEEDED" {
-		t.Errorf("event states = %v, want %s ... SUCCEEDED", states, want)
+	joined := strings.Join(states, " ")
+	for _, want := range []string{"PENDING", "ACKED", "RUNNING", "SUCCEEDED"} {
+		if !strings.Contains(joined, want) {
+			t.Errorf("event states %v lack %s", states, want)
+		}
 	}
 
 	for range 4 {
