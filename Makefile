@@ -44,12 +44,22 @@ breaking: ## buf breaking against BREAKING_AGAINST (default HEAD~1), if that com
 certs: ## Make the dev PKI in certs/dev (keeps existing files; TENANTS="a b" adds agent certs)
 	$(GO) run ./certs/cmd/devpki --out certs/dev $(TENANTS)
 
-run: build certs ## Run the control plane on SQLite (var/) with the dev certs, printing grpcurl commands to try
+TENANT ?= agents-team
+GRPCURL_DEV = go tool grpcurl -cacert certs/dev/ca.pem -cert certs/dev/operator-dev.pem -key certs/dev/operator-dev-key.pem
+
+run: build ## Run the control plane (SQLite in var/) and one agent for tenant $(TENANT) on the local Docker
+	@$(GO) run ./certs/cmd/devpki --out certs/dev $(TENANT) > /dev/null
+	@echo "The agent manages containers labelled molecule.org-id=$(TENANT) and molecule.platform.managed=true."
 	@echo "Try, in another shell:"
-	@echo "  go tool grpcurl -cacert certs/dev/ca.pem -cert certs/dev/operator-dev.pem -key certs/dev/operator-dev-key.pem localhost:7444 list"
-	@echo "  go tool grpcurl -cacert certs/dev/ca.pem -cert certs/dev/operator-dev.pem -key certs/dev/operator-dev-key.pem -d '{}' localhost:7444 controlplane.v1.AdminService/ListAgents"
+	@echo "  $(GRPCURL_DEV) -d '{}' localhost:7444 controlplane.v1.AdminService/ListAgents"
+	@echo "  $(GRPCURL_DEV) -d '{}' localhost:7444 controlplane.v1.AdminService/WatchAgents"
+	@echo "  $(GRPCURL_DEV) -d '{\"tenant\":\"$(TENANT)\",\"runtime\":\"codex\",\"image_digest\":\"sha256:...\"}' localhost:7444 controlplane.v1.AdminService/RefreshRuntimeImage"
 	@echo "  curl -s localhost:9090/metrics | grep tenantagent_"
-	bin/controlplane --store var/controlplane.db --agent-addr 127.0.0.1:7443 --admin-addr 127.0.0.1:7444 --http-addr 127.0.0.1:9090
+	@mkdir -p var; \
+	bin/controlplane --store var/controlplane.db --agent-addr 127.0.0.1:7443 --admin-addr 127.0.0.1:7444 --http-addr 127.0.0.1:9090 & cp=$$!; \
+	trap 'kill $$cp 2>/dev/null; wait $$cp' EXIT INT TERM; \
+	bin/tenant-agent --control-plane localhost:7443 --cert certs/dev/agent-$(TENANT).pem --key certs/dev/agent-$(TENANT)-key.pem \
+		--ca certs/dev/ca.pem --state-dir var/agent-$(TENANT)
 
 clean: ## Remove bin/
 	rm -rf $(BIN)
