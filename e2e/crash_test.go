@@ -8,8 +8,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/docker/docker/api/types/container"
+
 	"github.com/molecule-ai/tenant-agent/agent"
+	"github.com/molecule-ai/tenant-agent/controlplane/server"
 	controlplanev1 "github.com/molecule-ai/tenant-agent/gen/controlplane/v1"
+	tenantagentv1 "github.com/molecule-ai/tenant-agent/gen/tenantagent/v1"
 )
 
 // startRefresh starts a refresh and returns its command ID; the command
@@ -223,4 +227,27 @@ func TestPrefetchPullsWithoutTouchingContainers(t *testing.T) {
 		t.Errorf("no successful prefetch event")
 	}
 	ws.waitHTTP("/version", "v2")
+}
+
+// Health follows Docker events, not only the heartbeat: with a heartbeat
+// of an hour, a stopped container still shows up at the control plane.
+func TestHealthFollowsDockerEvents(t *testing.T) {
+	e := newEnv(t, "acme")
+	e.stopCP()
+	e.cp = nil
+	e.startCPWith(func(c *server.Config) { c.HeartbeatInterval = time.Hour })
+	ws := e.startWorkspace("acme", e.repo, e.v1, true)
+	e.startAgent("acme", e.cp.AgentAddr(), t.TempDir(), nil)
+	e.waitAgent("acme", 1)
+	if err := e.docker.ContainerStop(e.ctx(), ws.name, container.StopOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the stop reported", func() bool {
+		resp, err := e.admin().ListAgents(e.ctx(), &controlplanev1.ListAgentsRequest{Tenant: "acme"})
+		if err != nil || len(resp.GetAgents()) != 1 || len(resp.GetAgents()[0].GetRuntimes()) != 1 {
+			return false
+		}
+		c := resp.GetAgents()[0].GetRuntimes()[0].GetStatus().GetContainers()
+		return len(c) == 1 && c[0].GetState() == tenantagentv1.ContainerState_CONTAINER_STATE_EXITED
+	})
 }

@@ -102,7 +102,9 @@ func randomSuffix() string {
 	return fmt.Sprintf("%x", b)
 }
 
-func (e *env) startCP() {
+func (e *env) startCP() { e.startCPWith(nil) }
+
+func (e *env) startCPWith(mutate func(*server.Config)) {
 	cfg := server.Defaults()
 	cfg.AgentAddr, cfg.AdminAddr, cfg.HTTPAddr = "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0"
 	if e.cp != nil { // a restart keeps the agent address, so agents redial it
@@ -111,6 +113,9 @@ func (e *env) startCP() {
 	cfg.TLS, cfg.TrustDomain, cfg.StorePath = e.pki.Files("controlplane"), pkitest.TrustDomain, e.store
 	cfg.HeartbeatInterval, cfg.ReconnectStagger, cfg.ShutdownGrace = time.Second, 0, 2*time.Second
 	cfg.Logger = logger(e.t, e.cpLogs, "cp")
+	if mutate != nil {
+		mutate(&cfg)
+	}
 	srv, err := server.New(cfg)
 	if err != nil {
 		e.t.Fatal(err)

@@ -407,3 +407,18 @@ func TestPullReportsProgressAndVerifiesDigest(t *testing.T) {
 		t.Errorf("pull of a missing digest succeeded")
 	}
 }
+
+// A registry that is down when the pull starts and back a moment later:
+// the pull retries and succeeds.
+func TestPullRetriesTransientFailures(t *testing.T) {
+	f := newFixture(t)
+	f.reg.Stop()
+	go func() {
+		time.Sleep(1500 * time.Millisecond)
+		f.reg.Restart(t)
+	}()
+	res, err := f.engine.Pull(f.ctx(), f.repo+"@"+f.v1, docker.PullOptions{Attempts: 6, Backoff: 500 * time.Millisecond}, nil)
+	if err != nil || res.ImageID == "" {
+		t.Fatalf("pull across a registry outage: %+v, %v", res, err)
+	}
+}
