@@ -9,7 +9,7 @@ LDFLAGS := -X github.com/molecule-ai/tenant-agent/pkg/version.Version=$(VERSION)
 BREAKING_AGAINST ?= HEAD~1
 
 .DEFAULT_GOAL := help
-.PHONY: help generate lint test build check-generated breaking certs run clean
+.PHONY: help generate lint test build check-generated breaking certs run demo images clean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -60,6 +60,13 @@ run: build ## Run the control plane (SQLite in var/) and one agent for tenant $(
 	trap 'kill $$cp 2>/dev/null; wait $$cp' EXIT INT TERM; \
 	bin/tenant-agent --control-plane localhost:7443 --cert certs/dev/agent-$(TENANT).pem --key certs/dev/agent-$(TENANT)-key.pem \
 		--ca certs/dev/ca.pem --state-dir var/agent-$(TENANT)
+
+demo: build ## The whole story on this machine: registry, v1 workspaces, control plane, agent, promote v2 via grpcurl
+	$(GO) run ./e2e/demo
+
+images: build ## Build the Docker images of both binaries (empty base; no registry needed)
+	docker build -f deploy/controlplane.Dockerfile -t tenant-agent/controlplane:dev .
+	docker build -f deploy/agent.Dockerfile -t tenant-agent/agent:dev .
 
 clean: ## Remove bin/
 	rm -rf $(BIN)

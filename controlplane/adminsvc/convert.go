@@ -1,6 +1,8 @@
 package adminsvc
 
 import (
+	"strings"
+
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/molecule-ai/tenant-agent/controlplane/dispatch"
@@ -47,7 +49,7 @@ func updateEvent(u dispatch.Update) *controlplanev1.CommandEvent {
 }
 
 func describeState(c *store.Command) string {
-	s := c.State.String()
+	s := strings.ToLower(strings.TrimPrefix(c.State.String(), "COMMAND_STATE_"))
 	if c.Error != "" {
 		s += ": " + c.Error
 	}

@@ -3,6 +3,8 @@ package server
 import (
 	"io"
 	"net/http"
+	"os"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -269,6 +271,17 @@ func TestMetricsShowAgentsAndCommands(t *testing.T) {
 	resp, err := http.Get("http://" + h.srv.HTTPAddr() + "/healthz")
 	if err != nil || resp.StatusCode != http.StatusOK {
 		t.Errorf("/healthz: %v %v", resp, err)
+	}
+
+	// Every series the Grafana dashboard queries exists.
+	dashboard, err := os.ReadFile("../../deploy/grafana/controlplane-dashboard.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range regexp.MustCompile(`tenantagent_controlplane_[a-z_]+`).FindAllString(string(dashboard), -1) {
+		if !strings.Contains(body, name) {
+			t.Errorf("the dashboard queries %s, which /metrics does not serve", name)
+		}
 	}
 }
 

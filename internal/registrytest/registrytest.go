@@ -23,7 +23,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/docker/docker/api/types/filters"
 	"github.com/docker/docker/api/types/image"
 	"github.com/docker/docker/client"
 	"github.com/google/go-containerregistry/pkg/name"
@@ -34,6 +33,16 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 )
+
+// T is what these helpers need of a test: testing.TB has it, and so does
+// the demo's adapter (cmd demo), which builds the same images outside a test.
+type T interface {
+	Helper()
+	Fatal(args ...any)
+	Fatalf(format string, args ...any)
+	Logf(format string, args ...any)
+	Cleanup(func())
+}
 
 // Docker returns a client for the local daemon. Without a daemon the test
 // is skipped on a laptop and fails in CI (CI is set), so a missing daemon
@@ -107,7 +116,7 @@ func (s *slowWriter) Write(p []byte) (int, error) {
 }
 
 // StartRegistry serves a registry until the test ends.
-func StartRegistry(t testing.TB) *Registry {
+func StartRegistry(t T) *Registry {
 	t.Helper()
 	r := &Registry{handler: registry.New(registry.Logger(discardLogger()))}
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
@@ -138,7 +147,7 @@ func (r *Registry) Stop() {
 }
 
 // Restart serves the registry again on the same address.
-func (r *Registry) Restart(t testing.TB) {
+func (r *Registry) Restart(t T) {
 	lis, err := net.Listen("tcp", r.Host)
 	if err != nil {
 		t.Fatal(err)
@@ -148,7 +157,7 @@ func (r *Registry) Restart(t testing.TB) {
 
 // Push writes img to repo ("molecule-ai/workspace-template-codex") and
 // returns the full repository and the image's digest.
-func (r *Registry) Push(t testing.TB, repo string, img v1.Image) (repository, digest string) {
+func (r *Registry) Push(t T, repo string, img v1.Image) (repository, digest string) {
 	t.Helper()
 	repository = r.Host + "/" + repo
 	ref, err := name.NewTag(repository+":push", name.Insecure)
@@ -184,7 +193,7 @@ var (
 )
 
 // workspaceBinary builds internal/workspace once per test process.
-func workspaceBinary(t testing.TB) []byte {
+func workspaceBinary(t T) []byte {
 	t.Helper()
 	buildOnce.Do(func() {
 		dir, err := os.MkdirTemp("", "workspace-bin")
@@ -211,7 +220,7 @@ func workspaceBinary(t testing.TB) []byte {
 // WorkspaceImage assembles the workspace binary into an image with no
 // base: entrypoint /workspace, port 8080, data folders /data and /cache
 // (/cache is an image VOLUME, so containers get an anonymous volume there).
-func WorkspaceImage(t testing.TB, spec Image) v1.Image {
+func WorkspaceImage(t T, spec Image) v1.Image {
 	t.Helper()
 	files := map[string][]byte{"workspace": workspaceBinary(t)}
 	layer := tarLayer(t, files, 0o755)
@@ -257,7 +266,7 @@ func WorkspaceImage(t testing.TB, spec Image) v1.Image {
 	return img
 }
 
-func tarLayer(t testing.TB, files map[string][]byte, mode int64) v1.Layer {
+func tarLayer(t T, files map[string][]byte, mode int64) v1.Layer {
 	t.Helper()
 	var buf bytes.Buffer
 	tw := tar.NewWriter(&buf)
@@ -279,15 +288,20 @@ func tarLayer(t testing.TB, files map[string][]byte, mode int64) v1.Layer {
 func discardLogger() *log.Logger { return log.New(io.Discard, "", 0) }
 
 // RemoveImages removes every local image of repository (images pulled
-// from a test registry that is gone once the test ends).
-func RemoveImages(t testing.TB, cli *client.Client, repository string) {
+// from a test registry that is gone once the test ends). Images pulled by
+// digest have no tag, so they are found by their repository digests.
+func RemoveImages(t T, cli *client.Client, repository string) {
 	ctx := context.Background()
-	imgs, err := cli.ImageList(ctx, image.ListOptions{Filters: filters.NewArgs(filters.Arg("reference", repository))})
+	imgs, err := cli.ImageList(ctx, image.ListOptions{All: true})
 	if err != nil {
-		t.Logf("list images of %s: %v", repository, err)
+		t.Logf("list images: %v", err)
 		return
 	}
 	for _, img := range imgs {
-		cli.ImageRemove(ctx, img.ID, image.RemoveOptions{Force: true, PruneChildren: true})
+		for _, d := range append(img.RepoDigests, img.RepoTags...) {
+			if strings.HasPrefix(d, repository+"@") || strings.HasPrefix(d, repository+":") {
+				cli.ImageRemove(ctx, d, image.RemoveOptions{Force: true})
+			}
+		}
 	}
 }
