@@ -47,6 +47,9 @@ type Config struct {
 	PullTimeout         time.Duration
 	MaxParallel         int
 	HeartbeatInterval   time.Duration
+	// KeepaliveTime and KeepaliveTimeout are the HTTP/2 pings that find a
+	// dead connection (grpc-go pings at most every 10 s).
+	KeepaliveTime, KeepaliveTimeout time.Duration
 	// ResultRetention is how long confirmed command IDs are remembered,
 	// so a command resent after a long outage still runs only once.
 	ResultRetention time.Duration
@@ -68,6 +71,7 @@ func Defaults() Config {
 		RepositoryPattern: "workspace-template-{runtime}",
 		HealthGateTimeout: 2 * time.Minute, StabilityWindow: 10 * time.Second,
 		PullTimeout: 2 * time.Hour, MaxParallel: 1, HeartbeatInterval: 15 * time.Second,
+		KeepaliveTime: 30 * time.Second, KeepaliveTimeout: 10 * time.Second,
 		ResultRetention: 7 * 24 * time.Hour,
 	}
 }
@@ -94,7 +98,8 @@ func (c *Config) CheckAndSetDefaults() error {
 	if strings.Count(c.RepositoryPattern, "{runtime}") != 1 {
 		errs = append(errs, fmt.Errorf("--repository-pattern %q must hold {runtime} once", c.RepositoryPattern))
 	}
-	for name, d := range map[string]time.Duration{"health-gate-timeout": c.HealthGateTimeout, "stability-window": c.StabilityWindow, "pull-timeout": c.PullTimeout, "heartbeat-interval": c.HeartbeatInterval} {
+	for name, d := range map[string]time.Duration{"health-gate-timeout": c.HealthGateTimeout, "stability-window": c.StabilityWindow, "pull-timeout": c.PullTimeout, "heartbeat-interval": c.HeartbeatInterval,
+		"keepalive-time": c.KeepaliveTime, "keepalive-timeout": c.KeepaliveTimeout} {
 		if d <= 0 {
 			errs = append(errs, fmt.Errorf("--%s must be positive", name))
 		}
@@ -187,6 +192,6 @@ func Run(ctx context.Context, cfg Config) error {
 		Addr: cfg.ControlPlane, Creds: mtls.ClientCredentials(src, cfg.ServerName), Tenant: id.Tenant,
 		Hostname: hostname, Version: version.String(), DockerVersion: engine.Version,
 		Inventory: exec.Inventory, Runner: run, Changes: engine.Changes(ctx, selector),
-		HeartbeatInterval: cfg.HeartbeatInterval, Logger: logger,
+		HeartbeatInterval: cfg.HeartbeatInterval, KeepaliveTime: cfg.KeepaliveTime, KeepaliveTimeout: cfg.KeepaliveTimeout, Logger: logger,
 	})
 }

@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"io"
 	"net"
 	"strings"
 	"sync"
@@ -96,6 +95,9 @@ type proxy struct {
 	target string
 	mu     sync.Mutex
 	cut    bool
+	// silent drops bytes instead of closing: a blackhole, which only
+	// keepalive notices.
+	silent bool
 	conns  []net.Conn
 }
 
@@ -132,9 +134,36 @@ func (p *proxy) serve() {
 		}
 		p.conns = append(p.conns, c, up)
 		p.mu.Unlock()
-		go func() { io.Copy(up, c); up.Close() }()
-		go func() { io.Copy(c, up); c.Close() }()
+		go func() { p.pipe(up, c); up.Close() }()
+		go func() { p.pipe(c, up); c.Close() }()
 	}
+}
+
+// pipe copies src to dst, dropping what arrives while the proxy is silent.
+func (p *proxy) pipe(dst, src net.Conn) {
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := src.Read(buf)
+		if err != nil {
+			return
+		}
+		p.mu.Lock()
+		silent := p.silent
+		p.mu.Unlock()
+		if silent {
+			continue
+		}
+		if _, err := dst.Write(buf[:n]); err != nil {
+			return
+		}
+	}
+}
+
+// Blackhole keeps every connection open but delivers nothing, until Heal.
+func (p *proxy) Blackhole() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.silent = true
 }
 
 // Cut drops every connection and refuses new ones until Heal.
@@ -151,7 +180,7 @@ func (p *proxy) Cut() {
 func (p *proxy) Heal() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.cut = false
+	p.cut, p.silent = false, false
 }
 
 // The stream is cut while the image is pulled: the pull goes on, and the

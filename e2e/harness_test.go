@@ -74,25 +74,35 @@ type env struct {
 	docker *client.Client
 	pki    *pkitest.PKI
 	cp     *server.Server
-	cpStop context.CancelFunc
-	cpDone chan error
-	cpLogs *logBuffer
-	store  string
-	reg    *registrytest.Registry
-	repo   string
-	v1, v2 string
-	bad    string
-	run    string // unique per test: names, labels
+	// adminAddr is the admin address of whichever control plane runs,
+	// in this process or as a binary.
+	adminAddr string
+	cpStop    context.CancelFunc
+	cpDone    chan error
+	cpLogs    *logBuffer
+	store     string
+	reg       *registrytest.Registry
+	repo      string
+	v1, v2    string
+	bad       string
+	run       string // unique per test: names, labels
 }
 
+// newEnv starts the control plane in this process.
 func newEnv(t *testing.T, tenants ...string) *env {
+	e := newBareEnv(t, tenants...)
+	e.startCP()
+	return e
+}
+
+// newBareEnv has everything but a control plane.
+func newBareEnv(t *testing.T, tenants ...string) *env {
 	e := &env{t: t, docker: registrytest.Docker(t), pki: pkitest.New(t, tenants...), reg: registrytest.StartRegistry(t), cpLogs: &logBuffer{},
 		store: filepath.Join(t.TempDir(), "cp.db"), run: randomSuffix()}
 	e.repo, e.v1 = e.reg.Push(t, "molecule-ai/workspace-template-codex", registrytest.WorkspaceImage(t, registrytest.Image{Version: "v1"}))
 	_, e.v2 = e.reg.Push(t, "molecule-ai/workspace-template-codex", registrytest.WorkspaceImage(t, registrytest.Image{Version: "v2", Padding: 8 << 20}))
 	_, e.bad = e.reg.Push(t, "molecule-ai/workspace-template-codex", registrytest.WorkspaceImage(t, registrytest.Image{Version: "bad", Unhealthy: true}))
 	t.Cleanup(func() { registrytest.RemoveImages(t, e.docker, e.repo) })
-	e.startCP()
 	return e
 }
 
@@ -121,7 +131,7 @@ func (e *env) startCPWith(mutate func(*server.Config)) {
 		e.t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	e.cp, e.cpStop, e.cpDone = srv, cancel, make(chan error, 1)
+	e.cp, e.cpStop, e.cpDone, e.adminAddr = srv, cancel, make(chan error, 1), srv.AdminAddr()
 	go func() { e.cpDone <- srv.Serve(ctx) }()
 	e.t.Cleanup(e.stopCP)
 }
@@ -139,7 +149,7 @@ func (e *env) admin() controlplanev1.AdminServiceClient {
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	conn, err := grpc.NewClient(e.cp.AdminAddr(), grpc.WithTransportCredentials(mtls.ClientCredentials(src, "localhost")))
+	conn, err := grpc.NewClient(e.adminAddr, grpc.WithTransportCredentials(mtls.ClientCredentials(src, "localhost")))
 	if err != nil {
 		e.t.Fatal(err)
 	}

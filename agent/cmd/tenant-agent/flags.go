@@ -52,6 +52,8 @@ func parseFlags(args []string, stdout io.Writer) (agent.Config, error) {
 	fs.DurationVar(&cfg.PullTimeout, "pull-timeout", cfg.PullTimeout, "longest pull (images are large and links slow)")
 	fs.IntVar(&cfg.MaxParallel, "max-parallel", cfg.MaxParallel, "containers recreated at once")
 	fs.DurationVar(&cfg.HeartbeatInterval, "heartbeat-interval", cfg.HeartbeatInterval, "health report interval until the control plane sets one")
+	fs.DurationVar(&cfg.KeepaliveTime, "keepalive-time", cfg.KeepaliveTime, "idle time before an HTTP/2 ping to the control plane (at least 10s)")
+	fs.DurationVar(&cfg.KeepaliveTimeout, "keepalive-timeout", cfg.KeepaliveTimeout, "how long a ping may go unanswered before the connection is dropped and redialed")
 	fs.DurationVar(&cfg.ResultRetention, "result-retention", cfg.ResultRetention, "how long finished command IDs are remembered to refuse re-execution")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	logFormat := fs.String("log-format", "text", "text or json")
@@ -68,9 +70,18 @@ func parseFlags(args []string, stdout io.Writer) (agent.Config, error) {
 			cfg.AllowRepositories = append(cfg.AllowRepositories, r)
 		}
 	}
-	cfg.CrashAt = os.Getenv("TENANT_AGENT_TEST_CRASH_AT") // test hook, see agent.Config.CrashAt
 	if cfg.Logger, err = newLogger(*logLevel, *logFormat); err != nil {
 		return cfg, err
+	}
+	// Test hooks (agent.Config.CrashAt): die just before a recreate step,
+	// or, with TENANT_AGENT_TEST_CRASH_HANG set, stop there until killed.
+	cfg.CrashAt = os.Getenv("TENANT_AGENT_TEST_CRASH_AT")
+	if cfg.CrashAt != "" && os.Getenv("TENANT_AGENT_TEST_CRASH_HANG") != "" {
+		logger := cfg.Logger
+		cfg.OnCrash = func() {
+			logger.Error("crash point reached: waiting to be killed", "step", cfg.CrashAt)
+			select {}
+		}
 	}
 	return cfg, nil
 }
