@@ -146,11 +146,7 @@ func session(ctx context.Context, cfg Config, client tenantagentv1.AgentServiceC
 	if err != nil {
 		return false, err
 	}
-	hello, err := helloMessage(ctx, cfg)
-	if err != nil {
-		return false, err
-	}
-	if err := stream.Send(hello); err != nil {
+	if err := stream.Send(helloMessage(ctx, cfg)); err != nil {
 		return false, err
 	}
 	first, err := stream.Recv()
@@ -238,7 +234,7 @@ func session(ctx context.Context, cfg Config, client tenantagentv1.AgentServiceC
 	}
 }
 
-func helloMessage(ctx context.Context, cfg Config) (*tenantagentv1.AgentMessage, error) {
+func helloMessage(ctx context.Context, cfg Config) *tenantagentv1.AgentMessage {
 	running, results := cfg.Runner.Held()
 	hello := &tenantagentv1.Hello{Tenant: cfg.Tenant, AgentVersion: cfg.Version, Hostname: cfg.Hostname, RunningCommandIds: running, ResultCommandIds: results}
 	if v, err := cfg.DockerVersion(ctx); err == nil {
@@ -250,7 +246,7 @@ func helloMessage(ctx context.Context, cfg Config) (*tenantagentv1.AgentMessage,
 	if err != nil {
 		cfg.Logger.Warn("Docker unreachable; saying Hello without containers", "error", err)
 	}
-	return &tenantagentv1.AgentMessage{Body: &tenantagentv1.AgentMessage_Hello{Hello: hello}}, nil
+	return &tenantagentv1.AgentMessage{Body: &tenantagentv1.AgentMessage_Hello{Hello: hello}}
 }
 
 func sendHealth(ctx context.Context, cfg Config, stream tenantagentv1.AgentService_ConnectClient) error {
