@@ -1,0 +1,371 @@
+// Command fleetsim measures the control plane under a fleet: N agents,
+// each with its own mTLS connection and identity, running the real agent
+// channel and runner with an executor that answers at once. It reports
+// connect time, control plane memory per agent, promote fan-out (to
+// delivered and to stored) beside a bare gRPC broadcast over the same kind
+// of streams, and a restart's reconnect storm. make bench runs it.
+package main
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+
+	"github.com/molecule-ai/tenant-agent/agent/channel"
+	"github.com/molecule-ai/tenant-agent/agent/docker"
+	"github.com/molecule-ai/tenant-agent/agent/executor"
+	"github.com/molecule-ai/tenant-agent/agent/journal"
+	"github.com/molecule-ai/tenant-agent/agent/runner"
+	"github.com/molecule-ai/tenant-agent/certs/devpki"
+	"github.com/molecule-ai/tenant-agent/certs/pki"
+	controlplanev1 "github.com/molecule-ai/tenant-agent/gen/controlplane/v1"
+	tenantagentv1 "github.com/molecule-ai/tenant-agent/gen/tenantagent/v1"
+	"github.com/molecule-ai/tenant-agent/pkg/mtls"
+)
+
+const (
+	repo     = "registry.example/molecule-ai/workspace-template-codex"
+	digestV1 = "sha256:1111111111111111111111111111111111111111111111111111111111111111"
+	digestV2 = "sha256:2222222222222222222222222222222222222222222222222222222222222222"
+)
+
+type result struct {
+	N                   int     `json:"n"`
+	ConnectSeconds      float64 `json:"connect_seconds"`
+	RSSBeforeBytes      int64   `json:"rss_before_bytes"`
+	RSSAfterBytes       int64   `json:"rss_after_bytes"`
+	RSSPerAgentBytes    int64   `json:"rss_per_agent_bytes"`
+	HeapPerAgentBytes   int64   `json:"heap_per_agent_bytes"`
+	DeliveredP50        float64 `json:"delivered_p50_seconds"`
+	DeliveredP99        float64 `json:"delivered_p99_seconds"`
+	DeliveredAll        float64 `json:"delivered_all_seconds"`
+	StoredAll           float64 `json:"stored_all_seconds"`
+	BareP50             float64 `json:"bare_broadcast_p50_seconds"`
+	BareP99             float64 `json:"bare_broadcast_p99_seconds"`
+	BareAll             float64 `json:"bare_broadcast_all_seconds"`
+	RatioToBare         float64 `json:"delivered_all_ratio_to_bare"`
+	ReconnectSeconds    float64 `json:"reconnect_storm_seconds"`
+	PeakReconnectPerSec float64 `json:"peak_reconnects_per_second"`
+}
+
+func main() {
+	n := flag.Int("n", 1000, "simulated agents")
+	cpBin := flag.String("controlplane", "bin/controlplane", "controlplane binary")
+	work := flag.String("workdir", "", "scratch folder (default: a new one under /dev/shm or the temp dir)")
+	jsonOut := flag.Bool("json", false, "print the result as JSON")
+	flag.Parse()
+	res, err := run(*n, *cpBin, *work)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "fleetsim:", err)
+		os.Exit(1)
+	}
+	if *jsonOut {
+		json.NewEncoder(os.Stdout).Encode(res)
+		return
+	}
+	fmt.Printf("| %d | %.2f s | %s | %.0f ms / %.0f ms | %.2f s | %.2f s | %.0f ms / %.0f ms / %.2f s | %.2fx | %.2f s (peak %.0f/s) |\n",
+		res.N, res.ConnectSeconds, kib(res.RSSPerAgentBytes), res.DeliveredP50*1000, res.DeliveredP99*1000, res.DeliveredAll, res.StoredAll,
+		res.BareP50*1000, res.BareP99*1000, res.BareAll, res.RatioToBare, res.ReconnectSeconds, res.PeakReconnectPerSec)
+}
+
+func kib(b int64) string { return fmt.Sprintf("%.1f KiB", float64(b)/1024) }
+
+func scratch(work string) (string, error) {
+	if work != "" {
+		return work, os.MkdirAll(work, 0o700)
+	}
+	base := ""
+	if st, err := os.Stat("/dev/shm"); err == nil && st.IsDir() {
+		base = "/dev/shm" // agent journals on tmpfs: the bench measures the control plane, not this disk
+	}
+	return os.MkdirTemp(base, "fleetsim")
+}
+
+func run(n int, cpBin, work string) (result, error) {
+	res := result{N: n}
+	dir, err := scratch(work)
+	if err != nil {
+		return res, err
+	}
+	defer os.RemoveAll(dir)
+	certDir := filepath.Join(dir, "certs")
+	if err := devpki.Run([]string{"--out", certDir}, io.Discard); err != nil {
+		return res, err
+	}
+	ca, err := pki.LoadCA(filepath.Join(certDir, "ca.pem"), filepath.Join(certDir, "ca-key.pem"))
+	if err != nil {
+		return res, err
+	}
+	roots := x509.NewCertPool()
+	roots.AppendCertsFromPEM(ca.CertPEM)
+	fmt.Fprintf(os.Stderr, "issuing %d agent certificates\n", n)
+	certs := make([]tls.Certificate, n)
+	for i := range certs {
+		issued, err := ca.Issue(pki.Leaf{SPIFFEID: fmt.Sprintf("spiffe://molecule.local/tenant/sim-%05d", i), Client: true})
+		if err != nil {
+			return res, err
+		}
+		if certs[i], err = issued.TLSCertificate(); err != nil {
+			return res, err
+		}
+	}
+
+	addrs := [3]string{freeAddr(), freeAddr(), freeAddr()}
+	cp, err := startCP(cpBin, dir, certDir, addrs)
+	if err != nil {
+		return res, err
+	}
+	defer func() { cp.Process.Kill(); cp.Wait() }()
+	metricsURL := "http://" + addrs[2] + "/metrics"
+	res.RSSBeforeBytes = rss(cp.Process.Pid)
+	heapBefore := metric(metricsURL, "go_memstats_heap_inuse_bytes")
+
+	// The fleet: real channels and runners, an executor that answers at once.
+	fmt.Fprintf(os.Stderr, "connecting %d agents\n", n)
+	received := make([]atomic.Int64, n)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	start := time.Now()
+	for i := range n {
+		j, err := journal.Open(filepath.Join(dir, "agents", strconv.Itoa(i)))
+		if err != nil {
+			return res, err
+		}
+		exec := &instantExecutor{received: &received[i]}
+		r := runner.New(runner.Config{Journal: j, Executor: exec, Logger: quiet})
+		r.Start(ctx)
+		creds := credentials.NewTLS(&tls.Config{MinVersion: tls.VersionTLS13, Certificates: []tls.Certificate{certs[i]}, RootCAs: roots, ServerName: "localhost"})
+		go channel.Run(ctx, channel.Config{Addr: addrs[0], Creds: creds, Tenant: fmt.Sprintf("sim-%05d", i), Hostname: "sim", Version: "sim",
+			Inventory: exec.inventory, Runner: r, HeartbeatInterval: 15 * time.Second, Logger: quiet})
+	}
+	if err := waitMetric(metricsURL, "tenantagent_controlplane_connected_agents", float64(n), 5*time.Minute, nil); err != nil {
+		return res, err
+	}
+	res.ConnectSeconds = time.Since(start).Seconds()
+	time.Sleep(3 * time.Second) // let the first heartbeats and GC settle
+	res.RSSAfterBytes = rss(cp.Process.Pid)
+	res.RSSPerAgentBytes = (res.RSSAfterBytes - res.RSSBeforeBytes) / int64(n)
+	res.HeapPerAgentBytes = int64((metric(metricsURL, "go_memstats_heap_inuse_bytes") - heapBefore) / float64(n))
+
+	// Promote to the whole fleet at once.
+	fmt.Fprintln(os.Stderr, "promoting")
+	admin, err := adminClient(certDir, addrs[1])
+	if err != nil {
+		return res, err
+	}
+	t0 := time.Now()
+	stream, err := admin.PromoteRuntimeImage(ctx, &controlplanev1.PromoteRuntimeImageRequest{Runtime: "codex", ImageRef: repo + "@" + digestV2,
+		Options: &controlplanev1.RolloutOptions{MaxParallelTenants: uint32(n)}})
+	if err != nil {
+		return res, err
+	}
+	for {
+		resp, err := stream.Recv()
+		if err != nil {
+			return res, fmt.Errorf("promote stream: %w", err)
+		}
+		if k := resp.GetEvent().GetKind(); k == controlplanev1.RolloutEventKind_ROLLOUT_EVENT_KIND_COMPLETED || k == controlplanev1.RolloutEventKind_ROLLOUT_EVENT_KIND_HALTED {
+			res.StoredAll = time.Since(t0).Seconds()
+			if c := resp.GetEvent().GetCounts(); int(c.GetSucceeded()) != n {
+				return res, fmt.Errorf("rollout: %v", resp.GetEvent())
+			}
+			break
+		}
+	}
+	lat := latencies(received, t0)
+	res.DeliveredP50, res.DeliveredP99, res.DeliveredAll = pct(lat, 50), pct(lat, 99), lat[len(lat)-1]
+
+	// The floor: a bare broadcast over N mTLS streams of the same kind.
+	fmt.Fprintln(os.Stderr, "bare broadcast")
+	bare, err := bareBroadcast(n, certs, roots, certDir)
+	if err != nil {
+		return res, err
+	}
+	res.BareP50, res.BareP99, res.BareAll = pct(bare, 50), pct(bare, 99), bare[len(bare)-1]
+	res.RatioToBare = res.DeliveredAll / res.BareAll
+
+	// A control plane crash and restart: every agent redials with backoff
+	// and full jitter.
+	fmt.Fprintln(os.Stderr, "restart storm")
+	cp.Process.Signal(syscall.SIGKILL)
+	cp.Wait()
+	cp, err = startCP(cpBin, dir, certDir, addrs)
+	if err != nil {
+		return res, err
+	}
+	t1 := time.Now()
+	var peak float64
+	last, lastAt := 0.0, t1
+	if err := waitMetric(metricsURL, "tenantagent_controlplane_connected_agents", float64(n), 5*time.Minute, func(v float64) {
+		now := time.Now()
+		if dt := now.Sub(lastAt).Seconds(); dt >= 0.5 {
+			peak = max(peak, (v-last)/dt)
+			last, lastAt = v, now
+		}
+	}); err != nil {
+		return res, err
+	}
+	res.ReconnectSeconds = time.Since(t1).Seconds()
+	res.PeakReconnectPerSec = peak
+	return res, nil
+}
+
+// instantExecutor answers every command at once and reports its runtime
+// on whatever digest it was last refreshed to.
+type instantExecutor struct {
+	received *atomic.Int64
+	digest   atomic.Value
+}
+
+func (x *instantExecutor) Refresh(_ context.Context, cmd *tenantagentv1.RefreshRuntimeImage, _ executor.Hooks) *tenantagentv1.CommandResult {
+	x.received.CompareAndSwap(0, time.Now().UnixNano())
+	x.digest.Store(cmd.GetImageDigest())
+	return &tenantagentv1.CommandResult{Outcome: tenantagentv1.CommandOutcome_COMMAND_OUTCOME_SUCCEEDED, ImageRef: cmd.GetImageRepository() + "@" + cmd.GetImageDigest()}
+}
+
+func (x *instantExecutor) Prefetch(context.Context, *tenantagentv1.PrefetchRuntimeImage, executor.Hooks) *tenantagentv1.CommandResult {
+	return &tenantagentv1.CommandResult{Outcome: tenantagentv1.CommandOutcome_COMMAND_OUTCOME_SUCCEEDED}
+}
+
+func (x *instantExecutor) Recover(context.Context, string, string, []docker.RecreateState) *tenantagentv1.CommandResult {
+	return &tenantagentv1.CommandResult{Outcome: tenantagentv1.CommandOutcome_COMMAND_OUTCOME_SUCCEEDED}
+}
+
+func (x *instantExecutor) inventory(context.Context) ([]*tenantagentv1.RuntimeStatus, error) {
+	d, _ := x.digest.Load().(string)
+	if d == "" {
+		d = digestV1
+	}
+	return []*tenantagentv1.RuntimeStatus{{Runtime: "codex", ImageRepository: repo, Containers: []*tenantagentv1.ContainerStatus{{
+		Name: "ws-1", Id: "sim", ImageRef: repo + "@" + d, ImageDigest: d, State: tenantagentv1.ContainerState_CONTAINER_STATE_RUNNING,
+	}}}}, nil
+}
+
+func latencies(received []atomic.Int64, t0 time.Time) []float64 {
+	out := make([]float64, len(received))
+	for i := range received {
+		out[i] = time.Duration(received[i].Load() - t0.UnixNano()).Seconds()
+	}
+	sort.Float64s(out)
+	return out
+}
+
+func pct(sorted []float64, p int) float64 {
+	i := (len(sorted)*p + 99) / 100
+	return sorted[min(max(i-1, 0), len(sorted)-1)]
+}
+
+func freeAddr() string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		panic(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+func startCP(bin, dir, certDir string, addrs [3]string) (*exec.Cmd, error) {
+	logFile, err := os.OpenFile(filepath.Join(dir, "controlplane.log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.Command(bin, "--agent-addr", addrs[0], "--admin-addr", addrs[1], "--http-addr", addrs[2],
+		"--cert", filepath.Join(certDir, "controlplane.pem"), "--key", filepath.Join(certDir, "controlplane-key.pem"), "--ca", filepath.Join(certDir, "ca.pem"),
+		"--store", filepath.Join(dir, "cp.db"), "--log-level", "warn")
+	cmd.Stdout, cmd.Stderr = logFile, logFile
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		if resp, err := http.Get("http://" + addrs[2] + "/healthz"); err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return cmd, nil
+			}
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return nil, fmt.Errorf("control plane did not start; see %s", logFile.Name())
+}
+
+func rss(pid int) int64 {
+	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if rest, ok := strings.CutPrefix(sc.Text(), "VmRSS:"); ok {
+			kb, _ := strconv.ParseInt(strings.Fields(rest)[0], 10, 64)
+			return kb * 1024
+		}
+	}
+	return 0
+}
+
+func metric(url, name string) float64 {
+	resp, err := http.Get(url)
+	if err != nil {
+		return -1
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		if rest, ok := strings.CutPrefix(sc.Text(), name+" "); ok {
+			v, _ := strconv.ParseFloat(rest, 64)
+			return v
+		}
+	}
+	return -1
+}
+
+func waitMetric(url, name string, want float64, timeout time.Duration, each func(float64)) error {
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) {
+		v := metric(url, name)
+		if each != nil {
+			each(v)
+		}
+		if v >= want {
+			return nil
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	return fmt.Errorf("%s did not reach %v in %s (last %v)", name, want, timeout, metric(url, name))
+}
+
+func adminClient(certDir, addr string) (controlplanev1.AdminServiceClient, error) {
+	src, err := mtls.NewSource(mtls.Files{Cert: filepath.Join(certDir, "operator-dev.pem"), Key: filepath.Join(certDir, "operator-dev-key.pem"), CA: filepath.Join(certDir, "ca.pem")}, nil)
+	if err != nil {
+		return nil, err
+	}
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(mtls.ClientCredentials(src, "localhost")))
+	if err != nil {
+		return nil, err
+	}
+	return controlplanev1.NewAdminServiceClient(conn), nil
+}
