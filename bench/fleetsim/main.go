@@ -24,6 +24,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -56,14 +57,14 @@ type result struct {
 	RSSAfterBytes       int64   `json:"rss_after_bytes"`
 	RSSPerAgentBytes    int64   `json:"rss_per_agent_bytes"`
 	HeapPerAgentBytes   int64   `json:"heap_per_agent_bytes"`
-	DeliveredP50        float64 `json:"delivered_p50_seconds"`
-	DeliveredP99        float64 `json:"delivered_p99_seconds"`
-	DeliveredAll        float64 `json:"delivered_all_seconds"`
+	AckedP50            float64 `json:"acked_p50_seconds"`
+	AckedP99            float64 `json:"acked_p99_seconds"`
+	AckedAll            float64 `json:"acked_all_seconds"`
 	StoredAll           float64 `json:"stored_all_seconds"`
 	BareP50             float64 `json:"bare_broadcast_p50_seconds"`
 	BareP99             float64 `json:"bare_broadcast_p99_seconds"`
 	BareAll             float64 `json:"bare_broadcast_all_seconds"`
-	RatioToBare         float64 `json:"delivered_all_ratio_to_bare"`
+	RatioToBare         float64 `json:"acked_all_ratio_to_bare"`
 	ReconnectSeconds    float64 `json:"reconnect_storm_seconds"`
 	PeakReconnectPerSec float64 `json:"peak_reconnects_per_second"`
 }
@@ -84,7 +85,7 @@ func main() {
 		return
 	}
 	fmt.Printf("| %d | %.2f s | %s | %.0f ms / %.0f ms | %.2f s | %.2f s | %.0f ms / %.0f ms / %.2f s | %.2fx | %.2f s (peak %.0f/s) |\n",
-		res.N, res.ConnectSeconds, kib(res.RSSPerAgentBytes), res.DeliveredP50*1000, res.DeliveredP99*1000, res.DeliveredAll, res.StoredAll,
+		res.N, res.ConnectSeconds, kib(res.RSSPerAgentBytes), res.AckedP50*1000, res.AckedP99*1000, res.AckedAll, res.StoredAll,
 		res.BareP50*1000, res.BareP99*1000, res.BareAll, res.RatioToBare, res.ReconnectSeconds, res.PeakReconnectPerSec)
 }
 
@@ -142,7 +143,6 @@ func run(n int, cpBin, work string) (result, error) {
 
 	// The fleet: real channels and runners, an executor that answers at once.
 	fmt.Fprintf(os.Stderr, "connecting %d agents\n", n)
-	received := make([]atomic.Int64, n)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -152,7 +152,7 @@ func run(n int, cpBin, work string) (result, error) {
 		if err != nil {
 			return res, err
 		}
-		exec := &instantExecutor{received: &received[i]}
+		exec := &instantExecutor{}
 		r := runner.New(runner.Config{Journal: j, Executor: exec, Logger: quiet})
 		r.Start(ctx)
 		creds := credentials.NewTLS(&tls.Config{MinVersion: tls.VersionTLS13, Certificates: []tls.Certificate{certs[i]}, RootCAs: roots, ServerName: "localhost"})
@@ -174,6 +174,11 @@ func run(n int, cpBin, work string) (result, error) {
 	if err != nil {
 		return res, err
 	}
+	admin.ListRuntimePins(ctx, &controlplanev1.ListRuntimePinsRequest{}) // the connection is up before the clock starts
+	var rolloutID string
+	if os.Getenv("FLEETSIM_PROFILE") != "" {
+		go profile("http://"+addrs[2]+"/debug/pprof/profile?seconds=3", os.Getenv("FLEETSIM_PROFILE"))
+	}
 	t0 := time.Now()
 	stream, err := admin.PromoteRuntimeImage(ctx, &controlplanev1.PromoteRuntimeImageRequest{Runtime: "codex", ImageRef: repo + "@" + digestV2,
 		Options: &controlplanev1.RolloutOptions{MaxParallelTenants: uint32(n)}})
@@ -185,6 +190,7 @@ func run(n int, cpBin, work string) (result, error) {
 		if err != nil {
 			return res, fmt.Errorf("promote stream: %w", err)
 		}
+		rolloutID = resp.GetEvent().GetRolloutId()
 		if k := resp.GetEvent().GetKind(); k == controlplanev1.RolloutEventKind_ROLLOUT_EVENT_KIND_COMPLETED || k == controlplanev1.RolloutEventKind_ROLLOUT_EVENT_KIND_HALTED {
 			res.StoredAll = time.Since(t0).Seconds()
 			if c := resp.GetEvent().GetCounts(); int(c.GetSucceeded()) != n {
@@ -193,8 +199,11 @@ func run(n int, cpBin, work string) (result, error) {
 			break
 		}
 	}
-	lat := latencies(received, t0)
-	res.DeliveredP50, res.DeliveredP99, res.DeliveredAll = pct(lat, 50), pct(lat, 99), lat[len(lat)-1]
+	lat, err := ackLatencies(ctx, admin, rolloutID, t0)
+	if err != nil {
+		return res, err
+	}
+	res.AckedP50, res.AckedP99, res.AckedAll = pct(lat, 50), pct(lat, 99), lat[len(lat)-1]
 
 	// The floor: a bare broadcast over N mTLS streams of the same kind.
 	fmt.Fprintln(os.Stderr, "bare broadcast")
@@ -203,7 +212,7 @@ func run(n int, cpBin, work string) (result, error) {
 		return res, err
 	}
 	res.BareP50, res.BareP99, res.BareAll = pct(bare, 50), pct(bare, 99), bare[len(bare)-1]
-	res.RatioToBare = res.DeliveredAll / res.BareAll
+	res.RatioToBare = res.AckedAll / res.BareAll
 
 	// A control plane crash and restart: every agent redials with backoff
 	// and full jitter.
@@ -234,12 +243,10 @@ func run(n int, cpBin, work string) (result, error) {
 // instantExecutor answers every command at once and reports its runtime
 // on whatever digest it was last refreshed to.
 type instantExecutor struct {
-	received *atomic.Int64
-	digest   atomic.Value
+	digest atomic.Value
 }
 
 func (x *instantExecutor) Refresh(_ context.Context, cmd *tenantagentv1.RefreshRuntimeImage, _ executor.Hooks) *tenantagentv1.CommandResult {
-	x.received.CompareAndSwap(0, time.Now().UnixNano())
 	x.digest.Store(cmd.GetImageDigest())
 	return &tenantagentv1.CommandResult{Outcome: tenantagentv1.CommandOutcome_COMMAND_OUTCOME_SUCCEEDED, ImageRef: cmd.GetImageRepository() + "@" + cmd.GetImageDigest()}
 }
@@ -262,13 +269,55 @@ func (x *instantExecutor) inventory(context.Context) ([]*tenantagentv1.RuntimeSt
 	}}}}, nil
 }
 
-func latencies(received []atomic.Int64, t0 time.Time) []float64 {
-	out := make([]float64, len(received))
-	for i := range received {
-		out[i] = time.Duration(received[i].Load() - t0.UnixNano()).Seconds()
+// ackLatencies reads, from the control plane's own record, when each of a
+// rollout's commands was acknowledged (journaled by its agent), relative
+// to t0, sorted.
+func ackLatencies(ctx context.Context, admin controlplanev1.AdminServiceClient, rolloutID string, t0 time.Time) ([]float64, error) {
+	var ids []string
+	token := ""
+	for {
+		page, err := admin.ListCommands(ctx, &controlplanev1.ListCommandsRequest{RolloutId: rolloutID, PageSize: 500, PageToken: token})
+		if err != nil {
+			return nil, err
+		}
+		for _, c := range page.GetCommands() {
+			ids = append(ids, c.GetCommandId())
+		}
+		if token = page.GetNextPageToken(); token == "" {
+			break
+		}
+	}
+	out := make([]float64, len(ids))
+	var wg sync.WaitGroup
+	errs := make(chan error, len(ids))
+	sem := make(chan struct{}, 32)
+	for i, id := range ids {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			resp, err := admin.GetCommand(ctx, &controlplanev1.GetCommandRequest{CommandId: id, IncludeEvents: true})
+			if err != nil {
+				errs <- err
+				return
+			}
+			for _, ev := range resp.GetEvents() {
+				if ev.GetState() == controlplanev1.CommandState_COMMAND_STATE_ACKED {
+					out[i] = ev.GetTime().AsTime().Sub(t0).Seconds()
+					return
+				}
+			}
+			errs <- fmt.Errorf("command %s has no ACKED event", id)
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	if err := <-errs; err != nil {
+		return nil, err
 	}
 	sort.Float64s(out)
-	return out
+	return out, nil
 }
 
 func pct(sorted []float64, p int) float64 {
@@ -292,7 +341,7 @@ func startCP(bin, dir, certDir string, addrs [3]string) (*exec.Cmd, error) {
 	}
 	cmd := exec.Command(bin, "--agent-addr", addrs[0], "--admin-addr", addrs[1], "--http-addr", addrs[2],
 		"--cert", filepath.Join(certDir, "controlplane.pem"), "--key", filepath.Join(certDir, "controlplane-key.pem"), "--ca", filepath.Join(certDir, "ca.pem"),
-		"--store", filepath.Join(dir, "cp.db"), "--log-level", "warn")
+		"--store", filepath.Join(dir, "cp.db"), "--log-level", "warn", "--pprof")
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	if err := cmd.Start(); err != nil {
 		return nil, err
@@ -368,4 +417,19 @@ func adminClient(certDir, addr string) (controlplanev1.AdminServiceClient, error
 		return nil, err
 	}
 	return controlplanev1.NewAdminServiceClient(conn), nil
+}
+
+// profile saves a CPU profile of the control plane (FLEETSIM_PROFILE=file).
+func profile(url, file string) {
+	resp, err := http.Get(url)
+	if err != nil {
+		return
+	}
+	defer resp.Body.Close()
+	f, err := os.Create(file)
+	if err != nil {
+		return
+	}
+	defer f.Close()
+	io.Copy(f, resp.Body)
 }

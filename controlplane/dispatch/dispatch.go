@@ -73,6 +73,8 @@ type Dispatcher struct {
 	cfg       Config
 	updates   *pubsub.Hub[string, Update]
 	lastPhase sync.Map // command ID -> phase
+	// acks queue for Run, which records each burst in one transaction.
+	acks chan store.CommandRef
 }
 
 // New returns a Dispatcher.
@@ -80,7 +82,7 @@ func New(cfg Config) (*Dispatcher, error) {
 	if err := cfg.CheckAndSetDefaults(); err != nil {
 		return nil, err
 	}
-	return &Dispatcher{cfg: cfg, updates: pubsub.NewHub[string, Update](1024)}, nil
+	return &Dispatcher{cfg: cfg, updates: pubsub.NewHub[string, Update](1024), acks: make(chan store.CommandRef, 8192)}, nil
 }
 
 // NewCommandID returns a fresh, unguessable command ID.
@@ -125,23 +127,42 @@ func (d *Dispatcher) Issue(ctx context.Context, cmds []*store.Command) error {
 	for _, id := range superseded {
 		d.publishStored(ctx, id)
 	}
+	var sent []string
 	for _, c := range cmds {
 		d.cfg.Logger.Info("command journaled", "command", c.ID, "agent", c.Agent, "kind", c.Kind, "runtime", c.Runtime, "digest", c.Digest, "requested_by", c.RequestedBy)
 		d.updates.Publish(c.ID, Update{Command: c})
 		if s := d.cfg.Sessions.Get(c.Agent); s != nil {
-			d.send(ctx, s, c)
+			if err := s.Send(ControlMessage(c)); err != nil {
+				d.cfg.Logger.Warn("command not sent; it stays pending", "command", c.ID, "agent", c.Agent, "error", err)
+				continue
+			}
+			sent = append(sent, c.ID)
 		}
 	}
+	// One transaction records the whole fan-out as sent.
+	d.markSent(ctx, sent, "sent on the agent's stream")
 	return nil
 }
 
-// send queues a command on a session and records it SENT.
-func (d *Dispatcher) send(ctx context.Context, s *session.Session, c *store.Command) {
-	if err := s.Send(ControlMessage(c)); err != nil {
-		d.cfg.Logger.Warn("command not sent; it stays pending", "command", c.ID, "agent", c.Agent, "error", err)
+// markSent records commands as SENT (those still PENDING: an ack may have
+// won the race) and tells watchers.
+func (d *Dispatcher) markSent(ctx context.Context, ids []string, msg string) {
+	if len(ids) == 0 {
 		return
 	}
-	d.advance(ctx, c.ID, controlplanev1.CommandState_COMMAND_STATE_SENT, "sent to "+s.Identity.ID)
+	pending := []controlplanev1.CommandState{controlplanev1.CommandState_COMMAND_STATE_PENDING}
+	refs := make([]store.CommandRef, len(ids))
+	for i, id := range ids {
+		refs[i] = store.CommandRef{ID: id}
+	}
+	changed, err := d.cfg.Store.AdvanceCommands(ctx, refs, pending, controlplanev1.CommandState_COMMAND_STATE_SENT, d.cfg.Now(), msg)
+	if err != nil {
+		d.cfg.Logger.Error("cannot record commands as sent", "commands", len(ids), "error", err)
+		return
+	}
+	for _, id := range changed {
+		d.publishStored(ctx, id)
+	}
 }
 
 // ControlMessage is the message that carries c to its agent.
@@ -202,6 +223,7 @@ func (d *Dispatcher) Deliver(ctx context.Context, s *session.Session, hello *ten
 	held := func(id string) bool {
 		return slices.Contains(hello.GetRunningCommandIds(), id) || slices.Contains(hello.GetResultCommandIds(), id)
 	}
+	var sent []string
 	for _, c := range active {
 		switch {
 		case held(c.ID):
@@ -210,16 +232,75 @@ func (d *Dispatcher) Deliver(ctx context.Context, s *session.Session, hello *ten
 			d.finish(ctx, c.ID, controlplanev1.CommandState_COMMAND_STATE_FAILED, nil,
 				"the agent reconnected without this command: its journal was lost while the command ran")
 		default:
-			d.send(ctx, s, c)
+			if err := s.Send(ControlMessage(c)); err != nil {
+				d.cfg.Logger.Warn("command not sent; it stays pending", "command", c.ID, "agent", c.Agent, "error", err)
+				break
+			}
+			sent = append(sent, c.ID)
 		}
 	}
+	d.markSent(ctx, sent, "sent to "+s.Identity.ID+" on connect")
 	return nil
 }
 
-// HandleAck records that the agent journaled a command.
+// HandleAck records that the agent journaled a command. Acks arrive in
+// bursts (a fan-out to thousands of agents); Run records each burst in one
+// transaction. Without Run, or when its queue is full, the ack is
+// recorded here.
 func (d *Dispatcher) HandleAck(ctx context.Context, from identity.Identity, ack *tenantagentv1.CommandAck) {
-	if _, err := d.owned(ctx, from, ack.GetCommandId(), "ack"); err == nil {
-		d.advance(ctx, ack.GetCommandId(), controlplanev1.CommandState_COMMAND_STATE_ACKED, "acknowledged by the agent")
+	ref := store.CommandRef{ID: ack.GetCommandId(), Agent: from.ID}
+	select {
+	case d.acks <- ref:
+	default:
+		d.recordAcks(ctx, []store.CommandRef{ref})
+	}
+}
+
+// recordAcks moves acknowledged commands to ACKED. An ack that changes
+// nothing is a repeat, or for a command the agent does not own; the
+// latter is logged.
+func (d *Dispatcher) recordAcks(ctx context.Context, refs []store.CommandRef) {
+	notAcked := []controlplanev1.CommandState{controlplanev1.CommandState_COMMAND_STATE_PENDING, controlplanev1.CommandState_COMMAND_STATE_SENT}
+	changed, err := d.cfg.Store.AdvanceCommands(ctx, refs, notAcked, controlplanev1.CommandState_COMMAND_STATE_ACKED, d.cfg.Now(), "acknowledged by the agent")
+	if err != nil {
+		d.cfg.Logger.Error("cannot record acks", "acks", len(refs), "error", err)
+		return
+	}
+	done := make(map[string]bool, len(changed))
+	for _, id := range changed {
+		done[id] = true
+		d.publishStored(ctx, id)
+	}
+	for _, ref := range refs {
+		if !done[ref.ID] {
+			d.owned(ctx, identity.Identity{ID: ref.Agent}, ref.ID, "ack") // logs an unknown or foreign command
+		}
+	}
+}
+
+// Run records acks in bursts and expires overdue commands, until ctx ends.
+func (d *Dispatcher) Run(ctx context.Context) {
+	expire := time.NewTicker(d.cfg.ExpireEvery)
+	defer expire.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-expire.C:
+			d.ExpireNow(ctx)
+		case first := <-d.acks:
+			batch := []store.CommandRef{first}
+		drain:
+			for len(batch) < 4096 {
+				select {
+				case ref := <-d.acks:
+					batch = append(batch, ref)
+				default:
+					break drain
+				}
+			}
+			d.recordAcks(ctx, batch)
+		}
 	}
 }
 
@@ -267,6 +348,11 @@ func (d *Dispatcher) HandleResult(ctx context.Context, s *session.Session, r *te
 		d.cfg.Logger.Info("duplicate result ignored", "command", c.ID, "agent", s.Identity.ID)
 		d.confirm(s, c.ID)
 		return
+	}
+	if c.State == controlplanev1.CommandState_COMMAND_STATE_PENDING || c.State == controlplanev1.CommandState_COMMAND_STATE_SENT {
+		// The agent acks before it runs a command; its ack may still sit
+		// in Run's queue, so record it first and keep the history in order.
+		d.recordAcks(ctx, []store.CommandRef{{ID: c.ID, Agent: s.Identity.ID}})
 	}
 	state := stateOf(r.GetOutcome())
 	if state == controlplanev1.CommandState_COMMAND_STATE_UNSPECIFIED {
@@ -365,21 +451,6 @@ func (d *Dispatcher) Cancel(ctx context.Context, id, reason string) error {
 		return s.Send(&tenantagentv1.ControlMessage{Body: &tenantagentv1.ControlMessage_Cancel{Cancel: &tenantagentv1.CancelCommand{CommandId: id, Reason: reason}}})
 	}
 	return nil
-}
-
-// ExpireLoop marks commands whose deadline passed before they started as
-// EXPIRED, until ctx ends.
-func (d *Dispatcher) ExpireLoop(ctx context.Context) {
-	t := time.NewTicker(d.cfg.ExpireEvery)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			d.ExpireNow(ctx)
-		}
-	}
 }
 
 // ExpireNow runs one expiry pass.

@@ -297,6 +297,9 @@ func (x *run) execute(pin *store.Pin) {
 		limit := opts.GetHaltAfterFailures()
 		var mu sync.Mutex
 		var failures uint32
+		// The first window of tenants is journaled in one transaction;
+		// later tenants follow one by one as slots free up.
+		x.preissue(ctx, phase, controlplanev1.CommandKind_COMMAND_KIND_REFRESH, rest[:min(parallel, len(rest))], targets)
 		belowLimit := func() bool {
 			mu.Lock()
 			defer mu.Unlock()
@@ -373,6 +376,49 @@ func (x *run) each(ctx context.Context, tenants []string, parallel int, canStart
 	return started
 }
 
+// preissue journals and sends the commands of several tenants at once
+// (one transaction for the lot); tenant then finds and follows them.
+func (x *run) preissue(ctx context.Context, phase controlplanev1.RolloutPhase, kind controlplanev1.CommandKind, tenants []string, targets map[string][]store.Agent) {
+	existing, err := x.cfg.Store.ListCommands(ctx, store.CommandFilter{RolloutID: x.ro.ID, Kind: kind})
+	if err != nil {
+		return // each tenant reports it when it runs
+	}
+	var fresh []*store.Command
+	for _, t := range tenants {
+		_, f := x.plan(existing, kind, t, targets[t])
+		fresh = append(fresh, f...)
+	}
+	if len(fresh) == 0 {
+		return
+	}
+	if err := x.cfg.Dispatcher.Issue(ctx, fresh); err != nil {
+		x.cfg.Logger.Error("cannot issue the first window; tenants will issue one by one", "rollout", x.ro.ID, "error", err)
+		return
+	}
+	for _, c := range fresh {
+		x.emit(controlplanev1.RolloutEventKind_ROLLOUT_EVENT_KIND_COMMAND_ISSUED, phase, c.Tenant, c, "issued to "+c.Agent)
+	}
+}
+
+// plan returns a tenant's commands for this rollout: the ones already
+// journaled (among existing), and fresh ones, not yet journaled, for its
+// agents without one.
+func (x *run) plan(existing []*store.Command, kind controlplanev1.CommandKind, tenant string, agents []store.Agent) (cmds, fresh []*store.Command) {
+	for _, a := range agents {
+		i := slices.IndexFunc(existing, func(c *store.Command) bool { return c.Agent == a.Identity })
+		if i >= 0 {
+			cmds = append(cmds, existing[i])
+			continue
+		}
+		c := &store.Command{
+			ID: dispatch.NewCommandID(), Agent: a.Identity, Tenant: tenant, Kind: kind, Runtime: x.ro.Runtime, Repository: x.ro.Repository, Digest: x.ro.Digest,
+			RequestedBy: x.ro.RequestedBy, RolloutID: x.ro.ID, Deadline: x.cfg.Now().Add(x.cfg.CommandTTL),
+		}
+		cmds, fresh = append(cmds, c), append(fresh, c)
+	}
+	return cmds, fresh
+}
+
 // tenant refreshes (or prefetches) one tenant: one command per agent that
 // reports the runtime, reusing commands this rollout already issued, and
 // waits for them unless the agent is offline.
@@ -382,25 +428,10 @@ func (x *run) tenant(ctx context.Context, phase controlplanev1.RolloutPhase, kin
 		x.emit(controlplanev1.RolloutEventKind_ROLLOUT_EVENT_KIND_COMMAND_UPDATED, phase, tenant, nil, "cannot read commands: "+err.Error())
 		return failedOutcome
 	}
-	var cmds, fresh []*store.Command
-	for _, a := range agents {
-		i := slices.IndexFunc(existing, func(c *store.Command) bool { return c.Agent == a.Identity })
-		if i >= 0 {
-			cmds = append(cmds, existing[i])
-			continue
-		}
-		c := &store.Command{
-			Agent: a.Identity, Tenant: tenant, Kind: kind, Runtime: x.ro.Runtime, Repository: x.ro.Repository, Digest: x.ro.Digest,
-			RequestedBy: x.ro.RequestedBy, RolloutID: x.ro.ID, Deadline: x.cfg.Now().Add(x.cfg.CommandTTL),
-		}
-		cmds, fresh = append(cmds, c), append(fresh, c)
-	}
+	cmds, fresh := x.plan(existing, kind, tenant, agents)
 	// Subscribe before issuing, so no update is missed.
 	subs := make([]*pubsub.Subscription[dispatch.Update], len(cmds))
 	for i, c := range cmds {
-		if c.ID == "" {
-			c.ID = dispatch.NewCommandID()
-		}
 		subs[i] = x.cfg.Dispatcher.Watch(c.ID)
 		defer subs[i].Close()
 	}

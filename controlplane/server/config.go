@@ -54,6 +54,8 @@ type Config struct {
 	// spreads the agents' reconnects over this long.
 	ShutdownGrace    time.Duration
 	ReconnectStagger time.Duration
+	// Pprof serves net/http/pprof on the HTTP address, for profiling.
+	Pprof bool
 
 	Logger *slog.Logger
 }

@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -38,6 +39,7 @@ import (
 const (
 	maxAgentMessage = 1 << 20   // a health report of many containers fits
 	maxAdminMessage = 256 << 10 // admin requests are small
+	agentConnBuffer = 4 << 10
 )
 
 // Server is a running control plane.
@@ -118,6 +120,12 @@ func New(cfg Config) (_ *Server, err error) {
 
 	s.agentSrv = grpc.NewServer(append(common,
 		grpc.MaxRecvMsgSize(maxAgentMessage),
+		// Thousands of mostly idle streams: small per-connection buffers
+		// and one shared write buffer keep memory per agent down (measured
+		// with bench/fleetsim; see the README's benchmark table).
+		grpc.ReadBufferSize(agentConnBuffer),
+		grpc.WriteBufferSize(agentConnBuffer),
+		grpc.SharedWriteBuffer(true),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: cfg.KeepaliveMinTime, PermitWithoutStream: true}),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: cfg.KeepaliveTime, Timeout: cfg.KeepaliveTimeout}),
 	)...)
@@ -138,6 +146,10 @@ func New(cfg Config) (_ *Server, err error) {
 		}
 		fmt.Fprintln(w, "ok")
 	})
+	if cfg.Pprof {
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	}
 	s.httpSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 
 	for _, l := range []struct {
@@ -173,7 +185,7 @@ func (s *Server) Serve(ctx context.Context) error {
 			errc <- err
 		}
 	}()
-	go func() { defer s.wg.Done(); s.dispatcher.ExpireLoop(s.lifetime) }()
+	go func() { defer s.wg.Done(); s.dispatcher.Run(s.lifetime) }()
 	s.serving.Store(true)
 	s.health.SetServingStatus("", grpc_health_v1.HealthCheckResponse_SERVING)
 	s.cfg.Logger.Info("control plane serving", "component", "server", "version", version.String(),

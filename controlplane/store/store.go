@@ -77,6 +77,12 @@ var ActiveStates = []controlplanev1.CommandState{
 	controlplanev1.CommandState_COMMAND_STATE_RUNNING,
 }
 
+// CommandRef names a command, and optionally the agent it must belong to.
+type CommandRef struct {
+	ID    string
+	Agent string
+}
+
 // CommandFilter selects commands; zero fields match everything.
 type CommandFilter struct {
 	Agent     string
@@ -192,6 +198,11 @@ type Store interface {
 	// in one transaction, with ev (if any) appended. fn returns false to
 	// leave the command as it was. It returns the command as stored.
 	UpdateCommand(ctx context.Context, id string, fn func(*Command) bool, ev func(*Command) *Event) (*Command, bool, error)
+	// AdvanceCommands moves the commands whose state is in from to state
+	// to, with an event each, in one transaction (a fan-out's or a burst of
+	// acks' worth of writes at once). A ref with an Agent matches only that
+	// agent's command. It returns the IDs it changed.
+	AdvanceCommands(ctx context.Context, refs []CommandRef, from []controlplanev1.CommandState, to controlplanev1.CommandState, at time.Time, message string) ([]string, error)
 	// AppendEvent stores one event of a command.
 	AppendEvent(ctx context.Context, ev Event) error
 	// ListEvents returns a command's events, oldest first.

@@ -48,6 +48,7 @@ func parseFlags(args []string, stdout io.Writer) (server.Config, error) {
 	fs.IntVar(&cfg.SendQueue, "send-queue", cfg.SendQueue, "messages queued per agent before a non-reading agent is disconnected")
 	fs.DurationVar(&cfg.ShutdownGrace, "shutdown-grace", cfg.ShutdownGrace, "how long streams may drain at shutdown")
 	fs.DurationVar(&cfg.ReconnectStagger, "reconnect-stagger", cfg.ReconnectStagger, "at shutdown, agents are told to reconnect after a random delay up to this")
+	fs.BoolVar(&cfg.Pprof, "pprof", false, "serve Go profiles under /debug/pprof/ on the HTTP address")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	logFormat := fs.String("log-format", "text", "text or json")
 

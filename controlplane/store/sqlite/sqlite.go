@@ -186,9 +186,25 @@ func marshalOrNil(m proto.Message) ([]byte, error) {
 func (s *Store) InsertCommands(ctx context.Context, cmds []*store.Command) ([]string, error) {
 	var superseded []string
 	err := s.tx(ctx, func(tx *sql.Tx) error {
+		// Prepared once per transaction: a fan-out inserts thousands.
+		insert, err := tx.PrepareContext(ctx, `INSERT INTO commands (id, agent, tenant, kind, runtime, image_repository, image_digest, options, state, requested_by, rollout_id, created_at, updated_at, deadline) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`)
+		if err != nil {
+			return err
+		}
+		defer insert.Close()
+		pendingOf, err := tx.PrepareContext(ctx, `SELECT id FROM commands WHERE agent = ? AND runtime = ? AND kind = ? AND state = ?`)
+		if err != nil {
+			return err
+		}
+		defer pendingOf.Close()
+		events, err := tx.PrepareContext(ctx, insertEventSQL)
+		if err != nil {
+			return err
+		}
+		defer events.Close()
 		for _, c := range cmds {
 			if c.Kind == controlplanev1.CommandKind_COMMAND_KIND_REFRESH {
-				ids, err := supersede(ctx, tx, c)
+				ids, err := supersede(ctx, tx, pendingOf, events, c)
 				if err != nil {
 					return err
 				}
@@ -198,15 +214,14 @@ func (s *Store) InsertCommands(ctx context.Context, cmds []*store.Command) ([]st
 			if err != nil {
 				return err
 			}
-			res, err := tx.ExecContext(ctx, `INSERT INTO commands (id, agent, tenant, kind, runtime, image_repository, image_digest, options, state, requested_by, rollout_id, created_at, updated_at, deadline) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
-				c.ID, c.Agent, c.Tenant, int32(c.Kind), c.Runtime, c.Repository, c.Digest, options, int32(c.State), c.RequestedBy, c.RolloutID, c.CreatedAt.UnixNano(), c.UpdatedAt.UnixNano(), c.Deadline.UnixNano())
+			res, err := insert.ExecContext(ctx, c.ID, c.Agent, c.Tenant, int32(c.Kind), c.Runtime, c.Repository, c.Digest, options, int32(c.State), c.RequestedBy, c.RolloutID, c.CreatedAt.UnixNano(), c.UpdatedAt.UnixNano(), c.Deadline.UnixNano())
 			if err != nil {
 				return fmt.Errorf("insert command %s: %w", c.ID, err)
 			}
 			if c.Seq, err = res.LastInsertId(); err != nil {
 				return err
 			}
-			if err := insertEvent(ctx, tx, store.Event{CommandID: c.ID, At: c.CreatedAt, State: c.State, Message: "journaled"}); err != nil {
+			if err := execEvent(ctx, events, store.Event{CommandID: c.ID, At: c.CreatedAt, State: c.State, Message: "journaled"}); err != nil {
 				return err
 			}
 		}
@@ -217,22 +232,29 @@ func (s *Store) InsertCommands(ctx context.Context, cmds []*store.Command) ([]st
 
 // supersede marks PENDING refreshes for the command's agent and runtime as
 // SUPERSEDED by it.
-func supersede(ctx context.Context, tx *sql.Tx, c *store.Command) ([]string, error) {
+func supersede(ctx context.Context, tx *sql.Tx, pendingOf, events *sql.Stmt, c *store.Command) ([]string, error) {
 	pending := int32(controlplanev1.CommandState_COMMAND_STATE_PENDING)
-	ids, err := queryAll(ctx, tx, func(r interface{ Scan(...any) error }) (string, error) {
-		var id string
-		return id, r.Scan(&id)
-	}, `SELECT id FROM commands WHERE agent = ? AND runtime = ? AND kind = ? AND state = ?`, c.Agent, c.Runtime, int32(c.Kind), pending)
+	rows, err := pendingOf.QueryContext(ctx, c.Agent, c.Runtime, int32(c.Kind), pending)
 	if err != nil {
 		return nil, err
 	}
+	var ids []string
+	for rows.Next() {
+		var id string
+		if err := rows.Scan(&id); err != nil {
+			rows.Close()
+			return nil, err
+		}
+		ids = append(ids, id)
+	}
+	rows.Close()
 	for _, id := range ids {
 		msg := "superseded by " + c.ID
 		if _, err := tx.ExecContext(ctx, `UPDATE commands SET state = ?, error = ?, updated_at = ? WHERE id = ?`,
 			int32(controlplanev1.CommandState_COMMAND_STATE_SUPERSEDED), msg, c.CreatedAt.UnixNano(), id); err != nil {
 			return nil, err
 		}
-		if err := insertEvent(ctx, tx, store.Event{CommandID: id, At: c.CreatedAt, State: controlplanev1.CommandState_COMMAND_STATE_SUPERSEDED, Message: msg}); err != nil {
+		if err := execEvent(ctx, events, store.Event{CommandID: id, At: c.CreatedAt, State: controlplanev1.CommandState_COMMAND_STATE_SUPERSEDED, Message: msg}); err != nil {
 			return nil, err
 		}
 	}
@@ -328,13 +350,60 @@ func (s *Store) UpdateCommand(ctx context.Context, id string, fn func(*store.Com
 	return out, changed, err
 }
 
+func (s *Store) AdvanceCommands(ctx context.Context, refs []store.CommandRef, from []controlplanev1.CommandState, to controlplanev1.CommandState, at time.Time, message string) ([]string, error) {
+	var changed []string
+	err := s.tx(ctx, func(tx *sql.Tx) error {
+		marks := strings.TrimSuffix(strings.Repeat("?,", len(from)), ",")
+		update, err := tx.PrepareContext(ctx, `UPDATE commands SET state = ?, updated_at = ? WHERE id = ? AND (? = '' OR agent = ?) AND state IN (`+marks+`)`)
+		if err != nil {
+			return err
+		}
+		defer update.Close()
+		events, err := tx.PrepareContext(ctx, insertEventSQL)
+		if err != nil {
+			return err
+		}
+		defer events.Close()
+		for _, ref := range refs {
+			id := ref.ID
+			args := []any{int32(to), at.UnixNano(), id, ref.Agent, ref.Agent}
+			for _, f := range from {
+				args = append(args, int32(f))
+			}
+			n, err := deleted(update.ExecContext(ctx, args...))
+			if err != nil {
+				return err
+			}
+			if !n {
+				continue
+			}
+			if err := execEvent(ctx, events, store.Event{CommandID: id, At: at, State: to, Message: message}); err != nil {
+				return err
+			}
+			changed = append(changed, id)
+		}
+		return nil
+	})
+	return changed, err
+}
+
+const insertEventSQL = `INSERT INTO command_events (command_id, at, state, progress, message) VALUES (?, ?, ?, ?, ?)`
+
 func insertEvent(ctx context.Context, tx *sql.Tx, ev store.Event) error {
 	progress, err := marshalOrNil(ev.Progress)
 	if err != nil {
 		return err
 	}
-	_, err = tx.ExecContext(ctx, `INSERT INTO command_events (command_id, at, state, progress, message) VALUES (?, ?, ?, ?, ?)`,
-		ev.CommandID, ev.At.UnixNano(), int32(ev.State), progress, ev.Message)
+	_, err = tx.ExecContext(ctx, insertEventSQL, ev.CommandID, ev.At.UnixNano(), int32(ev.State), progress, ev.Message)
+	return err
+}
+
+func execEvent(ctx context.Context, stmt *sql.Stmt, ev store.Event) error {
+	progress, err := marshalOrNil(ev.Progress)
+	if err != nil {
+		return err
+	}
+	_, err = stmt.ExecContext(ctx, ev.CommandID, ev.At.UnixNano(), int32(ev.State), progress, ev.Message)
 	return err
 }
 
@@ -497,6 +566,7 @@ func queryAll[T any](ctx context.Context, q querier, scan func(interface{ Scan(.
 	return out, rows.Err()
 }
 
+// deleted reports whether a statement changed any row.
 func deleted(res sql.Result, err error) (bool, error) {
 	if err != nil {
 		return false, err

@@ -167,3 +167,20 @@ func TestAgentsHoldsDenialsRollouts(t *testing.T) {
 		t.Fatalf("running rollouts = %+v", rs)
 	}
 }
+
+func TestAdvanceCommandsMovesOnlyFromTheGivenStates(t *testing.T) {
+	ctx := context.Background()
+	s := open(t, filepath.Join(t.TempDir(), "cp.db"))
+	s.InsertCommands(ctx, []*store.Command{cmd("a", "x", "codex"), cmd("b", "y", "codex")})
+	s.UpdateCommand(ctx, "b", func(c *store.Command) bool { c.State = controlplanev1.CommandState_COMMAND_STATE_ACKED; return true }, nil)
+	changed, err := s.AdvanceCommands(ctx, []store.CommandRef{{ID: "a"}, {ID: "b"}, {ID: "missing"}}, []controlplanev1.CommandState{pending}, controlplanev1.CommandState_COMMAND_STATE_SENT, time.Now(), "sent")
+	if err != nil || len(changed) != 1 || changed[0] != "a" {
+		t.Fatalf("changed = %v, %v; want only a (b was already acked)", changed, err)
+	}
+	if b, _ := s.GetCommand(ctx, "b"); b.State != controlplanev1.CommandState_COMMAND_STATE_ACKED {
+		t.Errorf("b moved back to %v", b.State)
+	}
+	if evs, _ := s.ListEvents(ctx, "a"); len(evs) != 2 || evs[1].Message != "sent" {
+		t.Errorf("a's events = %+v", evs)
+	}
+}
