@@ -278,6 +278,15 @@ func (d *Dispatcher) recordAcks(ctx context.Context, refs []store.CommandRef) {
 	}
 }
 
+// ackFirst records the ack of a command its agent already reports on: the
+// agent acks before it runs a command, but the ack may still sit in Run's
+// queue, and the history should read in order.
+func (d *Dispatcher) ackFirst(ctx context.Context, c *store.Command) {
+	if c.State == controlplanev1.CommandState_COMMAND_STATE_PENDING || c.State == controlplanev1.CommandState_COMMAND_STATE_SENT {
+		d.recordAcks(ctx, []store.CommandRef{{ID: c.ID, Agent: c.Agent}})
+	}
+}
+
 // Run records acks in bursts and expires overdue commands, until ctx ends.
 func (d *Dispatcher) Run(ctx context.Context) {
 	expire := time.NewTicker(d.cfg.ExpireEvery)
@@ -312,6 +321,7 @@ func (d *Dispatcher) HandleProgress(ctx context.Context, from identity.Identity,
 		return
 	}
 	if c.State != controlplanev1.CommandState_COMMAND_STATE_RUNNING {
+		d.ackFirst(ctx, c)
 		d.advance(ctx, c.ID, controlplanev1.CommandState_COMMAND_STATE_RUNNING, "running")
 	}
 	step := phase{p.GetPhase(), p.GetContainer()}
@@ -349,11 +359,7 @@ func (d *Dispatcher) HandleResult(ctx context.Context, s *session.Session, r *te
 		d.confirm(s, c.ID)
 		return
 	}
-	if c.State == controlplanev1.CommandState_COMMAND_STATE_PENDING || c.State == controlplanev1.CommandState_COMMAND_STATE_SENT {
-		// The agent acks before it runs a command; its ack may still sit
-		// in Run's queue, so record it first and keep the history in order.
-		d.recordAcks(ctx, []store.CommandRef{{ID: c.ID, Agent: s.Identity.ID}})
-	}
+	d.ackFirst(ctx, c)
 	state := stateOf(r.GetOutcome())
 	if state == controlplanev1.CommandState_COMMAND_STATE_UNSPECIFIED {
 		d.cfg.Logger.Warn("result with no outcome refused", "command", c.ID, "agent", s.Identity.ID)
