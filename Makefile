@@ -9,7 +9,7 @@ LDFLAGS := -X github.com/molecule-ai/tenant-agent/pkg/version.Version=$(VERSION)
 BREAKING_AGAINST ?= HEAD~1
 
 .DEFAULT_GOAL := help
-.PHONY: help generate lint test build check-generated breaking certs run demo images clean
+.PHONY: help generate lint test build check-generated breaking certs run demo images bench clean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -67,6 +67,18 @@ demo: build ## The whole story on this machine: registry, v1 workspaces, control
 images: build ## Build the Docker images of both binaries (empty base; no registry needed)
 	docker build -f deploy/controlplane.Dockerfile -t tenant-agent/controlplane:dev .
 	docker build -f deploy/agent.Dockerfile -t tenant-agent/agent:dev .
+
+BENCH_N ?= 1000 5000
+BENCH_ROUNDS ?= 5
+
+bench: build ## Fleet fan-out and memory at BENCH_N agents, recreate downtime over BENCH_ROUNDS rounds (needs Docker)
+	@echo "| N | connect | CP RSS per agent | acked p50 / p99 | all acked | all stored | bare broadcast p50 / p99 / all | all acked / bare | restart storm |"
+	@echo "|---|---|---|---|---|---|---|---|---|"
+	@ulimit -n 20000 2>/dev/null; for n in $(BENCH_N); do $(GO) run ./bench/fleetsim -n $$n || exit 1; done
+	@echo
+	@echo "| rounds | ours (median) | naive (median) | docker restart (median) | ours / restart | naive / restart |"
+	@echo "|---|---|---|---|---|---|"
+	@$(GO) run ./bench/downtime -rounds $(BENCH_ROUNDS)
 
 clean: ## Remove bin/
 	rm -rf $(BIN)

@@ -43,55 +43,26 @@ const (
 
 func main() { os.Exit(run()) }
 
-// failure stops the demo; cleanup still runs.
-type failure struct{ msg string }
-
-// demoT lets the registry and image helpers the tests use run here.
-type demoT struct {
-	mu       sync.Mutex
-	cleanups []func()
-}
-
-func (d *demoT) Helper()                         {}
-func (d *demoT) Fatal(args ...any)               { panic(failure{fmt.Sprint(args...)}) }
-func (d *demoT) Fatalf(format string, a ...any)  { panic(failure{fmt.Sprintf(format, a...)}) }
-func (d *demoT) Logf(format string, args ...any) { fmt.Printf("  "+format+"\n", args...) }
-func (d *demoT) Cleanup(f func()) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	d.cleanups = append(d.cleanups, f)
-}
-
-func (d *demoT) cleanup() {
-	d.mu.Lock()
-	fs := d.cleanups
-	d.cleanups = nil
-	d.mu.Unlock()
-	for i := len(fs) - 1; i >= 0; i-- {
-		fs[i]()
-	}
-}
-
 func step(format string, args ...any) { fmt.Printf("\n==> "+format+"\n", args...) }
 
 func run() (code int) {
-	d := &demoT{}
+	d := &registrytest.Standalone{}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	defer func() {
 		if r := recover(); r != nil {
-			f, ok := r.(failure)
+			f, ok := r.(registrytest.Failure)
 			if !ok {
 				panic(r)
 			}
 			if ctx.Err() != nil {
-				f.msg = "interrupted (" + f.msg + ")"
+				f.Msg = "interrupted (" + f.Msg + ")"
 			}
-			fmt.Fprintln(os.Stderr, "\ndemo failed:", f.msg)
+			fmt.Fprintln(os.Stderr, "\ndemo failed:", f.Msg)
 			code = 1
 		}
 		step("cleaning up")
-		d.cleanup()
+		d.RunCleanups()
 		if code == 0 {
 			fmt.Println("\ndemo passed: both workspaces run v2 with their data")
 		}
@@ -99,7 +70,7 @@ func run() (code int) {
 	return demo(ctx, d)
 }
 
-func demo(ctx context.Context, d *demoT) int {
+func demo(ctx context.Context, d *registrytest.Standalone) int {
 	cli, err := client.NewClientWithOpts(client.FromEnv, client.WithAPIVersionNegotiation())
 	if err != nil {
 		d.Fatal("docker: ", err)
@@ -178,7 +149,7 @@ type workspace struct {
 	name, port, volume, id string
 }
 
-func startWorkspace(ctx context.Context, d *demoT, cli *client.Client, name, ref string) *workspace {
+func startWorkspace(ctx context.Context, d *registrytest.Standalone, cli *client.Client, name, ref string) *workspace {
 	w := &workspace{name: name, volume: name + "-data"}
 	_, w.port, _ = net.SplitHostPort(freeAddr(d))
 	cli.ContainerRemove(ctx, name, container.RemoveOptions{Force: true}) // a leftover of an interrupted run
@@ -239,7 +210,7 @@ func (w *workspace) get(path string) (string, error) {
 	return strings.TrimSpace(string(b)), err
 }
 
-func (w *workspace) digest(ctx context.Context, d *demoT, cli *client.Client, repo string) string {
+func (w *workspace) digest(ctx context.Context, d *registrytest.Standalone, cli *client.Client, repo string) string {
 	in, err := cli.ContainerInspect(ctx, w.name)
 	if err != nil {
 		d.Fatal(err)
@@ -256,7 +227,7 @@ func (w *workspace) digest(ctx context.Context, d *demoT, cli *client.Client, re
 	return "(no digest)"
 }
 
-func pull(ctx context.Context, d *demoT, cli *client.Client, ref string) {
+func pull(ctx context.Context, d *registrytest.Standalone, cli *client.Client, ref string) {
 	rc, err := cli.ImagePull(ctx, ref, image.PullOptions{})
 	if err != nil {
 		d.Fatal(err)
@@ -265,7 +236,7 @@ func pull(ctx context.Context, d *demoT, cli *client.Client, ref string) {
 	rc.Close()
 }
 
-func freeAddr(d *demoT) string {
+func freeAddr(d *registrytest.Standalone) string {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		d.Fatal(err)
@@ -274,7 +245,7 @@ func freeAddr(d *demoT) string {
 	return l.Addr().String()
 }
 
-func mustRun(ctx context.Context, d *demoT, name string, args ...string) {
+func mustRun(ctx context.Context, d *registrytest.Standalone, name string, args ...string) {
 	cmd := exec.CommandContext(ctx, name, args...)
 	if out, err := cmd.CombinedOutput(); err != nil {
 		d.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
@@ -282,7 +253,7 @@ func mustRun(ctx context.Context, d *demoT, name string, args ...string) {
 }
 
 // startProcess runs a binary until cleanup, its log in var/demo/<name>.log.
-func startProcess(ctx context.Context, d *demoT, name, bin string, args ...string) {
+func startProcess(ctx context.Context, d *registrytest.Standalone, name, bin string, args ...string) {
 	logPath := filepath.Join(varDir, name+".log")
 	logFile, err := os.Create(logPath)
 	if err != nil {
@@ -313,7 +284,7 @@ func grpcurl(ctx context.Context, addr, data, method string) *exec.Cmd {
 		"-key", certDir+"/operator-dev-key.pem", "-servername", "localhost", "-d", data, addr, "controlplane.v1.AdminService/"+method)
 }
 
-func waitForAgent(ctx context.Context, d *demoT, adminAddr string) {
+func waitForAgent(ctx context.Context, d *registrytest.Standalone, adminAddr string) {
 	deadline := time.Now().Add(60 * time.Second)
 	for {
 		out, err := grpcurl(ctx, adminAddr, `{"tenant":"`+tenant+`","connected_only":true}`, "ListAgents").Output()
@@ -330,7 +301,7 @@ func waitForAgent(ctx context.Context, d *demoT, adminAddr string) {
 
 // promote runs PromoteRuntimeImage through grpcurl, printing each rollout
 // event and, for each command, its progress (WatchCommand).
-func promote(ctx context.Context, d *demoT, adminAddr, ref string) bool {
+func promote(ctx context.Context, d *registrytest.Standalone, adminAddr, ref string) bool {
 	cmd := grpcurl(ctx, adminAddr, `{"runtime":"`+runtime+`","image_ref":"`+ref+`","notes":"make demo"}`, "PromoteRuntimeImage")
 	out, err := cmd.StdoutPipe()
 	if err != nil {

@@ -10,6 +10,7 @@ import (
 	"context"
 	"crypto/rand"
 	"errors"
+	"fmt"
 	"io"
 	"log"
 	"net"
@@ -42,6 +43,40 @@ type T interface {
 	Fatalf(format string, args ...any)
 	Logf(format string, args ...any)
 	Cleanup(func())
+}
+
+// Standalone is a T for programs (make demo, make bench) that use these
+// helpers outside a test: Fatal panics with a Failure, which the program
+// recovers after running the cleanups.
+type Standalone struct {
+	mu       sync.Mutex
+	cleanups []func()
+}
+
+// Failure is what Standalone's Fatal panics with.
+type Failure struct{ Msg string }
+
+func (s *Standalone) Helper()                         {}
+func (s *Standalone) Fatal(args ...any)               { panic(Failure{fmt.Sprint(args...)}) }
+func (s *Standalone) Fatalf(format string, a ...any)  { panic(Failure{fmt.Sprintf(format, a...)}) }
+func (s *Standalone) Logf(format string, args ...any) { fmt.Printf("  "+format+"\n", args...) }
+
+// Cleanup registers f to run, last first, in RunCleanups.
+func (s *Standalone) Cleanup(f func()) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.cleanups = append(s.cleanups, f)
+}
+
+// RunCleanups runs the registered cleanups, last first.
+func (s *Standalone) RunCleanups() {
+	s.mu.Lock()
+	fs := s.cleanups
+	s.cleanups = nil
+	s.mu.Unlock()
+	for i := len(fs) - 1; i >= 0; i-- {
+		fs[i]()
+	}
 }
 
 // Docker returns a client for the local daemon. Without a daemon the test

@@ -69,7 +69,10 @@ func serve() error {
 		}
 		fmt.Fprintln(w, "ok")
 	})
+	started := time.Now().UTC().Format(time.RFC3339Nano)
 	mux.HandleFunc("/version", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, version) })
+	// /started tells one process from the next, for downtime benchmarks.
+	mux.HandleFunc("/started", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, started) })
 	mux.HandleFunc("/env", func(w http.ResponseWriter, r *http.Request) { fmt.Fprintln(w, os.Getenv(r.URL.Query().Get("name"))) })
 	mux.HandleFunc("/file", func(w http.ResponseWriter, r *http.Request) {
 		b, err := os.ReadFile(r.URL.Query().Get("path"))
