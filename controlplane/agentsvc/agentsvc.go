@@ -190,9 +190,9 @@ func (s *service) read(ctx context.Context, stream tenantagentv1.AgentService_Co
 			}
 			s.cfg.Reconciler.Reconcile(ctx, agent)
 		case *tenantagentv1.AgentMessage_Ack:
-			s.cfg.Dispatcher.HandleAck(ctx, sess.Identity, body.Ack)
+			s.cfg.Dispatcher.HandleAck(ctx, sess, body.Ack)
 		case *tenantagentv1.AgentMessage_Progress:
-			s.cfg.Dispatcher.HandleProgress(ctx, sess.Identity, body.Progress)
+			s.cfg.Dispatcher.HandleProgress(ctx, sess, body.Progress)
 		case *tenantagentv1.AgentMessage_Result:
 			s.cfg.Dispatcher.HandleResult(ctx, sess, body.Result)
 		case *tenantagentv1.AgentMessage_Hello:

@@ -73,8 +73,16 @@ type Dispatcher struct {
 	cfg       Config
 	updates   *pubsub.Hub[string, Update]
 	lastPhase sync.Map // command ID -> phase
-	// acks queue for Run, which records each burst in one transaction.
-	acks chan store.CommandRef
+	// reports queue acks and results for Run, which records each burst in
+	// one transaction, in arrival order.
+	reports chan report
+}
+
+// report is an ack or a result from an agent.
+type report struct {
+	from   *session.Session
+	ack    string
+	result *tenantagentv1.CommandResult
 }
 
 // New returns a Dispatcher.
@@ -82,7 +90,7 @@ func New(cfg Config) (*Dispatcher, error) {
 	if err := cfg.CheckAndSetDefaults(); err != nil {
 		return nil, err
 	}
-	return &Dispatcher{cfg: cfg, updates: pubsub.NewHub[string, Update](1024), acks: make(chan store.CommandRef, 8192)}, nil
+	return &Dispatcher{cfg: cfg, updates: pubsub.NewHub[string, Update](1024), reports: make(chan report, 8192)}, nil
 }
 
 // NewCommandID returns a fresh, unguessable command ID.
@@ -160,8 +168,8 @@ func (d *Dispatcher) markSent(ctx context.Context, ids []string, msg string) {
 		d.cfg.Logger.Error("cannot record commands as sent", "commands", len(ids), "error", err)
 		return
 	}
-	for _, id := range changed {
-		d.publishStored(ctx, id)
+	for _, c := range changed {
+		d.updates.Publish(c.ID, Update{Command: c})
 	}
 }
 
@@ -243,37 +251,105 @@ func (d *Dispatcher) Deliver(ctx context.Context, s *session.Session, hello *ten
 	return nil
 }
 
-// HandleAck records that the agent journaled a command. Acks arrive in
-// bursts (a fan-out to thousands of agents); Run records each burst in one
-// transaction. Without Run, or when its queue is full, the ack is
-// recorded here.
-func (d *Dispatcher) HandleAck(ctx context.Context, from identity.Identity, ack *tenantagentv1.CommandAck) {
-	ref := store.CommandRef{ID: ack.GetCommandId(), Agent: from.ID}
+// HandleAck records that the agent journaled a command.
+func (d *Dispatcher) HandleAck(ctx context.Context, from *session.Session, ack *tenantagentv1.CommandAck) {
+	d.enqueue(ctx, report{from: from, ack: ack.GetCommandId()})
+}
+
+// HandleResult stores a command's result once and confirms it to the
+// agent with ResultReceived. A repeated result is confirmed again but not
+// stored; a result for another agent's command is refused.
+func (d *Dispatcher) HandleResult(ctx context.Context, from *session.Session, r *tenantagentv1.CommandResult) {
+	if stateOf(r.GetOutcome()) == controlplanev1.CommandState_COMMAND_STATE_UNSPECIFIED {
+		d.cfg.Logger.Warn("result with no outcome refused", "command", r.GetCommandId(), "agent", from.Identity.ID)
+		return
+	}
+	d.enqueue(ctx, report{from: from, result: r})
+}
+
+// enqueue hands a report to Run. Acks and results come in bursts (a
+// fan-out to thousands of agents); Run records each burst in one
+// transaction. Without Run, or with its queue full, the report is
+// recorded at once.
+func (d *Dispatcher) enqueue(ctx context.Context, r report) {
 	select {
-	case d.acks <- ref:
+	case d.reports <- r:
 	default:
-		d.recordAcks(ctx, []store.CommandRef{ref})
+		d.apply(ctx, []report{r})
 	}
 }
 
-// recordAcks moves acknowledged commands to ACKED. An ack that changes
-// nothing is a repeat, or for a command the agent does not own; the
-// latter is logged.
-func (d *Dispatcher) recordAcks(ctx context.Context, refs []store.CommandRef) {
-	notAcked := []controlplanev1.CommandState{controlplanev1.CommandState_COMMAND_STATE_PENDING, controlplanev1.CommandState_COMMAND_STATE_SENT}
-	changed, err := d.cfg.Store.AdvanceCommands(ctx, refs, notAcked, controlplanev1.CommandState_COMMAND_STATE_ACKED, d.cfg.Now(), "acknowledged by the agent")
+// apply records a burst of reports, in order, in one transaction, then
+// tells watchers and confirms results to their agents.
+func (d *Dispatcher) apply(ctx context.Context, reports []report) {
+	now := d.cfg.Now()
+	updates := make([]store.CommandUpdate, len(reports))
+	for i, r := range reports {
+		agent := r.from.Identity.ID
+		if r.result == nil {
+			updates[i] = store.CommandUpdate{ID: r.ack,
+				Fn: func(c *store.Command) bool {
+					if c.Agent != agent || rank(c.State) >= rank(controlplanev1.CommandState_COMMAND_STATE_ACKED) {
+						return false
+					}
+					c.State, c.UpdatedAt = controlplanev1.CommandState_COMMAND_STATE_ACKED, now
+					return true
+				},
+				Event: func(c *store.Command) *store.Event {
+					return &store.Event{CommandID: c.ID, At: now, State: c.State, Message: "acknowledged by the agent"}
+				}}
+			continue
+		}
+		res := r.result
+		updates[i] = store.CommandUpdate{ID: res.GetCommandId(),
+			// A result may land on a command the control plane had
+			// already expired or canceled: the agent's word is what
+			// happened.
+			Fn: func(c *store.Command) bool {
+				if c.Agent != agent || c.Result != nil {
+					return false
+				}
+				c.State, c.Result, c.Error, c.UpdatedAt = stateOf(res.GetOutcome()), res, res.GetError(), now
+				return true
+			},
+			Event: func(c *store.Command) *store.Event {
+				return &store.Event{CommandID: c.ID, At: now, State: c.State, Message: finishMessage(c.State, c.Error)}
+			}}
+	}
+	out, err := d.cfg.Store.UpdateCommands(ctx, updates)
 	if err != nil {
-		d.cfg.Logger.Error("cannot record acks", "acks", len(refs), "error", err)
+		d.cfg.Logger.Error("cannot record agent reports; the agents will send them again", "reports", len(reports), "error", err)
 		return
 	}
-	done := make(map[string]bool, len(changed))
-	for _, id := range changed {
-		done[id] = true
-		d.publishStored(ctx, id)
-	}
-	for _, ref := range refs {
-		if !done[ref.ID] {
-			d.owned(ctx, identity.Identity{ID: ref.Agent}, ref.ID, "ack") // logs an unknown or foreign command
+	for i, r := range reports {
+		c, id := out[i].Command, updates[i].ID
+		what := "ack"
+		if r.result != nil {
+			what = "result"
+		}
+		switch {
+		case c == nil:
+			d.cfg.Logger.Warn("agent "+what+" for an unknown command ignored", "command", id, "agent", r.from.Identity.ID)
+			if r.result != nil {
+				// Confirm it anyway, so an agent holding a result for a
+				// command this control plane never issued stops resending.
+				d.confirm(r.from, id)
+			}
+		case c.Agent != r.from.Identity.ID:
+			d.cfg.Logger.Warn("agent "+what+" for another agent's command refused", "command", id, "agent", r.from.Identity.ID, "owner", c.Agent)
+		case out[i].Changed:
+			d.updates.Publish(id, Update{Command: c})
+			if r.result != nil {
+				d.lastPhase.Delete(id)
+				d.cfg.Logger.Info("command finished", "command", id, "agent", c.Agent, "state", c.State, "error", c.Error)
+				if d.cfg.Observer != nil {
+					d.cfg.Observer.CommandFinished(c)
+				}
+				d.confirm(r.from, id)
+			}
+		case r.result != nil:
+			d.cfg.Logger.Info("duplicate result ignored", "command", id, "agent", r.from.Identity.ID)
+			d.confirm(r.from, id)
 		}
 	}
 }
@@ -281,13 +357,14 @@ func (d *Dispatcher) recordAcks(ctx context.Context, refs []store.CommandRef) {
 // ackFirst records the ack of a command its agent already reports on: the
 // agent acks before it runs a command, but the ack may still sit in Run's
 // queue, and the history should read in order.
-func (d *Dispatcher) ackFirst(ctx context.Context, c *store.Command) {
+func (d *Dispatcher) ackFirst(ctx context.Context, from *session.Session, c *store.Command) {
 	if c.State == controlplanev1.CommandState_COMMAND_STATE_PENDING || c.State == controlplanev1.CommandState_COMMAND_STATE_SENT {
-		d.recordAcks(ctx, []store.CommandRef{{ID: c.ID, Agent: c.Agent}})
+		d.apply(ctx, []report{{from: from, ack: c.ID}})
 	}
 }
 
-// Run records acks in bursts and expires overdue commands, until ctx ends.
+// Run records agent reports in bursts and expires overdue commands, until
+// ctx ends.
 func (d *Dispatcher) Run(ctx context.Context) {
 	expire := time.NewTicker(d.cfg.ExpireEvery)
 	defer expire.Stop()
@@ -297,31 +374,31 @@ func (d *Dispatcher) Run(ctx context.Context) {
 			return
 		case <-expire.C:
 			d.ExpireNow(ctx)
-		case first := <-d.acks:
-			batch := []store.CommandRef{first}
+		case first := <-d.reports:
+			batch := []report{first}
 		drain:
 			for len(batch) < 4096 {
 				select {
-				case ref := <-d.acks:
-					batch = append(batch, ref)
+				case r := <-d.reports:
+					batch = append(batch, r)
 				default:
 					break drain
 				}
 			}
-			d.recordAcks(ctx, batch)
+			d.apply(ctx, batch)
 		}
 	}
 }
 
 // HandleProgress records a command as RUNNING, stores a new phase as an
 // event, and passes every report to watchers.
-func (d *Dispatcher) HandleProgress(ctx context.Context, from identity.Identity, p *tenantagentv1.CommandProgress) {
-	c, err := d.owned(ctx, from, p.GetCommandId(), "progress")
+func (d *Dispatcher) HandleProgress(ctx context.Context, from *session.Session, p *tenantagentv1.CommandProgress) {
+	c, err := d.owned(ctx, from.Identity, p.GetCommandId(), "progress")
 	if err != nil || store.Terminal(c.State) {
 		return
 	}
 	if c.State != controlplanev1.CommandState_COMMAND_STATE_RUNNING {
-		d.ackFirst(ctx, c)
+		d.ackFirst(ctx, from, c)
 		d.advance(ctx, c.ID, controlplanev1.CommandState_COMMAND_STATE_RUNNING, "running")
 	}
 	step := phase{p.GetPhase(), p.GetContainer()}
@@ -338,36 +415,6 @@ func (d *Dispatcher) HandleProgress(ctx context.Context, from identity.Identity,
 type phase struct {
 	phase     tenantagentv1.CommandPhase
 	container string
-}
-
-// HandleResult stores a command's result once and confirms it to the
-// agent with ResultReceived. A repeated result is confirmed again but not
-// stored; a result for another agent's command is refused.
-func (d *Dispatcher) HandleResult(ctx context.Context, s *session.Session, r *tenantagentv1.CommandResult) {
-	c, err := d.owned(ctx, s.Identity, r.GetCommandId(), "result")
-	if errors.Is(err, store.ErrNotFound) {
-		// Confirm it anyway, so an agent holding a result for a command
-		// this control plane never issued stops resending it.
-		d.confirm(s, r.GetCommandId())
-		return
-	}
-	if err != nil {
-		return
-	}
-	if c.Result != nil {
-		d.cfg.Logger.Info("duplicate result ignored", "command", c.ID, "agent", s.Identity.ID)
-		d.confirm(s, c.ID)
-		return
-	}
-	d.ackFirst(ctx, c)
-	state := stateOf(r.GetOutcome())
-	if state == controlplanev1.CommandState_COMMAND_STATE_UNSPECIFIED {
-		d.cfg.Logger.Warn("result with no outcome refused", "command", c.ID, "agent", s.Identity.ID)
-		return
-	}
-	if d.finish(ctx, c.ID, state, r, r.GetError()) {
-		d.confirm(s, c.ID)
-	}
 }
 
 func (d *Dispatcher) confirm(s *session.Session, id string) {

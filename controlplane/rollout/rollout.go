@@ -35,6 +35,10 @@ import (
 // MaxNotes bounds the free text stored with a pin.
 const MaxNotes = 4096
 
+// rolloutEventBuffer is how many events a promote's caller may fall behind
+// by: a fleet of thousands sends a burst of several events per tenant.
+const rolloutEventBuffer = 1 << 16
+
 // Config configures Rollouts.
 type Config struct {
 	Store      store.Store
@@ -84,7 +88,7 @@ func New(ctx context.Context, cfg Config) (*Rollouts, error) {
 	if err := cfg.CheckAndSetDefaults(); err != nil {
 		return nil, err
 	}
-	return &Rollouts{cfg: cfg, events: pubsub.NewHub[string, *controlplanev1.RolloutEvent](4096), ctx: ctx}, nil
+	return &Rollouts{cfg: cfg, events: pubsub.NewHub[string, *controlplanev1.RolloutEvent](rolloutEventBuffer), ctx: ctx}, nil
 }
 
 // Wait waits for running rollouts to return after the lifetime ended.

@@ -83,6 +83,22 @@ type CommandRef struct {
 	Agent string
 }
 
+// CommandUpdate is one read-modify-write of UpdateCommands.
+type CommandUpdate struct {
+	ID string
+	// Fn changes the command and reports whether it did.
+	Fn func(*Command) bool
+	// Event, if set, builds the event stored with a change.
+	Event func(*Command) *Event
+}
+
+// UpdatedCommand is the outcome of one CommandUpdate: Command is nil if
+// there is no such command, else it is the command as stored after.
+type UpdatedCommand struct {
+	Command *Command
+	Changed bool
+}
+
 // CommandFilter selects commands; zero fields match everything.
 type CommandFilter struct {
 	Agent     string
@@ -194,6 +210,9 @@ type Store interface {
 	// ListCommands returns matching commands, newest first unless
 	// f.Oldest.
 	ListCommands(ctx context.Context, f CommandFilter) ([]*Command, error)
+	// UpdateCommands runs several read-modify-writes in one transaction,
+	// in order (a burst of acks and results from a fan-out).
+	UpdateCommands(ctx context.Context, updates []CommandUpdate) ([]UpdatedCommand, error)
 	// UpdateCommand reads a command, lets fn change it and writes it back
 	// in one transaction, with ev (if any) appended. fn returns false to
 	// leave the command as it was. It returns the command as stored.
@@ -201,8 +220,8 @@ type Store interface {
 	// AdvanceCommands moves the commands whose state is in from to state
 	// to, with an event each, in one transaction (a fan-out's or a burst of
 	// acks' worth of writes at once). A ref with an Agent matches only that
-	// agent's command. It returns the IDs it changed.
-	AdvanceCommands(ctx context.Context, refs []CommandRef, from []controlplanev1.CommandState, to controlplanev1.CommandState, at time.Time, message string) ([]string, error)
+	// agent's command. It returns the commands it changed, as stored.
+	AdvanceCommands(ctx context.Context, refs []CommandRef, from []controlplanev1.CommandState, to controlplanev1.CommandState, at time.Time, message string) ([]*Command, error)
 	// AppendEvent stores one event of a command.
 	AppendEvent(ctx context.Context, ev Event) error
 	// ListEvents returns a command's events, oldest first.

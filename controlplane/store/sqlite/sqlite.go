@@ -317,44 +317,74 @@ func (s *Store) ListCommands(ctx context.Context, f store.CommandFilter) ([]*sto
 }
 
 func (s *Store) UpdateCommand(ctx context.Context, id string, fn func(*store.Command) bool, ev func(*store.Command) *store.Event) (*store.Command, bool, error) {
-	var out *store.Command
-	var changed bool
+	out, err := s.UpdateCommands(ctx, []store.CommandUpdate{{ID: id, Fn: fn, Event: ev}})
+	if err != nil {
+		return nil, false, err
+	}
+	if out[0].Command == nil {
+		return nil, false, fmt.Errorf("command %q: %w", id, store.ErrNotFound)
+	}
+	return out[0].Command, out[0].Changed, nil
+}
+
+func (s *Store) UpdateCommands(ctx context.Context, updates []store.CommandUpdate) ([]store.UpdatedCommand, error) {
+	out := make([]store.UpdatedCommand, len(updates))
 	err := s.tx(ctx, func(tx *sql.Tx) error {
-		c, err := scanCommand(tx.QueryRowContext(ctx, `SELECT `+commandColumns+` FROM commands WHERE id = ?`, id))
-		if errors.Is(err, sql.ErrNoRows) {
-			return fmt.Errorf("command %q: %w", id, store.ErrNotFound)
-		}
+		read, err := tx.PrepareContext(ctx, `SELECT `+commandColumns+` FROM commands WHERE id = ?`)
 		if err != nil {
 			return err
 		}
-		out = c
-		if !fn(c) {
-			return nil
-		}
-		changed = true
-		result, err := marshalOrNil(c.Result)
+		defer read.Close()
+		write, err := tx.PrepareContext(ctx, `UPDATE commands SET state = ?, updated_at = ?, error = ?, result = ? WHERE id = ?`)
 		if err != nil {
 			return err
 		}
-		if _, err := tx.ExecContext(ctx, `UPDATE commands SET state = ?, updated_at = ?, error = ?, result = ? WHERE id = ?`,
-			int32(c.State), c.UpdatedAt.UnixNano(), c.Error, result, id); err != nil {
+		defer write.Close()
+		events, err := tx.PrepareContext(ctx, insertEventSQL)
+		if err != nil {
 			return err
 		}
-		if ev != nil {
-			if e := ev(c); e != nil {
-				return insertEvent(ctx, tx, *e)
+		defer events.Close()
+		for i, u := range updates {
+			c, err := scanCommand(read.QueryRowContext(ctx, u.ID))
+			if errors.Is(err, sql.ErrNoRows) {
+				continue
+			}
+			if err != nil {
+				return err
+			}
+			out[i].Command = c
+			if !u.Fn(c) {
+				continue
+			}
+			out[i].Changed = true
+			result, err := marshalOrNil(c.Result)
+			if err != nil {
+				return err
+			}
+			if _, err := write.ExecContext(ctx, int32(c.State), c.UpdatedAt.UnixNano(), c.Error, result, u.ID); err != nil {
+				return err
+			}
+			if u.Event != nil {
+				if e := u.Event(c); e != nil {
+					if err := execEvent(ctx, events, *e); err != nil {
+						return err
+					}
+				}
 			}
 		}
 		return nil
 	})
-	return out, changed, err
+	return out, err
 }
 
-func (s *Store) AdvanceCommands(ctx context.Context, refs []store.CommandRef, from []controlplanev1.CommandState, to controlplanev1.CommandState, at time.Time, message string) ([]string, error) {
-	var changed []string
+func (s *Store) AdvanceCommands(ctx context.Context, refs []store.CommandRef, from []controlplanev1.CommandState, to controlplanev1.CommandState, at time.Time, message string) ([]*store.Command, error) {
+	var changed []*store.Command
 	err := s.tx(ctx, func(tx *sql.Tx) error {
 		marks := strings.TrimSuffix(strings.Repeat("?,", len(from)), ",")
-		update, err := tx.PrepareContext(ctx, `UPDATE commands SET state = ?, updated_at = ? WHERE id = ? AND (? = '' OR agent = ?) AND state IN (`+marks+`)`)
+		// RETURNING hands back the row as updated: no second read per
+		// command for the watchers.
+		update, err := tx.PrepareContext(ctx, `UPDATE commands SET state = ?, updated_at = ? WHERE id = ? AND (? = '' OR agent = ?) AND state IN (`+marks+`) RETURNING `+commandColumns)
 		if err != nil {
 			return err
 		}
@@ -365,22 +395,21 @@ func (s *Store) AdvanceCommands(ctx context.Context, refs []store.CommandRef, fr
 		}
 		defer events.Close()
 		for _, ref := range refs {
-			id := ref.ID
-			args := []any{int32(to), at.UnixNano(), id, ref.Agent, ref.Agent}
+			args := []any{int32(to), at.UnixNano(), ref.ID, ref.Agent, ref.Agent}
 			for _, f := range from {
 				args = append(args, int32(f))
 			}
-			n, err := deleted(update.ExecContext(ctx, args...))
+			c, err := scanCommand(update.QueryRowContext(ctx, args...))
+			if errors.Is(err, sql.ErrNoRows) {
+				continue
+			}
 			if err != nil {
 				return err
 			}
-			if !n {
-				continue
-			}
-			if err := execEvent(ctx, events, store.Event{CommandID: id, At: at, State: to, Message: message}); err != nil {
+			if err := execEvent(ctx, events, store.Event{CommandID: ref.ID, At: at, State: to, Message: message}); err != nil {
 				return err
 			}
-			changed = append(changed, id)
+			changed = append(changed, c)
 		}
 		return nil
 	})

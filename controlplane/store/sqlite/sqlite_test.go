@@ -174,7 +174,7 @@ func TestAdvanceCommandsMovesOnlyFromTheGivenStates(t *testing.T) {
 	s.InsertCommands(ctx, []*store.Command{cmd("a", "x", "codex"), cmd("b", "y", "codex")})
 	s.UpdateCommand(ctx, "b", func(c *store.Command) bool { c.State = controlplanev1.CommandState_COMMAND_STATE_ACKED; return true }, nil)
 	changed, err := s.AdvanceCommands(ctx, []store.CommandRef{{ID: "a"}, {ID: "b"}, {ID: "missing"}}, []controlplanev1.CommandState{pending}, controlplanev1.CommandState_COMMAND_STATE_SENT, time.Now(), "sent")
-	if err != nil || len(changed) != 1 || changed[0] != "a" {
+	if err != nil || len(changed) != 1 || changed[0].ID != "a" || changed[0].State != controlplanev1.CommandState_COMMAND_STATE_SENT {
 		t.Fatalf("changed = %v, %v; want only a (b was already acked)", changed, err)
 	}
 	if b, _ := s.GetCommand(ctx, "b"); b.State != controlplanev1.CommandState_COMMAND_STATE_ACKED {
