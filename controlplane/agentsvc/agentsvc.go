@@ -94,16 +94,13 @@ func (s *service) Connect(stream tenantagentv1.AgentService_ConnectServer) error
 	log.Info("agent connected", "hostname", hello.GetHostname(), "version", hello.GetAgentVersion(), "docker", hello.GetDockerVersion())
 	defer func() {
 		if s.cfg.Sessions.Unregister(sess) {
-			s.cfg.Fleet.Disconnected(context.WithoutCancel(ctx), sess)
+			s.cfg.Fleet.Disconnected(sess)
 		}
 		log.Info("agent disconnected", "cause", sess.Err())
 	}()
 
 	// Recorded before Welcome, so an agent that was welcomed is known.
-	agent, err := s.cfg.Fleet.Connected(ctx, sess, hello)
-	if err != nil {
-		return status.Error(codes.Unavailable, "cannot record the agent; reconnect later")
-	}
+	agent := s.cfg.Fleet.Connected(sess, hello)
 	// The writer starts before anything is queued: delivery below may
 	// queue many commands.
 	writerDone := make(chan error, 1)
@@ -183,12 +180,7 @@ func (s *service) read(ctx context.Context, stream tenantagentv1.AgentService_Co
 			if err := s.cfg.Fleet.CheckSession(sess); err != nil {
 				return status.Error(codes.PermissionDenied, err.Error())
 			}
-			agent, err := s.cfg.Fleet.Health(ctx, sess, body.Health)
-			if err != nil {
-				s.cfg.Logger.Error("cannot record health", "agent", sess.Identity.ID, "error", err)
-				continue
-			}
-			s.cfg.Reconciler.Reconcile(ctx, agent)
+			s.cfg.Reconciler.Reconcile(ctx, s.cfg.Fleet.Health(sess, body.Health))
 		case *tenantagentv1.AgentMessage_Ack:
 			s.cfg.Dispatcher.HandleAck(ctx, sess, body.Ack)
 		case *tenantagentv1.AgentMessage_Progress:

@@ -6,7 +6,6 @@ package fleet
 import (
 	"context"
 	"errors"
-	"fmt"
 	"log/slog"
 	"sort"
 	"sync"
@@ -53,8 +52,12 @@ type Fleet struct {
 
 	mu     sync.RWMutex
 	agents map[string]*store.Agent // by SPIFFE ID
-	pins   map[string]store.Pin    // by runtime
-	holds  map[string]store.Hold   // by tenant
+	// dirty agents are written to the store by Run, in batches: a
+	// heartbeat from every agent every 15 s is too many transactions to
+	// write one by one.
+	dirty map[string]bool
+	pins  map[string]store.Pin  // by runtime
+	holds map[string]store.Hold // by tenant
 }
 
 // New loads the fleet's state from the store and fills the deny list.
@@ -63,7 +66,7 @@ func New(ctx context.Context, cfg Config) (*Fleet, error) {
 		return nil, err
 	}
 	f := &Fleet{cfg: cfg, watches: pubsub.NewHub[struct{}, *controlplanev1.WatchAgentsResponse](4096),
-		agents: map[string]*store.Agent{}, pins: map[string]store.Pin{}, holds: map[string]store.Hold{}}
+		agents: map[string]*store.Agent{}, dirty: map[string]bool{}, pins: map[string]store.Pin{}, holds: map[string]store.Hold{}}
 	agents, err := cfg.Store.ListAgents(ctx)
 	if err != nil {
 		return nil, err
@@ -105,7 +108,7 @@ func (f *Fleet) applyDenial(d store.Denial) {
 }
 
 // Connected records an agent's Hello.
-func (f *Fleet) Connected(ctx context.Context, s *session.Session, hello *tenantagentv1.Hello) (store.Agent, error) {
+func (f *Fleet) Connected(s *session.Session, hello *tenantagentv1.Hello) store.Agent {
 	now := f.cfg.Now()
 	a := store.Agent{
 		Identity: s.Identity.ID, Tenant: s.Identity.Tenant, Name: s.Identity.Name,
@@ -113,41 +116,79 @@ func (f *Fleet) Connected(ctx context.Context, s *session.Session, hello *tenant
 		Hostname: hello.GetHostname(), AgentVersion: hello.GetAgentVersion(), DockerVersion: hello.GetDockerVersion(),
 		DockerReachable: hello.GetDockerReachable(), Runtimes: hello.GetRuntimes(),
 	}
-	return a, f.put(ctx, a, controlplanev1.AgentEventKind_AGENT_EVENT_KIND_CONNECTED)
+	f.put(a, controlplanev1.AgentEventKind_AGENT_EVENT_KIND_CONNECTED)
+	return a
 }
 
 // Health records a heartbeat.
-func (f *Fleet) Health(ctx context.Context, s *session.Session, h *tenantagentv1.HealthReport) (store.Agent, error) {
+func (f *Fleet) Health(s *session.Session, h *tenantagentv1.HealthReport) store.Agent {
 	a, _ := f.Agent(s.Identity.ID)
 	a.Identity, a.Tenant, a.Name, a.ConnectedAt = s.Identity.ID, s.Identity.Tenant, s.Identity.Name, s.ConnectedAt
 	a.LastSeen, a.DockerReachable, a.Runtimes = f.cfg.Now(), h.GetDockerReachable(), h.GetRuntimes()
 	if h.GetAgentVersion() != "" {
 		a.AgentVersion = h.GetAgentVersion()
 	}
-	return a, f.put(ctx, a, controlplanev1.AgentEventKind_AGENT_EVENT_KIND_HEALTH)
+	f.put(a, controlplanev1.AgentEventKind_AGENT_EVENT_KIND_HEALTH)
+	return a
 }
 
 // Disconnected records that an agent's stream closed.
-func (f *Fleet) Disconnected(ctx context.Context, s *session.Session) {
+func (f *Fleet) Disconnected(s *session.Session) {
 	a, ok := f.Agent(s.Identity.ID)
 	if !ok {
 		return
 	}
 	a.LastSeen = s.LastSeen()
-	if err := f.put(ctx, a, controlplanev1.AgentEventKind_AGENT_EVENT_KIND_DISCONNECTED); err != nil {
-		f.cfg.Logger.Error("cannot record disconnect", "agent", a.Identity, "error", err)
+	f.put(a, controlplanev1.AgentEventKind_AGENT_EVENT_KIND_DISCONNECTED)
+}
+
+// put records an agent in memory, for Run to store, and tells watchers.
+func (f *Fleet) put(a store.Agent, kind controlplanev1.AgentEventKind) {
+	f.mu.Lock()
+	f.agents[a.Identity] = &a
+	f.dirty[a.Identity] = true
+	f.mu.Unlock()
+	f.watches.Publish(struct{}{}, &controlplanev1.WatchAgentsResponse{Kind: kind, Agent: f.View(a)})
+}
+
+// Run writes changed agent records to the store every interval, in one
+// transaction, until ctx ends; then it writes what is left. A crash loses
+// at most the last interval of last-seen times and health, which the
+// agents report again when they reconnect.
+func (f *Fleet) Run(ctx context.Context, interval time.Duration) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			f.Flush(context.WithoutCancel(ctx))
+			return
+		case <-t.C:
+			f.Flush(ctx)
+		}
 	}
 }
 
-func (f *Fleet) put(ctx context.Context, a store.Agent, kind controlplanev1.AgentEventKind) error {
-	if err := f.cfg.Store.PutAgent(ctx, a); err != nil {
-		return fmt.Errorf("record agent %s: %w", a.Identity, err)
-	}
+// Flush writes the changed agent records now.
+func (f *Fleet) Flush(ctx context.Context) {
 	f.mu.Lock()
-	f.agents[a.Identity] = &a
+	batch := make([]store.Agent, 0, len(f.dirty))
+	for id := range f.dirty {
+		batch = append(batch, *f.agents[id])
+	}
+	f.dirty = map[string]bool{}
 	f.mu.Unlock()
-	f.watches.Publish(struct{}{}, &controlplanev1.WatchAgentsResponse{Kind: kind, Agent: f.View(a)})
-	return nil
+	if len(batch) == 0 {
+		return
+	}
+	if err := f.cfg.Store.PutAgents(ctx, batch); err != nil {
+		f.cfg.Logger.Error("cannot record agents; will retry", "agents", len(batch), "error", err)
+		f.mu.Lock()
+		for _, a := range batch {
+			f.dirty[a.Identity] = true
+		}
+		f.mu.Unlock()
+	}
 }
 
 // Agent returns an agent's record.

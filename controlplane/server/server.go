@@ -46,6 +46,7 @@ const (
 type Server struct {
 	cfg Config
 
+	fleet      *fleet.Fleet
 	store      *sqlite.Store
 	sessions   *session.Registry
 	dispatcher *dispatch.Dispatcher
@@ -86,6 +87,7 @@ func New(cfg Config) (_ *Server, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("load fleet: %w", err)
 	}
+	s.fleet = fl
 	m := metrics.New(s.sessions, fl)
 	if s.dispatcher, err = dispatch.New(dispatch.Config{Store: s.store, Sessions: s.sessions, Logger: logger, Observer: m}); err != nil {
 		return nil, err
@@ -176,7 +178,7 @@ func (s *Server) HTTPAddr() string  { return s.httpLis.Addr().String() }
 // up to ShutdownGrace.
 func (s *Server) Serve(ctx context.Context) error {
 	errc := make(chan error, 3)
-	s.wg.Add(4)
+	s.wg.Add(5)
 	go func() { defer s.wg.Done(); errc <- s.agentSrv.Serve(s.agentLis) }()
 	go func() { defer s.wg.Done(); errc <- s.adminSrv.Serve(s.adminLis) }()
 	go func() {
@@ -186,6 +188,7 @@ func (s *Server) Serve(ctx context.Context) error {
 		}
 	}()
 	go func() { defer s.wg.Done(); s.dispatcher.Run(s.lifetime) }()
+	go func() { defer s.wg.Done(); s.fleet.Run(s.lifetime, time.Second) }()
 	s.serving.Store(true)
 	s.health.SetServingStatus("", grpc_health_v1.HealthCheckResponse_SERVING)
 	s.cfg.Logger.Info("control plane serving", "component", "server", "version", version.String(),

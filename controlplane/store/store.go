@@ -227,8 +227,8 @@ type Store interface {
 	// ListEvents returns a command's events, oldest first.
 	ListEvents(ctx context.Context, commandID string) ([]Event, error)
 
-	// PutAgent creates or replaces an agent record.
-	PutAgent(ctx context.Context, a Agent) error
+	// PutAgents creates or replaces agent records, in one transaction.
+	PutAgents(ctx context.Context, agents []Agent) error
 	// ListAgents returns every agent, ordered by tenant and identity.
 	ListAgents(ctx context.Context) ([]Agent, error)
 

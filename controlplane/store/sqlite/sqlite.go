@@ -462,14 +462,24 @@ func (s *Store) ListEvents(ctx context.Context, commandID string) ([]store.Event
 
 // --- agents
 
-func (s *Store) PutAgent(ctx context.Context, a store.Agent) error {
-	runtimes, err := proto.Marshal(&tenantagentv1.HealthReport{Runtimes: a.Runtimes})
-	if err != nil {
-		return err
-	}
-	_, err = s.db.ExecContext(ctx, `INSERT OR REPLACE INTO agents (identity, tenant, name, connected_at, last_seen, hostname, agent_version, docker_version, docker_reachable, runtimes) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
-		a.Identity, a.Tenant, a.Name, a.ConnectedAt.UnixNano(), a.LastSeen.UnixNano(), a.Hostname, a.AgentVersion, a.DockerVersion, a.DockerReachable, runtimes)
-	return err
+func (s *Store) PutAgents(ctx context.Context, agents []store.Agent) error {
+	return s.tx(ctx, func(tx *sql.Tx) error {
+		put, err := tx.PrepareContext(ctx, `INSERT OR REPLACE INTO agents (identity, tenant, name, connected_at, last_seen, hostname, agent_version, docker_version, docker_reachable, runtimes) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`)
+		if err != nil {
+			return err
+		}
+		defer put.Close()
+		for _, a := range agents {
+			runtimes, err := proto.Marshal(&tenantagentv1.HealthReport{Runtimes: a.Runtimes})
+			if err != nil {
+				return err
+			}
+			if _, err := put.ExecContext(ctx, a.Identity, a.Tenant, a.Name, a.ConnectedAt.UnixNano(), a.LastSeen.UnixNano(), a.Hostname, a.AgentVersion, a.DockerVersion, a.DockerReachable, runtimes); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
 }
 
 func (s *Store) ListAgents(ctx context.Context) ([]store.Agent, error) {

@@ -129,7 +129,7 @@ func TestAgentsHoldsDenialsRollouts(t *testing.T) {
 	s := open(t, filepath.Join(t.TempDir(), "cp.db"))
 	a := store.Agent{Identity: "spiffe://td/tenant/acme", Tenant: "acme", LastSeen: time.Unix(5, 0), DockerReachable: true,
 		Runtimes: []*tenantagentv1.RuntimeStatus{{Runtime: "codex", Containers: []*tenantagentv1.ContainerStatus{{Name: "ws-1", ImageDigest: "sha256:a"}}}}}
-	if err := s.PutAgent(ctx, a); err != nil {
+	if err := s.PutAgents(ctx, []store.Agent{a}); err != nil {
 		t.Fatal(err)
 	}
 	agents, err := s.ListAgents(ctx)
