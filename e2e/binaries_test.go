@@ -11,6 +11,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/molecule-ai/tenant-agent/internal/registrytest"
 )
 
 var (
@@ -122,7 +124,7 @@ func (p *process) stop() {
 type cpAddrs struct{ agent, admin, http string }
 
 func (e *env) freeCPAddrs() cpAddrs {
-	return cpAddrs{agent: "127.0.0.1:" + freePort(e.t), admin: "127.0.0.1:" + freePort(e.t), http: "127.0.0.1:" + freePort(e.t)}
+	return cpAddrs{agent: registrytest.FreeAddr(e.t), admin: registrytest.FreeAddr(e.t), http: registrytest.FreeAddr(e.t)}
 }
 
 // startCPBinary runs the controlplane binary on addrs with the env's store.

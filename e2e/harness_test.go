@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"path/filepath"
 	"strings"
@@ -183,7 +182,7 @@ func (e *env) startWorkspace(tenant, runtimeRepo, digest string, running bool) *
 	}
 	io.Copy(io.Discard, rc)
 	rc.Close()
-	w := &workspace{e: e, tenant: tenant, name: "ws-" + tenant + "-" + randomSuffix(), hostPort: freePort(t)}
+	w := &workspace{e: e, tenant: tenant, name: "ws-" + tenant + "-" + randomSuffix(), hostPort: registrytest.FreePort(t)}
 	w.volume = w.name + "-data"
 	if _, err := e.docker.VolumeCreate(ctx, volume.CreateOptions{Name: w.volume}); err != nil {
 		t.Fatal(err)
@@ -268,16 +267,6 @@ func (w *workspace) waitHTTP(path, want string) {
 		got, err := w.get(path)
 		return err == nil && strings.Contains(got, want)
 	})
-}
-
-func freePort(t *testing.T) string {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	_, port, _ := net.SplitHostPort(l.Addr().String())
-	return port
 }
 
 func eventually(t *testing.T, what string, cond func() bool) {

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -47,16 +46,6 @@ func randomSuffix() string {
 	b := make([]byte, 4)
 	rand.Read(b)
 	return fmt.Sprintf("%x", b)
-}
-
-func freePort(t *testing.T) string {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	_, port, _ := net.SplitHostPort(l.Addr().String())
-	return port
 }
 
 func newFixture(t *testing.T) *fixture {
@@ -101,7 +90,7 @@ func (f *fixture) start(running bool) {
 	}
 	f.bindDir = t.TempDir()
 	os.WriteFile(filepath.Join(f.bindDir, "host-file"), []byte("from the host"), 0o644)
-	f.hostPort = freePort(t)
+	f.hostPort = registrytest.FreePort(t)
 	labels := map[string]string{"molecule.workspace": "ws-1"}
 	for k, v := range f.sel {
 		labels[k] = v

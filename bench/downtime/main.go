@@ -13,7 +13,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"os"
 	"sort"
@@ -73,7 +72,7 @@ func run(d *registrytest.Standalone, rounds int) {
 	}
 
 	name := fmt.Sprintf("downtime-bench-%d", time.Now().UnixNano())
-	port := freePort(d)
+	port := registrytest.FreePort(d)
 	if _, err := cli.VolumeCreate(ctx, volume.CreateOptions{Name: name}); err != nil {
 		d.Fatal(err)
 	}
@@ -204,16 +203,6 @@ func median(ds []time.Duration) time.Duration {
 	s := append([]time.Duration(nil), ds...)
 	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
 	return s[len(s)/2]
-}
-
-func freePort(d *registrytest.Standalone) string {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		d.Fatal(err)
-	}
-	defer l.Close()
-	_, port, _ := net.SplitHostPort(l.Addr().String())
-	return port
 }
 
 // A fresh connection per probe, and a short timeout: a connection to a

@@ -14,7 +14,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -109,7 +108,7 @@ func demo(ctx context.Context, d *registrytest.Standalone) int {
 		fmt.Printf("  %-28s %s  port %s  volume %s\n", w.name, before[w.name], w.port, w.volume)
 	}
 
-	agentAddr, adminAddr, httpAddr := freeAddr(d), freeAddr(d), freeAddr(d)
+	agentAddr, adminAddr, httpAddr := registrytest.FreeAddr(d), registrytest.FreeAddr(d), registrytest.FreeAddr(d)
 	step("control plane (SQLite in %s) and agent, as processes", varDir)
 	startProcess(ctx, d, "controlplane", "bin/controlplane", "--agent-addr", agentAddr, "--admin-addr", adminAddr, "--http-addr", httpAddr,
 		"--cert", certDir+"/controlplane.pem", "--key", certDir+"/controlplane-key.pem", "--ca", certDir+"/ca.pem",
@@ -151,7 +150,7 @@ type workspace struct {
 
 func startWorkspace(ctx context.Context, d *registrytest.Standalone, cli *client.Client, name, ref string) *workspace {
 	w := &workspace{name: name, volume: name + "-data"}
-	_, w.port, _ = net.SplitHostPort(freeAddr(d))
+	w.port = registrytest.FreePort(d)
 	cli.ContainerRemove(ctx, name, container.RemoveOptions{Force: true}) // a leftover of an interrupted run
 	if _, err := cli.VolumeCreate(ctx, volume.CreateOptions{Name: w.volume}); err != nil {
 		d.Fatal(err)
@@ -234,15 +233,6 @@ func pull(ctx context.Context, d *registrytest.Standalone, cli *client.Client, r
 	}
 	io.Copy(io.Discard, rc)
 	rc.Close()
-}
-
-func freeAddr(d *registrytest.Standalone) string {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		d.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
 }
 
 func mustRun(ctx context.Context, d *registrytest.Standalone, name string, args ...string) {

@@ -340,3 +340,21 @@ func RemoveImages(t T, cli *client.Client, repository string) {
 		}
 	}
 }
+
+// FreeAddr returns a 127.0.0.1 address with a port nothing listens on now
+// (for a published port or a server a test starts later).
+func FreeAddr(t T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// FreePort is FreeAddr's port.
+func FreePort(t T) string {
+	_, port, _ := net.SplitHostPort(FreeAddr(t))
+	return port
+}

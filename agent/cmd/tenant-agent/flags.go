@@ -4,7 +4,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"log/slog"
 	"os"
 	"strings"
 
@@ -70,7 +69,7 @@ func parseFlags(args []string, stdout io.Writer) (agent.Config, error) {
 			cfg.AllowRepositories = append(cfg.AllowRepositories, r)
 		}
 	}
-	if cfg.Logger, err = newLogger(*logLevel, *logFormat); err != nil {
+	if cfg.Logger, err = cliflag.NewLogger(*logLevel, *logFormat); err != nil {
 		return cfg, err
 	}
 	// Test hooks (agent.Config.CrashAt): die just before a recreate step,
@@ -114,19 +113,4 @@ func defaultCredentials() string {
 		return ""
 	}
 	return dir + "/config.json"
-}
-
-func newLogger(level, format string) (*slog.Logger, error) {
-	var l slog.Level
-	if err := l.UnmarshalText([]byte(level)); err != nil {
-		return nil, fmt.Errorf("--log-level %q: want debug, info, warn or error", level)
-	}
-	opts := &slog.HandlerOptions{Level: l}
-	switch format {
-	case "text":
-		return slog.New(slog.NewTextHandler(os.Stderr, opts)), nil
-	case "json":
-		return slog.New(slog.NewJSONHandler(os.Stderr, opts)), nil
-	}
-	return nil, fmt.Errorf("--log-format %q: want text or json", format)
 }

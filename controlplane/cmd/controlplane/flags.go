@@ -2,10 +2,7 @@ package main
 
 import (
 	"flag"
-	"fmt"
 	"io"
-	"log/slog"
-	"os"
 
 	"github.com/molecule-ai/tenant-agent/controlplane/server"
 	"github.com/molecule-ai/tenant-agent/pkg/cliflag"
@@ -55,25 +52,10 @@ func parseFlags(args []string, stdout io.Writer) (server.Config, error) {
 	if _, err := cmd.Parse(fs, args, stdout); err != nil {
 		return cfg, err
 	}
-	logger, err := newLogger(*logLevel, *logFormat)
+	logger, err := cliflag.NewLogger(*logLevel, *logFormat)
 	if err != nil {
 		return cfg, err
 	}
 	cfg.Logger = logger
 	return cfg, nil
-}
-
-func newLogger(level, format string) (*slog.Logger, error) {
-	var l slog.Level
-	if err := l.UnmarshalText([]byte(level)); err != nil {
-		return nil, fmt.Errorf("--log-level %q: want debug, info, warn or error", level)
-	}
-	opts := &slog.HandlerOptions{Level: l}
-	switch format {
-	case "text":
-		return slog.New(slog.NewTextHandler(os.Stderr, opts)), nil
-	case "json":
-		return slog.New(slog.NewJSONHandler(os.Stderr, opts)), nil
-	}
-	return nil, fmt.Errorf("--log-format %q: want text or json", format)
 }
