@@ -179,9 +179,7 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return err
 	}
-	if err := j.Prune(time.Now().Add(-cfg.ResultRetention)); err != nil {
-		logger.Warn("cannot prune the journal", "error", err)
-	}
+	go pruneJournal(ctx, j, cfg.ResultRetention, logger)
 	run := runner.New(runner.Config{Journal: j, Executor: exec, Logger: logger, CrashAt: docker.Step(cfg.CrashAt), OnCrash: cfg.OnCrash})
 	hostname, _ := os.Hostname()
 	logger.Info("tenant agent starting", "component", "agent", "identity", id.ID, "version", version.String(),
@@ -194,4 +192,21 @@ func Run(ctx context.Context, cfg Config) error {
 		Inventory: exec.Inventory, Runner: run, Changes: engine.Changes(ctx, selector),
 		HeartbeatInterval: cfg.HeartbeatInterval, KeepaliveTime: cfg.KeepaliveTime, KeepaliveTimeout: cfg.KeepaliveTimeout, Logger: logger,
 	})
+}
+
+// pruneJournal forgets confirmed commands older than retention, at start
+// and then hourly, so a long-running agent's state dir stays small.
+func pruneJournal(ctx context.Context, j *journal.Journal, retention time.Duration, logger *slog.Logger) {
+	t := time.NewTicker(time.Hour)
+	defer t.Stop()
+	for {
+		if err := j.Prune(time.Now().Add(-retention)); err != nil {
+			logger.Warn("cannot prune the journal", "error", err)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
 }
