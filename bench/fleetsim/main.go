@@ -57,6 +57,7 @@ type result struct {
 	RSSAfterBytes       int64   `json:"rss_after_bytes"`
 	RSSPerAgentBytes    int64   `json:"rss_per_agent_bytes"`
 	HeapPerAgentBytes   int64   `json:"heap_per_agent_bytes"`
+	StackPerAgentBytes  int64   `json:"stack_per_agent_bytes"`
 	AckedP50            float64 `json:"acked_p50_seconds"`
 	AckedP99            float64 `json:"acked_p99_seconds"`
 	AckedAll            float64 `json:"acked_all_seconds"`
@@ -140,6 +141,7 @@ func run(n int, cpBin, work string) (result, error) {
 	metricsURL := "http://" + addrs[2] + "/metrics"
 	res.RSSBeforeBytes = rss(cp.Process.Pid)
 	heapBefore := metric(metricsURL, "go_memstats_heap_inuse_bytes")
+	stackBefore := metric(metricsURL, "go_memstats_stack_inuse_bytes")
 
 	// The fleet: real channels and runners, an executor that answers at once.
 	fmt.Fprintf(os.Stderr, "connecting %d agents\n", n)
@@ -167,6 +169,7 @@ func run(n int, cpBin, work string) (result, error) {
 	res.RSSAfterBytes = rss(cp.Process.Pid)
 	res.RSSPerAgentBytes = (res.RSSAfterBytes - res.RSSBeforeBytes) / int64(n)
 	res.HeapPerAgentBytes = int64((metric(metricsURL, "go_memstats_heap_inuse_bytes") - heapBefore) / float64(n))
+	res.StackPerAgentBytes = int64((metric(metricsURL, "go_memstats_stack_inuse_bytes") - stackBefore) / float64(n))
 
 	// Promote to the whole fleet at once.
 	fmt.Fprintln(os.Stderr, "promoting")
