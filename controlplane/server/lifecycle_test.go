@@ -81,3 +81,25 @@ func TestCommandsExpireWhenTheirAgentStaysAway(t *testing.T) {
 		}
 	}
 }
+
+// Agent records are written behind; a graceful stop flushes them, so the
+// fleet (and an offline tenant's runtimes) survive a restart.
+func TestAgentRecordsSurviveARestart(t *testing.T) {
+	h := newHarness(t, "remembered")
+	a := h.agent("remembered", codex(digestV1))
+	a.Close()
+	h.waitConnected("spiffe://molecule.local/tenant/remembered", false)
+	h.restart()
+	resp, err := h.operator().ListAgents(ctx(t), &controlplanev1.ListAgentsRequest{Tenant: "remembered"})
+	if err != nil || len(resp.GetAgents()) != 1 {
+		t.Fatalf("agents after restart: %v, %v", resp, err)
+	}
+	ag := resp.GetAgents()[0]
+	if ag.GetConnected() || ag.GetHostname() != "fake-host" || len(ag.GetRuntimes()) != 1 || len(ag.GetRuntimes()[0].GetStatus().GetContainers()) != 2 {
+		t.Errorf("agent after restart: %v", ag)
+	}
+	// And it is still a known tenant: a refresh waits for it.
+	if id := refresh(t, h.operator(), "remembered", digestV2); h.command(id).State != statePending {
+		t.Errorf("refresh for the remembered tenant: %v", h.command(id).State)
+	}
+}
