@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/molecule-ai/tenant-agent/internal/registrytest"
+	"github.com/molecule-ai/tenant-agent/internal/testlog"
 )
 
 var (
@@ -49,7 +50,7 @@ type process struct {
 	t    *testing.T
 	name string
 	cmd  *exec.Cmd
-	logs *logBuffer
+	logs *testlog.Buffer
 	done chan struct{}
 	once sync.Once
 }
@@ -58,7 +59,7 @@ type process struct {
 // ready (if not empty).
 func startProcess(t *testing.T, name, bin, ready string, env []string, args ...string) *process {
 	t.Helper()
-	p := &process{t: t, name: name, cmd: exec.Command(bin, args...), logs: &logBuffer{}, done: make(chan struct{})}
+	p := &process{t: t, name: name, cmd: exec.Command(bin, args...), logs: &testlog.Buffer{}, done: make(chan struct{})}
 	p.cmd.Env = append(os.Environ(), env...)
 	stderr, err := p.cmd.StderrPipe()
 	if err != nil {
@@ -75,7 +76,9 @@ func startProcess(t *testing.T, name, bin, ready string, env []string, args ...s
 		for sc.Scan() {
 			line := sc.Text()
 			p.logs.Write([]byte(line + "\n"))
-			testLog{t, name}.Write([]byte(line))
+			if testing.Verbose() {
+				t.Log(name + ": " + line)
+			}
 			if ready != "" && strings.Contains(line, ready) {
 				readyOnce.Do(func() { close(readyC) })
 			}

@@ -3,13 +3,10 @@
 package e2e
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
 	"fmt"
 	"io"
-	"log/slog"
-	"net/http"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -28,43 +25,11 @@ import (
 	"github.com/molecule-ai/tenant-agent/controlplane/server"
 	controlplanev1 "github.com/molecule-ai/tenant-agent/gen/controlplane/v1"
 	"github.com/molecule-ai/tenant-agent/internal/registrytest"
+	"github.com/molecule-ai/tenant-agent/internal/testlog"
 	"github.com/molecule-ai/tenant-agent/pkg/mtls"
 )
 
 const wait = 60 * time.Second
-
-type logBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *logBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *logBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
-func logger(t *testing.T, buf *logBuffer, name string) *slog.Logger {
-	return slog.New(slog.NewTextHandler(io.MultiWriter(buf, testLog{t, name}), &slog.HandlerOptions{Level: slog.LevelDebug}))
-}
-
-type testLog struct {
-	t    *testing.T
-	name string
-}
-
-func (w testLog) Write(p []byte) (int, error) {
-	if testing.Verbose() {
-		w.t.Log(w.name + ": " + string(bytes.TrimRight(p, "\n")))
-	}
-	return len(p), nil
-}
 
 // env is one control plane, a registry with workspace images, and the
 // tenants' containers and agents on the local Docker Engine.
@@ -78,7 +43,7 @@ type env struct {
 	adminAddr string
 	cpStop    context.CancelFunc
 	cpDone    chan error
-	cpLogs    *logBuffer
+	cpLogs    *testlog.Buffer
 	store     string
 	reg       *registrytest.Registry
 	repo      string
@@ -96,7 +61,7 @@ func newEnv(t *testing.T, tenants ...string) *env {
 
 // newBareEnv has everything but a control plane.
 func newBareEnv(t *testing.T, tenants ...string) *env {
-	e := &env{t: t, docker: registrytest.Docker(t), pki: pkitest.New(t, tenants...), reg: registrytest.StartRegistry(t), cpLogs: &logBuffer{},
+	e := &env{t: t, docker: registrytest.Docker(t), pki: pkitest.New(t, tenants...), reg: registrytest.StartRegistry(t), cpLogs: &testlog.Buffer{},
 		store: filepath.Join(t.TempDir(), "cp.db"), run: randomSuffix()}
 	e.repo, e.v1 = e.reg.Push(t, "molecule-ai/workspace-template-codex", registrytest.WorkspaceImage(t, registrytest.Image{Version: "v1"}))
 	_, e.v2 = e.reg.Push(t, "molecule-ai/workspace-template-codex", registrytest.WorkspaceImage(t, registrytest.Image{Version: "v2", Padding: 8 << 20}))
@@ -121,7 +86,7 @@ func (e *env) startCPWith(mutate func(*server.Config)) {
 	}
 	cfg.TLS, cfg.TrustDomain, cfg.StorePath = e.pki.Files("controlplane"), pkitest.TrustDomain, e.store
 	cfg.HeartbeatInterval, cfg.ReconnectStagger, cfg.ShutdownGrace = time.Second, 0, 2*time.Second
-	cfg.Logger = logger(e.t, e.cpLogs, "cp")
+	cfg.Logger = e.cpLogs.Logger(e.t, "cp")
 	if mutate != nil {
 		mutate(&cfg)
 	}
@@ -250,16 +215,7 @@ func (w *workspace) digest() string {
 	return ""
 }
 
-func (w *workspace) get(path string) (string, error) {
-	c := http.Client{Timeout: 2 * time.Second}
-	resp, err := c.Get("http://127.0.0.1:" + w.hostPort + path)
-	if err != nil {
-		return "", err
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return strings.TrimSpace(string(b)), nil
-}
+func (w *workspace) get(path string) (string, error) { return registrytest.Get(w.hostPort, path) }
 
 func (w *workspace) waitHTTP(path, want string) {
 	w.e.t.Helper()
@@ -285,7 +241,7 @@ type runningAgent struct {
 	once   sync.Once
 	cancel context.CancelFunc
 	done   chan error
-	logs   *logBuffer
+	logs   *testlog.Buffer
 	cfg    agent.Config
 }
 
@@ -297,8 +253,8 @@ func (e *env) startAgent(tenant, addr, stateDir string, mutate func(*agent.Confi
 	cfg.TLS, cfg.TrustDomain, cfg.StateDir = e.pki.Files("agent-"+tenant), pkitest.TrustDomain, stateDir
 	cfg.Labels = map[string]string{"molecule.org-id": "{tenant}-" + e.run, "molecule.platform.managed": "true"}
 	cfg.HealthGateTimeout, cfg.StabilityWindow = 30*time.Second, time.Second
-	a := &runningAgent{done: make(chan error, 1), logs: &logBuffer{}}
-	cfg.Logger = logger(e.t, a.logs, "agent-"+tenant)
+	a := &runningAgent{done: make(chan error, 1), logs: &testlog.Buffer{}}
+	cfg.Logger = a.logs.Logger(e.t, "agent-"+tenant)
 	if mutate != nil {
 		mutate(&cfg)
 	}

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
@@ -124,16 +123,7 @@ func (f *fixture) start(running bool) {
 	f.waitHTTP("/version", "v1")
 }
 
-func (f *fixture) get(path string) (string, error) {
-	c := http.Client{Timeout: 2 * time.Second}
-	resp, err := c.Get("http://127.0.0.1:" + f.hostPort + path)
-	if err != nil {
-		return "", err
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return strings.TrimSpace(string(b)), nil
-}
+func (f *fixture) get(path string) (string, error) { return registrytest.Get(f.hostPort, path) }
 
 func (f *fixture) waitHTTP(path, want string) {
 	f.t.Helper()

@@ -1,7 +1,6 @@
 package auth_test
 
 import (
-	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -29,6 +28,7 @@ import (
 	"github.com/molecule-ai/tenant-agent/controlplane/auth"
 	controlplanev1 "github.com/molecule-ai/tenant-agent/gen/controlplane/v1"
 	tenantagentv1 "github.com/molecule-ai/tenant-agent/gen/tenantagent/v1"
+	"github.com/molecule-ai/tenant-agent/internal/testlog"
 	"github.com/molecule-ai/tenant-agent/pkg/identity"
 	"github.com/molecule-ai/tenant-agent/pkg/mtls"
 )
@@ -87,32 +87,15 @@ type env struct {
 	adminAddr string
 	agents    *agentEcho
 	deny      *auth.DenyList
-	logs      *syncBuffer
-}
-
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
+	logs      *testlog.Buffer
 }
 
 // start serves the agent and admin listeners on loopback with real mTLS,
 // both with the control plane's interceptors, like the real binary.
 func start(t *testing.T) *env {
 	t.Helper()
-	e := &env{pki: pkitest.New(t, "acme", "globex/host-1"), agents: &agentEcho{}, deny: auth.NewDenyList(), logs: &syncBuffer{}}
-	logger := slog.New(slog.NewTextHandler(e.logs, nil))
+	e := &env{pki: pkitest.New(t, "acme", "globex/host-1"), agents: &agentEcho{}, deny: auth.NewDenyList(), logs: &testlog.Buffer{}}
+	logger := e.logs.Logger(t, "cp")
 	grants, err := auth.ParseGrants("limited=GetRuntimePin")
 	if err != nil {
 		t.Fatal(err)

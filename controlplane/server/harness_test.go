@@ -1,12 +1,8 @@
 package server
 
 import (
-	"bytes"
 	"context"
-	"io"
-	"log/slog"
 	"path/filepath"
-	"sync"
 	"testing"
 	"time"
 
@@ -16,6 +12,7 @@ import (
 	"github.com/molecule-ai/tenant-agent/controlplane/cptest"
 	controlplanev1 "github.com/molecule-ai/tenant-agent/gen/controlplane/v1"
 	tenantagentv1 "github.com/molecule-ai/tenant-agent/gen/tenantagent/v1"
+	"github.com/molecule-ai/tenant-agent/internal/testlog"
 	"github.com/molecule-ai/tenant-agent/pkg/mtls"
 )
 
@@ -26,23 +23,6 @@ const (
 	wait     = 15 * time.Second
 )
 
-type logBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *logBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *logBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // harness is a control plane in this process on loopback, with a real
 // SQLite file and real mTLS.
 type harness struct {
@@ -52,11 +32,11 @@ type harness struct {
 	srv       *Server
 	cancel    context.CancelFunc
 	done      chan error
-	logs      *logBuffer
+	logs      *testlog.Buffer
 }
 
 func newHarness(t *testing.T, tenants ...string) *harness {
-	h := &harness{t: t, pki: pkitest.New(t, tenants...), storePath: filepath.Join(t.TempDir(), "cp.db"), logs: &logBuffer{}}
+	h := &harness{t: t, pki: pkitest.New(t, tenants...), storePath: filepath.Join(t.TempDir(), "cp.db"), logs: &testlog.Buffer{}}
 	h.start(nil)
 	return h
 }
@@ -70,7 +50,7 @@ func (h *harness) start(mutate func(*Config)) {
 	cfg.StorePath = h.storePath
 	cfg.ReconnectStagger = 0
 	cfg.ShutdownGrace = 2 * time.Second
-	cfg.Logger = slog.New(slog.NewTextHandler(io.MultiWriter(h.logs, testWriter{h.t}), &slog.HandlerOptions{Level: slog.LevelDebug}))
+	cfg.Logger = h.logs.Logger(h.t, "cp")
 	if mutate != nil {
 		mutate(&cfg)
 	}
@@ -98,15 +78,6 @@ func (h *harness) stop() {
 func (h *harness) restart() {
 	h.stop()
 	h.start(nil)
-}
-
-type testWriter struct{ t *testing.T }
-
-func (w testWriter) Write(p []byte) (int, error) {
-	if testing.Verbose() {
-		w.t.Log(string(bytes.TrimRight(p, "\n")))
-	}
-	return len(p), nil
 }
 
 func (h *harness) admin(stem string) controlplanev1.AdminServiceClient {

@@ -14,7 +14,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net/http"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -198,16 +197,7 @@ func startWorkspace(ctx context.Context, d *registrytest.Standalone, cli *client
 	}
 }
 
-func (w *workspace) get(path string) (string, error) {
-	c := http.Client{Timeout: 2 * time.Second}
-	resp, err := c.Get("http://127.0.0.1:" + w.port + path)
-	if err != nil {
-		return "", err
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	return strings.TrimSpace(string(b)), err
-}
+func (w *workspace) get(path string) (string, error) { return registrytest.Get(w.port, path) }
 
 func (w *workspace) digest(ctx context.Context, d *registrytest.Standalone, cli *client.Client, repo string) string {
 	in, err := cli.ContainerInspect(ctx, w.name)

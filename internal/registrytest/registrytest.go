@@ -358,3 +358,18 @@ func FreePort(t T) string {
 	_, port, _ := net.SplitHostPort(FreeAddr(t))
 	return port
 }
+
+var workspaceClient = http.Client{Timeout: 2 * time.Second}
+
+// Get asks a workspace container for path on its published port (see
+// internal/workspace: /version, /started, /env, /file), returning the
+// trimmed body.
+func Get(port, path string) (string, error) {
+	resp, err := workspaceClient.Get("http://127.0.0.1:" + port + path)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return strings.TrimSpace(string(b)), err
+}

@@ -1,0 +1,48 @@
+// Package testlog collects what a component under test logs, so a test can
+// assert on it, and echoes it to the test's own log with -v.
+package testlog
+
+import (
+	"bytes"
+	"io"
+	"log/slog"
+	"sync"
+	"testing"
+)
+
+// Buffer is a log sink safe for concurrent writers.
+type Buffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *Buffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+// String is everything logged so far.
+func (b *Buffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// Logger returns a debug-level text logger writing to b and, when the
+// test runs with -v, to the test's log with name in front.
+func (b *Buffer) Logger(t testing.TB, name string) *slog.Logger {
+	return slog.New(slog.NewTextHandler(io.MultiWriter(b, echo{t, name}), &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+type echo struct {
+	t    testing.TB
+	name string
+}
+
+func (e echo) Write(p []byte) (int, error) {
+	if testing.Verbose() {
+		e.t.Log(e.name + ": " + string(bytes.TrimRight(p, "\n")))
+	}
+	return len(p), nil
+}
