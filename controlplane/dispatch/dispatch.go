@@ -47,7 +47,10 @@ type Config struct {
 	Observer Observer
 	// ExpireEvery is how often deadlines are checked.
 	ExpireEvery time.Duration
-	Now         func() time.Time
+	// HistoryRetention is how long finished commands and their events
+	// are kept; zero keeps them forever. Pruned hourly.
+	HistoryRetention time.Duration
+	Now              func() time.Time
 }
 
 // CheckAndSetDefaults validates the config and fills in defaults.
@@ -368,12 +371,17 @@ func (d *Dispatcher) ackFirst(ctx context.Context, from *session.Session, c *sto
 func (d *Dispatcher) Run(ctx context.Context) {
 	expire := time.NewTicker(d.cfg.ExpireEvery)
 	defer expire.Stop()
+	prune := time.NewTicker(time.Hour)
+	defer prune.Stop()
+	d.pruneHistory(ctx)
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-expire.C:
 			d.ExpireNow(ctx)
+		case <-prune.C:
+			d.pruneHistory(ctx)
 		case first := <-d.reports:
 			batch := []report{first}
 		drain:
@@ -504,6 +512,20 @@ func (d *Dispatcher) Cancel(ctx context.Context, id, reason string) error {
 		return s.Send(&tenantagentv1.ControlMessage{Body: &tenantagentv1.ControlMessage_Cancel{Cancel: &tenantagentv1.CancelCommand{CommandId: id, Reason: reason}}})
 	}
 	return nil
+}
+
+func (d *Dispatcher) pruneHistory(ctx context.Context) {
+	if d.cfg.HistoryRetention <= 0 {
+		return
+	}
+	n, err := d.cfg.Store.PruneHistory(ctx, d.cfg.Now().Add(-d.cfg.HistoryRetention))
+	if err != nil {
+		d.cfg.Logger.Error("cannot prune command history", "error", err)
+		return
+	}
+	if n > 0 {
+		d.cfg.Logger.Info("command history pruned", "commands", n, "older_than", d.cfg.HistoryRetention)
+	}
 }
 
 // ExpireNow runs one expiry pass.

@@ -42,6 +42,9 @@ type Config struct {
 
 	// CommandTTL is how long a command may wait to start before it expires.
 	CommandTTL time.Duration
+	// HistoryRetention is how long finished commands are kept; zero keeps
+	// them forever.
+	HistoryRetention time.Duration
 	// DefaultParallelTenants bounds a rollout that does not say.
 	DefaultParallelTenants int
 	// ReconcileBackoff is the first wait after a failed automatic refresh;
@@ -68,7 +71,7 @@ func Defaults() Config {
 		TrustDomain: "molecule.local", StorePath: "var/controlplane.db",
 		HeartbeatInterval: 15 * time.Second,
 		KeepaliveMinTime:  15 * time.Second, KeepaliveTime: time.Minute, KeepaliveTimeout: 20 * time.Second,
-		CommandTTL: 24 * time.Hour, DefaultParallelTenants: 10,
+		CommandTTL: 24 * time.Hour, HistoryRetention: 90 * 24 * time.Hour, DefaultParallelTenants: 10,
 		ReconcileBackoff: time.Minute, ReconcileBackoffMax: time.Hour,
 		SendQueue:     256,
 		ShutdownGrace: 10 * time.Second, ReconnectStagger: 30 * time.Second,
@@ -121,6 +124,9 @@ func (c *Config) CheckAndSetDefaults() error {
 	}
 	if c.KeepaliveMinTime > 30*time.Second {
 		errs = append(errs, fmt.Errorf("--keepalive-min-time %s would refuse the agents' 30s pings", c.KeepaliveMinTime))
+	}
+	if c.HistoryRetention < 0 {
+		errs = append(errs, errors.New("--history-retention is negative"))
 	}
 	if c.ReconnectStagger < 0 {
 		errs = append(errs, errors.New("--reconnect-stagger is negative"))

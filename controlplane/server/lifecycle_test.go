@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/molecule-ai/tenant-agent/controlplane/auth"
 	controlplanev1 "github.com/molecule-ai/tenant-agent/gen/controlplane/v1"
@@ -101,5 +103,29 @@ func TestAgentRecordsSurviveARestart(t *testing.T) {
 	// And it is still a known tenant: a refresh waits for it.
 	if id := refresh(t, h.operator(), "remembered", digestV2); h.command(id).State != statePending {
 		t.Errorf("refresh for the remembered tenant: %v", h.command(id).State)
+	}
+}
+
+// Finished commands older than --history-retention are pruned (at start,
+// then hourly); unfinished ones stay whatever their age.
+func TestHistoryRetentionPrunesFinishedCommands(t *testing.T) {
+	h := newHarness(t, "old", "waiting")
+	h.agent("old", codex(digestV1))
+	w := h.agent("waiting", codex(digestV1))
+	w.Close()
+	h.waitConnected("spiffe://molecule.local/tenant/waiting", false)
+	done := refresh(t, h.operator(), "old", digestV2)
+	h.waitState(done, stateSucceeded)
+	pending := refresh(t, h.operator(), "waiting", digestV2)
+
+	h.stop()
+	time.Sleep(10 * time.Millisecond)
+	h.start(func(c *Config) { c.HistoryRetention = time.Millisecond })
+	eventually(t, "the finished command pruned", func() bool {
+		_, err := h.operator().GetCommand(ctx(t), &controlplanev1.GetCommandRequest{CommandId: done})
+		return status.Code(err) == codes.NotFound
+	})
+	if h.command(pending).State != statePending {
+		t.Errorf("an unfinished command was pruned or changed")
 	}
 }

@@ -89,7 +89,7 @@ func New(cfg Config) (_ *Server, err error) {
 	}
 	s.fleet = fl
 	m := metrics.New(s.sessions, fl)
-	if s.dispatcher, err = dispatch.New(dispatch.Config{Store: s.store, Sessions: s.sessions, Logger: logger, Observer: m}); err != nil {
+	if s.dispatcher, err = dispatch.New(dispatch.Config{Store: s.store, Sessions: s.sessions, Logger: logger, Observer: m, HistoryRetention: cfg.HistoryRetention}); err != nil {
 		return nil, err
 	}
 	rec, err := reconcile.New(reconcile.Config{Store: s.store, Fleet: fl, Issuer: s.dispatcher, Logger: logger,

@@ -222,6 +222,9 @@ type Store interface {
 	// acks' worth of writes at once). A ref with an Agent matches only that
 	// agent's command. It returns the commands it changed, as stored.
 	AdvanceCommands(ctx context.Context, refs []CommandRef, from []controlplanev1.CommandState, to controlplanev1.CommandState, at time.Time, message string) ([]*Command, error)
+	// PruneHistory deletes commands that ended before cutoff, with their
+	// events, and returns how many it deleted. Unfinished commands stay.
+	PruneHistory(ctx context.Context, cutoff time.Time) (int, error)
 	// AppendEvent stores one event of a command.
 	AppendEvent(ctx context.Context, ev Event) error
 	// ListEvents returns a command's events, oldest first.

@@ -39,6 +39,7 @@ func parseFlags(args []string, stdout io.Writer) (server.Config, error) {
 	fs.DurationVar(&cfg.KeepaliveTime, "keepalive-time", cfg.KeepaliveTime, "idle time before the server pings an agent")
 	fs.DurationVar(&cfg.KeepaliveTimeout, "keepalive-timeout", cfg.KeepaliveTimeout, "how long the server waits for a ping reply before closing")
 	fs.DurationVar(&cfg.CommandTTL, "command-ttl", cfg.CommandTTL, "how long a command may wait (agent offline) before it expires")
+	fs.DurationVar(&cfg.HistoryRetention, "history-retention", cfg.HistoryRetention, "how long finished commands and their events are kept (0 keeps them forever)")
 	fs.IntVar(&cfg.DefaultParallelTenants, "max-parallel-tenants", cfg.DefaultParallelTenants, "tenants refreshed at once by a rollout that does not say")
 	fs.DurationVar(&cfg.ReconcileBackoff, "reconcile-backoff", cfg.ReconcileBackoff, "wait after a failed automatic refresh; doubles per failure")
 	fs.DurationVar(&cfg.ReconcileBackoffMax, "reconcile-backoff-max", cfg.ReconcileBackoffMax, "longest wait between automatic refresh attempts")

@@ -416,6 +416,28 @@ func (s *Store) AdvanceCommands(ctx context.Context, refs []store.CommandRef, fr
 	return changed, err
 }
 
+func (s *Store) PruneHistory(ctx context.Context, cutoff time.Time) (int, error) {
+	var n int64
+	err := s.tx(ctx, func(tx *sql.Tx) error {
+		marks := strings.TrimSuffix(strings.Repeat("?,", len(store.ActiveStates)), ",")
+		args := []any{cutoff.UnixNano()}
+		for _, st := range store.ActiveStates {
+			args = append(args, int32(st))
+		}
+		old := `SELECT id FROM commands WHERE updated_at < ? AND state NOT IN (` + marks + `)`
+		if _, err := tx.ExecContext(ctx, `DELETE FROM command_events WHERE command_id IN (`+old+`)`, args...); err != nil {
+			return err
+		}
+		res, err := tx.ExecContext(ctx, `DELETE FROM commands WHERE updated_at < ? AND state NOT IN (`+marks+`)`, args...)
+		if err != nil {
+			return err
+		}
+		n, err = res.RowsAffected()
+		return err
+	})
+	return int(n), err
+}
+
 const insertEventSQL = `INSERT INTO command_events (command_id, at, state, progress, message) VALUES (?, ?, ?, ?, ?)`
 
 func insertEvent(ctx context.Context, tx *sql.Tx, ev store.Event) error {

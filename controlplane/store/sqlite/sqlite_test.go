@@ -184,3 +184,40 @@ func TestAdvanceCommandsMovesOnlyFromTheGivenStates(t *testing.T) {
 		t.Errorf("a's events = %+v", evs)
 	}
 }
+
+func TestPruneHistoryKeepsUnfinishedAndRecent(t *testing.T) {
+	ctx := context.Background()
+	s := open(t, filepath.Join(t.TempDir(), "cp.db"))
+	old := time.Now().Add(-48 * time.Hour)
+	for _, c := range []*store.Command{cmd("old-done", "a", "codex"), cmd("old-pending", "b", "codex"), cmd("new-done", "c", "codex")} {
+		if c.ID != "new-done" {
+			c.CreatedAt, c.UpdatedAt = old, old
+		}
+		if _, err := s.InsertCommands(ctx, []*store.Command{c}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, id := range []string{"old-done", "new-done"} {
+		s.UpdateCommand(ctx, id, func(c *store.Command) bool {
+			c.State = controlplanev1.CommandState_COMMAND_STATE_SUCCEEDED
+			return true
+		}, nil)
+	}
+	// UpdateCommand stamps no time of its own: age old-done by hand.
+	s.db.ExecContext(ctx, `UPDATE commands SET updated_at = ? WHERE id = 'old-done'`, old.UnixNano())
+	n, err := s.PruneHistory(ctx, time.Now().Add(-24*time.Hour))
+	if err != nil || n != 1 {
+		t.Fatalf("pruned %d, %v; want 1", n, err)
+	}
+	if _, err := s.GetCommand(ctx, "old-done"); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("old finished command kept: %v", err)
+	}
+	if evs, _ := s.ListEvents(ctx, "old-done"); len(evs) != 0 {
+		t.Errorf("its events kept: %v", evs)
+	}
+	for _, id := range []string{"old-pending", "new-done"} {
+		if _, err := s.GetCommand(ctx, id); err != nil {
+			t.Errorf("%s pruned: %v", id, err)
+		}
+	}
+}
