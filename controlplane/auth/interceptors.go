@@ -2,9 +2,12 @@ package auth
 
 import (
 	"context"
+	"crypto/x509"
+	"errors"
 	"log/slog"
 	"runtime/debug"
 
+	middleware "github.com/grpc-ecosystem/go-grpc-middleware/v2"
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors"
 	grpcauth "github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/auth"
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/logging"
@@ -27,13 +30,25 @@ type Interceptors struct {
 	Policy      *Policy
 	// Check, if set, refuses denied peers on every call, not only at the
 	// handshake, so a denial also stops a connection already open.
-	Check  mtls.PeerCheck
+	Check mtls.PeerCheck
+	// Tracker, if set, follows every authorized call so that a denial
+	// while it runs ends it (a WatchAgents stream stays open for days).
+	Tracker CallTracker
+	// Admit, if set, may refuse an authorized call, e.g. an agent that
+	// reconnects too often; it returns a gRPC status error.
+	Admit  func(ctx context.Context, id identity.Identity, method string) error
 	Logger *slog.Logger
 }
 
+// CallTracker ends calls whose peer is revoked while they run: the context
+// it returns is canceled with an ErrRevoked cause.
+type CallTracker interface {
+	TrackCall(ctx context.Context, id identity.Identity, cert *x509.Certificate) (_ context.Context, done func())
+}
+
 // ServerOptions returns, outermost first: panic recovery, authentication
-// and per-method authorization, and one log line per finished call (health
-// checks are not logged).
+// and per-method authorization (and admission), revocation tracking, and
+// one log line per finished call (health checks are not logged).
 func (c Interceptors) ServerOptions() []grpc.ServerOption {
 	logger := c.Logger
 	if logger == nil {
@@ -64,11 +79,13 @@ func (c Interceptors) ServerOptions() []grpc.ServerOption {
 		grpc.ChainUnaryInterceptor(
 			recovery.UnaryServerInterceptor(recoveryOpt),
 			grpcauth.UnaryServerInterceptor(authenticate),
+			c.trackUnary,
 			selector.UnaryServerInterceptor(logging.UnaryServerInterceptor(slogger, loggingOpts...), notHealth),
 		),
 		grpc.ChainStreamInterceptor(
 			recovery.StreamServerInterceptor(recoveryOpt),
 			grpcauth.StreamServerInterceptor(authenticate),
+			c.trackStream,
 			selector.StreamServerInterceptor(logging.StreamServerInterceptor(slogger, loggingOpts...), notHealth),
 		),
 	}
@@ -103,6 +120,47 @@ func (c Interceptors) authenticate(logger *slog.Logger) grpcauth.AuthFunc {
 			logger.WarnContext(ctx, "call refused", "method", method, "identity", id.ID, "reason", err)
 			return nil, status.Error(codes.PermissionDenied, err.Error())
 		}
+		if c.Admit != nil {
+			if err := c.Admit(ctx, id, method); err != nil {
+				return nil, err // Admit logs, rate-limited: refusals come in floods
+			}
+		}
 		return identity.NewContext(ctx, id), nil
 	}
+}
+
+func (c Interceptors) trackUnary(ctx context.Context, req any, _ *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	ctx, done := c.track(ctx)
+	defer done()
+	resp, err := handler(ctx, req)
+	return resp, revokedStatus(ctx, err)
+}
+
+func (c Interceptors) trackStream(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+	ctx, done := c.track(ss.Context())
+	defer done()
+	err := handler(srv, &middleware.WrappedServerStream{ServerStream: ss, WrappedContext: ctx})
+	return revokedStatus(ctx, err)
+}
+
+func (c Interceptors) track(ctx context.Context) (context.Context, func()) {
+	id, ok := identity.FromContext(ctx)
+	p, pok := peer.FromContext(ctx)
+	if c.Tracker == nil || !ok || !pok {
+		return ctx, func() {}
+	}
+	cert, err := mtls.PeerCertificate(p.AuthInfo)
+	if err != nil {
+		return ctx, func() {}
+	}
+	return c.Tracker.TrackCall(ctx, id, cert)
+}
+
+// revokedStatus replaces whatever a revoked call's handler returned (a
+// cancellation, a closed stream) with the reason it was ended.
+func revokedStatus(ctx context.Context, err error) error {
+	if cause := context.Cause(ctx); errors.Is(cause, ErrRevoked) {
+		return status.Error(codes.PermissionDenied, cause.Error())
+	}
+	return err
 }

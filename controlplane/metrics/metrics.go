@@ -27,6 +27,7 @@ type Metrics struct {
 	pullDuration    prometheus.Histogram
 	downtime        prometheus.Histogram
 	containers      *prometheus.CounterVec
+	refused         *prometheus.CounterVec
 }
 
 // New registers the collectors; the gauges read the live session registry
@@ -55,12 +56,22 @@ func New(sessions *session.Registry, f *fleet.Fleet) *Metrics {
 		containers: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: namespace, Name: "containers_refreshed_total", Help: "Containers handled by refreshes, by outcome.",
 		}, []string{"outcome"}),
+		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: namespace, Name: "agent_admissions_refused_total",
+			Help: "Agent connections closed over the connection cap (reason=connection_cap) and streams refused for reconnecting too often (reason=reconnect_rate).",
+		}, []string{"reason"}),
 	}
-	m.Registry.MustRegister(m.commands, m.commandDuration, m.pullBytes, m.pullDuration, m.downtime, m.containers,
+	m.Registry.MustRegister(m.commands, m.commandDuration, m.pullBytes, m.pullDuration, m.downtime, m.containers, m.refused,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		&liveCollector{sessions: sessions, fleet: f})
 	return m
 }
+
+// ConnRefused counts an agent connection closed over the connection cap.
+func (m *Metrics) ConnRefused() { m.refused.WithLabelValues("connection_cap").Inc() }
+
+// ReconnectRefused counts an agent stream refused for reconnecting too often.
+func (m *Metrics) ReconnectRefused() { m.refused.WithLabelValues("reconnect_rate").Inc() }
 
 // CommandFinished records a command that ended (dispatch.Observer).
 func (m *Metrics) CommandFinished(c *store.Command) {

@@ -21,7 +21,8 @@ type Config struct {
 	AgentAddr string
 	// AdminAddr serves controlplane.v1.AdminService, reflection and health.
 	AdminAddr string
-	// HTTPAddr serves /metrics and /healthz (plain HTTP: no secrets there).
+	// HTTPAddr serves /metrics and /healthz (plain HTTP: no secrets there,
+	// but tenant names; loopback by default).
 	HTTPAddr string
 	// TLS is the control plane's server certificate, key and the CA bundle
 	// clients are verified against.
@@ -53,6 +54,25 @@ type Config struct {
 	ReconcileBackoffMax time.Duration
 	// SendQueue is each agent session's queue length.
 	SendQueue int
+
+	// HandshakeTimeout bounds a new connection's TLS and HTTP/2 handshake
+	// on both gRPC listeners (grpc-go's own default is 120 s, long enough
+	// for idle sockets to pile up).
+	HandshakeTimeout time.Duration
+	// MaxAgentConns caps the agent listener's open connections; one more
+	// is closed as soon as it is accepted.
+	MaxAgentConns int
+	// MaxStreamsPerConn caps concurrent streams on one agent connection
+	// (an agent needs one).
+	MaxStreamsPerConn int
+	// AgentIdleTimeout closes an agent connection that has had no stream
+	// for this long.
+	AgentIdleTimeout time.Duration
+	// ReconnectBurst streams per agent identity are admitted at once, then
+	// one per ReconnectInterval; more are refused with ResourceExhausted
+	// and a retry hint.
+	ReconnectBurst    int
+	ReconnectInterval time.Duration
 	// ShutdownGrace bounds draining streams at shutdown; ReconnectStagger
 	// spreads the agents' reconnects over this long.
 	ShutdownGrace    time.Duration
@@ -66,14 +86,17 @@ type Config struct {
 // Defaults returns the configuration the binary starts from.
 func Defaults() Config {
 	return Config{
-		AgentAddr: ":7443", AdminAddr: ":7444", HTTPAddr: ":9090",
+		// /metrics names every connected tenant: loopback unless told.
+		AgentAddr: ":7443", AdminAddr: ":7444", HTTPAddr: "127.0.0.1:9090",
 		TLS:         mtls.Files{Cert: "certs/dev/controlplane.pem", Key: "certs/dev/controlplane-key.pem", CA: "certs/dev/ca.pem"},
 		TrustDomain: "molecule.local", StorePath: "var/controlplane.db",
 		HeartbeatInterval: 15 * time.Second,
 		KeepaliveMinTime:  15 * time.Second, KeepaliveTime: time.Minute, KeepaliveTimeout: 20 * time.Second,
 		CommandTTL: 24 * time.Hour, HistoryRetention: 90 * 24 * time.Hour, DefaultParallelTenants: 10,
 		ReconcileBackoff: time.Minute, ReconcileBackoffMax: time.Hour,
-		SendQueue:     256,
+		SendQueue:        256,
+		HandshakeTimeout: 10 * time.Second, MaxAgentConns: 25000, MaxStreamsPerConn: 4, AgentIdleTimeout: 5 * time.Minute,
+		ReconnectBurst: 5, ReconnectInterval: 10 * time.Second,
 		ShutdownGrace: 10 * time.Second, ReconnectStagger: 30 * time.Second,
 	}
 }
@@ -113,6 +136,9 @@ func (c *Config) CheckAndSetDefaults() error {
 		{"reconcile-backoff", &c.ReconcileBackoff, d.ReconcileBackoff},
 		{"reconcile-backoff-max", &c.ReconcileBackoffMax, d.ReconcileBackoffMax},
 		{"shutdown-grace", &c.ShutdownGrace, d.ShutdownGrace},
+		{"handshake-timeout", &c.HandshakeTimeout, d.HandshakeTimeout},
+		{"agent-idle-timeout", &c.AgentIdleTimeout, d.AgentIdleTimeout},
+		{"reconnect-interval", &c.ReconnectInterval, d.ReconnectInterval},
 	}
 	for _, p := range positive {
 		switch {
@@ -134,8 +160,22 @@ func (c *Config) CheckAndSetDefaults() error {
 	if c.DefaultParallelTenants <= 0 {
 		c.DefaultParallelTenants = d.DefaultParallelTenants
 	}
-	if c.SendQueue <= 0 {
-		c.SendQueue = d.SendQueue
+	for _, n := range []struct {
+		name string
+		v    *int
+		def  int
+	}{
+		{"send-queue", &c.SendQueue, d.SendQueue},
+		{"max-agent-conns", &c.MaxAgentConns, d.MaxAgentConns},
+		{"max-streams-per-conn", &c.MaxStreamsPerConn, d.MaxStreamsPerConn},
+		{"reconnect-burst", &c.ReconnectBurst, d.ReconnectBurst},
+	} {
+		switch {
+		case *n.v < 0:
+			errs = append(errs, fmt.Errorf("--%s is negative", n.name))
+		case *n.v == 0:
+			*n.v = n.def
+		}
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()

@@ -21,6 +21,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/molecule-ai/tenant-agent/controlplane/adminsvc"
+	"github.com/molecule-ai/tenant-agent/controlplane/admission"
 	"github.com/molecule-ai/tenant-agent/controlplane/agentsvc"
 	"github.com/molecule-ai/tenant-agent/controlplane/auth"
 	"github.com/molecule-ai/tenant-agent/controlplane/dispatch"
@@ -32,6 +33,7 @@ import (
 	"github.com/molecule-ai/tenant-agent/controlplane/store/sqlite"
 	controlplanev1 "github.com/molecule-ai/tenant-agent/gen/controlplane/v1"
 	tenantagentv1 "github.com/molecule-ai/tenant-agent/gen/tenantagent/v1"
+	"github.com/molecule-ai/tenant-agent/pkg/identity"
 	"github.com/molecule-ai/tenant-agent/pkg/mtls"
 	"github.com/molecule-ai/tenant-agent/pkg/version"
 )
@@ -55,6 +57,10 @@ type Server struct {
 	serving    atomic.Bool
 
 	agentLis, adminLis, httpLis net.Listener
+	agentConns                  *admission.Listener
+	reconnects                  *admission.Reconnects
+	metrics                     *metrics.Metrics
+	deny                        *auth.DenyList
 	agentSrv, adminSrv          *grpc.Server
 	httpSrv                     *http.Server
 
@@ -82,6 +88,7 @@ func New(cfg Config) (_ *Server, err error) {
 		return nil, fmt.Errorf("open store: %w", err)
 	}
 	deny := auth.NewDenyList()
+	s.deny = deny
 	s.sessions = session.NewRegistry(cfg.SendQueue)
 	fl, err := fleet.New(s.lifetime, fleet.Config{Store: s.store, Sessions: s.sessions, Deny: deny, Logger: logger})
 	if err != nil {
@@ -89,6 +96,7 @@ func New(cfg Config) (_ *Server, err error) {
 	}
 	s.fleet = fl
 	m := metrics.New(s.sessions, fl)
+	s.metrics = m
 	if s.dispatcher, err = dispatch.New(dispatch.Config{Store: s.store, Sessions: s.sessions, Logger: logger, Observer: m, HistoryRetention: cfg.HistoryRetention}); err != nil {
 		return nil, err
 	}
@@ -115,9 +123,10 @@ func New(cfg Config) (_ *Server, err error) {
 		return nil, err
 	}
 	grants, _ := auth.ParseGrants(cfg.ServiceGrants) // checked in CheckAndSetDefaults
-	creds := mtls.ServerCredentials(src, mtls.ServerOptions{TrustDomain: cfg.TrustDomain, Check: deny.Check, Logger: logger})
-	common := append([]grpc.ServerOption{grpc.Creds(creds)}, auth.Interceptors{
-		TrustDomain: cfg.TrustDomain, Policy: auth.NewPolicy(grants), Check: deny.Check, Logger: logger,
+	creds := mtls.ServerCredentials(src, mtls.ServerOptions{TrustDomain: cfg.TrustDomain, Check: deny.Check, Track: deny.TrackConn, Logger: logger})
+	s.reconnects = admission.NewReconnects(cfg.ReconnectBurst, cfg.ReconnectInterval, logger)
+	common := append([]grpc.ServerOption{grpc.Creds(creds), grpc.ConnectionTimeout(cfg.HandshakeTimeout)}, auth.Interceptors{
+		TrustDomain: cfg.TrustDomain, Policy: auth.NewPolicy(grants), Check: deny.Check, Tracker: deny, Admit: s.admit, Logger: logger,
 	}.ServerOptions()...)
 
 	s.agentSrv = grpc.NewServer(append(common,
@@ -129,7 +138,8 @@ func New(cfg Config) (_ *Server, err error) {
 		grpc.WriteBufferSize(agentConnBuffer),
 		grpc.SharedWriteBuffer(true),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: cfg.KeepaliveMinTime, PermitWithoutStream: true}),
-		grpc.KeepaliveParams(keepalive.ServerParameters{Time: cfg.KeepaliveTime, Timeout: cfg.KeepaliveTimeout}),
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: cfg.KeepaliveTime, Timeout: cfg.KeepaliveTimeout, MaxConnectionIdle: cfg.AgentIdleTimeout}),
+		grpc.MaxConcurrentStreams(uint32(cfg.MaxStreamsPerConn)),
 	)...)
 	tenantagentv1.RegisterAgentServiceServer(s.agentSrv, agents)
 
@@ -162,10 +172,25 @@ func New(cfg Config) (_ *Server, err error) {
 			return nil, err
 		}
 	}
+	s.agentConns = admission.LimitListener(s.agentLis, cfg.MaxAgentConns, m.ConnRefused)
+	s.agentLis = s.agentConns
 	if err := s.rollouts.Resume(s.lifetime); err != nil {
 		return nil, fmt.Errorf("resume rollouts: %w", err)
 	}
 	return s, nil
+}
+
+// admit refuses an agent stream that comes too soon after the identity's
+// last ones; other calls pass.
+func (s *Server) admit(ctx context.Context, id identity.Identity, method string) error {
+	if method != tenantagentv1.AgentService_Connect_FullMethodName {
+		return nil
+	}
+	err := s.reconnects.Admit(ctx, id)
+	if err != nil {
+		s.metrics.ReconnectRefused()
+	}
+	return err
 }
 
 // AgentAddr, AdminAddr and HTTPAddr are the bound addresses.

@@ -24,9 +24,16 @@ type ServerOptions struct {
 	TrustDomain string
 	// Check, if set, may refuse a verified peer.
 	Check PeerCheck
+	// Track, if set, is given every accepted connection with its verified
+	// peer, and returns the connection gRPC will use (one it can close on
+	// revocation).
+	Track ConnTracker
 	// Logger receives one line per refused handshake.
 	Logger *slog.Logger
 }
+
+// ConnTracker follows an accepted connection of a verified peer.
+type ConnTracker func(conn net.Conn, id identity.Identity, cert *x509.Certificate) net.Conn
 
 // ServerCredentials returns gRPC server credentials that require a client
 // certificate verified against the current CA bundle and carrying exactly
@@ -52,7 +59,7 @@ func ServerCredentials(src *Source, opts ServerOptions) credentials.TransportCre
 		}
 		return err
 	}
-	return credentials.NewTLS(&tls.Config{
+	creds := credentials.NewTLS(&tls.Config{
 		MinVersion: tls.VersionTLS13,
 		GetConfigForClient: func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
 			m := src.Current()
@@ -65,6 +72,40 @@ func ServerCredentials(src *Source, opts ServerOptions) credentials.TransportCre
 			}, nil
 		},
 	})
+	if opts.Track == nil {
+		return creds
+	}
+	return &trackingCredentials{TransportCredentials: creds, trustDomain: opts.TrustDomain, track: opts.Track}
+}
+
+// trackingCredentials hands each connection that passed the handshake to
+// a ConnTracker.
+type trackingCredentials struct {
+	credentials.TransportCredentials
+	trustDomain string
+	track       ConnTracker
+}
+
+func (c *trackingCredentials) ServerHandshake(raw net.Conn) (net.Conn, credentials.AuthInfo, error) {
+	conn, info, err := c.TransportCredentials.ServerHandshake(raw)
+	if err != nil {
+		return conn, info, err
+	}
+	cert, err := PeerCertificate(info)
+	if err != nil {
+		conn.Close()
+		return nil, nil, err
+	}
+	id, err := identity.FromCertificate(cert, c.trustDomain)
+	if err != nil { // verifyPeer already refused these; never reached
+		conn.Close()
+		return nil, nil, err
+	}
+	return c.track(conn, id, cert), info, nil
+}
+
+func (c *trackingCredentials) Clone() credentials.TransportCredentials {
+	return &trackingCredentials{TransportCredentials: c.TransportCredentials.Clone(), trustDomain: c.trustDomain, track: c.track}
 }
 
 // ClientCredentials returns gRPC client credentials that present the

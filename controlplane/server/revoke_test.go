@@ -1,0 +1,100 @@
+package server
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/molecule-ai/tenant-agent/certs/pki"
+	"github.com/molecule-ai/tenant-agent/controlplane/cptest"
+	controlplanev1 "github.com/molecule-ai/tenant-agent/gen/controlplane/v1"
+	"github.com/molecule-ai/tenant-agent/pkg/identity"
+)
+
+// A denied operator certificate loses its open WatchAgents stream within a
+// second, with the reason, and its connection: checking the deny list only
+// when a call starts would leave fleet events flowing to it for days.
+func TestDenyCertificateEndsOpenAdminStreams(t *testing.T) {
+	h := newHarness(t, "acme")
+	_, leaked := h.pki.Issue(t, "operator-leaked", pki.Leaf{SPIFFEID: "spiffe://molecule.local/operator/leaked", Client: true})
+	watcher := h.admin("operator-leaked")
+	watchCtx, cancel := context.WithTimeout(context.Background(), wait)
+	defer cancel()
+	stream, err := watcher.WatchAgents(watchCtx, &controlplanev1.WatchAgentsRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ev, err := stream.Recv(); err != nil || ev.GetKind() != controlplanev1.AgentEventKind_AGENT_EVENT_KIND_SYNCED {
+		t.Fatalf("first event %v, %v; want SYNCED", ev, err)
+	}
+	h.agent("acme", codex(digestV1)) // events flow to the watcher
+	if ev, err := stream.Recv(); err != nil || ev.GetAgent().GetTenant() != "acme" {
+		t.Fatalf("event %v, %v; want acme's", ev, err)
+	}
+
+	serial := identity.SerialHex(leaked.Cert)
+	op := h.operator()
+	if _, err := op.ListAgents(ctx(t), &controlplanev1.ListAgentsRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	_, connsBefore := h.srv.deny.Open()
+	deniedAt := time.Now()
+	if _, err := op.DenyCertificate(ctx(t), &controlplanev1.DenyCertificateRequest{Serial: serial, Reason: "laptop stolen"}); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		_, err := stream.Recv()
+		if err == nil {
+			continue // an event already on its way
+		}
+		if took := time.Since(deniedAt); took > time.Second {
+			t.Errorf("stream ended %s after the denial; want within a second", took)
+		}
+		if status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), "laptop stolen") {
+			t.Fatalf("stream ended with %v; want PermissionDenied with the reason", err)
+		}
+		break
+	}
+	// The connection is closed too, and a new one is refused at the handshake.
+	if _, err := watcher.ListAgents(ctx(t), &controlplanev1.ListAgentsRequest{}); status.Code(err) != codes.Unavailable && status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("call after the denial: %v; want refused", err)
+	}
+	eventually(t, "the denied connection to close", func() bool {
+		_, conns := h.srv.deny.Open()
+		return conns == connsBefore-1
+	})
+}
+
+// Denying a tenant ends its agent's stream and any admin stream its
+// certificates hold, on both listeners.
+func TestDenyTenantEndsAgentStreamsAndConnections(t *testing.T) {
+	h := newHarness(t, "acme", "globex")
+	acme := h.agent("acme", codex(digestV1))
+	globex := h.agent("globex", codex(digestV1))
+	if _, err := h.operator().DenyTenant(ctx(t), &controlplanev1.DenyTenantRequest{Tenant: "acme", Reason: "host compromised"}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-acme.Done():
+	case <-time.After(time.Second):
+		t.Fatal("acme's stream still open a second after the denial")
+	}
+	if err := acme.Err(); status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), "host compromised") {
+		t.Fatalf("acme's stream ended with %v; want PermissionDenied with the reason", err)
+	}
+	if _, err := cptest.Dial(t, h.srv.AgentAddr(), h.pki.Files("agent-acme"), codex(digestV1)); err == nil {
+		t.Fatal("a denied tenant's agent connected again")
+	}
+	if err := globex.SendHealth(); err != nil {
+		t.Fatalf("another tenant was disturbed: %v", err)
+	}
+	select {
+	case <-globex.Done():
+		t.Fatalf("globex's stream ended: %v", globex.Err())
+	case <-time.After(300 * time.Millisecond):
+	}
+}
