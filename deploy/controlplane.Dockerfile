@@ -5,4 +5,14 @@ COPY bin/controlplane /controlplane
 # Certificates and the SQLite file live in volumes.
 VOLUME ["/certs", "/var/lib/controlplane"]
 EXPOSE 7443 7444 9090
-ENTRYPOINT ["/controlplane", "--cert", "/certs/controlplane.pem", "--key", "/certs/controlplane-key.pem", "--ca", "/certs/ca.pem", "--store", "/var/lib/controlplane/controlplane.db"]
+# Settings as CONTROLPLANE_* defaults, so `docker run -e` overrides them.
+# Inside a container the published ports decide what is reachable, so the
+# HTTP port listens on all of the container's interfaces (the binary's own
+# default is loopback: /metrics names tenants; publish 9090 only to a
+# private network).
+ENV CONTROLPLANE_CERT=/certs/controlplane.pem \
+    CONTROLPLANE_KEY=/certs/controlplane-key.pem \
+    CONTROLPLANE_CA=/certs/ca.pem \
+    CONTROLPLANE_STORE=/var/lib/controlplane/controlplane.db \
+    CONTROLPLANE_HTTP_ADDR=:9090
+ENTRYPOINT ["/controlplane"]
