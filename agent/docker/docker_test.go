@@ -194,7 +194,11 @@ func (f *fixture) target(digest string) docker.Target {
 	return docker.Target{Repository: f.repo, Digest: digest, ImageID: res.ImageID}
 }
 
-var opts = docker.RecreateOptions{HealthGateTimeout: 30 * time.Second, StabilityWindow: time.Second, Suffix: "t1"}
+// opts are a recreate's options for the command with ID id, its suffix
+// made from id as the executor makes it.
+func (f *fixture) opts(id string) docker.RecreateOptions {
+	return docker.RecreateOptions{HealthGateTimeout: 30 * time.Second, StabilityWindow: time.Second, Suffix: id, Selector: f.sel, CommandID: "c-" + id}
+}
 
 func noJournal(docker.RecreateState) error        { return nil }
 func noReport(tenantagentv1.CommandPhase, string) {}
@@ -206,7 +210,7 @@ func TestRecreateKeepsEverything(t *testing.T) {
 	oldCache := mountNamed(old.Inspect, "/cache")
 
 	var steps []docker.Step
-	res := f.engine.Recreate(f.ctx(), old, f.target(f.v2), opts, func(s docker.RecreateState) error { steps = append(steps, s.Step); return nil }, noReport)
+	res := f.engine.Recreate(f.ctx(), old, f.target(f.v2), f.opts("t1"), func(s docker.RecreateState) error { steps = append(steps, s.Step); return nil }, noReport)
 	if res.GetOutcome() != tenantagentv1.ContainerOutcome_CONTAINER_OUTCOME_RECREATED {
 		t.Fatalf("outcome %v: %s", res.GetOutcome(), res.GetError())
 	}
@@ -252,6 +256,9 @@ func TestRecreateKeepsEverything(t *testing.T) {
 	if in.Config.Labels["molecule.workspace"] != "ws-1" || in.Config.Labels["org.opencontainers.image.version"] != "v2" {
 		t.Errorf("labels = %v", in.Config.Labels)
 	}
+	if !f.sel.Matches(in.Config.Labels) || in.Config.Labels[docker.CommandLabel] != "c-t1" {
+		t.Errorf("labels = %v, want the selector's and %s=c-t1", in.Config.Labels, docker.CommandLabel)
+	}
 	for i, alias := range []string{"ws-alias-a", "ws-alias-b"} {
 		ep := in.NetworkSettings.Networks[f.nets[i]]
 		if ep == nil || !slices.Contains(ep.Aliases, alias) {
@@ -287,7 +294,7 @@ func TestUnhealthyImageRollsBack(t *testing.T) {
 	f := newFixture(t)
 	f.start(true)
 	old := f.container()
-	res := f.engine.Recreate(f.ctx(), old, f.target(f.bad), opts, noJournal, noReport)
+	res := f.engine.Recreate(f.ctx(), old, f.target(f.bad), f.opts("t1"), noJournal, noReport)
 	if res.GetOutcome() != tenantagentv1.ContainerOutcome_CONTAINER_OUTCOME_ROLLED_BACK || !strings.Contains(res.GetError(), "unhealthy") {
 		t.Fatalf("outcome %v (%s), want ROLLED_BACK because unhealthy", res.GetOutcome(), res.GetError())
 	}
@@ -308,7 +315,7 @@ func TestStoppedContainerStaysStopped(t *testing.T) {
 	f := newFixture(t)
 	f.start(false)
 	old := f.container()
-	res := f.engine.Recreate(f.ctx(), old, f.target(f.v2), opts, noJournal, noReport)
+	res := f.engine.Recreate(f.ctx(), old, f.target(f.v2), f.opts("t1"), noJournal, noReport)
 	if res.GetOutcome() != tenantagentv1.ContainerOutcome_CONTAINER_OUTCOME_RECREATED || res.GetWasRunning() {
 		t.Fatalf("result %v", res)
 	}
@@ -335,12 +342,11 @@ func TestCrashAtEveryStepRecovers(t *testing.T) {
 				}
 				return nil
 			}
-			o := opts
-			o.Suffix = string(at)
+			o := f.opts(string(at))
 			if res := f.engine.Recreate(f.ctx(), old, target, o, journal, noReport); res != nil {
 				t.Fatalf("crash at %s returned a result %v", at, res)
 			}
-			res := f.engine.Recover(f.ctx(), last)
+			res := f.engine.Recover(f.ctx(), last, f.sel)
 			want := tenantagentv1.ContainerOutcome_CONTAINER_OUTCOME_ROLLED_BACK
 			if at == "remove-old" {
 				want = tenantagentv1.ContainerOutcome_CONTAINER_OUTCOME_RECREATED
@@ -355,7 +361,7 @@ func TestCrashAtEveryStepRecovers(t *testing.T) {
 			f.waitContains("/file?path=/data/history", " v1 ")
 			if at == "remove-old" {
 				// Back to v1 for the next case.
-				back := f.engine.Recreate(f.ctx(), now, f.target(f.v1), docker.RecreateOptions{HealthGateTimeout: time.Minute, StabilityWindow: time.Second, Suffix: "back"}, noJournal, noReport)
+				back := f.engine.Recreate(f.ctx(), now, f.target(f.v1), f.opts("back"), noJournal, noReport)
 				if back.GetOutcome() != tenantagentv1.ContainerOutcome_CONTAINER_OUTCOME_RECREATED {
 					t.Fatalf("back to v1: %v", back)
 				}

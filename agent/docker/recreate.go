@@ -33,7 +33,10 @@ const (
 
 // RecreateState is what the journal keeps of one container's recreate.
 type RecreateState struct {
-	Name       string `json:"name"`
+	Name string `json:"name"`
+	// CommandID is on the replacement's CommandLabel; rollback and Recover
+	// act on a container found by name only if it carries it.
+	CommandID  string `json:"command_id,omitempty"`
 	OldID      string `json:"old_id"`
 	NewID      string `json:"new_id,omitempty"`
 	TempName   string `json:"temp_name"`
@@ -72,6 +75,13 @@ type RecreateOptions struct {
 	StabilityWindow time.Duration
 	// Suffix makes the temporary names unique to the command.
 	Suffix string
+	// Selector is the tenant's label selector: the old container must
+	// carry it, the replacement is created with it, and no container
+	// without it is touched.
+	Selector Selector
+	// CommandID goes on the replacement (CommandLabel), so a container
+	// found under the temporary name is removed only if this command made it.
+	CommandID string
 }
 
 // Recreate replaces c with a container on target (DESIGN.md §6): create the
@@ -82,7 +92,7 @@ type RecreateOptions struct {
 // every step; report describes steps for progress.
 func (e *Engine) Recreate(ctx context.Context, c Container, target Target, opts RecreateOptions, journal func(RecreateState) error, report func(tenantagentv1.CommandPhase, string)) *tenantagentv1.ContainerResult {
 	st := RecreateState{
-		Name: c.Name(), OldID: c.Inspect.ID, TempName: c.Name() + "-ta-new-" + opts.Suffix, AsideName: c.Name() + "-ta-old-" + opts.Suffix,
+		Name: c.Name(), CommandID: opts.CommandID, OldID: c.Inspect.ID, TempName: c.Name() + "-ta-new-" + opts.Suffix, AsideName: c.Name() + "-ta-old-" + opts.Suffix,
 		WasRunning: c.Inspect.State != nil && c.Inspect.State.Running, RestartPolicy: c.Inspect.HostConfig.RestartPolicy,
 		OldDigest: c.DigestFor(c.Repository), NewDigest: target.Digest,
 	}
@@ -98,14 +108,22 @@ func (e *Engine) Recreate(ctx context.Context, c Container, target Target, opts 
 	// Steps that must not be half-done when a cancel arrives run on a
 	// context that only a deadline ends.
 	work := context.WithoutCancel(ctx)
+	o := owner{sel: opts.Selector, commandID: opts.CommandID}
+	notAttempted := func(err error) *tenantagentv1.ContainerResult {
+		return fail(tenantagentv1.CommandPhase_COMMAND_PHASE_CREATING, tenantagentv1.ContainerOutcome_CONTAINER_OUTCOME_NOT_ATTEMPTED, fmt.Errorf("%w; nothing was changed", err))
+	}
 
-	// 1. Create the replacement, not started, under a temporary name.
+	// 1. Create the replacement, not started, under a temporary name that
+	// nobody else holds (a leftover of this very command is removed).
+	if err := e.checkOwnership(work, o, c, st.TempName); err != nil {
+		return notAttempted(err)
+	}
 	report(tenantagentv1.CommandPhase_COMMAND_PHASE_CREATING, "creating "+st.TempName+" on "+target.Ref())
 	spec := Rebuild(c.Inspect, c.ImageConfig, nil, target.Ref(), target.ImageID)
+	o.label(spec.Config)
 	if err := step(StepCreate); err != nil {
 		return crashed(err, res)
 	}
-	e.removeIfExists(work, st.TempName, st.OldID) // left over from an earlier attempt
 	created, err := e.cli.ContainerCreate(work, spec.Config, spec.HostConfig, spec.Network, nil, st.TempName)
 	if err != nil {
 		return fail(tenantagentv1.CommandPhase_COMMAND_PHASE_CREATING, tenantagentv1.ContainerOutcome_CONTAINER_OUTCOME_NOT_ATTEMPTED, fmt.Errorf("create replacement (old container untouched): %w", err))
@@ -116,15 +134,24 @@ func (e *Engine) Recreate(ctx context.Context, c Container, target Target, opts 
 	}
 	for name, ep := range spec.Connect {
 		if err := e.cli.NetworkConnect(work, name, created.ID, ep); err != nil {
-			e.removeIfExists(work, created.ID, st.OldID)
+			e.discard(work, o, created.ID)
 			return fail(tenantagentv1.CommandPhase_COMMAND_PHASE_CREATING, tenantagentv1.ContainerOutcome_CONTAINER_OUTCOME_NOT_ATTEMPTED, fmt.Errorf("connect replacement to network %s (old container untouched): %w", name, err))
 		}
+	}
+	// Both IDs are re-read before the first destructive step.
+	if err := e.checkCreated(work, o, st.NewID); err != nil {
+		e.discard(work, o, created.ID)
+		return notAttempted(fmt.Errorf("replacement: %w", err))
+	}
+	if _, err := e.checkTenant(work, o, st.OldID); err != nil {
+		e.discard(work, o, created.ID)
+		return notAttempted(fmt.Errorf("old container: %w", err))
 	}
 
 	// 2. Stop the old one and swap names. From here on, failure rolls back.
 	rollback := func(phase tenantagentv1.CommandPhase, cause error) *tenantagentv1.ContainerResult {
 		report(tenantagentv1.CommandPhase_COMMAND_PHASE_ROLLING_BACK, "rolling back "+st.Name+": "+cause.Error())
-		if err := e.rollback(work, st); err != nil {
+		if err := e.rollback(work, st, o.sel); err != nil {
 			return fail(phase, tenantagentv1.ContainerOutcome_CONTAINER_OUTCOME_FAILED, fmt.Errorf("%v; rollback incomplete: %w", cause, err))
 		}
 		return fail(phase, tenantagentv1.ContainerOutcome_CONTAINER_OUTCOME_ROLLED_BACK, cause)
@@ -187,11 +214,7 @@ func (e *Engine) Recreate(ctx context.Context, c Container, target Target, opts 
 	if err := step(StepRemoveOld); err != nil {
 		return crashed(err, res)
 	}
-	if err := e.cli.ContainerRemove(work, st.OldID, container.RemoveOptions{RemoveVolumes: false}); err != nil && !cerrdefs.IsNotFound(err) {
-		// The new container runs; a leftover stopped container is only
-		// clutter, reported but not undone.
-		e.logger.Warn("old container not removed", "container", st.AsideName, "error", err)
-	}
+	e.removeOld(work, o, st)
 	if err := step(StepDone); err != nil {
 		return crashed(err, res)
 	}
@@ -213,18 +236,18 @@ func crashed(err error, res *tenantagentv1.ContainerResult) *tenantagentv1.Conta
 // Recover completes a recreate a previous agent process left at st.Step:
 // past the health gate it finishes (removes the old container); before
 // that it rolls back, so the container runs on old or new, never missing.
-func (e *Engine) Recover(ctx context.Context, st RecreateState) *tenantagentv1.ContainerResult {
+// It acts only on containers that carry the tenant's labels (sel) and, for
+// one found by its temporary name, st.CommandID.
+func (e *Engine) Recover(ctx context.Context, st RecreateState, sel Selector) *tenantagentv1.ContainerResult {
 	res := &tenantagentv1.ContainerResult{Name: st.Name, OldContainerId: st.OldID, WasRunning: st.WasRunning, OldDigest: st.OldDigest}
 	if st.Step == StepRemoveOld || st.Step == StepDone {
-		if err := e.cli.ContainerRemove(ctx, st.OldID, container.RemoveOptions{}); err != nil && !cerrdefs.IsNotFound(err) {
-			e.logger.Warn("old container not removed", "container", st.AsideName, "error", err)
-		}
+		e.removeOld(ctx, owner{sel: sel, commandID: st.CommandID}, st)
 		res.Outcome, res.NewContainerId, res.NewDigest = tenantagentv1.ContainerOutcome_CONTAINER_OUTCOME_RECREATED, st.NewID, st.NewDigest
 		return res
 	}
 	res.NewContainerId, res.NewDigest, res.FailedPhase = st.OldID, st.OldDigest, phaseOf(st.Step)
 	cause := fmt.Sprintf("the agent stopped during step %q", st.Step)
-	if err := e.rollback(ctx, st); err != nil {
+	if err := e.rollback(ctx, st, sel); err != nil {
 		res.Outcome, res.Error = tenantagentv1.ContainerOutcome_CONTAINER_OUTCOME_FAILED, cause+"; rollback incomplete: "+err.Error()
 		return res
 	}
@@ -235,22 +258,40 @@ func (e *Engine) Recover(ctx context.Context, st RecreateState) *tenantagentv1.C
 // rollback restores the old container: the replacement removed, the old
 // one under its name with its restart policy, running if it was. Every
 // action checks the current state first, so it can run again after a crash.
-func (e *Engine) rollback(ctx context.Context, st RecreateState) error {
+// Only containers with the tenant's labels are touched, and a replacement
+// only if it carries st.CommandID: a crash before the create was journaled
+// leaves no ID, and whatever then holds the temporary name may be anyone's.
+func (e *Engine) rollback(ctx context.Context, st RecreateState, sel Selector) error {
+	o := owner{sel: sel, commandID: st.CommandID}
+	var errs []error
 	newID := st.NewID
 	if newID == "" {
-		if in, err := e.cli.ContainerInspect(ctx, st.TempName); err == nil {
-			newID = in.ID
+		id, err := e.ownedTemp(ctx, o, st.TempName)
+		if err != nil {
+			e.logger.Warn("temporary name not ours; left alone", "name", st.TempName, "error", err)
 		}
+		newID = id
 	}
 	if newID != "" && newID != st.OldID {
-		if err := e.cli.ContainerRemove(ctx, newID, container.RemoveOptions{Force: true}); err != nil && !cerrdefs.IsNotFound(err) {
-			return fmt.Errorf("remove replacement: %w", err)
+		if err := e.removeCreated(ctx, o, newID); err != nil {
+			// Not ours after all (say, a journal edited by hand): left
+			// alone, and the old container is still restored.
+			errs = append(errs, fmt.Errorf("replacement left alone: %w", err))
 		}
 	}
-	old, err := e.cli.ContainerInspect(ctx, st.OldID)
+	old, err := e.checkTenant(ctx, o, st.OldID)
 	if err != nil {
-		return fmt.Errorf("old container %s: %w", shortID(st.OldID), err)
+		return errors.Join(append(errs, fmt.Errorf("old container: %w", err))...)
 	}
+	if err := e.restoreOld(ctx, st, old); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// restoreOld puts the old container back under its name with its restart
+// policy, started if it was running.
+func (e *Engine) restoreOld(ctx context.Context, st RecreateState, old container.InspectResponse) error {
 	if strings.TrimPrefix(old.Name, "/") != st.Name {
 		if err := e.cli.ContainerRename(ctx, st.OldID, st.Name); err != nil {
 			return fmt.Errorf("rename old container back: %w", err)
@@ -275,15 +316,41 @@ func (e *Engine) setRestartPolicy(ctx context.Context, id string, p container.Re
 	return err
 }
 
-// removeIfExists removes the container named or identified by ref, unless
-// it is keep.
-func (e *Engine) removeIfExists(ctx context.Context, ref, keep string) {
-	in, err := e.cli.ContainerInspect(ctx, ref)
-	if err != nil || in.ID == keep {
-		return
+// checkOwnership runs before anything is created: the old container must
+// be the tenant's (an empty selector or command ID fails here), and the
+// temporary name must be free or held by this command's own leftover,
+// which is removed.
+func (e *Engine) checkOwnership(ctx context.Context, o owner, c Container, tempName string) error {
+	if len(o.sel) == 0 || o.commandID == "" {
+		return errors.New("recreate needs the tenant selector and the command ID")
 	}
-	if err := e.cli.ContainerRemove(ctx, in.ID, container.RemoveOptions{Force: true}); err != nil {
-		e.logger.Warn("cannot remove leftover container", "container", ref, "error", err)
+	if !o.tenants(c.Inspect) {
+		return fmt.Errorf("container %s does not carry this tenant's labels", shortID(c.Inspect.ID))
+	}
+	leftover, err := e.ownedTemp(ctx, o, tempName)
+	if err != nil || leftover == "" {
+		return err
+	}
+	return e.removeCreated(ctx, o, leftover)
+}
+
+// discard removes a replacement that never served, logging a failure.
+func (e *Engine) discard(ctx context.Context, o owner, id string) {
+	if err := e.removeCreated(ctx, o, id); err != nil {
+		e.logger.Warn("cannot remove the unused replacement", "container", shortID(id), "error", err)
+	}
+}
+
+// removeOld removes the old container once the replacement has passed,
+// never its volumes. A failure leaves only a stopped container behind: it
+// is logged, not undone.
+func (e *Engine) removeOld(ctx context.Context, o owner, st RecreateState) {
+	_, err := e.checkTenant(ctx, o, st.OldID)
+	if err == nil {
+		err = e.cli.ContainerRemove(ctx, st.OldID, container.RemoveOptions{RemoveVolumes: false})
+	}
+	if err != nil && !cerrdefs.IsNotFound(err) {
+		e.logger.Warn("old container not removed", "container", st.AsideName, "error", err)
 	}
 }
 

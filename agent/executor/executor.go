@@ -280,7 +280,8 @@ func (x *Executor) Refresh(ctx context.Context, cmd *tenantagentv1.RefreshRuntim
 	}
 	result.PullDuration, result.PulledBytes = durationpb.New(pulled.Duration), pulled.Bytes
 	target := docker.Target{Repository: repo, Digest: digest, ImageID: pulled.ImageID}
-	opts := docker.RecreateOptions{HealthGateTimeout: x.cfg.HealthGateTimeout, StabilityWindow: x.cfg.StabilityWindow, Suffix: shortCommand(id)}
+	opts := docker.RecreateOptions{HealthGateTimeout: x.cfg.HealthGateTimeout, StabilityWindow: x.cfg.StabilityWindow, Suffix: shortCommand(id),
+		Selector: x.cfg.Selector, CommandID: id}
 	if o := cmd.GetOptions(); o != nil {
 		if d := o.GetHealthGateTimeout().AsDuration(); d > 0 {
 			opts.HealthGateTimeout = d
@@ -365,7 +366,10 @@ func (x *Executor) Recover(ctx context.Context, id, ref string, states []docker.
 			continue
 		}
 		x.cfg.Logger.Warn("recovering an interrupted recreate", "command", id, "container", st.Name, "step", st.Step)
-		result.Containers = append(result.Containers, x.cfg.Engine.Recover(ctx, st))
+		if st.CommandID == "" {
+			st.CommandID = id // journaled before the state carried it
+		}
+		result.Containers = append(result.Containers, x.cfg.Engine.Recover(ctx, st, x.cfg.Selector))
 	}
 	return summarize(result)
 }

@@ -126,7 +126,7 @@ func run(d *registrytest.Standalone, rounds int) {
 			before := started(d, port)
 			up := watch(d, port, before)
 			var t0 time.Time
-			opts := docker.RecreateOptions{HealthGateTimeout: time.Minute, StabilityWindow: time.Second, Suffix: fmt.Sprintf("b%d", round)}
+			opts := docker.RecreateOptions{HealthGateTimeout: time.Minute, StabilityWindow: time.Second, Suffix: fmt.Sprintf("b%d", round), Selector: sel, CommandID: fmt.Sprintf("bench-%d", round)}
 			res := engine.Recreate(ctx, list(), next(), opts, func(docker.RecreateState) error { return nil }, func(p tenantagentv1.CommandPhase, _ string) {
 				if p == tenantagentv1.CommandPhase_COMMAND_PHASE_STOPPING {
 					t0 = time.Now()

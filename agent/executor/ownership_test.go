@@ -1,0 +1,90 @@
+package executor
+
+import (
+	"context"
+	"crypto/rand"
+	"fmt"
+	"io"
+	"log/slog"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/docker/docker/api/types/container"
+
+	"github.com/molecule-ai/tenant-agent/agent/docker"
+	tenantagentv1 "github.com/molecule-ai/tenant-agent/gen/tenantagent/v1"
+	"github.com/molecule-ai/tenant-agent/internal/registrytest"
+)
+
+// A refresh whose temporary name is already held by a container the agent
+// does not manage (another tenant's, or one without labels) fails with an
+// error that says so, and leaves that container and the workspace exactly
+// as they were.
+func TestRefreshRefusesTempNameHeldByAnother(t *testing.T) {
+	for name, labels := range map[string]func(ws string) map[string]string{
+		"another tenant's container": func(ws string) map[string]string {
+			return map[string]string{"molecule.org-id": "tenant-b-" + ws, "molecule.platform.managed": "true"}
+		},
+		"an unlabelled container": func(string) map[string]string { return nil },
+	} {
+		t.Run(name, func(t *testing.T) {
+			cli := registrytest.Docker(t)
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+			defer cancel()
+			logger := slog.New(slog.NewTextHandler(io.Discard, nil))
+			engine, err := docker.New("", logger)
+			if err != nil {
+				t.Fatal(err)
+			}
+			reg := registrytest.StartRegistry(t)
+			repo, v1 := reg.Push(t, "molecule-ai/workspace-template-codex", registrytest.WorkspaceImage(t, registrytest.Image{Version: "v1"}))
+			_, v2 := reg.Push(t, "molecule-ai/workspace-template-codex", registrytest.WorkspaceImage(t, registrytest.Image{Version: "v2"}))
+			t.Cleanup(func() { registrytest.RemoveImages(t, cli, repo) })
+			if _, err := engine.Pull(ctx, repo+"@"+v1, docker.PullOptions{}, nil); err != nil {
+				t.Fatal(err)
+			}
+			b := make([]byte, 4)
+			rand.Read(b)
+			ws := fmt.Sprintf("ws-%x", b)
+			sel := docker.Selector{"molecule.org-id": "own-" + ws, "molecule.platform.managed": "true"}
+			run := func(name string, labels map[string]string) string {
+				c, err := cli.ContainerCreate(ctx, &container.Config{Image: repo + "@" + v1, Labels: labels}, nil, nil, nil, name)
+				if err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(func() {
+					cli.ContainerRemove(context.Background(), c.ID, container.RemoveOptions{Force: true, RemoveVolumes: true})
+				})
+				if err := cli.ContainerStart(ctx, c.ID, container.StartOptions{}); err != nil {
+					t.Fatal(err)
+				}
+				return c.ID
+			}
+			ours := run(ws, sel)
+			const id = "c-ab12cd34ef"
+			temp := ws + "-ta-new-" + shortCommand(id)
+			theirs := run(temp, labels(ws))
+
+			x, err := New(Config{Engine: engine, Selector: sel, StabilityWindow: time.Second, Logger: logger})
+			if err != nil {
+				t.Fatal(err)
+			}
+			hooks := Hooks{Step: func(docker.RecreateState) error { return nil }, Progress: func(*Progress) {}}
+			res := x.Refresh(ctx, &tenantagentv1.RefreshRuntimeImage{CommandId: id, Runtime: "codex", ImageRepository: repo, ImageDigest: v2}, hooks)
+			want := fmt.Sprintf(`name %q is held by container %s, which this agent does not manage; nothing was changed`, temp, theirs[:12])
+			if res.GetOutcome() == tenantagentv1.CommandOutcome_COMMAND_OUTCOME_SUCCEEDED || !strings.Contains(res.GetError(), want) {
+				t.Fatalf("refresh: %v, error %q; want a failure saying %q", res.GetOutcome(), res.GetError(), want)
+			}
+			for _, c := range []struct{ id, name string }{{theirs, temp}, {ours, ws}} {
+				in, err := cli.ContainerInspect(ctx, c.id)
+				if err != nil {
+					t.Fatalf("%s: %v", c.name, err)
+				}
+				if in.Name != "/"+c.name || !in.State.Running || in.Config.Image != repo+"@"+v1 {
+					t.Errorf("%s: name %s, running %v, image %s; want it untouched", c.name, in.Name, in.State.Running, in.Config.Image)
+				}
+			}
+		})
+	}
+}
