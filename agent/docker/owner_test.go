@@ -19,7 +19,9 @@ func (f *fixture) other(name string, labels map[string]string, running bool) str
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { f.cli.ContainerRemove(ctx, created.ID, container.RemoveOptions{Force: true, RemoveVolumes: true}) })
+	t.Cleanup(func() {
+		f.cli.ContainerRemove(ctx, created.ID, container.RemoveOptions{Force: true, RemoveVolumes: true})
+	})
 	if running {
 		if err := f.cli.ContainerStart(ctx, created.ID, container.StartOptions{}); err != nil {
 			t.Fatal(err)
