@@ -18,12 +18,13 @@ generate: ## Delete gen/ and regenerate it from proto/ (buf and plugins via go t
 	rm -rf gen
 	$(BUF) generate
 
-lint: ## buf format check, buf lint, gofmt and go vet
+lint: ## buf format check, buf lint, gofmt, go vet and go mod tidy
 	$(BUF) format --diff --exit-code
 	$(BUF) lint
 	@unformatted=$$(gofmt -l $$(find . -name '*.go' -not -path './gen/*')); \
 	if [ -n "$$unformatted" ]; then echo "gofmt needed on:"; echo "$$unformatted"; exit 1; fi
 	$(GO) vet ./...
+	@$(GO) mod tidy -diff || { echo "go.mod/go.sum are not tidy; run go mod tidy"; exit 1; }
 
 test: ## Run every test with the race detector (needs Docker for the Docker tests)
 	$(GO) test -race -count=1 ./...
