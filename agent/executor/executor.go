@@ -10,6 +10,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -21,6 +23,7 @@ import (
 	"github.com/molecule-ai/tenant-agent/agent/docker"
 	tenantagentv1 "github.com/molecule-ai/tenant-agent/gen/tenantagent/v1"
 	"github.com/molecule-ai/tenant-agent/pkg/imageref"
+	"github.com/molecule-ai/tenant-agent/pkg/limits"
 )
 
 // Config configures an Executor.
@@ -28,9 +31,12 @@ type Config struct {
 	Engine *docker.Engine
 	// Selector picks this tenant's managed containers.
 	Selector docker.Selector
-	// RepositoryPattern names a runtime's repository: the last path
-	// element of the repository with {runtime} in it
-	// ("workspace-template-{runtime}").
+	// RepositoryPattern names a runtime's repository, {runtime} standing
+	// for a plain runtime name. With a "/" it is the whole repository
+	// ("registry.example/molecule-ai/workspace-template-{runtime}"),
+	// matched exactly; without, only the last path element
+	// ("workspace-template-{runtime}"), and then the default allow-list
+	// also needs all the runtime's containers on one repository.
 	RepositoryPattern string
 	// RuntimeLabel, if set, is a container label that names its runtime
 	// and wins over the repository pattern.
@@ -99,21 +105,51 @@ func New(cfg Config) (*Executor, error) {
 // runtimeOf names a container's runtime, or "" if it belongs to none.
 func (x *Executor) runtimeOf(c docker.Container) string {
 	if x.cfg.RuntimeLabel != "" {
-		if r := c.Inspect.Config.Labels[x.cfg.RuntimeLabel]; r != "" {
+		if r := c.Inspect.Config.Labels[x.cfg.RuntimeLabel]; ValidRuntime(r) {
 			return r
 		}
 	}
 	return x.runtimeOfRepository(c.Repository)
 }
 
+// runtimeOfRepository names the runtime whose repository repo is, or "".
+// A pattern with a registry or namespace must match the whole repository,
+// so a lookalike in another namespace is nobody's runtime.
 func (x *Executor) runtimeOfRepository(repo string) string {
-	last := repo[strings.LastIndex(repo, "/")+1:]
+	subject := repo
+	if !x.fullPattern() {
+		subject = repo[strings.LastIndex(repo, "/")+1:]
+	}
 	prefix, suffix, _ := strings.Cut(x.cfg.RepositoryPattern, "{runtime}")
-	if !strings.HasPrefix(last, prefix) || !strings.HasSuffix(last, suffix) || len(last) <= len(prefix)+len(suffix) {
+	if !strings.HasPrefix(subject, prefix) || !strings.HasSuffix(subject, suffix) || len(subject) <= len(prefix)+len(suffix) {
 		return ""
 	}
-	return last[len(prefix) : len(last)-len(suffix)]
+	if rt := subject[len(prefix) : len(subject)-len(suffix)]; ValidRuntime(rt) {
+		return rt
+	}
+	return ""
 }
+
+// fullPattern reports whether the pattern names the whole repository.
+func (x *Executor) fullPattern() bool { return strings.Contains(x.cfg.RepositoryPattern, "/") }
+
+// ValidRuntime reports whether s is a plain runtime name: a lowercase
+// letter or digit, then lowercase letters, digits, "_", "." or "-", at
+// most limits.Name bytes. It can never hold a "/", so it cannot reach into
+// another namespace of a repository pattern.
+func ValidRuntime(s string) bool {
+	if s == "" || len(s) > limits.Name || !lowerAlnum(s[0]) {
+		return false
+	}
+	for i := 1; i < len(s); i++ {
+		if c := s[i]; !lowerAlnum(c) && c != '_' && c != '.' && c != '-' {
+			return false
+		}
+	}
+	return true
+}
+
+func lowerAlnum(c byte) bool { return c >= 'a' && c <= 'z' || c >= '0' && c <= '9' }
 
 // Containers returns the managed containers by runtime.
 func (x *Executor) Containers(ctx context.Context) (map[string][]docker.Container, error) {
@@ -176,12 +212,31 @@ func (x *Executor) check(runtime, repo, digest string, containers []docker.Conta
 		}
 		return fmt.Errorf("refused: repository %s is not on this agent's allow-list", repo)
 	}
+	return x.checkDefaultAllow(runtime, repo, containers)
+}
+
+// checkDefaultAllow is the allow-list when none is configured: the one
+// repository the runtime's containers run. With a bare pattern, a
+// container in a lookalike repository ("evil-ns/workspace-template-codex")
+// counts as the runtime too; if the containers disagree, nothing is
+// allowed, so such a container can never widen the list.
+func (x *Executor) checkDefaultAllow(runtime, repo string, containers []docker.Container) error {
+	seen := map[string]bool{}
 	for _, c := range containers {
-		if c.Repository == repo {
-			return nil
-		}
+		seen[c.Repository] = true
 	}
-	return fmt.Errorf("refused: repository %s is not the one runtime %q's containers run, and no allow-list names it", repo, runtime)
+	if len(seen) > 1 {
+		repos := slices.Sorted(maps.Keys(seen))
+		quoted := make([]string, len(repos))
+		for i, r := range repos {
+			quoted[i] = limits.Quoted(r)
+		}
+		return fmt.Errorf("refused: runtime %q's containers run %d repositories (%s); with no --allow-repos the agent needs them all on one", runtime, len(repos), strings.Join(quoted, ", "))
+	}
+	if !seen[repo] {
+		return fmt.Errorf("refused: repository %s is not the one runtime %q's containers run, and no allow-list names it", repo, runtime)
+	}
+	return nil
 }
 
 // Progress is a progress report without command ID, sequence and time,

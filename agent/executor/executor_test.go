@@ -26,6 +26,62 @@ func TestRuntimeOfRepository(t *testing.T) {
 	}
 }
 
+// A pattern with a registry and namespace matches the whole repository;
+// a bare one the last element; either way the runtime is a plain name.
+func TestRuntimeOfRepositoryExact(t *testing.T) {
+	full := &Executor{cfg: Config{RepositoryPattern: "registry.example/molecule-ai/workspace-template-{runtime}"}}
+	bare := &Executor{cfg: Config{RepositoryPattern: "workspace-template-{runtime}"}}
+	for _, c := range []struct {
+		x          *Executor
+		repo, want string
+	}{
+		{full, "registry.example/molecule-ai/workspace-template-codex", "codex"},
+		{full, "registry.example/molecule-ai/workspace-template-claude-code.v2_x", "claude-code.v2_x"},
+		{full, "registry.example/evil-ns/workspace-template-codex", ""},
+		{full, "evil.example/molecule-ai/workspace-template-codex", ""},
+		{full, "registry.example/molecule-ai/workspace-template-codex/sub", ""},
+		{full, "registry.example/molecule-ai/workspace-template-Codex", ""},
+		{full, "x/registry.example/molecule-ai/workspace-template-codex", ""},
+		{bare, "registry.example/evil-ns/workspace-template-codex", "codex"},
+		{bare, "registry.example/molecule-ai/workspace-template-_codex", ""},
+		{bare, "registry.example/molecule-ai/workspace-template-.", ""},
+	} {
+		if got := c.x.runtimeOfRepository(c.repo); got != c.want {
+			t.Errorf("pattern %s: runtimeOfRepository(%q) = %q, want %q", c.x.cfg.RepositoryPattern, c.repo, got, c.want)
+		}
+	}
+}
+
+// With a bare pattern and no allow-list, containers of one runtime on
+// two repositories (one of them a lookalike in another namespace) allow
+// neither: the default allow-list never widens because of a container the
+// agent did not expect.
+func TestDefaultAllowListNeedsOneRepository(t *testing.T) {
+	x := &Executor{cfg: Config{RepositoryPattern: "workspace-template-{runtime}"}}
+	good, evil := "registry.example/molecule-ai/workspace-template-codex", "registry.example/evil-ns/workspace-template-codex"
+	digest := "sha256:" + strings.Repeat("a", 64)
+	one := []docker.Container{{Repository: good}, {Repository: good}}
+	if err := x.check("codex", good, digest, one); err != nil {
+		t.Errorf("one repository: %v", err)
+	}
+	if err := x.check("codex", evil, digest, one); err == nil {
+		t.Errorf("a repository no container runs was allowed")
+	}
+	two := []docker.Container{{Repository: good}, {Repository: evil}}
+	for _, repo := range []string{good, evil} {
+		err := x.check("codex", repo, digest, two)
+		want := `runtime "codex"'s containers run 2 repositories ("registry.example/evil-ns/workspace-template-codex", "registry.example/molecule-ai/workspace-template-codex")`
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("two repositories, command for %s: %v; want a refusal saying %s", repo, err, want)
+		}
+	}
+	// An allow-list decides alone.
+	x.cfg.AllowRepositories = []string{good}
+	if err := x.check("codex", good, digest, two); err != nil {
+		t.Errorf("with --allow-repos: %v", err)
+	}
+}
+
 func TestCheckRefusesBeforeTouchingAnything(t *testing.T) {
 	x := &Executor{cfg: Config{RepositoryPattern: "workspace-template-{runtime}", AllowRepositories: []string{"registry.example/molecule-ai/"}}}
 	good := "sha256:" + strings.Repeat("a", 64)

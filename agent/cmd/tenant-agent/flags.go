@@ -42,7 +42,7 @@ func parseFlags(args []string, stdout io.Writer) (agent.Config, error) {
 	fs.StringVar(&cfg.StateDir, "state-dir", cfg.StateDir, "journal and result outbox (keep it across restarts)")
 	fs.StringVar(&cfg.DockerHost, "docker-host", "", "Docker Engine address (default: $DOCKER_HOST or the local socket)")
 	labels := fs.String("labels", "molecule.org-id={tenant},molecule.platform.managed=true", "labels selecting this tenant's containers, key=value,...; {tenant} is the slug from the certificate")
-	fs.StringVar(&cfg.RepositoryPattern, "repository-pattern", cfg.RepositoryPattern, "last path element of a runtime's image repository; {runtime} is the runtime name")
+	fs.StringVar(&cfg.RepositoryPattern, "repository-pattern", cfg.RepositoryPattern, "a runtime's image repository, {runtime} standing for its plain name ([a-z0-9][a-z0-9_.-]*).\nWith a / (registry.example/molecule-ai/workspace-template-{runtime}) the whole repository must match;\nwithout, its last path element, and then with no --allow-repos all the runtime's containers must\nrun one repository, or its refreshes and prefetches are refused")
 	fs.StringVar(&cfg.RuntimeLabel, "runtime-label", "", "container label naming its runtime, if set (wins over --repository-pattern)")
 	allow := fs.String("allow-repos", "", "repositories commands may use, comma-separated; an entry ending in / is a prefix\n(default: only the repository a runtime's containers already run)")
 	fs.StringVar(&cfg.RegistryCredentials, "registry-credentials", defaultCredentials(), "Docker config file with registry credentials (the auths section)")
