@@ -29,9 +29,12 @@ type Config struct {
 	ControlPlane string
 	// ServerName is the name the control plane's certificate must carry;
 	// empty means the host of ControlPlane.
-	ServerName  string
-	TLS         mtls.Files
-	TrustDomain string
+	ServerName string
+	// ControlPlaneID, if set, is the SPIFFE ID the control plane's
+	// certificate must carry (besides the CA and ServerName checks).
+	ControlPlaneID string
+	TLS            mtls.Files
+	TrustDomain    string
 	// StateDir holds the journal and the outbox.
 	StateDir   string
 	DockerHost string
@@ -85,6 +88,11 @@ func (c *Config) CheckAndSetDefaults() error {
 	}
 	if c.ServerName == "" {
 		c.ServerName = host
+	}
+	if c.ControlPlaneID != "" {
+		if err := mtls.CheckServerID(c.ControlPlaneID); err != nil {
+			errs = append(errs, fmt.Errorf("--control-plane-id: %w", err))
+		}
 	}
 	if err := c.TLS.CheckAndSetDefaults(); err != nil {
 		errs = append(errs, fmt.Errorf("TLS (--cert, --key, --ca): %w", err))
@@ -183,11 +191,11 @@ func Run(ctx context.Context, cfg Config) error {
 	run := runner.New(runner.Config{Journal: j, Executor: exec, Logger: logger, CrashAt: docker.Step(cfg.CrashAt), OnCrash: cfg.OnCrash})
 	hostname, _ := os.Hostname()
 	logger.Info("tenant agent starting", "component", "agent", "identity", id.ID, "version", version.String(),
-		"control_plane", cfg.ControlPlane, "selector", selector, "state_dir", cfg.StateDir)
+		"control_plane", cfg.ControlPlane, "control_plane_id", cfg.ControlPlaneID, "selector", selector, "state_dir", cfg.StateDir)
 	run.Start(ctx)
 	defer run.Wait()
 	return channel.Run(ctx, channel.Config{
-		Addr: cfg.ControlPlane, Creds: mtls.ClientCredentials(src, cfg.ServerName), Tenant: id.Tenant,
+		Addr: cfg.ControlPlane, Creds: mtls.ClientCredentialsWith(src, mtls.ClientOptions{ServerName: cfg.ServerName, ServerID: cfg.ControlPlaneID}), Tenant: id.Tenant,
 		Hostname: hostname, Version: version.String(), DockerVersion: engine.Version,
 		Inventory: exec.Inventory, Runner: run, Changes: engine.Changes(ctx, selector),
 		HeartbeatInterval: cfg.HeartbeatInterval, KeepaliveTime: cfg.KeepaliveTime, KeepaliveTimeout: cfg.KeepaliveTimeout, Logger: logger,

@@ -35,6 +35,7 @@ func parseFlags(args []string, stdout io.Writer) (agent.Config, error) {
 	fs := flag.NewFlagSet(cmd.Name, flag.ContinueOnError)
 	fs.StringVar(&cfg.ControlPlane, "control-plane", cfg.ControlPlane, "the control plane's agent address, host:port")
 	fs.StringVar(&cfg.ServerName, "server-name", "", "name the control plane's certificate must carry (default: the host of --control-plane)")
+	fs.StringVar(&cfg.ControlPlaneID, "control-plane-id", "", "SPIFFE ID the control plane's certificate must carry, e.g. spiffe://molecule.local/controlplane/prod\n(default: any; the CA and --server-name are checked either way)")
 	fs.StringVar(&cfg.TLS.Cert, "cert", cfg.TLS.Cert, "agent certificate (PEM); re-read when it changes")
 	fs.StringVar(&cfg.TLS.Key, "key", cfg.TLS.Key, "agent key (PEM)")
 	fs.StringVar(&cfg.TLS.CA, "ca", cfg.TLS.CA, "CA bundle the control plane is verified against")

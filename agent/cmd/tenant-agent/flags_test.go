@@ -1,0 +1,24 @@
+package main
+
+import (
+	"io"
+	"strings"
+	"testing"
+)
+
+func TestControlPlaneIDFlag(t *testing.T) {
+	const id = "spiffe://molecule.local/controlplane/prod"
+	t.Setenv("TENANT_AGENT_CONTROL_PLANE_ID", id)
+	cfg, err := parseFlags(nil, io.Discard)
+	if err != nil || cfg.ControlPlaneID != id {
+		t.Fatalf("from the environment: %q, %v", cfg.ControlPlaneID, err)
+	}
+	cfg, err = parseFlags([]string{"--control-plane-id", "spiffe://molecule.local/other"}, io.Discard)
+	if err != nil || cfg.ControlPlaneID != "spiffe://molecule.local/other" {
+		t.Fatalf("the flag wins: %q, %v", cfg.ControlPlaneID, err)
+	}
+	cfg.ControlPlaneID = "not-a-spiffe-id"
+	if err := cfg.CheckAndSetDefaults(); err == nil || !strings.Contains(err.Error(), "--control-plane-id") {
+		t.Errorf("a bad ID passed: %v", err)
+	}
+}
