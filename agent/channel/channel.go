@@ -9,13 +9,17 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"math/rand/v2"
 	"time"
 
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/molecule-ai/tenant-agent/agent/runner"
@@ -108,7 +112,14 @@ func Run(ctx context.Context, cfg Config) error {
 		}
 		failures++
 		wait := backoff(cfg.BackoffBase, cfg.BackoffMax, failures)
-		cfg.Logger.Warn("stream to the control plane ended; redialing", "error", err, "in", wait.Round(time.Millisecond))
+		if hint, ok := retryHint(err); ok {
+			// The control plane is shedding load: redialing sooner than it
+			// asked would only be refused again.
+			wait = max(wait, hintedWait(hint, cfg.BackoffMax))
+			cfg.Logger.Warn("control plane asked the agent to wait before redialing", "error", err, "retry_delay", hint, "in", wait.Round(time.Millisecond))
+		} else {
+			cfg.Logger.Warn("stream to the control plane ended; redialing", "error", err, "in", wait.Round(time.Millisecond))
+		}
 		sleep(ctx, wait)
 	}
 	return nil
@@ -122,6 +133,31 @@ func backoff(base, max time.Duration, n int) time.Duration {
 	}
 	ceiling = min(ceiling, max)
 	return rand.N(ceiling + 1)
+}
+
+// retryHint is the delay a ResourceExhausted status asks for in its
+// RetryInfo detail, if it carries one.
+func retryHint(err error) (time.Duration, bool) {
+	st, ok := status.FromError(err)
+	if !ok || st.Code() != codes.ResourceExhausted {
+		return 0, false
+	}
+	for _, d := range st.Details() {
+		if info, ok := d.(*errdetails.RetryInfo); ok && info.GetRetryDelay().IsValid() {
+			if hint := info.GetRetryDelay().AsDuration(); hint > 0 {
+				return hint, true
+			}
+		}
+	}
+	return 0, false
+}
+
+// hintedWait is the hint plus up to a tenth of it in jitter, so agents
+// refused together do not return together; capped at ceiling, so a
+// control plane cannot park its agents for longer than their own backoff
+// would.
+func hintedWait(hint, ceiling time.Duration) time.Duration {
+	return min(hint+rand.N(hint/10+1), ceiling)
 }
 
 func sleep(ctx context.Context, d time.Duration) {
@@ -147,7 +183,7 @@ func session(ctx context.Context, cfg Config, client tenantagentv1.AgentServiceC
 		return false, err
 	}
 	if err := stream.Send(helloMessage(ctx, cfg)); err != nil {
-		return false, err
+		return false, streamError(stream, err)
 	}
 	first, err := stream.Recv()
 	if err != nil {
@@ -182,7 +218,7 @@ func session(ctx context.Context, cfg Config, client tenantagentv1.AgentServiceC
 		return nil
 	}
 	if err := sendOutbox(); err != nil {
-		return true, err
+		return true, streamError(stream, err)
 	}
 
 	recvErr := make(chan error, 1)
@@ -201,6 +237,19 @@ func session(ctx context.Context, cfg Config, client tenantagentv1.AgentServiceC
 		}
 	}()
 
+	// ended turns a failed Send into the stream's status, which the
+	// receiver reads (only one goroutine may call Recv).
+	ended := func(err error) error {
+		if !errors.Is(err, io.EOF) {
+			return err
+		}
+		select {
+		case rerr := <-recvErr:
+			return rerr
+		case <-time.After(5 * time.Second):
+			return err
+		}
+	}
 	heartbeat := time.NewTicker(interval)
 	defer heartbeat.Stop()
 	var debounce <-chan time.Time
@@ -210,16 +259,16 @@ func session(ctx context.Context, cfg Config, client tenantagentv1.AgentServiceC
 			return true, err
 		case m := <-out:
 			if err := stream.Send(m); err != nil {
-				return true, err
+				return true, ended(err)
 			}
 		case <-heartbeat.C:
 			if err := sendHealth(ctx, cfg, stream); err != nil {
-				return true, err
+				return true, ended(err)
 			}
 			// Results the control plane has not confirmed go again, in case
 			// one was dropped on a full queue.
 			if err := sendOutbox(); err != nil {
-				return true, err
+				return true, ended(err)
 			}
 		case <-cfg.Changes:
 			if debounce == nil {
@@ -228,8 +277,21 @@ func session(ctx context.Context, cfg Config, client tenantagentv1.AgentServiceC
 		case <-debounce:
 			debounce = nil
 			if err := sendHealth(ctx, cfg, stream); err != nil {
-				return true, err
+				return true, ended(err)
 			}
+		}
+	}
+}
+
+// streamError is the real end of a stream whose Send failed: gRPC's Send
+// says only io.EOF, and the status (with a retry hint, say) comes from Recv.
+func streamError(stream tenantagentv1.AgentService_ConnectClient, err error) error {
+	if !errors.Is(err, io.EOF) {
+		return err
+	}
+	for {
+		if _, rerr := stream.Recv(); rerr != nil {
+			return rerr
 		}
 	}
 }
