@@ -24,6 +24,7 @@ import (
 
 	"github.com/molecule-ai/tenant-agent/agent/runner"
 	tenantagentv1 "github.com/molecule-ai/tenant-agent/gen/tenantagent/v1"
+	"github.com/molecule-ai/tenant-agent/pkg/limits"
 )
 
 // Inventory reports the managed containers.
@@ -51,6 +52,8 @@ type Config struct {
 	// heartbeat also exists because some L7 proxies drop pings.
 	KeepaliveTime, KeepaliveTimeout time.Duration
 	Logger                          *slog.Logger
+
+	trim *trimmer
 }
 
 // CheckAndSetDefaults validates the config and fills in defaults.
@@ -80,6 +83,7 @@ func (c *Config) CheckAndSetDefaults() error {
 		c.Logger = slog.Default()
 	}
 	c.Logger = c.Logger.With("component", "channel")
+	c.trim = &trimmer{logger: c.Logger}
 	return nil
 }
 
@@ -297,14 +301,15 @@ func streamError(stream tenantagentv1.AgentService_ConnectClient, err error) err
 }
 
 func helloMessage(ctx context.Context, cfg Config) *tenantagentv1.AgentMessage {
-	running, results := cfg.Runner.Held()
-	hello := &tenantagentv1.Hello{Tenant: cfg.Tenant, AgentVersion: cfg.Version, Hostname: cfg.Hostname, RunningCommandIds: running, ResultCommandIds: results}
+	running, results := cfg.trim.held(cfg.Runner.Held())
+	hello := &tenantagentv1.Hello{Tenant: cfg.Tenant, AgentVersion: limits.Truncate(cfg.Version, limits.Version), Hostname: limits.Truncate(cfg.Hostname, limits.Hostname),
+		RunningCommandIds: running, ResultCommandIds: results}
 	if v, err := cfg.DockerVersion(ctx); err == nil {
-		hello.DockerVersion = v
+		hello.DockerVersion = limits.Truncate(v, limits.Version)
 	}
 	runtimes, err := cfg.Inventory(ctx)
 	hello.DockerReachable = err == nil
-	hello.Runtimes = runtimes
+	hello.Runtimes = cfg.trim.runtimes(runtimes)
 	if err != nil {
 		cfg.Logger.Warn("Docker unreachable; saying Hello without containers", "error", err)
 	}
@@ -312,12 +317,12 @@ func helloMessage(ctx context.Context, cfg Config) *tenantagentv1.AgentMessage {
 }
 
 func sendHealth(ctx context.Context, cfg Config, stream tenantagentv1.AgentService_ConnectClient) error {
-	running, _ := cfg.Runner.Held()
-	h := &tenantagentv1.HealthReport{ObservedAt: timestamppb.Now(), AgentVersion: cfg.Version, RunningCommandIds: running}
+	running, _ := cfg.trim.held(cfg.Runner.Held())
+	h := &tenantagentv1.HealthReport{ObservedAt: timestamppb.Now(), AgentVersion: limits.Truncate(cfg.Version, limits.Version), RunningCommandIds: running}
 	runtimes, err := cfg.Inventory(ctx)
-	h.DockerReachable, h.Runtimes = err == nil, runtimes
+	h.DockerReachable, h.Runtimes = err == nil, cfg.trim.runtimes(runtimes)
 	if err != nil {
-		h.DockerError = err.Error()
+		h.DockerError = limits.Truncate(err.Error(), limits.Message)
 	}
 	return stream.Send(&tenantagentv1.AgentMessage{Body: &tenantagentv1.AgentMessage_Health{Health: h}})
 }

@@ -18,6 +18,7 @@ import (
 	"github.com/molecule-ai/tenant-agent/agent/executor"
 	"github.com/molecule-ai/tenant-agent/agent/journal"
 	tenantagentv1 "github.com/molecule-ai/tenant-agent/gen/tenantagent/v1"
+	"github.com/molecule-ai/tenant-agent/pkg/limits"
 )
 
 // Executor runs commands; *executor.Executor is the real one.
@@ -133,6 +134,7 @@ func (r *Runner) Outbox() []*tenantagentv1.CommandResult {
 	for _, rec := range r.cfg.Journal.List() {
 		if rec.State == journal.Finished && !rec.Confirmed {
 			if res, err := rec.ResultMessage(); err == nil && res != nil {
+				boundResult(res) // journaled by an agent that did not bound it
 				out = append(out, res)
 			}
 		}
@@ -140,20 +142,53 @@ func (r *Runner) Outbox() []*tenantagentv1.CommandResult {
 	return out
 }
 
-// Handle takes one message from the control plane.
+// Handle takes one message from the control plane. A message whose
+// command ID is out of bounds is dropped (it cannot be journaled, nor
+// answered in a way the control plane would store).
 func (r *Runner) Handle(m *tenantagentv1.ControlMessage) {
+	if m.GetRefresh() == nil && m.GetPrefetch() == nil && m.GetCancel() == nil && m.GetResultReceived() == nil {
+		return // not a command: nothing for the runner
+	}
+	id := commandID(m)
+	if err := checkCommandID(id); err != nil {
+		r.cfg.Logger.Warn("message from the control plane ignored", "error", err)
+		return
+	}
 	switch {
 	case m.GetRefresh() != nil:
-		r.accept(m, m.GetRefresh().GetCommandId(), m.GetRefresh().GetRuntime(), m.GetRefresh().GetDeadline())
+		c := m.GetRefresh()
+		r.accept(m, id, c.GetRuntime(), c.GetDeadline(), checkTarget(c.GetRuntime(), c.GetImageRepository(), c.GetImageDigest()))
 	case m.GetPrefetch() != nil:
-		r.accept(m, m.GetPrefetch().GetCommandId(), m.GetPrefetch().GetRuntime(), m.GetPrefetch().GetDeadline())
+		c := m.GetPrefetch()
+		r.accept(m, id, c.GetRuntime(), c.GetDeadline(), checkTarget(c.GetRuntime(), c.GetImageRepository(), c.GetImageDigest()))
 	case m.GetCancel() != nil:
-		r.cancel(m.GetCancel().GetCommandId(), m.GetCancel().GetReason())
+		r.cancel(id, limits.Truncate(m.GetCancel().GetReason(), limits.Message))
 	case m.GetResultReceived() != nil:
-		if _, err := r.cfg.Journal.Update(m.GetResultReceived().GetCommandId(), func(rec *journal.Record) { rec.Confirmed = true }); err != nil {
-			r.cfg.Logger.Warn("confirmation for a command not in the journal", "command", m.GetResultReceived().GetCommandId())
+		if _, err := r.cfg.Journal.Update(id, func(rec *journal.Record) { rec.Confirmed = true }); err != nil {
+			r.cfg.Logger.Warn("confirmation for a command not in the journal", "command", id)
 		}
 	}
+}
+
+func commandID(m *tenantagentv1.ControlMessage) string {
+	switch {
+	case m.GetRefresh() != nil:
+		return m.GetRefresh().GetCommandId()
+	case m.GetPrefetch() != nil:
+		return m.GetPrefetch().GetCommandId()
+	case m.GetCancel() != nil:
+		return m.GetCancel().GetCommandId()
+	}
+	return m.GetResultReceived().GetCommandId()
+}
+
+// stripped is m with only its command ID: what the journal keeps of a
+// command refused for its size, so the refusal is still deduplicated.
+func stripped(m *tenantagentv1.ControlMessage, id string) *tenantagentv1.ControlMessage {
+	if m.GetRefresh() != nil {
+		return &tenantagentv1.ControlMessage{Body: &tenantagentv1.ControlMessage_Refresh{Refresh: &tenantagentv1.RefreshRuntimeImage{CommandId: id}}}
+	}
+	return &tenantagentv1.ControlMessage{Body: &tenantagentv1.ControlMessage_Prefetch{Prefetch: &tenantagentv1.PrefetchRuntimeImage{CommandId: id}}}
 }
 
 func ack(id string, duplicate bool) *tenantagentv1.AgentMessage {
@@ -166,12 +201,14 @@ func resultMessage(res *tenantagentv1.CommandResult) *tenantagentv1.AgentMessage
 
 // accept journals a command and then acknowledges it; a command it already
 // holds is acknowledged again (and its result resent), never run twice.
-func (r *Runner) accept(m *tenantagentv1.ControlMessage, id, runtime string, deadline *timestamppb.Timestamp) {
-	if id == "" {
-		r.cfg.Logger.Warn("command without an ID ignored")
-		return
+// A command refused (non-nil refusal) is journaled without its oversized
+// fields and finished at once with the refusal.
+func (r *Runner) accept(m *tenantagentv1.ControlMessage, id, runtime string, deadline *timestamppb.Timestamp, refusal error) {
+	stored := m
+	if refusal != nil {
+		stored = stripped(m, id)
 	}
-	err := r.cfg.Journal.Add(&journal.Record{ID: id, AcceptedAt: time.Now(), State: journal.Queued, Command: journal.Encode(m)})
+	err := r.cfg.Journal.Add(&journal.Record{ID: id, AcceptedAt: time.Now(), State: journal.Queued, Command: journal.Encode(stored)})
 	if errors.Is(err, journal.ErrExists) {
 		r.emit(ack(id, true))
 		if rec, ok := r.cfg.Journal.Get(id); ok && rec.State == journal.Finished {
@@ -187,6 +224,10 @@ func (r *Runner) accept(m *tenantagentv1.ControlMessage, id, runtime string, dea
 		return
 	}
 	r.emit(ack(id, false))
+	if refusal != nil {
+		r.finish(id, &tenantagentv1.CommandResult{CommandId: id, Outcome: tenantagentv1.CommandOutcome_COMMAND_OUTCOME_FAILED, Error: refusal.Error()})
+		return
+	}
 	r.cfg.Logger.Info("command accepted", "command", id, "runtime", runtime)
 	if deadline != nil && deadline.IsValid() && time.Now().After(deadline.AsTime()) {
 		r.finish(id, &tenantagentv1.CommandResult{CommandId: id, Outcome: tenantagentv1.CommandOutcome_COMMAND_OUTCOME_CANCELED, Error: "deadline passed before the command started"})
@@ -291,6 +332,7 @@ func (r *Runner) run(ctx context.Context, id string) (crashed bool) {
 			p.Sequence = r.seq[id]
 			r.mu.Unlock()
 			p.CommandId, p.Time = id, timestamppb.Now()
+			boundProgress(p)
 			r.emit(&tenantagentv1.AgentMessage{Body: &tenantagentv1.AgentMessage_Progress{Progress: p}})
 		},
 	}
@@ -314,6 +356,7 @@ func (r *Runner) run(ctx context.Context, id string) (crashed bool) {
 // finish stores a result in the outbox and sends it.
 func (r *Runner) finish(id string, res *tenantagentv1.CommandResult) {
 	res.CommandId = id
+	boundResult(res)
 	if res.FinishedAt == nil {
 		res.FinishedAt = timestamppb.Now()
 	}
