@@ -26,6 +26,7 @@ import (
 	tenantagentv1 "github.com/molecule-ai/tenant-agent/gen/tenantagent/v1"
 	"github.com/molecule-ai/tenant-agent/pkg/identity"
 	"github.com/molecule-ai/tenant-agent/pkg/imageref"
+	"github.com/molecule-ai/tenant-agent/pkg/limits"
 )
 
 // Config configures the service.
@@ -73,21 +74,32 @@ func New(cfg Config) (controlplanev1.AdminServiceServer, error) {
 	return &service{cfg: cfg}, nil
 }
 
-func (s *service) status(err error) error { return toStatus(s.cfg.Logger, err) }
-
 func caller(ctx context.Context) identity.Identity {
 	id, _ := identity.FromContext(ctx) // the auth interceptor always sets it
 	return id
 }
 
-func checkName(what, v string) error {
-	if !identity.ValidName(v) {
-		return cperr.Invalid("%s %q: want 1-63 lowercase letters, digits or hyphens", what, v)
+// checkPromote checks the fields of a promote that rollout's own errors
+// would repeat, so that what reaches them is already short.
+func checkPromote(req *controlplanev1.PromoteRuntimeImageRequest) error {
+	if err := checkName("runtime", req.GetRuntime()); err != nil {
+		return err
+	}
+	if len(req.GetImageRef()) > limits.ImageRef {
+		return cperr.TooLong("image_ref", req.GetImageRef(), limits.ImageRef)
+	}
+	for _, t := range req.GetOptions().GetCanaryTenants() {
+		if err := checkName("canary tenant", t); err != nil {
+			return err
+		}
 	}
 	return nil
 }
 
 func (s *service) PromoteRuntimeImage(req *controlplanev1.PromoteRuntimeImageRequest, stream controlplanev1.AdminService_PromoteRuntimeImageServer) error {
+	if err := checkPromote(req); err != nil {
+		return s.status(err)
+	}
 	ro, sub, err := s.cfg.Rollouts.Promote(stream.Context(), caller(stream.Context()), req)
 	if err != nil {
 		return s.status(err)
@@ -165,16 +177,16 @@ func (s *service) planRefresh(req *controlplanev1.RefreshRuntimeImageRequest, by
 		return nil, err
 	}
 	if !s.cfg.Fleet.KnownTenant(req.GetTenant()) {
-		return nil, cperr.NotFound("tenant %q: no agent of it ever connected", req.GetTenant())
+		return nil, cperr.NotFound("tenant %s: no agent of it ever connected", limits.Quoted(req.GetTenant()))
 	}
 	if h, held := s.cfg.Fleet.Held(req.GetTenant()); held {
-		return nil, cperr.Precondition("tenant %q is held (%s, by %s); release it first", req.GetTenant(), h.Reason, h.HeldBy)
+		return nil, cperr.Precondition("tenant %s is held (%s, by %s); release it first", limits.Quoted(req.GetTenant()), h.Reason, h.HeldBy)
 	}
 	pin, hasPin := s.cfg.Fleet.Pin(req.GetRuntime())
 	digest := req.GetImageDigest()
 	if digest == "" {
 		if !hasPin {
-			return nil, cperr.NotFound("runtime %q has no pin; promote one or give image_digest", req.GetRuntime())
+			return nil, cperr.NotFound("runtime %s has no pin; promote one or give image_digest", limits.Quoted(req.GetRuntime()))
 		}
 		digest = pin.Digest
 	}
@@ -190,7 +202,7 @@ func (s *service) planRefresh(req *controlplanev1.RefreshRuntimeImageRequest, by
 			repo = rt.GetImageRepository()
 		}
 		if err := imageref.ValidateRepository(repo); err != nil {
-			return nil, cperr.Precondition("runtime %q on %s: %v", req.GetRuntime(), a.Identity, err)
+			return nil, cperr.Precondition("runtime %s on %s: %v", limits.Quoted(req.GetRuntime()), a.Identity, err)
 		}
 		cmds = append(cmds, &store.Command{
 			ID: dispatch.NewCommandID(), Agent: a.Identity, Tenant: a.Tenant, Kind: controlplanev1.CommandKind_COMMAND_KIND_REFRESH,
@@ -199,7 +211,7 @@ func (s *service) planRefresh(req *controlplanev1.RefreshRuntimeImageRequest, by
 		})
 	}
 	if len(cmds) == 0 {
-		return nil, cperr.NotFound("tenant %q has no agent reporting runtime %q", req.GetTenant(), req.GetRuntime())
+		return nil, cperr.NotFound("tenant %s has no agent reporting runtime %s", limits.Quoted(req.GetTenant()), limits.Quoted(req.GetRuntime()))
 	}
 	return cmds, nil
 }
@@ -235,8 +247,8 @@ func (s *service) follow(ctx context.Context, id string, sub *pubsub.Subscriptio
 }
 
 func (s *service) WatchCommand(req *controlplanev1.WatchCommandRequest, stream controlplanev1.AdminService_WatchCommandServer) error {
-	if req.GetCommandId() == "" {
-		return status.Error(codes.InvalidArgument, "command_id is required")
+	if err := checkID("command_id", req.GetCommandId(), true); err != nil {
+		return s.status(err)
 	}
 	sub := s.cfg.Dispatcher.Watch(req.GetCommandId())
 	defer sub.Close()
@@ -278,26 +290,9 @@ func (s *service) ListRuntimePins(ctx context.Context, _ *controlplanev1.ListRun
 	return resp, nil
 }
 
-func (s *service) ListAgents(_ context.Context, req *controlplanev1.ListAgentsRequest) (*controlplanev1.ListAgentsResponse, error) {
-	if req.GetTenant() != "" {
-		if err := checkName("tenant", req.GetTenant()); err != nil {
-			return nil, s.status(err)
-		}
-	}
-	resp := &controlplanev1.ListAgentsResponse{}
-	for _, a := range s.cfg.Fleet.Agents(req.GetTenant()) {
-		v := s.cfg.Fleet.View(a)
-		if req.GetConnectedOnly() && !v.GetConnected() {
-			continue
-		}
-		resp.Agents = append(resp.Agents, v)
-	}
-	return resp, nil
-}
-
 func (s *service) GetCommand(ctx context.Context, req *controlplanev1.GetCommandRequest) (*controlplanev1.GetCommandResponse, error) {
-	if req.GetCommandId() == "" {
-		return nil, status.Error(codes.InvalidArgument, "command_id is required")
+	if err := checkID("command_id", req.GetCommandId(), true); err != nil {
+		return nil, s.status(err)
 	}
 	c, err := s.cfg.Store.GetCommand(ctx, req.GetCommandId())
 	if err != nil {
@@ -323,22 +318,17 @@ const (
 
 func (s *service) ListCommands(ctx context.Context, req *controlplanev1.ListCommandsRequest) (*controlplanev1.ListCommandsResponse, error) {
 	f := store.CommandFilter{Tenant: req.GetTenant(), Runtime: req.GetRuntime(), RolloutID: req.GetRolloutId(), States: req.GetStates()}
-	if f.Tenant != "" {
-		if err := checkName("tenant", f.Tenant); err != nil {
-			return nil, s.status(err)
-		}
+	size, err := checkPageSize(req.GetPageSize(), defaultPageSize, maxPageSize)
+	if err == nil {
+		err = firstErr(checkOptionalName("tenant", f.Tenant), checkOptionalName("runtime", f.Runtime), checkID("rollout_id", f.RolloutID, false))
 	}
-	size := int(req.GetPageSize())
-	switch {
-	case size == 0:
-		size = defaultPageSize
-	case size > maxPageSize:
-		return nil, status.Errorf(codes.InvalidArgument, "page_size is %d, at most %d", size, maxPageSize)
+	if err != nil {
+		return nil, s.status(err)
 	}
 	if req.GetPageToken() != "" {
 		seq, err := decodePageToken(req.GetPageToken())
 		if err != nil {
-			return nil, status.Error(codes.InvalidArgument, "page_token is not one this API returned")
+			return nil, s.status(errBadPageToken)
 		}
 		f.BeforeSeq = seq
 	}
@@ -375,10 +365,8 @@ func decodePageToken(tok string) (int64, error) {
 }
 
 func (s *service) WatchAgents(req *controlplanev1.WatchAgentsRequest, stream controlplanev1.AdminService_WatchAgentsServer) error {
-	if req.GetTenant() != "" {
-		if err := checkName("tenant", req.GetTenant()); err != nil {
-			return s.status(err)
-		}
+	if err := checkOptionalName("tenant", req.GetTenant()); err != nil {
+		return s.status(err)
 	}
 	sub := s.cfg.Fleet.Watch() // before the snapshot, so no change falls between
 	defer sub.Close()
@@ -408,15 +396,6 @@ func (s *service) WatchAgents(req *controlplanev1.WatchAgentsRequest, stream con
 	}
 }
 
-const maxReason = 1024
-
-func checkReason(r string) error {
-	if len(r) > maxReason {
-		return cperr.Invalid("reason is %d bytes, at most %d", len(r), maxReason)
-	}
-	return nil
-}
-
 func (s *service) HoldTenant(ctx context.Context, req *controlplanev1.HoldTenantRequest) (*controlplanev1.HoldTenantResponse, error) {
 	if err := firstErr(checkName("tenant", req.GetTenant()), checkReason(req.GetReason())); err != nil {
 		return nil, s.status(err)
@@ -437,7 +416,7 @@ func (s *service) ReleaseTenant(ctx context.Context, req *controlplanev1.Release
 		return nil, s.status(err)
 	}
 	if !ok {
-		return nil, status.Errorf(codes.NotFound, "tenant %q is not held", req.GetTenant())
+		return nil, s.status(cperr.NotFound("tenant %s is not held", limits.Quoted(req.GetTenant())))
 	}
 	return &controlplanev1.ReleaseTenantResponse{}, nil
 }
@@ -462,15 +441,16 @@ func (s *service) AllowTenant(ctx context.Context, req *controlplanev1.AllowTena
 		return nil, s.status(err)
 	}
 	if !ok {
-		return nil, status.Errorf(codes.NotFound, "tenant %q is not denied", req.GetTenant())
+		return nil, s.status(cperr.NotFound("tenant %s is not denied", limits.Quoted(req.GetTenant())))
 	}
 	return &controlplanev1.AllowTenantResponse{}, nil
 }
 
 func (s *service) DenyCertificate(ctx context.Context, req *controlplanev1.DenyCertificateRequest) (*controlplanev1.DenyCertificateResponse, error) {
+	// identity's error repeats the whole serial; ours quotes a prefix.
 	serial, err := identity.NormalizeSerial(req.GetSerial())
 	if err != nil {
-		return nil, status.Error(codes.InvalidArgument, err.Error())
+		return nil, s.status(cperr.Invalid("serial %s: want hex digits, optionally separated by colons", limits.Quoted(req.GetSerial())))
 	}
 	if err := checkReason(req.GetReason()); err != nil {
 		return nil, s.status(err)
@@ -480,13 +460,4 @@ func (s *service) DenyCertificate(ctx context.Context, req *controlplanev1.DenyC
 		return nil, s.status(err)
 	}
 	return &controlplanev1.DenyCertificateResponse{Disconnected: uint32(n)}, nil
-}
-
-func firstErr(errs ...error) error {
-	for _, err := range errs {
-		if err != nil {
-			return err
-		}
-	}
-	return nil
 }

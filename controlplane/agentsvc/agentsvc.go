@@ -14,12 +14,14 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
 
+	"github.com/molecule-ai/tenant-agent/controlplane/cperr"
 	"github.com/molecule-ai/tenant-agent/controlplane/dispatch"
 	"github.com/molecule-ai/tenant-agent/controlplane/fleet"
 	"github.com/molecule-ai/tenant-agent/controlplane/reconcile"
 	"github.com/molecule-ai/tenant-agent/controlplane/session"
 	tenantagentv1 "github.com/molecule-ai/tenant-agent/gen/tenantagent/v1"
 	"github.com/molecule-ai/tenant-agent/pkg/identity"
+	"github.com/molecule-ai/tenant-agent/pkg/limits"
 	"github.com/molecule-ai/tenant-agent/pkg/mtls"
 	"github.com/molecule-ai/tenant-agent/pkg/version"
 )
@@ -80,9 +82,13 @@ func (s *service) Connect(stream tenantagentv1.AgentService_ConnectServer) error
 	if err != nil {
 		return err
 	}
+	// Checked before anything is registered, stored or logged.
+	if err := checkHello(hello); err != nil {
+		return s.refuse(id, err)
+	}
 	if hello.GetTenant() != "" && hello.GetTenant() != id.Tenant {
-		s.cfg.Logger.Warn("hello claims another tenant; refused", "identity", id.ID, "claimed", hello.GetTenant())
-		return status.Errorf(codes.PermissionDenied, "certificate %s is for tenant %q; Hello claims tenant %q", id.ID, id.Tenant, hello.GetTenant())
+		s.cfg.Logger.Warn("hello claims another tenant; refused", "agent", id.ID, "claimed", limits.Quoted(hello.GetTenant()))
+		return status.Errorf(codes.PermissionDenied, "certificate %s is for tenant %q; Hello claims tenant %s", id.ID, id.Tenant, limits.Quoted(hello.GetTenant()))
 	}
 
 	sess, replaced := s.cfg.Sessions.Register(id, serialOf(ctx), time.Now())
@@ -115,7 +121,7 @@ func (s *service) Connect(stream tenantagentv1.AgentService_ConnectServer) error
 	s.cfg.Reconciler.Reconcile(ctx, agent)
 
 	readerDone := make(chan error, 1)
-	go func() { readerDone <- s.read(ctx, stream, sess) }()
+	go func() { readerDone <- s.read(ctx, stream, sess, id) }()
 
 	select {
 	case err := <-readerDone:
@@ -145,7 +151,7 @@ func (s *service) awaitHello(stream tenantagentv1.AgentService_ConnectServer) (*
 	select {
 	case msg := <-got:
 		if msg.GetHello() == nil {
-			return nil, status.Error(codes.InvalidArgument, "the first message on the stream must be Hello")
+			return nil, cperr.Status(s.cfg.Logger, cperr.Invalid("the first message on the stream must be Hello"))
 		}
 		return msg.GetHello(), nil
 	case err := <-failed:
@@ -168,13 +174,16 @@ func (s *service) write(stream tenantagentv1.AgentService_ConnectServer, sess *s
 	}
 }
 
-func (s *service) read(ctx context.Context, stream tenantagentv1.AgentService_ConnectServer, sess *session.Session) error {
+func (s *service) read(ctx context.Context, stream tenantagentv1.AgentService_ConnectServer, sess *session.Session, id identity.Identity) error {
 	for {
 		msg, err := stream.Recv()
 		if err != nil {
 			return nil // the agent went away; the deferred cleanup records it
 		}
 		sess.Touch(time.Now())
+		if err := checkMessage(msg); err != nil {
+			return s.refuse(id, err)
+		}
 		switch body := msg.GetBody().(type) {
 		case *tenantagentv1.AgentMessage_Health:
 			if err := s.cfg.Fleet.CheckSession(sess); err != nil {
@@ -188,11 +197,20 @@ func (s *service) read(ctx context.Context, stream tenantagentv1.AgentService_Co
 		case *tenantagentv1.AgentMessage_Result:
 			s.cfg.Dispatcher.HandleResult(ctx, sess, body.Result)
 		case *tenantagentv1.AgentMessage_Hello:
-			return status.Error(codes.InvalidArgument, "Hello may be sent only once per stream")
+			return cperr.Status(s.cfg.Logger, cperr.Invalid("Hello may be sent only once per stream"))
 		default:
-			return status.Error(codes.InvalidArgument, "empty or unknown agent message")
+			return cperr.Status(s.cfg.Logger, cperr.Invalid("empty or unknown agent message"))
 		}
 	}
+}
+
+// refuse ends a stream whose message broke a limit: logged once, here,
+// with the error's short quote of the value (never the value whole), and
+// returned to the agent as InvalidArgument. Nothing of the message is
+// kept.
+func (s *service) refuse(id identity.Identity, err error) error {
+	s.cfg.Logger.Warn("agent message refused; stream ended", "agent", id.ID, "error", err)
+	return cperr.Status(s.cfg.Logger, err)
 }
 
 func closeStatus(cause error) error {

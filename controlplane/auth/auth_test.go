@@ -279,17 +279,17 @@ func TestRoleMatrix(t *testing.T) {
 		msg  string
 	}{
 		{"agent on AgentService", connectAs, agent, codes.OK, ""},
-		{"agent on admin ListAgents", listAgents, agentOnAdmin, codes.PermissionDenied, "agent spiffe://molecule.local/tenant/acme may not call /controlplane.v1.AdminService/ListAgents"},
+		{"agent on admin ListAgents", listAgents, agentOnAdmin, codes.PermissionDenied, `agent of tenant "acme" may not call /controlplane.v1.AdminService/ListAgents: only operators and granted services may`},
 		{"agent on admin health", func(c *grpc.ClientConn) error { return healthCheck(t, c) }, agentOnAdmin, codes.PermissionDenied, "only operators and granted services"},
-		{"operator on AgentService", connectAs, operatorOnAgent, codes.PermissionDenied, "operator spiffe://molecule.local/operator/dev may not call /tenantagent.v1.AgentService/Connect: only tenant agents may"},
+		{"operator on AgentService", connectAs, operatorOnAgent, codes.PermissionDenied, `operator "dev" may not call /tenantagent.v1.AgentService/Connect: only tenant agents may`},
 		{"operator ListAgents", listAgents, operator, codes.OK, ""},
 		{"operator HoldTenant", hold, operator, passed, ""},
 		{"operator health", func(c *grpc.ClientConn) error { return healthCheck(t, c) }, operator, codes.OK, ""},
 		{"service ListAgents (default grant)", listAgents, hook, codes.OK, ""},
 		{"service PromoteRuntimeImage (default grant)", promote, hook, passed, ""},
-		{"service HoldTenant (not granted)", hold, hook, codes.PermissionDenied, "not in its grant"},
+		{"service HoldTenant (not granted)", hold, hook, codes.PermissionDenied, `service "promote-hook" may not call /controlplane.v1.AdminService/HoldTenant: not in its grant`},
 		{"limited service GetRuntimePin (granted)", getPin, limited, passed, ""},
-		{"limited service PromoteRuntimeImage (not granted)", promote, limited, codes.PermissionDenied, "service spiffe://molecule.local/service/limited may not call /controlplane.v1.AdminService/PromoteRuntimeImage: not in its grant (GetRuntimePin)"},
+		{"limited service PromoteRuntimeImage (not granted)", promote, limited, codes.PermissionDenied, `service "limited" may not call /controlplane.v1.AdminService/PromoteRuntimeImage: not in its grant`},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -492,5 +492,42 @@ func TestGrpcurlReflection(t *testing.T) {
 	out, err = grpcurl("agent-acme")
 	if err == nil || !strings.Contains(out, "PermissionDenied") {
 		t.Errorf("grpcurl list as an agent: err = %v, want PermissionDenied:\n%s", err, out)
+	}
+}
+
+// TestDeniedCallNamesRoleAndMethodNotTheGrant: a refusal says who (by role)
+// may not call what, and never lists what the caller's grant holds.
+func TestDeniedCallNamesRoleAndMethodNotTheGrant(t *testing.T) {
+	grants, err := auth.ParseGrants("limited=GetRuntimePin,ListAgents")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := auth.NewPolicy(grants)
+	deny := controlplanev1.AdminService_DenyTenant_FullMethodName
+	cases := []struct {
+		id       identity.Identity
+		want     string
+		mustLack []string
+	}{
+		{identity.Identity{ID: "spiffe://molecule.local/service/promote-hook", Kind: identity.KindService, Name: "promote-hook"},
+			`service "promote-hook" may not call /controlplane.v1.AdminService/DenyTenant: not in its grant`,
+			auth.DefaultServiceGrant},
+		{identity.Identity{ID: "spiffe://molecule.local/service/limited", Kind: identity.KindService, Name: "limited"},
+			`service "limited" may not call /controlplane.v1.AdminService/DenyTenant: not in its grant`,
+			[]string{"GetRuntimePin", "ListAgents"}},
+		{identity.Identity{ID: "spiffe://molecule.local/tenant/acme", Kind: identity.KindAgent, Tenant: "acme"},
+			`agent of tenant "acme" may not call /controlplane.v1.AdminService/DenyTenant: only operators and granted services may`, nil},
+	}
+	for _, tc := range cases {
+		err := p.Authorize(tc.id, deny)
+		if err == nil || err.Error() != tc.want {
+			t.Errorf("%s: %v, want %q", tc.id.ID, err, tc.want)
+			continue
+		}
+		for _, m := range tc.mustLack {
+			if strings.Contains(err.Error(), m) {
+				t.Errorf("%s: %q lists the grant (%s)", tc.id.ID, err, m)
+			}
+		}
 	}
 }

@@ -138,11 +138,13 @@ func NewPolicy(grants Grants) *Policy {
 }
 
 // Authorize returns nil if id may call fullMethod ("/pkg.Service/Method"),
-// else an error that says who was refused and why.
+// else an error that names the caller's role and the method. It never
+// lists a service's grant: which methods a service holds is the control
+// plane's configuration, not the caller's business (and it is logged).
 func (p *Policy) Authorize(id identity.Identity, fullMethod string) error {
 	rule, ok := p.rules[fullMethod]
 	if !ok {
-		return fmt.Errorf("%s %s may not call %s: the method has no access rule", id.Kind, id, fullMethod)
+		return fmt.Errorf("%s may not call %s: the method has no access rule", role(id), fullMethod)
 	}
 	switch id.Kind {
 	case identity.KindAgent:
@@ -158,10 +160,19 @@ func (p *Policy) Authorize(id identity.Identity, fullMethod string) error {
 			return nil
 		}
 		if rule.Service {
-			return fmt.Errorf("service %s may not call %s: not in its grant (%s)", id, fullMethod, strings.Join(p.grantOf(id.Name), ", "))
+			return fmt.Errorf("%s may not call %s: not in its grant", role(id), fullMethod)
 		}
 	}
-	return fmt.Errorf("%s %s may not call %s: only %s may", id.Kind, id, fullMethod, rule)
+	return fmt.Errorf("%s may not call %s: only %s may", role(id), fullMethod, rule)
+}
+
+// role names a caller by its role and name, e.g. `service "promote-hook"`
+// or `agent of tenant "acme"`.
+func role(id identity.Identity) string {
+	if id.Kind == identity.KindAgent {
+		return fmt.Sprintf("agent of tenant %q", id.Tenant)
+	}
+	return fmt.Sprintf("%s %q", id.Kind, id.Name)
 }
 
 func (p *Policy) grantOf(service string) []string {

@@ -1,10 +1,13 @@
-// Package cperr classifies the control plane's errors so the gRPC adapters
-// can map them to status codes in one place (adminsvc.toStatus).
+// Package cperr classifies the control plane's errors and is the one place
+// they become gRPC status codes (Status), for the admin API and the agent
+// channel alike.
 package cperr
 
 import (
 	"errors"
 	"fmt"
+
+	"github.com/molecule-ai/tenant-agent/pkg/limits"
 )
 
 // Kind is the class of an error.
@@ -31,7 +34,8 @@ func newf(k Kind, format string, args ...any) error {
 	return &Error{Kind: k, Msg: fmt.Sprintf(format, args...)}
 }
 
-// Invalid returns a KindInvalid error.
+// Invalid returns a KindInvalid error. Quote caller input in it with
+// limits.Quoted, never %q or %s of the whole value.
 func Invalid(format string, args ...any) error { return newf(KindInvalid, format, args...) }
 
 // NotFound returns a KindNotFound error.
@@ -39,6 +43,17 @@ func NotFound(format string, args ...any) error { return newf(KindNotFound, form
 
 // Precondition returns a KindPrecondition error.
 func Precondition(format string, args ...any) error { return newf(KindPrecondition, format, args...) }
+
+// TooLong is the KindInvalid error of a string field over its limit: it
+// names the field and the limit and quotes a short prefix of the value.
+func TooLong(field, value string, limit int) error {
+	return Invalid("%s is %d bytes, at most %d: %s", field, len(value), limit, limits.Quoted(value))
+}
+
+// TooMany is the KindInvalid error of a list over its limit.
+func TooMany(field string, n, limit int) error {
+	return Invalid("%s has %d entries, at most %d", field, n, limit)
+}
 
 // KindOf returns the kind of err, or 0 if it has none.
 func KindOf(err error) Kind {

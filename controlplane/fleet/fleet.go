@@ -107,7 +107,10 @@ func (f *Fleet) applyDenial(d store.Denial) {
 	}
 }
 
-// Connected records an agent's Hello.
+// Connected records an agent's Hello. A report is the agent's claim about
+// its own host only: it is keyed by the session's identity and tenant
+// (from the certificate), never by anything in the report, and replaces
+// only that agent's record. agentsvc has checked it against pkg/limits.
 func (f *Fleet) Connected(s *session.Session, hello *tenantagentv1.Hello) store.Agent {
 	now := f.cfg.Now()
 	a := store.Agent{
@@ -120,7 +123,8 @@ func (f *Fleet) Connected(s *session.Session, hello *tenantagentv1.Hello) store.
 	return a
 }
 
-// Health records a heartbeat.
+// Health records a heartbeat, under the reporting agent only (see
+// Connected).
 func (f *Fleet) Health(s *session.Session, h *tenantagentv1.HealthReport) store.Agent {
 	a, _ := f.Agent(s.Identity.ID)
 	a.Identity, a.Tenant, a.Name, a.ConnectedAt = s.Identity.ID, s.Identity.Tenant, s.Identity.Name, s.ConnectedAt

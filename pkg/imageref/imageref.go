@@ -8,6 +8,8 @@ import (
 	"strings"
 
 	"github.com/distribution/reference"
+
+	"github.com/molecule-ai/tenant-agent/pkg/limits"
 )
 
 // Ref is a repository and a digest.
@@ -25,23 +27,27 @@ func (r Ref) String() string { return r.Repository + "@" + r.Digest }
 
 const digestPrefix = "sha256:"
 
+// Errors quote at most a short prefix of the input (limits.Quoted): these
+// strings come from callers and agents, and an error is often logged or
+// returned whole.
+
 // ValidateDigest checks d is "sha256:" followed by 64 lowercase hex digits,
 // and says exactly what is wrong if not.
 func ValidateDigest(d string) error {
 	if !strings.HasPrefix(d, digestPrefix) {
-		return fmt.Errorf("digest %q must start with %q", d, digestPrefix)
+		return fmt.Errorf("digest %s must start with %q", limits.Quoted(d), digestPrefix)
 	}
 	hex := d[len(digestPrefix):]
 	if len(hex) != 64 {
-		return fmt.Errorf("digest %q has %d hex digits after %q, want 64", d, len(hex), digestPrefix)
+		return fmt.Errorf("digest %s has %d hex digits after %q, want 64", limits.Quoted(d), len(hex), digestPrefix)
 	}
 	for _, c := range hex {
 		switch {
 		case c >= '0' && c <= '9', c >= 'a' && c <= 'f':
 		case c >= 'A' && c <= 'F':
-			return fmt.Errorf("digest %q has uppercase hex; digests are lowercase", d)
+			return fmt.Errorf("digest %s has uppercase hex; digests are lowercase", limits.Quoted(d))
 		default:
-			return fmt.Errorf("digest %q has %q, which is not a hex digit", d, c)
+			return fmt.Errorf("digest %s has %q, which is not a hex digit", limits.Quoted(d), c)
 		}
 	}
 	return nil
@@ -50,18 +56,21 @@ func ValidateDigest(d string) error {
 // ValidateRepository checks repo is a repository name without tag or
 // digest.
 func ValidateRepository(repo string) error {
-	if repo == "" {
+	switch {
+	case repo == "":
 		return fmt.Errorf("image repository is empty")
+	case len(repo) > limits.ImageRef:
+		return fmt.Errorf("image repository is %d bytes, at most %d: %s", len(repo), limits.ImageRef, limits.Quoted(repo))
 	}
 	named, err := reference.Parse(repo)
 	if err != nil {
-		return fmt.Errorf("image repository %q: %v", repo, err)
+		return fmt.Errorf("image repository %s: %v", limits.Quoted(repo), err)
 	}
 	if _, ok := named.(reference.Tagged); ok {
-		return fmt.Errorf("image repository %q has a tag; give the repository alone", repo)
+		return fmt.Errorf("image repository %s has a tag; give the repository alone", limits.Quoted(repo))
 	}
 	if _, ok := named.(reference.Digested); ok {
-		return fmt.Errorf("image repository %q has a digest; give the repository alone", repo)
+		return fmt.Errorf("image repository %s has a digest; give the repository alone", limits.Quoted(repo))
 	}
 	return nil
 }
@@ -69,20 +78,24 @@ func ValidateRepository(repo string) error {
 // Parse parses "<repository>@sha256:<64 hex>". A tag ("repo:v2" or
 // "repo:v2@sha256:...") is refused, as is any other digest algorithm.
 func Parse(s string) (Ref, error) {
+	if len(s) > limits.ImageRef {
+		return Ref{}, fmt.Errorf("image reference is %d bytes, at most %d: %s", len(s), limits.ImageRef, limits.Quoted(s))
+	}
 	repo, digest, ok := strings.Cut(s, "@")
 	if !ok {
 		if named, err := reference.Parse(s); err == nil {
 			if _, tagged := named.(reference.Tagged); tagged {
-				return Ref{}, fmt.Errorf("image reference %q is a tag; tags are refused: want <repository>@sha256:<64 hex>", s)
+				return Ref{}, fmt.Errorf("image reference %s is a tag; tags are refused: want <repository>@sha256:<64 hex>", limits.Quoted(s))
 			}
 		}
-		return Ref{}, fmt.Errorf("image reference %q is not pinned by digest: want <repository>@sha256:<64 hex>", s)
+		return Ref{}, fmt.Errorf("image reference %s is not pinned by digest: want <repository>@sha256:<64 hex>", limits.Quoted(s))
 	}
+	// The inner error quotes the part at fault; s itself is not repeated.
 	if err := ValidateDigest(digest); err != nil {
-		return Ref{}, fmt.Errorf("image reference %q: %w", s, err)
+		return Ref{}, fmt.Errorf("image reference: %w", err)
 	}
 	if err := ValidateRepository(repo); err != nil {
-		return Ref{}, fmt.Errorf("image reference %q: %w", s, err)
+		return Ref{}, fmt.Errorf("image reference: %w", err)
 	}
 	return Ref{Repository: repo, Digest: digest}, nil
 }

@@ -63,3 +63,29 @@ func FuzzParse(f *testing.F) {
 		}
 	})
 }
+
+// TestErrorsQuoteAShortPrefix: a huge input never comes back whole in an
+// error, which callers return and log.
+func TestErrorsQuoteAShortPrefix(t *testing.T) {
+	huge := strings.Repeat("x", 200<<10)
+	checks := map[string]error{
+		"Parse of a huge string":       func() error { _, err := Parse(huge); return err }(),
+		"Parse of a huge repository":   func() error { _, err := Parse(huge[:400] + "@sha256:" + hex64); return err }(),
+		"Parse of a huge digest":       func() error { _, err := Parse("a@sha256:" + huge); return err }(),
+		"Parse of a huge tag":          func() error { _, err := Parse("a:" + huge[:400]); return err }(),
+		"ValidateDigest, no prefix":    ValidateDigest(huge),
+		"ValidateDigest, long hex":     ValidateDigest("sha256:" + huge),
+		"ValidateRepository, huge":     ValidateRepository(huge),
+		"ValidateRepository, invalid":  ValidateRepository("A" + huge[:500]),
+		"ValidateDigest, bad hex late": ValidateDigest("sha256:" + hex64[:63] + "g"),
+	}
+	for name, err := range checks {
+		if err == nil {
+			t.Errorf("%s: no error", name)
+			continue
+		}
+		if len(err.Error()) > 300 {
+			t.Errorf("%s: error is %d bytes: %.120s…", name, len(err.Error()), err)
+		}
+	}
+}

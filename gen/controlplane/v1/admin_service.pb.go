@@ -1714,6 +1714,14 @@ type ListAgentsRequest struct {
 	Tenant string `protobuf:"bytes,1,opt,name=tenant,proto3" json:"tenant,omitempty"`
 	// connected_only leaves out agents without a stream.
 	ConnectedOnly bool `protobuf:"varint,2,opt,name=connected_only,json=connectedOnly,proto3" json:"connected_only,omitempty"`
+	// page_size is the most agents to return; 0 means 100, at most 1000. A
+	// page may hold fewer: the server also ends a page before the encoded
+	// response passes about 2 MiB, so every page fits a client's default
+	// 4 MiB receive limit.
+	PageSize uint32 `protobuf:"varint,3,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	// page_token is next_page_token from the previous page; empty for the
+	// first page.
+	PageToken     string `protobuf:"bytes,4,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1762,11 +1770,27 @@ func (x *ListAgentsRequest) GetConnectedOnly() bool {
 	return false
 }
 
-// ListAgentsResponse holds the agents.
+func (x *ListAgentsRequest) GetPageSize() uint32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListAgentsRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
+// ListAgentsResponse is one page of agents.
 type ListAgentsResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// agents is ordered by tenant and identity.
-	Agents        []*Agent `protobuf:"bytes,1,rep,name=agents,proto3" json:"agents,omitempty"`
+	Agents []*Agent `protobuf:"bytes,1,rep,name=agents,proto3" json:"agents,omitempty"`
+	// next_page_token fetches the next page; empty on the last page.
+	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1806,6 +1830,13 @@ func (x *ListAgentsResponse) GetAgents() []*Agent {
 		return x.Agents
 	}
 	return nil
+}
+
+func (x *ListAgentsResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
 }
 
 // GetCommandRequest names a command.
@@ -2841,12 +2872,16 @@ const file_controlplane_v1_admin_service_proto_rawDesc = "" +
 	"\x06status\x18\x01 \x01(\v2\x1d.tenantagent.v1.RuntimeStatusR\x06status\x12#\n" +
 	"\rpinned_digest\x18\x02 \x01(\tR\fpinnedDigest\x12\x15\n" +
 	"\x06on_pin\x18\x03 \x01(\rR\x05onPin\x12\x17\n" +
-	"\aoff_pin\x18\x04 \x01(\rR\x06offPin\"R\n" +
+	"\aoff_pin\x18\x04 \x01(\rR\x06offPin\"\x8e\x01\n" +
 	"\x11ListAgentsRequest\x12\x16\n" +
 	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12%\n" +
-	"\x0econnected_only\x18\x02 \x01(\bR\rconnectedOnly\"D\n" +
+	"\x0econnected_only\x18\x02 \x01(\bR\rconnectedOnly\x12\x1b\n" +
+	"\tpage_size\x18\x03 \x01(\rR\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x04 \x01(\tR\tpageToken\"l\n" +
 	"\x12ListAgentsResponse\x12.\n" +
-	"\x06agents\x18\x01 \x03(\v2\x16.controlplane.v1.AgentR\x06agents\"Y\n" +
+	"\x06agents\x18\x01 \x03(\v2\x16.controlplane.v1.AgentR\x06agents\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"Y\n" +
 	"\x11GetCommandRequest\x12\x1d\n" +
 	"\n" +
 	"command_id\x18\x01 \x01(\tR\tcommandId\x12%\n" +

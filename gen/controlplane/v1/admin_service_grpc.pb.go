@@ -58,7 +58,8 @@ type AdminServiceClient interface {
 	GetRuntimePin(ctx context.Context, in *GetRuntimePinRequest, opts ...grpc.CallOption) (*GetRuntimePinResponse, error)
 	// ListRuntimePins returns the current pin of every runtime.
 	ListRuntimePins(ctx context.Context, in *ListRuntimePinsRequest, opts ...grpc.CallOption) (*ListRuntimePinsResponse, error)
-	// ListAgents returns the agents the control plane knows, connected or not.
+	// ListAgents returns the agents the control plane knows, connected or not,
+	// one page at a time, ordered by tenant and identity.
 	ListAgents(ctx context.Context, in *ListAgentsRequest, opts ...grpc.CallOption) (*ListAgentsResponse, error)
 	// GetCommand returns one command with its result and, if asked, its events.
 	GetCommand(ctx context.Context, in *GetCommandRequest, opts ...grpc.CallOption) (*GetCommandResponse, error)
@@ -292,7 +293,8 @@ type AdminServiceServer interface {
 	GetRuntimePin(context.Context, *GetRuntimePinRequest) (*GetRuntimePinResponse, error)
 	// ListRuntimePins returns the current pin of every runtime.
 	ListRuntimePins(context.Context, *ListRuntimePinsRequest) (*ListRuntimePinsResponse, error)
-	// ListAgents returns the agents the control plane knows, connected or not.
+	// ListAgents returns the agents the control plane knows, connected or not,
+	// one page at a time, ordered by tenant and identity.
 	ListAgents(context.Context, *ListAgentsRequest) (*ListAgentsResponse, error)
 	// GetCommand returns one command with its result and, if asked, its events.
 	GetCommand(context.Context, *GetCommandRequest) (*GetCommandResponse, error)
