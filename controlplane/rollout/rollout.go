@@ -30,6 +30,7 @@ import (
 	controlplanev1 "github.com/molecule-ai/tenant-agent/gen/controlplane/v1"
 	"github.com/molecule-ai/tenant-agent/pkg/identity"
 	"github.com/molecule-ai/tenant-agent/pkg/imageref"
+	"github.com/molecule-ai/tenant-agent/pkg/limits"
 )
 
 // MaxNotes bounds the free text stored with a pin.
@@ -104,7 +105,7 @@ func (r *Rollouts) Promote(ctx context.Context, caller identity.Identity, req *c
 	}
 	for _, t := range req.GetOptions().GetCanaryTenants() {
 		if len(r.targets(req.GetRuntime(), t)) == 0 {
-			return store.Rollout{}, nil, cperr.NotFound("canary tenant %q has no agent reporting runtime %q", t, req.GetRuntime())
+			return store.Rollout{}, nil, cperr.NotFound("canary tenant %s has no agent reporting runtime %s", limits.Quoted(t), limits.Quoted(req.GetRuntime()))
 		}
 	}
 	now := r.cfg.Now()
@@ -134,7 +135,7 @@ func (r *Rollouts) Promote(ctx context.Context, caller identity.Identity, req *c
 
 func validate(req *controlplanev1.PromoteRuntimeImageRequest) (imageref.Ref, error) {
 	if !identity.ValidName(req.GetRuntime()) {
-		return imageref.Ref{}, cperr.Invalid("runtime %q: want 1-63 lowercase letters, digits or hyphens", req.GetRuntime())
+		return imageref.Ref{}, cperr.Invalid("runtime %s: want 1-63 lowercase letters, digits or hyphens", limits.Quoted(req.GetRuntime()))
 	}
 	ref, err := imageref.Parse(req.GetImageRef())
 	if err != nil {
@@ -148,7 +149,7 @@ func validate(req *controlplanev1.PromoteRuntimeImageRequest) (imageref.Ref, err
 	}
 	for _, t := range req.GetOptions().GetCanaryTenants() {
 		if !identity.ValidName(t) {
-			return imageref.Ref{}, cperr.Invalid("canary tenant %q: want 1-63 lowercase letters, digits or hyphens", t)
+			return imageref.Ref{}, cperr.Invalid("canary tenant %s: want 1-63 lowercase letters, digits or hyphens", limits.Quoted(t))
 		}
 	}
 	return ref, nil

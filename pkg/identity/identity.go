@@ -19,6 +19,8 @@ import (
 	"strings"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/molecule-ai/tenant-agent/pkg/limits"
 )
 
 // Kind is the role family an identity belongs to.
@@ -158,7 +160,7 @@ func NormalizeSerial(s string) (string, error) {
 	}
 	for _, c := range s {
 		if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f') {
-			return "", fmt.Errorf("certificate serial %q: %q is not a hex digit", s, c)
+			return "", fmt.Errorf("certificate serial %s: %q is not a hex digit", limits.Quoted(s), c)
 		}
 	}
 	return s, nil
