@@ -476,6 +476,8 @@ func stateOf(o tenantagentv1.CommandOutcome) controlplanev1.CommandState {
 		return controlplanev1.CommandState_COMMAND_STATE_ROLLED_BACK
 	case tenantagentv1.CommandOutcome_COMMAND_OUTCOME_CANCELED:
 		return controlplanev1.CommandState_COMMAND_STATE_CANCELED
+	case tenantagentv1.CommandOutcome_COMMAND_OUTCOME_PARTIAL:
+		return controlplanev1.CommandState_COMMAND_STATE_PARTIAL
 	}
 	return controlplanev1.CommandState_COMMAND_STATE_UNSPECIFIED
 }

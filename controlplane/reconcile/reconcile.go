@@ -161,6 +161,7 @@ func failed(s controlplanev1.CommandState) bool {
 	switch s {
 	case controlplanev1.CommandState_COMMAND_STATE_FAILED,
 		controlplanev1.CommandState_COMMAND_STATE_ROLLED_BACK,
+		controlplanev1.CommandState_COMMAND_STATE_PARTIAL,
 		controlplanev1.CommandState_COMMAND_STATE_EXPIRED:
 		return true
 	}

@@ -61,6 +61,7 @@ func Terminal(s controlplanev1.CommandState) bool {
 	case controlplanev1.CommandState_COMMAND_STATE_SUCCEEDED,
 		controlplanev1.CommandState_COMMAND_STATE_FAILED,
 		controlplanev1.CommandState_COMMAND_STATE_ROLLED_BACK,
+		controlplanev1.CommandState_COMMAND_STATE_PARTIAL,
 		controlplanev1.CommandState_COMMAND_STATE_SUPERSEDED,
 		controlplanev1.CommandState_COMMAND_STATE_CANCELED,
 		controlplanev1.CommandState_COMMAND_STATE_EXPIRED:

@@ -237,6 +237,9 @@ const (
 	CommandState_COMMAND_STATE_CANCELED CommandState = 9
 	// COMMAND_STATE_EXPIRED means its deadline passed before it started.
 	CommandState_COMMAND_STATE_EXPIRED CommandState = 10
+	// COMMAND_STATE_PARTIAL means some containers moved to the digest and
+	// others did not; the result's containers say which.
+	CommandState_COMMAND_STATE_PARTIAL CommandState = 11
 )
 
 // Enum value maps for CommandState.
@@ -253,6 +256,7 @@ var (
 		8:  "COMMAND_STATE_SUPERSEDED",
 		9:  "COMMAND_STATE_CANCELED",
 		10: "COMMAND_STATE_EXPIRED",
+		11: "COMMAND_STATE_PARTIAL",
 	}
 	CommandState_value = map[string]int32{
 		"COMMAND_STATE_UNSPECIFIED": 0,
@@ -266,6 +270,7 @@ var (
 		"COMMAND_STATE_SUPERSEDED":  8,
 		"COMMAND_STATE_CANCELED":    9,
 		"COMMAND_STATE_EXPIRED":     10,
+		"COMMAND_STATE_PARTIAL":     11,
 	}
 )
 
@@ -2949,7 +2954,7 @@ const file_controlplane_v1_admin_service_proto_rawDesc = "" +
 	"\vCommandKind\x12\x1c\n" +
 	"\x18COMMAND_KIND_UNSPECIFIED\x10\x00\x12\x18\n" +
 	"\x14COMMAND_KIND_REFRESH\x10\x01\x12\x19\n" +
-	"\x15COMMAND_KIND_PREFETCH\x10\x02*\xbf\x02\n" +
+	"\x15COMMAND_KIND_PREFETCH\x10\x02*\xda\x02\n" +
 	"\fCommandState\x12\x1d\n" +
 	"\x19COMMAND_STATE_UNSPECIFIED\x10\x00\x12\x19\n" +
 	"\x15COMMAND_STATE_PENDING\x10\x01\x12\x16\n" +
@@ -2962,7 +2967,8 @@ const file_controlplane_v1_admin_service_proto_rawDesc = "" +
 	"\x18COMMAND_STATE_SUPERSEDED\x10\b\x12\x1a\n" +
 	"\x16COMMAND_STATE_CANCELED\x10\t\x12\x19\n" +
 	"\x15COMMAND_STATE_EXPIRED\x10\n" +
-	"*\xce\x01\n" +
+	"\x12\x19\n" +
+	"\x15COMMAND_STATE_PARTIAL\x10\v*\xce\x01\n" +
 	"\x0eAgentEventKind\x12 \n" +
 	"\x1cAGENT_EVENT_KIND_UNSPECIFIED\x10\x00\x12\x1d\n" +
 	"\x19AGENT_EVENT_KIND_SNAPSHOT\x10\x01\x12\x1b\n" +

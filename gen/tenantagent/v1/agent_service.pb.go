@@ -190,6 +190,9 @@ const (
 	CommandPhase_COMMAND_PHASE_ROLLING_BACK CommandPhase = 10
 	// COMMAND_PHASE_CONTAINER_DONE means one container is finished.
 	CommandPhase_COMMAND_PHASE_CONTAINER_DONE CommandPhase = 11
+	// COMMAND_PHASE_CLEANING_UP means images of the runtime's repository that
+	// no container uses are being removed after a successful refresh.
+	CommandPhase_COMMAND_PHASE_CLEANING_UP CommandPhase = 12
 )
 
 // Enum value maps for CommandPhase.
@@ -207,6 +210,7 @@ var (
 		9:  "COMMAND_PHASE_REMOVING_OLD",
 		10: "COMMAND_PHASE_ROLLING_BACK",
 		11: "COMMAND_PHASE_CONTAINER_DONE",
+		12: "COMMAND_PHASE_CLEANING_UP",
 	}
 	CommandPhase_value = map[string]int32{
 		"COMMAND_PHASE_UNSPECIFIED":    0,
@@ -221,6 +225,7 @@ var (
 		"COMMAND_PHASE_REMOVING_OLD":   9,
 		"COMMAND_PHASE_ROLLING_BACK":   10,
 		"COMMAND_PHASE_CONTAINER_DONE": 11,
+		"COMMAND_PHASE_CLEANING_UP":    12,
 	}
 )
 
@@ -269,6 +274,10 @@ const (
 	// COMMAND_OUTCOME_CANCELED means the command was canceled before it
 	// changed any container.
 	CommandOutcome_COMMAND_OUTCOME_CANCELED CommandOutcome = 4
+	// COMMAND_OUTCOME_PARTIAL means some containers moved to the digest and
+	// others did not (each container's outcome says which and why); it is
+	// not a success.
+	CommandOutcome_COMMAND_OUTCOME_PARTIAL CommandOutcome = 5
 )
 
 // Enum value maps for CommandOutcome.
@@ -279,6 +288,7 @@ var (
 		2: "COMMAND_OUTCOME_FAILED",
 		3: "COMMAND_OUTCOME_ROLLED_BACK",
 		4: "COMMAND_OUTCOME_CANCELED",
+		5: "COMMAND_OUTCOME_PARTIAL",
 	}
 	CommandOutcome_value = map[string]int32{
 		"COMMAND_OUTCOME_UNSPECIFIED": 0,
@@ -286,6 +296,7 @@ var (
 		"COMMAND_OUTCOME_FAILED":      2,
 		"COMMAND_OUTCOME_ROLLED_BACK": 3,
 		"COMMAND_OUTCOME_CANCELED":    4,
+		"COMMAND_OUTCOME_PARTIAL":     5,
 	}
 )
 
@@ -1337,9 +1348,15 @@ type CommandResult struct {
 	// pulled_bytes is how many bytes the pull downloaded.
 	PulledBytes uint64 `protobuf:"varint,9,opt,name=pulled_bytes,json=pulledBytes,proto3" json:"pulled_bytes,omitempty"`
 	// containers is the outcome per container; empty for a prefetch.
-	Containers    []*ContainerResult `protobuf:"bytes,10,rep,name=containers,proto3" json:"containers,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Containers []*ContainerResult `protobuf:"bytes,10,rep,name=containers,proto3" json:"containers,omitempty"`
+	// removed_images are the images of the runtime's repository the agent
+	// removed after the refresh (no container used them), as repo@digest or
+	// image ID.
+	RemovedImages []string `protobuf:"bytes,11,rep,name=removed_images,json=removedImages,proto3" json:"removed_images,omitempty"`
+	// reclaimed_bytes is the disk space the removed images freed.
+	ReclaimedBytes uint64 `protobuf:"varint,12,opt,name=reclaimed_bytes,json=reclaimedBytes,proto3" json:"reclaimed_bytes,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *CommandResult) Reset() {
@@ -1440,6 +1457,20 @@ func (x *CommandResult) GetContainers() []*ContainerResult {
 		return x.Containers
 	}
 	return nil
+}
+
+func (x *CommandResult) GetRemovedImages() []string {
+	if x != nil {
+		return x.RemovedImages
+	}
+	return nil
+}
+
+func (x *CommandResult) GetReclaimedBytes() uint64 {
+	if x != nil {
+		return x.ReclaimedBytes
+	}
+	return 0
 }
 
 // ContainerResult is what a refresh did to one container.
@@ -2142,7 +2173,7 @@ const file_tenantagent_v1_agent_service_proto_rawDesc = "" +
 	"\x06status\x18\x02 \x01(\tR\x06status\x12#\n" +
 	"\rcurrent_bytes\x18\x03 \x01(\x04R\fcurrentBytes\x12\x1f\n" +
 	"\vtotal_bytes\x18\x04 \x01(\x04R\n" +
-	"totalBytes\"\xf8\x03\n" +
+	"totalBytes\"\xc8\x04\n" +
 	"\rCommandResult\x12\x1d\n" +
 	"\n" +
 	"command_id\x18\x01 \x01(\tR\tcommandId\x128\n" +
@@ -2159,7 +2190,9 @@ const file_tenantagent_v1_agent_service_proto_rawDesc = "" +
 	"\n" +
 	"containers\x18\n" +
 	" \x03(\v2\x1f.tenantagent.v1.ContainerResultR\n" +
-	"containers\"\xde\x03\n" +
+	"containers\x12%\n" +
+	"\x0eremoved_images\x18\v \x03(\tR\rremovedImages\x12'\n" +
+	"\x0freclaimed_bytes\x18\f \x01(\x04R\x0ereclaimedBytes\"\xde\x03\n" +
 	"\x0fContainerResult\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12(\n" +
 	"\x10old_container_id\x18\x02 \x01(\tR\x0eoldContainerId\x12(\n" +
@@ -2227,7 +2260,7 @@ const file_tenantagent_v1_agent_service_proto_rawDesc = "" +
 	"\x15CONTAINER_HEALTH_NONE\x10\x01\x12\x1d\n" +
 	"\x19CONTAINER_HEALTH_STARTING\x10\x02\x12\x1c\n" +
 	"\x18CONTAINER_HEALTH_HEALTHY\x10\x03\x12\x1e\n" +
-	"\x1aCONTAINER_HEALTH_UNHEALTHY\x10\x04*\xed\x02\n" +
+	"\x1aCONTAINER_HEALTH_UNHEALTHY\x10\x04*\x8c\x03\n" +
 	"\fCommandPhase\x12\x1d\n" +
 	"\x19COMMAND_PHASE_UNSPECIFIED\x10\x00\x12\x18\n" +
 	"\x14COMMAND_PHASE_QUEUED\x10\x01\x12\x19\n" +
@@ -2241,13 +2274,15 @@ const file_tenantagent_v1_agent_service_proto_rawDesc = "" +
 	"\x1aCOMMAND_PHASE_REMOVING_OLD\x10\t\x12\x1e\n" +
 	"\x1aCOMMAND_PHASE_ROLLING_BACK\x10\n" +
 	"\x12 \n" +
-	"\x1cCOMMAND_PHASE_CONTAINER_DONE\x10\v*\xab\x01\n" +
+	"\x1cCOMMAND_PHASE_CONTAINER_DONE\x10\v\x12\x1d\n" +
+	"\x19COMMAND_PHASE_CLEANING_UP\x10\f*\xc8\x01\n" +
 	"\x0eCommandOutcome\x12\x1f\n" +
 	"\x1bCOMMAND_OUTCOME_UNSPECIFIED\x10\x00\x12\x1d\n" +
 	"\x19COMMAND_OUTCOME_SUCCEEDED\x10\x01\x12\x1a\n" +
 	"\x16COMMAND_OUTCOME_FAILED\x10\x02\x12\x1f\n" +
 	"\x1bCOMMAND_OUTCOME_ROLLED_BACK\x10\x03\x12\x1c\n" +
-	"\x18COMMAND_OUTCOME_CANCELED\x10\x04*\xe3\x01\n" +
+	"\x18COMMAND_OUTCOME_CANCELED\x10\x04\x12\x1b\n" +
+	"\x17COMMAND_OUTCOME_PARTIAL\x10\x05*\xe3\x01\n" +
 	"\x10ContainerOutcome\x12!\n" +
 	"\x1dCONTAINER_OUTCOME_UNSPECIFIED\x10\x00\x12\x1f\n" +
 	"\x1bCONTAINER_OUTCOME_RECREATED\x10\x01\x12%\n" +
