@@ -48,7 +48,11 @@ certs: ## Make the dev PKI in certs/dev (keeps existing files; TENANTS="a b" add
 TENANT ?= agents-team
 GRPCURL_DEV = go tool grpcurl -cacert certs/dev/ca.pem -cert certs/dev/operator-dev.pem -key certs/dev/operator-dev-key.pem
 
-run: build ## Run the control plane (SQLite in var/) and one agent for tenant $(TENANT) on the local Docker
+run: build ## Run the control plane (SQLite in var/) and one agent for tenant $(TENANT) on the local Docker (ADOPT=1 to manage existing containers)
+	@n=$$(docker ps -aq --filter label=molecule.org-id=$(TENANT) --filter label=molecule.platform.managed=true | wc -l); \
+	if [ "$$n" -gt 0 ] && [ "$(ADOPT)" != 1 ]; then \
+		echo "$$n existing containers carry tenant $(TENANT)'s labels; the agent would manage (and may refresh) them."; \
+		echo "Run with TENANT=<another tenant>, or ADOPT=1 to let it."; exit 2; fi
 	@$(GO) run ./certs/cmd/devpki --out certs/dev $(TENANT) > /dev/null
 	@echo "The agent manages containers labelled molecule.org-id=$(TENANT) and molecule.platform.managed=true."
 	@echo "Try, in another shell:"

@@ -1,6 +1,8 @@
 // Command demo shows the whole story on one machine (make demo): a
 // registry on 127.0.0.1 with workspace images v1 and v2, two workspace
-// containers of tenant agents-team on v1, the control plane and the agent
+// containers on v1 of a tenant named for this run only (so the agent can
+// never take over a container the demo did not create), the control plane
+// and the agent
 // as real processes, and a promote of v2 through grpcurl. It prints the
 // rollout as it happens and each container's digest and data before and
 // after, cleans up everything it started (also on failure or Ctrl-C), and
@@ -10,6 +12,8 @@ package main
 import (
 	"bufio"
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -24,6 +28,7 @@ import (
 	"time"
 
 	"github.com/docker/docker/api/types/container"
+	"github.com/docker/docker/api/types/filters"
 	"github.com/docker/docker/api/types/image"
 	"github.com/docker/docker/api/types/volume"
 	"github.com/docker/docker/client"
@@ -33,13 +38,35 @@ import (
 )
 
 const (
-	tenant  = "agents-team"
 	runtime = "codex"
-	certDir = "certs/dev"
 	varDir  = "var/demo"
+	// certDir holds a dev PKI made for this run, removed with varDir.
+	certDir = varDir + "/certs"
 )
 
+// tenant is unique to the run: the agent manages every container carrying
+// its tenant's labels, and a fixed name would adopt a user's containers.
+var tenant = "demo-" + randomHex(4)
+
+func randomHex(n int) string {
+	b := make([]byte, n)
+	if _, err := rand.Read(b); err != nil {
+		panic(err)
+	}
+	return hex.EncodeToString(b)
+}
+
 func main() { os.Exit(run()) }
+
+// labelled counts the containers, running or not, that carry the demo
+// tenant's labels.
+func labelled(ctx context.Context, d *registrytest.Standalone, cli *client.Client) int {
+	list, err := cli.ContainerList(ctx, container.ListOptions{All: true, Filters: filters.NewArgs(filters.Arg("label", "molecule.org-id="+tenant))})
+	if err != nil {
+		d.Fatal("list containers: ", err)
+	}
+	return len(list)
+}
 
 func step(format string, args ...any) { fmt.Printf("\n==> "+format+"\n", args...) }
 
@@ -82,7 +109,10 @@ func demo(ctx context.Context, d *registrytest.Standalone) int {
 	}
 	d.Cleanup(func() { os.RemoveAll(varDir) })
 
-	step("dev certificates in %s (made if missing)", certDir)
+	if n := labelled(ctx, d, cli); n > 0 {
+		d.Fatal(fmt.Sprintf("%d containers already carry tenant %s's labels; the demo touches only what it creates", n, tenant))
+	}
+	step("dev certificates for this run's tenant %s in %s", tenant, certDir)
 	mustRun(ctx, d, "go", "run", "./certs/cmd/devpki", "--out", certDir, tenant)
 
 	step("registry on 127.0.0.1 with workspace images v1 and v2 (no base image: a static Go binary)")
@@ -112,7 +142,9 @@ func demo(ctx context.Context, d *registrytest.Standalone) int {
 	startProcess(ctx, d, "controlplane", "bin/controlplane", "--agent-addr", agentAddr, "--admin-addr", adminAddr, "--http-addr", httpAddr,
 		"--cert", certDir+"/controlplane.pem", "--key", certDir+"/controlplane-key.pem", "--ca", certDir+"/ca.pem",
 		"--store", varDir+"/controlplane.db", "--heartbeat-interval", "2s")
+	// The agent takes only the demo's own repository, matched whole.
 	startProcess(ctx, d, "agent", "bin/tenant-agent", "--control-plane", agentAddr, "--server-name", "localhost",
+		"--repository-pattern", strings.TrimSuffix(repo, runtime)+"{runtime}", "--allow-repos", repo,
 		"--cert", certDir+"/agent-"+tenant+".pem", "--key", certDir+"/agent-"+tenant+"-key.pem", "--ca", certDir+"/ca.pem",
 		"--state-dir", varDir+"/agent", "--stability-window", "2s")
 	waitForAgent(ctx, d, adminAddr)
