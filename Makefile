@@ -70,8 +70,8 @@ demo: build ## The whole story on this machine: registry, v1 workspaces, control
 	$(GO) run ./e2e/demo
 
 images: build ## Build the Docker images of both binaries (empty base; no registry needed)
-	docker build -f deploy/controlplane.Dockerfile -t tenant-agent/controlplane:dev .
-	docker build -f deploy/agent.Dockerfile -t tenant-agent/agent:dev .
+	docker build --build-arg VERSION=$(VERSION) -f deploy/controlplane.Dockerfile -t tenant-agent/controlplane:dev .
+	docker build --build-arg VERSION=$(VERSION) -f deploy/agent.Dockerfile -t tenant-agent/agent:dev .
 
 BENCH_N ?= 1000 5000
 BENCH_ROUNDS ?= 5
