@@ -56,6 +56,14 @@ type Config struct {
 	// ResultRetention is how long confirmed command IDs are remembered,
 	// so a command resent after a long outage still runs only once.
 	ResultRetention time.Duration
+
+	// MinFreeDisk is the free space a pull must leave on Docker's data
+	// root. RegistryCredentials (a Docker config file: auths, credHelpers,
+	// credsStore) is read again at each pull.
+	MinFreeDisk uint64
+	// KeepImages is how many unused images of a runtime a refresh keeps
+	// besides the adopted one (the rollback target); negative: no cleanup.
+	KeepImages int
 	// CrashAt is a test hook: the agent dies just before this recreate
 	// step. OnCrash says how (default: the process exits, as if killed).
 	CrashAt string
@@ -76,6 +84,7 @@ func Defaults() Config {
 		PullTimeout: 2 * time.Hour, MaxParallel: 1, HeartbeatInterval: 15 * time.Second,
 		KeepaliveTime: 30 * time.Second, KeepaliveTimeout: 10 * time.Second,
 		ResultRetention: 7 * 24 * time.Hour,
+		MinFreeDisk:     5 << 30, KeepImages: 1,
 	}
 }
 
@@ -168,15 +177,18 @@ func Run(ctx context.Context, cfg Config) error {
 		return fmt.Errorf("docker: %w", err)
 	}
 	defer engine.Close()
-	auth := func(string) string { return "" }
+	creds := docker.CredentialFunc(docker.Anonymous)
 	if cfg.RegistryCredentials != "" {
-		if auth, err = docker.RegistryAuth(cfg.RegistryCredentials); err != nil {
+		c, err := docker.NewCredentials(cfg.RegistryCredentials, logger)
+		if err != nil {
 			return err
 		}
+		creds = c.For
 	}
 	exec, err := executor.New(executor.Config{
 		Engine: engine, Selector: selector, RepositoryPattern: cfg.RepositoryPattern, RuntimeLabel: cfg.RuntimeLabel,
-		AllowRepositories: cfg.AllowRepositories, RegistryAuth: auth,
+		AllowRepositories: cfg.AllowRepositories, Credentials: creds,
+		MinFreeDisk: cfg.MinFreeDisk, CleanupImages: cfg.KeepImages >= 0, KeepImages: cfg.KeepImages,
 		HealthGateTimeout: cfg.HealthGateTimeout, StabilityWindow: cfg.StabilityWindow, PullTimeout: cfg.PullTimeout, MaxParallel: cfg.MaxParallel,
 		Logger: logger,
 	})

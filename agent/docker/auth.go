@@ -1,71 +1,130 @@
 package docker
 
 import (
-	"encoding/base64"
-	"encoding/json"
+	"errors"
 	"fmt"
+	"log/slog"
 	"os"
-	"strings"
 
+	"github.com/distribution/reference"
+	"github.com/docker/cli/cli/config/configfile"
+	"github.com/docker/cli/cli/config/credentials"
 	"github.com/docker/docker/api/types/registry"
+	"github.com/google/go-containerregistry/pkg/authn"
 )
 
-// RegistryAuth reads registry credentials from a Docker config file
-// (the "auths" section of ~/.docker/config.json, or a file of the same
-// shape) and returns the X-Registry-Auth value for a repository's
-// registry, or "" when the file names none. Credential helpers are not
-// run: on a tenant host, write the credentials the agent needs into its
-// own file.
-func RegistryAuth(path string) (func(repository string) string, error) {
-	b, err := os.ReadFile(path)
+// CredentialFunc returns the credentials for a repository's registry, as
+// they are now; an empty AuthConfig means anonymous.
+type CredentialFunc func(repository string) (registry.AuthConfig, error)
+
+// Anonymous is the CredentialFunc of an agent without
+// --registry-credentials.
+func Anonymous(string) (registry.AuthConfig, error) { return registry.AuthConfig{}, nil }
+
+// Credentials reads registry credentials from a Docker config file (the
+// agent's --registry-credentials), the way the docker CLI does: a
+// registry's entry in "credHelpers" first, then "credsStore", then
+// "auths". A helper is the program docker-credential-<name> on PATH.
+//
+// The file is read again and the helper run again at every lookup, so
+// short-lived tokens (ECR's last 12 hours) rotate without a restart.
+// Credentials are never logged; only where they came from.
+type Credentials struct {
+	path   string
+	logger *slog.Logger
+}
+
+// NewCredentials checks once that path is a Docker config file, so a
+// typo fails at start rather than at the first pull.
+func NewCredentials(path string, logger *slog.Logger) (*Credentials, error) {
+	if logger == nil {
+		logger = slog.Default()
+	}
+	c := &Credentials{path: path, logger: logger.With("component", "registry-credentials")}
+	if _, err := c.load(); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+func (c *Credentials) load() (*configfile.ConfigFile, error) {
+	f, err := os.Open(c.path)
 	if err != nil {
 		return nil, fmt.Errorf("registry credentials: %w", err)
 	}
-	var file struct {
-		Auths map[string]struct {
-			Auth          string `json:"auth"`
-			Username      string `json:"username"`
-			Password      string `json:"password"`
-			IdentityToken string `json:"identitytoken"`
-		} `json:"auths"`
+	defer f.Close()
+	cf := configfile.New(c.path)
+	if err := cf.LoadFromReader(f); err != nil {
+		// The parse error never quotes the file's content.
+		return nil, fmt.Errorf("registry credentials %s: %w", c.path, err)
 	}
-	if err := json.Unmarshal(b, &file); err != nil {
-		return nil, fmt.Errorf("registry credentials %s: %w", path, err)
-	}
-	encoded := map[string]string{}
-	for server, a := range file.Auths {
-		cfg := registry.AuthConfig{Username: a.Username, Password: a.Password, IdentityToken: a.IdentityToken, ServerAddress: server}
-		if a.Auth != "" {
-			raw, err := base64.StdEncoding.DecodeString(a.Auth)
-			if err != nil {
-				return nil, fmt.Errorf("registry credentials %s: auth for %s is not base64", path, server)
-			}
-			cfg.Username, cfg.Password, _ = strings.Cut(string(raw), ":")
-		}
-		value, err := registry.EncodeAuthConfig(cfg)
-		if err != nil {
-			return nil, err
-		}
-		encoded[normalizeServer(server)] = value
-	}
-	return func(repository string) string { return encoded[registryOf(repository)] }, nil
+	return cf, nil
 }
 
-// registryOf is the registry host of a repository ("docker.io" when the
-// first element is not a host).
-func registryOf(repo string) string {
-	first, _, ok := strings.Cut(repo, "/")
-	if !ok || (!strings.ContainsAny(first, ".:") && first != "localhost") {
-		return "docker.io"
+// For returns the credentials for repository's registry, resolved now.
+func (c *Credentials) For(repository string) (registry.AuthConfig, error) {
+	host, err := registryHost(repository)
+	if err != nil {
+		return registry.AuthConfig{}, err
 	}
-	return first
+	cf, err := c.load()
+	if err != nil {
+		return registry.AuthConfig{}, err
+	}
+	// The docker CLI's key for Docker Hub is its historical index URL.
+	key := host
+	if host == "docker.io" {
+		key = "https://index.docker.io/v1/"
+	}
+	store, source := credentials.NewFileStore(cf), "auths"
+	helper := cf.CredentialsStore
+	if h, ok := cf.CredentialHelpers[key]; ok {
+		helper = h
+	}
+	if helper != "" {
+		store, source = credentials.NewNativeStore(cf, helper), "docker-credential-"+helper
+	}
+	ac, err := store.Get(key)
+	if err != nil {
+		return registry.AuthConfig{}, fmt.Errorf("registry credentials for %s from %s: %w", host, source, err)
+	}
+	out := registry.AuthConfig{Username: ac.Username, Password: ac.Password, IdentityToken: ac.IdentityToken, RegistryToken: ac.RegistryToken}
+	if out == (registry.AuthConfig{}) {
+		source = "none (anonymous)"
+	} else {
+		out.ServerAddress = host
+	}
+	c.logger.Debug("registry credentials resolved", "registry", host, "source", source)
+	return out, nil
 }
 
-func normalizeServer(s string) string {
-	s = strings.TrimPrefix(strings.TrimPrefix(s, "https://"), "http://")
-	s, _, _ = strings.Cut(s, "/")
-	if s == "index.docker.io" || s == "registry-1.docker.io" {
-		return "docker.io"
+// registryHost is the registry of a repository as the docker CLI keys its
+// credentials: "docker.io" when the first element is not a host.
+func registryHost(repository string) (string, error) {
+	named, err := reference.ParseNormalizedNamed(repository)
+	if err != nil {
+		return "", fmt.Errorf("repository %q: %w", repository, err)
 	}
-	return s
+	return reference.Domain(named), nil
+}
+
+// authenticator gives go-containerregistry the same credentials the
+// Engine gets, for the agent's own manifest requests.
+func authenticator(a registry.AuthConfig) authn.Authenticator {
+	if a.Username == "" && a.Password == "" && a.IdentityToken == "" && a.RegistryToken == "" {
+		return authn.Anonymous
+	}
+	return authn.FromConfig(authn.AuthConfig{Username: a.Username, Password: a.Password, IdentityToken: a.IdentityToken, RegistryToken: a.RegistryToken})
+}
+
+// encodeAuth is the X-Registry-Auth header value of a, or "" for none.
+func encodeAuth(a registry.AuthConfig) (string, error) {
+	if a == (registry.AuthConfig{}) {
+		return "", nil
+	}
+	v, err := registry.EncodeAuthConfig(a)
+	if err != nil {
+		return "", errors.New("cannot encode registry credentials")
+	}
+	return v, nil
 }

@@ -3,7 +3,6 @@ package docker
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -13,6 +12,7 @@ import (
 	"time"
 
 	"github.com/docker/docker/api/types/image"
+	"github.com/docker/docker/api/types/registry"
 
 	tenantagentv1 "github.com/molecule-ai/tenant-agent/gen/tenantagent/v1"
 )
@@ -36,8 +36,9 @@ type PullResult struct {
 
 // PullOptions tune Pull.
 type PullOptions struct {
-	// RegistryAuth is the X-Registry-Auth header value, or empty.
-	RegistryAuth string
+	// Auth is the registry credentials for this pull (resolved by the
+	// caller just before it), or empty for anonymous.
+	Auth registry.AuthConfig
 	// Attempts is how often a transient failure is retried (default 5).
 	Attempts int
 	// Backoff is the first wait between attempts; it doubles (default 2s).
@@ -48,9 +49,11 @@ type PullOptions struct {
 
 // Pull pulls ref ("repo@sha256:...") unless it is present, reading the
 // pull stream to its end and reporting per-layer byte progress at most once
-// per opts.Every. Transient failures are retried with backoff. It then
-// verifies the image's RepoDigests hold ref, so nothing later runs on an
-// image that is not the pin.
+// per opts.Every. A transient failure (network, registry trouble) is
+// retried with backoff; a permanent one (no such manifest, refused
+// credentials) fails at once. Either way the error is a *PullError. It
+// then verifies the image's RepoDigests hold ref, so nothing later runs on
+// an image that is not the pin.
 func (e *Engine) Pull(ctx context.Context, ref string, opts PullOptions, progress func(PullProgress)) (PullResult, error) {
 	if opts.Attempts <= 0 {
 		opts.Attempts = 5
@@ -64,25 +67,32 @@ func (e *Engine) Pull(ctx context.Context, ref string, opts PullOptions, progres
 	if id, err := e.verifiedImage(ctx, ref); err == nil {
 		return PullResult{ImageID: id}, nil
 	}
+	header, err := encodeAuth(opts.Auth)
+	if err != nil {
+		return PullResult{}, err
+	}
 	start := time.Now()
 	var bytes uint64
-	var err error
-	for attempt := 1; attempt <= opts.Attempts; attempt++ {
-		bytes, err = e.pullOnce(ctx, ref, opts, progress)
-		if err == nil || !transient(err) || attempt == opts.Attempts || ctx.Err() != nil {
+	for attempt := 1; ; attempt++ {
+		bytes, err = e.pullOnce(ctx, ref, header, opts.Every, progress)
+		if err == nil {
 			break
+		}
+		if ctx.Err() != nil {
+			return PullResult{}, fmt.Errorf("pull %s: %w", ref, ctx.Err())
+		}
+		transient, reason := e.decide(ctx, ref, opts.Auth, err)
+		if !transient || attempt == opts.Attempts {
+			return PullResult{}, &PullError{Ref: ref, Err: err, Transient: transient, Reason: reason, Attempts: attempt}
 		}
 		wait := opts.Backoff << (attempt - 1)
 		wait = wait/2 + rand.N(wait/2+1)
-		e.logger.Warn("pull failed; retrying", "ref", ref, "attempt", attempt, "in", wait, "error", err)
+		e.logger.Warn("pull failed; retrying", "ref", ref, "attempt", attempt, "in", wait, "error", err, "reason", reason)
 		select {
 		case <-ctx.Done():
-			return PullResult{}, ctx.Err()
+			return PullResult{}, fmt.Errorf("pull %s: %w", ref, ctx.Err())
 		case <-time.After(wait):
 		}
-	}
-	if err != nil {
-		return PullResult{}, fmt.Errorf("pull %s: %w", ref, err)
 	}
 	id, err := e.verifiedImage(ctx, ref)
 	if err != nil {
@@ -114,6 +124,7 @@ type pullMessage struct {
 		Total   int64 `json:"total"`
 	} `json:"progressDetail"`
 	Error *struct {
+		Code    int    `json:"code"`
 		Message string `json:"message"`
 	} `json:"errorDetail"`
 	ErrorMessage string `json:"error"`
@@ -124,8 +135,8 @@ type layer struct {
 	current, total int64
 }
 
-func (e *Engine) pullOnce(ctx context.Context, ref string, opts PullOptions, progress func(PullProgress)) (uint64, error) {
-	rc, err := e.cli.ImagePull(ctx, ref, image.PullOptions{RegistryAuth: opts.RegistryAuth})
+func (e *Engine) pullOnce(ctx context.Context, ref, auth string, every time.Duration, progress func(PullProgress)) (uint64, error) {
+	rc, err := e.cli.ImagePull(ctx, ref, image.PullOptions{RegistryAuth: auth})
 	if err != nil {
 		return 0, err
 	}
@@ -133,7 +144,7 @@ func (e *Engine) pullOnce(ctx context.Context, ref string, opts PullOptions, pro
 	layers := map[string]*layer{}
 	var last time.Time
 	report := func(force bool, msg string) {
-		if progress == nil || (!force && time.Since(last) < opts.Every) {
+		if progress == nil || (!force && time.Since(last) < every) {
 			return
 		}
 		last = time.Now()
@@ -148,10 +159,10 @@ func (e *Engine) pullOnce(ctx context.Context, ref string, opts PullOptions, pro
 			return 0, fmt.Errorf("read pull stream: %w", err)
 		}
 		if m.Error != nil {
-			return 0, errors.New(m.Error.Message)
+			return 0, &streamError{Code: m.Error.Code, Message: m.Error.Message}
 		}
 		if m.ErrorMessage != "" {
-			return 0, errors.New(m.ErrorMessage)
+			return 0, &streamError{Message: m.ErrorMessage}
 		}
 		if m.ID == "" || strings.HasPrefix(m.Status, "Pulling from") {
 			report(false, m.Status)
@@ -192,16 +203,4 @@ func summarize(layers map[string]*layer, msg string) PullProgress {
 		p.TotalBytes += uint64(max(l.total, 0))
 	}
 	return p
-}
-
-// transient reports whether a pull error may pass on a retry: network and
-// server trouble, not a missing manifest or refused credentials.
-func transient(err error) bool {
-	s := strings.ToLower(err.Error())
-	for _, permanent := range []string{"manifest unknown", "not found", "unauthorized", "denied", "invalid reference", "no such host"} {
-		if strings.Contains(s, permanent) {
-			return false
-		}
-	}
-	return true
 }

@@ -45,8 +45,17 @@ type Config struct {
 	// commands may use. Empty means: only the repository a runtime's
 	// containers already run.
 	AllowRepositories []string
-	// RegistryAuth returns the X-Registry-Auth value for a repository.
-	RegistryAuth func(repository string) string
+	// Credentials returns a repository's registry credentials; it is
+	// asked at every pull, so rotated tokens work without a restart.
+	Credentials docker.CredentialFunc
+	// MinFreeDisk is the free space a pull must leave on Docker's data
+	// root; 0 still needs the image to fit (docker.Engine.CheckDisk).
+	MinFreeDisk uint64
+	// CleanupImages turns on removing the runtime's unused images after a
+	// successful refresh, keeping KeepImages besides the adopted one
+	// (cleanup.go).
+	CleanupImages bool
+	KeepImages    int
 	// Defaults for commands that do not say.
 	HealthGateTimeout time.Duration
 	StabilityWindow   time.Duration
@@ -69,8 +78,8 @@ func (c *Config) CheckAndSetDefaults() error {
 	if strings.Count(c.RepositoryPattern, "{runtime}") != 1 {
 		return fmt.Errorf("repository pattern %q must hold {runtime} once", c.RepositoryPattern)
 	}
-	if c.RegistryAuth == nil {
-		c.RegistryAuth = func(string) string { return "" }
+	if c.Credentials == nil {
+		c.Credentials = docker.Anonymous
 	}
 	if c.HealthGateTimeout <= 0 {
 		c.HealthGateTimeout = 2 * time.Minute
@@ -274,11 +283,21 @@ func (x *Executor) Prefetch(ctx context.Context, cmd *tenantagentv1.PrefetchRunt
 		StartedAt: started, FinishedAt: timestamppb.Now(), PullDuration: durationpb.New(pulled.Duration), PulledBytes: pulled.Bytes}
 }
 
+// pull resolves the registry credentials (now, so a rotated token is
+// used), refuses if the image would not leave --min-free-disk free, and
+// pulls.
 func (x *Executor) pull(ctx context.Context, ref, repo string, hooks Hooks) (docker.PullResult, error) {
 	ctx, cancel := context.WithTimeout(ctx, x.cfg.PullTimeout)
 	defer cancel()
+	auth, err := x.cfg.Credentials(repo)
+	if err != nil {
+		return docker.PullResult{}, err
+	}
+	if err := x.cfg.Engine.CheckDisk(ctx, ref, auth, x.cfg.MinFreeDisk); err != nil {
+		return docker.PullResult{}, err
+	}
 	hooks.Progress(&Progress{Phase: tenantagentv1.CommandPhase_COMMAND_PHASE_PULLING, Message: "pulling " + ref})
-	res, err := x.cfg.Engine.Pull(ctx, ref, docker.PullOptions{RegistryAuth: x.cfg.RegistryAuth(repo)}, func(p docker.PullProgress) {
+	res, err := x.cfg.Engine.Pull(ctx, ref, docker.PullOptions{Auth: auth}, func(p docker.PullProgress) {
 		hooks.Progress(&Progress{Phase: tenantagentv1.CommandPhase_COMMAND_PHASE_PULLING, Layers: p.Layers, CurrentBytes: p.CurrentBytes, TotalBytes: p.TotalBytes,
 			Message: fmt.Sprintf("pulling %s: %s of %s", ref, bytesString(p.CurrentBytes), bytesString(p.TotalBytes))})
 	})
@@ -354,7 +373,7 @@ func (x *Executor) Refresh(ctx context.Context, cmd *tenantagentv1.RefreshRuntim
 		return nil
 	}
 	result.Containers = append(result.Containers, results...)
-	return summarize(result)
+	return x.cleanUp(ctx, summarize(result), repo, digest, todo, hooks)
 }
 
 // recreateAll recreates containers, at most parallel at once, and starts

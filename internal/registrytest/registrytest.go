@@ -110,6 +110,8 @@ type Registry struct {
 	// throttle is the blob download rate in bytes per second; 0 is
 	// unlimited.
 	throttle atomic.Int64
+	// auth, if set, is the credentials every request needs (auth.go).
+	auth atomic.Pointer[basicAuth]
 }
 
 // Throttle limits blob downloads to bytesPerSecond (0 lifts the limit), so
@@ -117,6 +119,9 @@ type Registry struct {
 func (r *Registry) Throttle(bytesPerSecond int64) { r.throttle.Store(bytesPerSecond) }
 
 func (r *Registry) serveHTTP(w http.ResponseWriter, req *http.Request) {
+	if !r.authorized(w, req) {
+		return
+	}
 	rate := r.throttle.Load()
 	if rate <= 0 || req.Method != http.MethodGet || !strings.Contains(req.URL.Path, "/blobs/") {
 		r.handler.ServeHTTP(w, req)
@@ -199,7 +204,7 @@ func (r *Registry) Push(t T, repo string, img v1.Image) (repository, digest stri
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := remote.Write(ref, img); err != nil {
+	if err := remote.Write(ref, img, remote.WithAuth(r.pushAuth())); err != nil {
 		t.Fatalf("push %s: %v", ref, err)
 	}
 	d, err := img.Digest()

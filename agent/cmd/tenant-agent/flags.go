@@ -4,7 +4,9 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math"
 	"os"
+	"strconv"
 	"strings"
 
 	"github.com/molecule-ai/tenant-agent/agent"
@@ -46,7 +48,9 @@ func parseFlags(args []string, stdout io.Writer) (agent.Config, error) {
 	fs.StringVar(&cfg.RepositoryPattern, "repository-pattern", cfg.RepositoryPattern, "a runtime's image repository, {runtime} standing for its plain name ([a-z0-9][a-z0-9_.-]*).\nWith a / (registry.example/molecule-ai/workspace-template-{runtime}) the whole repository must match;\nwithout, its last path element, and then with no --allow-repos all the runtime's containers must\nrun one repository, or its refreshes and prefetches are refused")
 	fs.StringVar(&cfg.RuntimeLabel, "runtime-label", "", "container label naming its runtime, if set (wins over --repository-pattern)")
 	allow := fs.String("allow-repos", "", "repositories commands may use, comma-separated; an entry ending in / is a prefix\n(default: only the repository a runtime's containers already run)")
-	fs.StringVar(&cfg.RegistryCredentials, "registry-credentials", defaultCredentials(), "Docker config file with registry credentials (the auths section)")
+	fs.StringVar(&cfg.RegistryCredentials, "registry-credentials", defaultCredentials(), "Docker config file with registry credentials: auths, credHelpers and credsStore, a helper being\ndocker-credential-<name> on PATH (e.g. \"credHelpers\": {\"<id>.dkr.ecr.<region>.amazonaws.com\": \"ecr-login\"});\nread again, and the helper run again, at each pull, so rotated tokens need no restart")
+	fs.Var(byteSize{&cfg.MinFreeDisk}, "min-free-disk", "`size` a pull must leave free on Docker's data root (e.g. 5GiB, 500MiB); a pull that would leave\nless is refused before anything is touched")
+	fs.IntVar(&cfg.KeepImages, "keep-images", cfg.KeepImages, "after a successful refresh, the runtime's unused images kept besides the adopted one (the rollback\ntarget); older ones no container uses are removed; -1 removes none")
 	fs.DurationVar(&cfg.HealthGateTimeout, "health-gate-timeout", cfg.HealthGateTimeout, "how long a new container may take to become healthy before it is rolled back")
 	fs.DurationVar(&cfg.StabilityWindow, "stability-window", cfg.StabilityWindow, "how long a container without a healthcheck must run without restarting")
 	fs.DurationVar(&cfg.PullTimeout, "pull-timeout", cfg.PullTimeout, "longest pull (images are large and links slow)")
@@ -114,4 +118,43 @@ func defaultCredentials() string {
 		return ""
 	}
 	return dir + "/config.json"
+}
+
+// byteSize is a flag of a size in bytes: a number with an optional unit,
+// binary (KiB, MiB, GiB, TiB, or K, M, G, T) or decimal (KB, MB, GB, TB).
+type byteSize struct{ n *uint64 }
+
+var byteUnits = map[string]float64{
+	"": 1, "b": 1, "k": 1 << 10, "kib": 1 << 10, "m": 1 << 20, "mib": 1 << 20, "g": 1 << 30, "gib": 1 << 30, "t": 1 << 40, "tib": 1 << 40,
+	"kb": 1e3, "mb": 1e6, "gb": 1e9, "tb": 1e12,
+}
+
+func (b byteSize) String() string {
+	if b.n == nil {
+		return ""
+	}
+	for _, u := range []struct {
+		name string
+		size uint64
+	}{{"TiB", 1 << 40}, {"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}} {
+		if *b.n >= u.size && *b.n%u.size == 0 {
+			return fmt.Sprintf("%d%s", *b.n/u.size, u.name)
+		}
+	}
+	return fmt.Sprint(*b.n)
+}
+
+func (b byteSize) Set(s string) error {
+	s = strings.TrimSpace(s)
+	i := strings.IndexFunc(s, func(r rune) bool { return (r < '0' || r > '9') && r != '.' })
+	if i < 0 {
+		i = len(s)
+	}
+	num, err := strconv.ParseFloat(s[:i], 64)
+	unit, ok := byteUnits[strings.ToLower(strings.TrimSpace(s[i:]))]
+	if err != nil || !ok || num < 0 || num*unit >= math.MaxUint64 {
+		return fmt.Errorf("%q: want a size such as 5GiB, 500MiB or 0", s)
+	}
+	*b.n = uint64(num * unit)
+	return nil
 }
