@@ -111,16 +111,31 @@ func (c Command) Usage(fs *flag.FlagSet, w io.Writer) {
 // NewLogger builds the slog logger of --log-level and --log-format, on
 // standard error.
 func NewLogger(level, format string) (*slog.Logger, error) {
+	return NewLoggerTo(os.Stderr, level, format)
+}
+
+// NewLoggerTo is NewLogger writing to w.
+func NewLoggerTo(w io.Writer, level, format string) (*slog.Logger, error) {
 	var l slog.Level
 	if err := l.UnmarshalText([]byte(level)); err != nil {
 		return nil, fmt.Errorf("--log-level %q: want debug, info, warn or error", level)
 	}
-	opts := &slog.HandlerOptions{Level: l}
+	opts := &slog.HandlerOptions{Level: l, ReplaceAttr: durationSeconds}
 	switch format {
 	case "text":
-		return slog.New(slog.NewTextHandler(os.Stderr, opts)), nil
+		return slog.New(slog.NewTextHandler(w, opts)), nil
 	case "json":
-		return slog.New(slog.NewJSONHandler(os.Stderr, opts)), nil
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
 	}
 	return nil, fmt.Errorf("--log-format %q: want text or json", format)
+}
+
+// durationSeconds prints durations as seconds ("in":1.5): slog's JSON
+// handler would print nanoseconds, which dashboards and people misread,
+// and its text handler "1.5s", which log queries cannot compare.
+func durationSeconds(_ []string, a slog.Attr) slog.Attr {
+	if a.Value.Kind() == slog.KindDuration {
+		a.Value = slog.Float64Value(a.Value.Duration().Seconds())
+	}
+	return a
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"flag"
+	"log/slog"
 	"strings"
 	"testing"
 	"time"
@@ -86,5 +87,27 @@ func TestPositionalArguments(t *testing.T) {
 	}
 	if strings.Join(got, ",") != "a,b" || *addr != ":9" {
 		t.Errorf("positional = %q, listen-addr = %q; want a,b and :9", got, *addr)
+	}
+}
+
+func TestLoggerPrintsDurationsInSeconds(t *testing.T) {
+	for format, want := range map[string][]string{
+		"json": {`"in":1.5`, `"wait":0.002`, `"g":{"d":60}`},
+		"text": {"in=1.5", "wait=0.002", "g.d=60"},
+	} {
+		var buf bytes.Buffer
+		logger, err := NewLoggerTo(&buf, "info", format)
+		if err != nil {
+			t.Fatal(err)
+		}
+		logger.Info("step", "in", 1500*time.Millisecond, "wait", 2*time.Millisecond, slog.Group("g", "d", time.Minute), "n", 7)
+		for _, w := range want {
+			if !strings.Contains(buf.String(), w) {
+				t.Errorf("%s: %q lacks %s", format, buf.String(), w)
+			}
+		}
+		if strings.Contains(buf.String(), "1500000000") || strings.Contains(buf.String(), "1.5s") {
+			t.Errorf("%s: a duration printed in its default form: %q", format, buf.String())
+		}
 	}
 }
