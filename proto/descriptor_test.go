@@ -1,5 +1,5 @@
 // Package proto_test checks the generated descriptors against the protocol
-// DESIGN.md promises, so a missing or renamed RPC or message fails the build.
+// docs/design.md promises, so a missing or renamed RPC or message fails the build.
 package proto_test
 
 import (
@@ -57,7 +57,7 @@ func TestAgentServiceShape(t *testing.T) {
 		t.Errorf("Connect output = %s, want tenantagent.v1.ControlMessage", got)
 	}
 
-	// Every message of DESIGN.md §5 travels in the envelopes' oneof.
+	// Every message of docs/design.md §5 travels in the envelopes' oneof.
 	envelopes := map[protoreflect.MessageDescriptor][]protoreflect.FullName{
 		connect.Input(): {
 			"tenantagent.v1.Hello", "tenantagent.v1.HealthReport", "tenantagent.v1.CommandAck",

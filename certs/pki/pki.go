@@ -1,5 +1,5 @@
 // Package pki issues the development PKI: a CA and leaf certificates whose
-// identity is a SPIFFE URI SAN (DESIGN.md §4). The devpki command and the
+// identity is a SPIFFE URI SAN (docs/security.md). The devpki command and the
 // tests use it, so tests run on certificates made exactly as the tool makes
 // them. Production uses any CA, SPIRE or cert-manager instead.
 package pki

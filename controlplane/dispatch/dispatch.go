@@ -1,5 +1,5 @@
 // Package dispatch delivers commands to agents with at-least-once delivery
-// (DESIGN.md §5): every command is journaled before it is sent, waits as
+// (docs/design.md §5): every command is journaled before it is sent, waits as
 // PENDING while its agent is offline, is sent again on every connect until
 // acknowledged, and its progress and result are recorded as they come back.
 // The agent dedupes by command ID, so the pair executes exactly once.

@@ -2,7 +2,7 @@
 // identity the control plane authorizes: a tenant agent, an operator or a
 // service. The tenant an agent speaks for comes only from here.
 //
-// Accepted forms (DESIGN.md §4):
+// Accepted forms (docs/security.md):
 //
 //	spiffe://<trust-domain>/tenant/<slug>
 //	spiffe://<trust-domain>/tenant/<slug>/agent/<name>
