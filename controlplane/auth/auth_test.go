@@ -62,6 +62,12 @@ func (a *agentEcho) Connect(stream tenantagentv1.AgentService_ConnectServer) err
 	}
 }
 
+func (a *agentEcho) streams() int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return len(a.serials)
+}
+
 func (a *agentEcho) lastSerial() string {
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -101,7 +107,9 @@ func start(t *testing.T) *env {
 		t.Fatal(err)
 	}
 	src := e.pki.Source(t, "controlplane")
-	creds := mtls.ServerCredentials(src, mtls.ServerOptions{TrustDomain: pkitest.TrustDomain, Check: e.deny.Check, Logger: logger})
+	// As in the real server: the deny list is checked at the call, not in
+	// the handshake, so a denied peer is told why.
+	creds := mtls.ServerCredentials(src, mtls.ServerOptions{TrustDomain: pkitest.TrustDomain, Track: e.deny.TrackConn, Logger: logger})
 	opts := append([]grpc.ServerOption{grpc.Creds(creds)}, auth.Interceptors{
 		TrustDomain: pkitest.TrustDomain, Policy: auth.NewPolicy(grants), Check: e.deny.Check, Logger: logger,
 	}.ServerOptions()...)
@@ -173,17 +181,17 @@ func TestHandshakeRefusals(t *testing.T) {
 		name  string
 		creds func(t *testing.T) credentials.TransportCredentials
 		// logged is what the server must have logged as the reason, for
-		// refusals our own verification makes.
+		// refusals crypto/tls or our own verification makes.
 		logged string
 	}{
 		{name: "no client certificate", creds: func(t *testing.T) credentials.TransportCredentials {
 			return credentials.NewTLS(&tls.Config{MinVersion: tls.VersionTLS13, RootCAs: roots, ServerName: "localhost"})
 		}},
-		{name: "certificate from another CA", creds: func(t *testing.T) credentials.TransportCredentials {
+		{name: "certificate from another CA", logged: "certificate signed by unknown authority", creds: func(t *testing.T) credentials.TransportCredentials {
 			files, _ := pkitest.IssueWith(t, otherCA, e.pki.Dir, "other-ca", pki.Leaf{SPIFFEID: operatorID, Client: true})
 			return clientCreds(t, files, "localhost")
 		}},
-		{name: "expired certificate", creds: func(t *testing.T) credentials.TransportCredentials {
+		{name: "expired certificate", logged: "certificate has expired or is not yet valid", creds: func(t *testing.T) credentials.TransportCredentials {
 			files, _ := e.pki.Issue(t, "expired", pki.Leaf{SPIFFEID: operatorID, Client: true, NotBefore: now.Add(-48 * time.Hour), NotAfter: now.Add(-time.Hour)})
 			return clientCreds(t, files, "localhost")
 		}},
@@ -357,9 +365,14 @@ func TestDenyList(t *testing.T) {
 	if _, err := connect(t, acme); status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), "incident 42") {
 		t.Errorf("denied tenant on an open connection: %v, want PermissionDenied with the reason", err)
 	}
-	// ...and a new handshake too.
-	if _, err := connect(t, e.dialAs(t, e.agentAddr, "agent-acme")); status.Code(err) != codes.Unavailable {
-		t.Errorf("denied tenant, new connection: %v, want the handshake refused", err)
+	// ...and on a new connection: the handshake completes, so the agent
+	// is told why, and the call never reaches the service.
+	served := e.agents.streams()
+	if _, err := connect(t, e.dialAs(t, e.agentAddr, "agent-acme")); status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), "incident 42") {
+		t.Errorf("denied tenant, new connection: %v, want PermissionDenied with the reason", err)
+	}
+	if e.agents.streams() != served {
+		t.Errorf("a denied tenant's stream reached the service")
 	}
 	// Other tenants are untouched.
 	if _, err := connect(t, e.dialAs(t, e.agentAddr, "agent-globex-host-1")); err != nil {
@@ -375,8 +388,8 @@ func TestDenyList(t *testing.T) {
 	// with it, another operator certificate would not.
 	src := e.pki.Source(t, "operator-dev")
 	e.deny.DenySerial(identity.SerialHex(src.Current().Leaf), "key leaked")
-	if err := healthCheck(t, e.dialAs(t, e.adminAddr, "operator-dev")); status.Code(err) != codes.Unavailable {
-		t.Errorf("denied serial: %v, want the handshake refused", err)
+	if err := healthCheck(t, e.dialAs(t, e.adminAddr, "operator-dev")); status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), "key leaked") {
+		t.Errorf("denied serial: %v, want PermissionDenied with the reason", err)
 	}
 	if !strings.Contains(e.logs.String(), "key leaked") {
 		t.Errorf("server log lacks the denial reason")

@@ -11,10 +11,11 @@ import (
 )
 
 // DenyList holds revoked tenants and certificate serials. The control plane
-// consults it at every handshake (see Check) and at the start of every
-// call; a denial also ends, at once, every call and connection the denied
-// tenant or certificate has open on either listener (see TrackCall and
-// TrackConn).
+// consults it at the start of every call (see Check), refusing with
+// PermissionDenied and the reason; the handshake lets denied peers through
+// so that they can be told why. A denial also ends, at once, every call
+// and connection the denied tenant or certificate has open on either
+// listener (see TrackCall and TrackConn).
 type DenyList struct {
 	mu      sync.RWMutex
 	tenants map[string]string // tenant -> reason

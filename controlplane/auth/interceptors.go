@@ -28,8 +28,10 @@ type Interceptors struct {
 	// TrustDomain is the SPIFFE trust domain callers must belong to.
 	TrustDomain string
 	Policy      *Policy
-	// Check, if set, refuses denied peers on every call, not only at the
-	// handshake, so a denial also stops a connection already open.
+	// Check, if set, refuses denied peers on every call with
+	// PermissionDenied and the reason. The handshake does not refuse
+	// them (only unverifiable or foreign certificates), so a denied agent
+	// learns why instead of seeing a bare TLS alert.
 	Check mtls.PeerCheck
 	// Tracker, if set, follows every authorized call so that a denial
 	// while it runs ends it (a WatchAgents stream stays open for days).
@@ -92,8 +94,8 @@ func (c Interceptors) ServerOptions() []grpc.ServerOption {
 }
 
 // authenticate reads the identity from the verified peer certificate,
-// refuses denied peers and calls the identity may not make, and puts the
-// identity in the context for handlers.
+// refuses calls the identity may not make, over-eager reconnects and
+// denied peers, and puts the identity in the context for handlers.
 func (c Interceptors) authenticate(logger *slog.Logger) grpcauth.AuthFunc {
 	return func(ctx context.Context) (context.Context, error) {
 		method, _ := grpc.Method(ctx)
@@ -110,19 +112,22 @@ func (c Interceptors) authenticate(logger *slog.Logger) grpcauth.AuthFunc {
 			logger.WarnContext(ctx, "call refused", "method", method, "peer", p.Addr, "reason", err)
 			return nil, status.Error(codes.Unauthenticated, err.Error())
 		}
-		if c.Check != nil {
-			if err := c.Check(id, cert); err != nil {
-				logger.WarnContext(ctx, "call refused", "method", method, "identity", id.ID, "reason", err)
-				return nil, status.Error(codes.PermissionDenied, err.Error())
-			}
-		}
 		if err := c.Policy.Authorize(id, method); err != nil {
 			logger.WarnContext(ctx, "call refused", "method", method, "identity", id.ID, "reason", err)
 			return nil, status.Error(codes.PermissionDenied, err.Error())
 		}
+		// Admission before the deny list: a denied agent completes its
+		// handshake (so it can be told why), and the reconnect limiter is
+		// what bounds how often it may come back to hear it again.
 		if c.Admit != nil {
 			if err := c.Admit(ctx, id, method); err != nil {
 				return nil, err // Admit logs, rate-limited: refusals come in floods
+			}
+		}
+		if c.Check != nil {
+			if err := c.Check(id, cert); err != nil {
+				logger.WarnContext(ctx, "call refused", "method", method, "identity", id.ID, "reason", err)
+				return nil, status.Error(codes.PermissionDenied, err.Error())
 			}
 		}
 		return identity.NewContext(ctx, id), nil

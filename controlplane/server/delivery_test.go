@@ -274,15 +274,11 @@ func TestDenyTenantDisconnectsAtOnce(t *testing.T) {
 	if status.Code(bad.Err()) != codes.PermissionDenied {
 		t.Errorf("denied agent's stream ended with %v", bad.Err())
 	}
-	// Refused on reconnect, at the handshake; the denial survives a restart.
+	// Refused on reconnect, at the call with the reason (the handshake
+	// completes so the agent can be told); the denial survives a restart.
 	h.restart()
-	again, err := cptest.Dial(t, h.srv.AgentAddr(), h.pki.Files("agent-bad"), codex(digestV1))
-	if err == nil {
-		<-again.Done()
-		err = again.Err()
-	}
-	if status.Code(err) != codes.Unavailable {
-		t.Errorf("denied agent reconnecting: %v, want refused at the handshake", err)
+	if err := deniedAgentDial(t, h, "agent-bad"); status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), "compromised host") {
+		t.Errorf("denied agent reconnecting: %v, want PermissionDenied with the reason", err)
 	}
 	_ = good
 	h.agent("good", codex(digestV1))

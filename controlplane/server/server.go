@@ -123,7 +123,10 @@ func New(cfg Config) (_ *Server, err error) {
 		return nil, err
 	}
 	grants, _ := auth.ParseGrants(cfg.ServiceGrants) // checked in CheckAndSetDefaults
-	creds := mtls.ServerCredentials(src, mtls.ServerOptions{TrustDomain: cfg.TrustDomain, Check: deny.Check, Track: deny.TrackConn, Logger: logger})
+	// No deny check in the handshake: denied peers are refused at the call
+	// (Interceptors.Check) with PermissionDenied and the reason, and the
+	// reconnect limiter bounds how often they may come back.
+	creds := mtls.ServerCredentials(src, mtls.ServerOptions{TrustDomain: cfg.TrustDomain, Track: deny.TrackConn, Logger: logger})
 	s.reconnects = admission.NewReconnects(cfg.ReconnectBurst, cfg.ReconnectInterval, logger)
 	common := append([]grpc.ServerOption{grpc.Creds(creds), grpc.ConnectionTimeout(cfg.HandshakeTimeout)}, auth.Interceptors{
 		TrustDomain: cfg.TrustDomain, Policy: auth.NewPolicy(grants), Check: deny.Check, Tracker: deny, Admit: s.admit, Logger: logger,

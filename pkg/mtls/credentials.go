@@ -14,8 +14,10 @@ import (
 	"github.com/molecule-ai/tenant-agent/pkg/identity"
 )
 
-// PeerCheck decides whether a verified peer may connect at all, for
-// example against a deny list. It runs during the handshake.
+// PeerCheck decides whether a verified peer may connect at all. It runs
+// during the handshake, so a peer it refuses learns nothing but a TLS
+// alert: use it for what must never reach a call (the control plane
+// refuses denied peers at the call instead, with the reason).
 type PeerCheck func(id identity.Identity, cert *x509.Certificate) error
 
 // ServerOptions configure ServerCredentials.
@@ -28,7 +30,9 @@ type ServerOptions struct {
 	// peer, and returns the connection gRPC will use (one it can close on
 	// revocation).
 	Track ConnTracker
-	// Logger receives one line per refused handshake.
+	// Logger receives refused handshakes with the reason, at most one line
+	// per peer address and reason per RefusalLogInterval (with a count of
+	// the rest).
 	Logger *slog.Logger
 }
 
@@ -38,7 +42,9 @@ type ConnTracker func(conn net.Conn, id identity.Identity, cert *x509.Certificat
 // ServerCredentials returns gRPC server credentials that require a client
 // certificate verified against the current CA bundle and carrying exactly
 // one SPIFFE ID of the trust domain. Each handshake uses the files as they
-// are now.
+// are now. Every failed handshake is logged (rate-limited), whether
+// crypto/tls refused the chain, our checks refused the identity, or the
+// client refused us.
 func ServerCredentials(src *Source, opts ServerOptions) credentials.TransportCredentials {
 	logger := opts.Logger
 	if logger == nil {
@@ -54,10 +60,7 @@ func ServerCredentials(src *Source, opts ServerOptions) credentials.TransportCre
 		if err == nil && opts.Check != nil {
 			err = opts.Check(id, cert)
 		}
-		if err != nil {
-			logger.Warn("handshake refused", "serial", identity.SerialHex(cert), "subject", cert.Subject.CommonName, "reason", err)
-		}
-		return err
+		return err // names the certificate; ServerHandshake logs it
 	}
 	creds := credentials.NewTLS(&tls.Config{
 		MinVersion: tls.VersionTLS13,
@@ -72,24 +75,27 @@ func ServerCredentials(src *Source, opts ServerOptions) credentials.TransportCre
 			}, nil
 		},
 	})
-	if opts.Track == nil {
-		return creds
-	}
-	return &trackingCredentials{TransportCredentials: creds, trustDomain: opts.TrustDomain, track: opts.Track}
+	return &serverCredentials{TransportCredentials: creds, trustDomain: opts.TrustDomain, track: opts.Track,
+		refusals: newRefusalLog(logger, RefusalLogInterval)}
 }
 
-// trackingCredentials hands each connection that passed the handshake to
-// a ConnTracker.
-type trackingCredentials struct {
+// serverCredentials logs failed handshakes and hands each connection that
+// passed to a ConnTracker, if there is one.
+type serverCredentials struct {
 	credentials.TransportCredentials
 	trustDomain string
 	track       ConnTracker
+	refusals    *refusalLog
 }
 
-func (c *trackingCredentials) ServerHandshake(raw net.Conn) (net.Conn, credentials.AuthInfo, error) {
+func (c *serverCredentials) ServerHandshake(raw net.Conn) (net.Conn, credentials.AuthInfo, error) {
 	conn, info, err := c.TransportCredentials.ServerHandshake(raw)
 	if err != nil {
+		c.refusals.refused(raw.RemoteAddr(), err)
 		return conn, info, err
+	}
+	if c.track == nil {
+		return conn, info, nil
 	}
 	cert, err := PeerCertificate(info)
 	if err != nil {
@@ -104,8 +110,8 @@ func (c *trackingCredentials) ServerHandshake(raw net.Conn) (net.Conn, credentia
 	return c.track(conn, id, cert), info, nil
 }
 
-func (c *trackingCredentials) Clone() credentials.TransportCredentials {
-	return &trackingCredentials{TransportCredentials: c.TransportCredentials.Clone(), trustDomain: c.trustDomain, track: c.track}
+func (c *serverCredentials) Clone() credentials.TransportCredentials {
+	return &serverCredentials{TransportCredentials: c.TransportCredentials.Clone(), trustDomain: c.trustDomain, track: c.track, refusals: c.refusals}
 }
 
 // ClientCredentials returns gRPC client credentials that present the
