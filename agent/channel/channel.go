@@ -51,10 +51,28 @@ type Config struct {
 	// KeepaliveTime and KeepaliveTimeout are the HTTP/2 pings; the
 	// heartbeat also exists because some L7 proxies drop pings.
 	KeepaliveTime, KeepaliveTimeout time.Duration
-	Logger                          *slog.Logger
+	// CA is the --ca file, named when the control plane's certificate
+	// does not verify against it.
+	CA string
+	// Observer, if set, follows the stream (for metrics).
+	Observer Observer
+	Logger   *slog.Logger
 
 	trim *trimmer
 }
+
+// Observer follows the stream to the control plane; calls must not block.
+type Observer interface {
+	// Connected reports a stream welcomed (true) or ended (false).
+	Connected(bool)
+	// Heartbeat reports a Hello or health report sent.
+	Heartbeat()
+}
+
+type noObserver struct{}
+
+func (noObserver) Connected(bool) {}
+func (noObserver) Heartbeat()     {}
 
 // CheckAndSetDefaults validates the config and fills in defaults.
 func (c *Config) CheckAndSetDefaults() error {
@@ -79,6 +97,9 @@ func (c *Config) CheckAndSetDefaults() error {
 	if c.DockerVersion == nil {
 		c.DockerVersion = func(context.Context) (string, error) { return "", errors.New("unknown") }
 	}
+	if c.Observer == nil {
+		c.Observer = noObserver{}
+	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
@@ -92,7 +113,8 @@ func Run(ctx context.Context, cfg Config) error {
 	if err := cfg.CheckAndSetDefaults(); err != nil {
 		return err
 	}
-	conn, err := grpc.NewClient(cfg.Addr, grpc.WithTransportCredentials(cfg.Creds),
+	creds := watchHandshakes(cfg.Creds)
+	conn, err := grpc.NewClient(cfg.Addr, grpc.WithTransportCredentials(creds),
 		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: cfg.KeepaliveTime, Timeout: cfg.KeepaliveTimeout, PermitWithoutStream: true}))
 	if err != nil {
 		return fmt.Errorf("control plane address %q: %w", cfg.Addr, err)
@@ -100,8 +122,12 @@ func Run(ctx context.Context, cfg Config) error {
 	defer conn.Close()
 	client := tenantagentv1.NewAgentServiceClient(conn)
 	failures := 0
+	redial := &redials{logger: cfg.Logger}
 	for ctx.Err() == nil {
 		welcomed, err := session(ctx, cfg, client)
+		if welcomed {
+			cfg.Observer.Connected(false)
+		}
 		var rc *reconnectError
 		switch {
 		case ctx.Err() != nil:
@@ -109,20 +135,23 @@ func Run(ctx context.Context, cfg Config) error {
 		case errors.As(err, &rc):
 			cfg.Logger.Info("control plane asked to reconnect", "after", rc.after, "reason", rc.reason)
 			failures = 0
+			redial.worked()
 			sleep(ctx, rc.after)
 			continue
 		case welcomed:
 			failures = 0 // the stream worked; start the backoff over
+			redial.worked()
 		}
 		failures++
 		wait := backoff(cfg.BackoffBase, cfg.BackoffMax, failures)
 		if hint, ok := retryHint(err); ok {
 			// The control plane is shedding load: redialing sooner than it
-			// asked would only be refused again.
+			// asked would only be refused again. The hint spaces these
+			// lines out already.
 			wait = max(wait, hintedWait(hint, cfg.BackoffMax))
 			cfg.Logger.Warn("control plane asked the agent to wait before redialing", "error", err, "retry_delay", hint, "in", wait.Round(time.Millisecond))
 		} else {
-			cfg.Logger.Warn("stream to the control plane ended; redialing", "error", err, "in", wait.Round(time.Millisecond))
+			redial.failed("stream to the control plane ended; redialing", Describe(err, creds.lastError(), cfg.CA), "in", wait.Round(time.Millisecond))
 		}
 		sleep(ctx, wait)
 	}
@@ -202,6 +231,8 @@ func session(ctx context.Context, cfg Config, client tenantagentv1.AgentServiceC
 		interval = d
 	}
 	cfg.Logger.Info("connected to the control plane", "identity", welcome.GetIdentity(), "heartbeat", interval, "control_plane_version", welcome.GetControlPlaneVersion())
+	cfg.Observer.Connected(true)
+	cfg.Observer.Heartbeat() // Hello was the first report
 
 	out := make(chan *tenantagentv1.AgentMessage, 1024)
 	cfg.Runner.SetSender(func(m *tenantagentv1.AgentMessage) bool {
@@ -324,5 +355,9 @@ func sendHealth(ctx context.Context, cfg Config, stream tenantagentv1.AgentServi
 	if err != nil {
 		h.DockerError = limits.Truncate(err.Error(), limits.Message)
 	}
-	return stream.Send(&tenantagentv1.AgentMessage{Body: &tenantagentv1.AgentMessage_Health{Health: h}})
+	if err := stream.Send(&tenantagentv1.AgentMessage{Body: &tenantagentv1.AgentMessage_Health{Health: h}}); err != nil {
+		return err
+	}
+	cfg.Observer.Heartbeat()
+	return nil
 }

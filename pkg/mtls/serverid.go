@@ -68,6 +68,9 @@ func (c *serverIDCredentials) Clone() credentials.TransportCredentials {
 	return &serverIDCredentials{clientCredentials: &clone, serverID: c.serverID}
 }
 
+// errServerID marks a server certificate without the expected SPIFFE ID.
+var errServerID = errors.New("server certificate")
+
 // verifyServerID requires the leaf to carry exactly one SPIFFE ID, want.
 func verifyServerID(cs tls.ConnectionState, want string) error {
 	if len(cs.PeerCertificates) == 0 {
@@ -89,5 +92,5 @@ func verifyServerID(cs tls.ConnectionState, want string) error {
 		}
 		presented = strings.Join(got, ", ")
 	}
-	return fmt.Errorf("server certificate: want SPIFFE ID %q, presented %s", want, presented)
+	return fmt.Errorf("%w: want SPIFFE ID %q, presented %s", errServerID, want, presented)
 }
