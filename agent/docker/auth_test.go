@@ -16,29 +16,8 @@ import (
 	"github.com/molecule-ai/tenant-agent/internal/testlog"
 )
 
-// writeHelper puts a fake docker-credential-<name> on PATH: it answers
-// "get" with user and the password in passwordFile at that moment, and
-// appends each server it was asked about to the calls file.
-func writeHelper(t *testing.T, name, user string) (passwordFile, calls string) {
-	t.Helper()
-	dir := t.TempDir()
-	passwordFile, calls = filepath.Join(dir, "password"), filepath.Join(dir, "calls")
-	script := `#!/bin/sh
-[ "$1" = get ] || exit 1
-read server
-echo "$server" >> '` + calls + `'
-printf '{"ServerURL":"%s","Username":"` + user + `","Secret":"%s"}' "$server" "$(cat '` + passwordFile + `')"
-`
-	if err := os.WriteFile(filepath.Join(dir, "docker-credential-"+name), []byte(script), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	t.Setenv("PATH", dir+string(os.PathListSeparator)+os.Getenv("PATH"))
-	return passwordFile, calls
-}
-
 func TestCredentialsAuthsHelpersAndStore(t *testing.T) {
-	pwFile, calls := writeHelper(t, "test", "helper-user")
-	os.WriteFile(pwFile, []byte("first"), 0o600)
+	pwFile, calls := registrytest.CredentialHelper(t, "test", "helper-user", "first")
 	path := filepath.Join(t.TempDir(), "config.json")
 	os.WriteFile(path, []byte(`{
 		"auths": {
@@ -118,10 +97,9 @@ func TestPullFromRegistryThatNeedsCredentials(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	pwFile, _ := writeHelper(t, "test", "robot")
-	os.WriteFile(pwFile, []byte("first"), 0o600)
+	pwFile, _ := registrytest.CredentialHelper(t, "test", "robot", "first")
 	reg := registrytest.StartRegistry(t)
-	reg.RequireBasicAuth("robot", func() string { b, _ := os.ReadFile(pwFile); return string(b) })
+	reg.RequireBasicAuth("robot", registrytest.ReadPassword(pwFile))
 	repo, v1 := reg.Push(t, "molecule-ai/workspace-template-codex", registrytest.WorkspaceImage(t, registrytest.Image{Version: "v1"}))
 	_, v2 := reg.Push(t, "molecule-ai/workspace-template-codex", registrytest.WorkspaceImage(t, registrytest.Image{Version: "v2"}))
 	_, v3 := reg.Push(t, "molecule-ai/workspace-template-codex", registrytest.WorkspaceImage(t, registrytest.Image{Version: "v3"}))

@@ -4,6 +4,8 @@ import (
 	"context"
 	"crypto/rand"
 	"fmt"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -11,6 +13,7 @@ import (
 	"time"
 
 	"github.com/docker/docker/api/types/container"
+	"github.com/docker/docker/api/types/image"
 	"github.com/docker/docker/client"
 
 	"github.com/molecule-ai/tenant-agent/agent/docker"
@@ -34,7 +37,9 @@ type runtimeFixture struct {
 	managed string // the managed container's name
 }
 
-func newRuntimeFixture(t *testing.T, versions ...string) *runtimeFixture {
+// newRuntimeFixture pushes the versions, each built a day after the one
+// before, except those in builtLast, built after all of them.
+func newRuntimeFixture(t *testing.T, versions []string, builtLast ...string) *runtimeFixture {
 	f := &runtimeFixture{t: t, cli: registrytest.Docker(t), reg: registrytest.StartRegistry(t), digest: map[string]string{}, logs: &testlog.Buffer{}}
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	t.Cleanup(cancel)
@@ -43,13 +48,20 @@ func newRuntimeFixture(t *testing.T, versions ...string) *runtimeFixture {
 	if f.engine, err = docker.New("", f.logs.Logger(t, "docker")); err != nil {
 		t.Fatal(err)
 	}
-	for _, v := range versions {
-		f.repo, f.digest[v] = f.reg.Push(t, "molecule-ai/workspace-template-codex", registrytest.WorkspaceImage(t, registrytest.Image{Version: v}))
-	}
-	t.Cleanup(func() { registrytest.RemoveImages(t, f.cli, f.repo) })
 	b := make([]byte, 4)
 	rand.Read(b)
 	f.managed = fmt.Sprintf("ws-%x", b)
+	for i, v := range versions {
+		created := time.Date(2026, 1, 1+i, 0, 0, 0, 0, time.UTC)
+		if slices.Contains(builtLast, v) {
+			created = created.AddDate(1, 0, 0)
+		}
+		// Images of this test's own: the same build elsewhere would share
+		// the image ID, and cleanup leaves an image another repository names.
+		img := registrytest.WorkspaceImage(t, registrytest.Image{Version: v + "-" + f.managed, Created: created})
+		f.repo, f.digest[v] = f.reg.Push(t, "molecule-ai/workspace-template-codex", img)
+	}
+	t.Cleanup(func() { registrytest.RemoveImages(t, f.cli, f.repo) })
 	f.sel = docker.Selector{"molecule.org-id": "test-" + f.managed, "molecule.platform.managed": "true"}
 	return f
 }
@@ -120,7 +132,7 @@ func (r *recorder) hooks() Hooks {
 // container as it was, the image not pulled, and an error that names the
 // free space, the image's size and the flag.
 func TestPullRefusedWhenDiskWouldRunShort(t *testing.T) {
-	f := newRuntimeFixture(t, "v1", "v2")
+	f := newRuntimeFixture(t, []string{"v1", "v2"})
 	id := f.run(f.managed, "v1", f.sel, true)
 	x := f.executor(Config{MinFreeDisk: 1 << 60})
 	var rec recorder
@@ -154,11 +166,12 @@ func TestPullRefusedWhenDiskWouldRunShort(t *testing.T) {
 }
 
 // v1 -> v2 -> v3 with one image kept: v1 is removed, v2 (the rollback
-// target) and v3 stay, v0 stays because a stopped container nobody
-// manages uses it, and another repository's image is never touched.
+// target, though v1 was built later) and v3 stay, v0 stays because a
+// stopped container nobody manages uses it, and another repository's
+// image is never touched.
 func TestRefreshRemovesUnusedImages(t *testing.T) {
-	f := newRuntimeFixture(t, "v0", "v1", "v2", "v3")
-	otherRepo, other := f.reg.Push(t, "molecule-ai/workspace-template-other", registrytest.WorkspaceImage(t, registrytest.Image{Version: "other"}))
+	f := newRuntimeFixture(t, []string{"v0", "v1", "v2", "v3"}, "v1")
+	otherRepo, other := f.reg.Push(t, "molecule-ai/workspace-template-other", registrytest.WorkspaceImage(t, registrytest.Image{Version: "other-" + f.managed}))
 	t.Cleanup(func() { registrytest.RemoveImages(t, f.cli, otherRepo) })
 	if _, err := f.engine.Pull(f.ctx, otherRepo+"@"+other, docker.PullOptions{}, nil); err != nil {
 		t.Fatal(err)
@@ -193,5 +206,42 @@ func TestRefreshRemovesUnusedImages(t *testing.T) {
 	}
 	if _, err := f.cli.ImageInspect(f.ctx, otherRepo+"@"+other); err != nil {
 		t.Errorf("another repository's image: %v", err)
+	}
+}
+
+// The executor asks for credentials at every pull: two prefetches from a
+// registry whose password rotates between them (a credential helper
+// returning the current one) both work, and without credentials the
+// prefetch fails saying the registry refused them.
+func TestPullsResolveCredentialsEachTime(t *testing.T) {
+	f := newRuntimeFixture(t, []string{"v1", "v2"})
+	f.run(f.managed, "v1", f.sel, false) // pulled before the registry wants credentials
+	pwFile, calls := registrytest.CredentialHelper(t, "test", "robot", "first")
+	f.reg.RequireBasicAuth("robot", registrytest.ReadPassword(pwFile))
+	config := filepath.Join(t.TempDir(), "config.json")
+	os.WriteFile(config, []byte(`{"credsStore": "test"}`), 0o600)
+	creds, err := docker.NewCredentials(config, f.logs.Logger(t, "credentials"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	prefetch := func(x *Executor, version string) *tenantagentv1.CommandResult {
+		var rec recorder
+		return x.Prefetch(f.ctx, &tenantagentv1.PrefetchRuntimeImage{CommandId: "c-" + version, Runtime: "codex", ImageRepository: f.repo, ImageDigest: f.digest[version]}, rec.hooks())
+	}
+	anonymous := f.executor(Config{})
+	if res := prefetch(anonymous, "v2"); res.GetOutcome() != tenantagentv1.CommandOutcome_COMMAND_OUTCOME_FAILED || !strings.Contains(res.GetError(), "refused the credentials") {
+		t.Fatalf("without credentials: %v %q; want a failure saying the registry refused them", res.GetOutcome(), res.GetError())
+	}
+	x := f.executor(Config{Credentials: creds.For})
+	if res := prefetch(x, "v2"); res.GetOutcome() != tenantagentv1.CommandOutcome_COMMAND_OUTCOME_SUCCEEDED {
+		t.Fatalf("with the first password: %v %s", res.GetOutcome(), res.GetError())
+	}
+	f.cli.ImageRemove(f.ctx, f.ref("v2"), image.RemoveOptions{})
+	os.WriteFile(pwFile, []byte("second"), 0o600) // rotated: the registry takes only this one now
+	if res := prefetch(x, "v2"); res.GetOutcome() != tenantagentv1.CommandOutcome_COMMAND_OUTCOME_SUCCEEDED {
+		t.Fatalf("after the rotation: %v %s", res.GetOutcome(), res.GetError())
+	}
+	if b, _ := os.ReadFile(calls); strings.Count(string(b), f.reg.Host) < 2 {
+		t.Errorf("the helper was asked %q; want at every pull", b)
 	}
 }

@@ -224,6 +224,8 @@ type Image struct {
 	NoHealthcheck bool
 	// Padding adds a layer of that many random bytes, for pull progress.
 	Padding int
+	// Created is the image's creation time (default: none, the epoch).
+	Created time.Time
 }
 
 var (
@@ -282,6 +284,7 @@ func WorkspaceImage(t T, spec Image) v1.Image {
 	}
 	cfg = cfg.DeepCopy()
 	cfg.OS, cfg.Architecture = "linux", "amd64"
+	cfg.Created = v1.Time{Time: spec.Created}
 	env := []string{"PATH=/", "WS_VERSION=" + spec.Version, "WS_DATA_DIRS=/data,/cache"}
 	if spec.Unhealthy {
 		env = append(env, "WS_HEALTHY=false")
