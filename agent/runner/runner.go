@@ -307,6 +307,7 @@ func (r *Runner) run(ctx context.Context, id string) (crashed bool) {
 		r.finish(id, &tenantagentv1.CommandResult{CommandId: id, Outcome: tenantagentv1.CommandOutcome_COMMAND_OUTCOME_FAILED, Error: err.Error()})
 		return false
 	}
+	steps := newStepLog(r.cfg.Logger.With("command", id, "runtime", runtimeOf(msg)))
 	hooks := executor.Hooks{
 		Step: func(st docker.RecreateState) error {
 			if _, err := r.cfg.Journal.Update(id, func(rec *journal.Record) {
@@ -333,6 +334,7 @@ func (r *Runner) run(ctx context.Context, id string) (crashed bool) {
 			r.mu.Unlock()
 			p.CommandId, p.Time = id, timestamppb.Now()
 			boundProgress(p)
+			steps.progress(p)
 			r.emit(&tenantagentv1.AgentMessage{Body: &tenantagentv1.AgentMessage_Progress{Progress: p}})
 		},
 	}
@@ -346,6 +348,7 @@ func (r *Runner) run(ctx context.Context, id string) (crashed bool) {
 	if res == nil {
 		return true
 	}
+	steps.done(res)
 	if cause := context.Cause(ctx); cause != nil && res.GetOutcome() == tenantagentv1.CommandOutcome_COMMAND_OUTCOME_CANCELED {
 		res.Error = cause.Error()
 	}
@@ -369,7 +372,14 @@ func (r *Runner) finish(id string, res *tenantagentv1.CommandResult) {
 	r.mu.Lock()
 	delete(r.seq, id)
 	r.mu.Unlock()
-	r.cfg.Logger.Info("command finished", "command", id, "outcome", res.GetOutcome(), "error", res.GetError())
+	args := []any{"command", id, "outcome", res.GetOutcome()}
+	if res.GetError() != "" {
+		args = append(args, "error", res.GetError())
+	}
+	if res.GetStartedAt() != nil {
+		args = append(args, "in", res.GetFinishedAt().AsTime().Sub(res.GetStartedAt().AsTime()))
+	}
+	r.cfg.Logger.Info("command done", args...)
 	r.emit(resultMessage(res))
 }
 
