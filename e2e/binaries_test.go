@@ -146,6 +146,6 @@ func (e *env) startAgentBinary(tenant, addr, stateDir string, env []string, extr
 	files := e.pki.Files("agent-" + tenant)
 	args := append([]string{"--control-plane", addr, "--server-name", "localhost", "--cert", files.Cert, "--key", files.Key, "--ca", files.CA,
 		"--state-dir", stateDir, "--labels", "molecule.org-id={tenant}-" + e.run + ",molecule.platform.managed=true",
-		"--health-gate-timeout", "30s", "--stability-window", "1s", "--log-level", "debug"}, extra...)
+		"--health-gate-timeout", "30s", "--stability-window", "1s", "--min-free-disk", "64MiB", "--log-level", "debug"}, extra...)
 	return startProcess(e.t, "agent-"+tenant, filepath.Join(binaries(e.t), "tenant-agent"), "", env, args...)
 }

@@ -253,6 +253,9 @@ func (e *env) startAgent(tenant, addr, stateDir string, mutate func(*agent.Confi
 	cfg.TLS, cfg.TrustDomain, cfg.StateDir = e.pki.Files("agent-"+tenant), pkitest.TrustDomain, stateDir
 	cfg.Labels = map[string]string{"molecule.org-id": "{tenant}-" + e.run, "molecule.platform.managed": "true"}
 	cfg.HealthGateTimeout, cfg.StabilityWindow = 30*time.Second, time.Second
+	// The test images are a few MiB: the suite must not depend on how full
+	// this machine's disk is (the refusal itself is tested in agent/).
+	cfg.MinFreeDisk = 64 << 20
 	a := &runningAgent{done: make(chan error, 1), logs: &testlog.Buffer{}}
 	cfg.Logger = a.logs.Logger(e.t, "agent-"+tenant)
 	if mutate != nil {

@@ -146,7 +146,7 @@ func demo(ctx context.Context, d *registrytest.Standalone) int {
 	startProcess(ctx, d, "agent", "bin/tenant-agent", "--control-plane", agentAddr, "--server-name", "localhost",
 		"--repository-pattern", strings.TrimSuffix(repo, runtime)+"{runtime}", "--allow-repos", repo,
 		"--cert", certDir+"/agent-"+tenant+".pem", "--key", certDir+"/agent-"+tenant+"-key.pem", "--ca", certDir+"/ca.pem",
-		"--state-dir", varDir+"/agent", "--stability-window", "2s")
+		"--state-dir", varDir+"/agent", "--stability-window", "2s", "--min-free-disk", "256MiB")
 	waitForAgent(ctx, d, adminAddr)
 
 	step("promote %s to v2 with grpcurl (streamed rollout)", runtime)
