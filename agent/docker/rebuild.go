@@ -9,6 +9,7 @@ import (
 	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/api/types/mount"
 	"github.com/docker/docker/api/types/network"
+	"github.com/docker/go-connections/nat"
 )
 
 // composeImageLabel is where docker compose records a service's image ID;
@@ -27,56 +28,43 @@ type Spec struct {
 }
 
 // Rebuild derives the replacement of old on a new image from old's inspect
-// output (DESIGN.md §6), without asking anything of the caller's command:
+// output (DESIGN.md §6), so that it equals what old's own create options
+// would give on the new image, without asking anything of the caller's
+// command:
 //
-//   - Config: the values old inherited from its image are removed (so the
-//     new image's own defaults apply), what was set at run time is kept;
-//   - a Hostname that is old's short ID (Docker's default) is dropped;
+//   - Config: only the values set at create are kept (ExplicitLabel and
+//     the old image's defaults tell them apart, see explicitConfig), so the
+//     new image's own defaults apply to the rest, Healthcheck field by
+//     field;
 //   - HostConfig is kept whole (binds, ports, restart policy, resources,
-//     logging, network mode, privileges); anonymous volumes are mounted
-//     again by name so their data carries over;
+//     logging, network mode, privileges, AutoRemove); anonymous volumes are
+//     mounted again by name as volumes, so their data carries over;
 //   - every network endpoint is kept with its aliases (minus old's short
 //     ID, which Docker adds itself) and static addresses;
-//   - a compose image label is moved to the new image ID.
+//   - a compose image label is moved to the new image ID;
+//   - the replacement's ExplicitLabel lists its explicit values that equal
+//     the new image's defaults (newImage; nil lists all explicit values),
+//     so the next refresh is exact.
 func Rebuild(old container.InspectResponse, oldImage, newImage *container.Config, newRef, newImageID string) Spec {
-	cfg := *old.Config
 	img := oldImage
 	if img == nil {
 		img = &container.Config{}
 	}
+	host := *old.HostConfig
+	host.ContainerIDFile = ""
+	host.Binds = slices.Clone(old.HostConfig.Binds)
+	host.Mounts = carriedMounts(old)
+	host.Links = relinks(old.HostConfig.Links)
+
+	cfg := explicitConfig(old, explicitValues{listed: parseExplicit(old.Config.Labels), img: img})
 	cfg.Image = newRef
-	cfg.Env = withoutItems(old.Config.Env, img.Env)
-	cfg.Labels = withoutEntries(old.Config.Labels, img.Labels)
 	if _, ok := cfg.Labels[composeImageLabel]; ok {
 		cfg.Labels[composeImageLabel] = newImageID
 	}
-	if slices.Equal(cfg.Cmd, img.Cmd) {
-		cfg.Cmd = nil
+	if host.NetworkMode.IsContainer() {
+		withoutOwnNetworkIdentity(&cfg)
 	}
-	if slices.Equal(cfg.Entrypoint, img.Entrypoint) {
-		cfg.Entrypoint = nil
-	}
-	if reflect.DeepEqual(cfg.Healthcheck, img.Healthcheck) {
-		cfg.Healthcheck = nil
-	}
-	cfg.ExposedPorts = withoutKeys(old.Config.ExposedPorts, img.ExposedPorts)
-	cfg.Volumes = withoutKeys(old.Config.Volumes, img.Volumes)
-	for _, f := range []struct {
-		v     *string
-		image string
-	}{{&cfg.WorkingDir, img.WorkingDir}, {&cfg.User, img.User}, {&cfg.StopSignal, img.StopSignal}} {
-		if *f.v == f.image {
-			*f.v = ""
-		}
-	}
-	if cfg.Hostname == shortID(old.ID) {
-		cfg.Hostname = ""
-	}
-
-	host := *old.HostConfig
-	host.ContainerIDFile = ""
-	host.Binds = append(slices.Clone(old.HostConfig.Binds), anonymousVolumeBinds(old)...)
-	host.Links = relinks(old.HostConfig.Links)
+	cfg.Labels[ExplicitLabel] = ambiguous(&cfg, newImage)
 
 	spec := Spec{Config: &cfg, HostConfig: &host, Connect: map[string]*network.EndpointSettings{}}
 	primary := string(host.NetworkMode)
@@ -95,6 +83,113 @@ func Rebuild(old container.InspectResponse, oldImage, newImage *container.Config
 		}
 	}
 	return spec
+}
+
+// explicitConfig is old's Config with only the values set at create: the
+// ones x finds explicit, and the fields an image never defaults (hostname,
+// tty, stdin, stop timeout...). A Hostname that is old's short ID
+// (Docker's default) is dropped.
+func explicitConfig(old container.InspectResponse, x explicitValues) container.Config {
+	oc := old.Config
+	cfg := *oc
+	imgFields := map[string]boundField{}
+	for _, f := range configFields(x.img) {
+		imgFields[f.name] = f
+	}
+	kept := map[string]bool{}
+	for _, f := range configFields(oc) {
+		kept[f.name] = f.isSet && x.field(f, imgFields[f.name])
+	}
+	if !kept[fieldEntrypoint] {
+		cfg.Entrypoint = nil
+		if !kept[fieldCmd] {
+			cfg.Cmd = nil
+		}
+	} // else the Engine did not inherit the image's Cmd: old's is explicit.
+	for name, v := range map[string]*string{fieldWorkingDir: &cfg.WorkingDir, fieldUser: &cfg.User, fieldStopSignal: &cfg.StopSignal} {
+		if !kept[name] {
+			*v = ""
+		}
+	}
+	if !kept[fieldShell] {
+		cfg.Shell = nil
+	}
+	cfg.Healthcheck = explicitHealthcheck(oc.Healthcheck, kept)
+
+	cfg.Env = nil
+	for _, e := range oc.Env {
+		if k, v, _ := strings.Cut(e, "="); x.env(k, v) {
+			cfg.Env = append(cfg.Env, e)
+		}
+	}
+	cfg.Labels = map[string]string{}
+	for k, v := range oc.Labels {
+		if !strings.HasPrefix(k, agentLabelPrefix) && x.label(k, v) {
+			cfg.Labels[k] = v
+		}
+	}
+	cfg.ExposedPorts = nil
+	for p := range oc.ExposedPorts {
+		// A published port is exposed by the create itself (docker run -p
+		// adds it), whatever the image says.
+		if _, published := old.HostConfig.PortBindings[p]; published || x.port(p) {
+			if cfg.ExposedPorts == nil {
+				cfg.ExposedPorts = nat.PortSet{}
+			}
+			cfg.ExposedPorts[p] = struct{}{}
+		}
+	}
+	cfg.Volumes = nil
+	for v := range oc.Volumes {
+		if x.volume(v) {
+			if cfg.Volumes == nil {
+				cfg.Volumes = map[string]struct{}{}
+			}
+			cfg.Volumes[v] = struct{}{}
+		}
+	}
+	if cfg.Hostname == shortID(old.ID) {
+		cfg.Hostname = ""
+	}
+	return cfg
+}
+
+// explicitHealthcheck keeps the healthcheck fields set at create; the
+// Engine fills each zero field from the new image's healthcheck.
+func explicitHealthcheck(h *container.HealthConfig, kept map[string]bool) *container.HealthConfig {
+	if h == nil {
+		return nil
+	}
+	out := container.HealthConfig{}
+	if kept[fieldHealthTest] {
+		out.Test = slices.Clone(h.Test)
+	}
+	if kept[fieldHealthIntvl] {
+		out.Interval = h.Interval
+	}
+	if kept[fieldHealthTmout] {
+		out.Timeout = h.Timeout
+	}
+	if kept[fieldHealthStart] {
+		out.StartPeriod = h.StartPeriod
+	}
+	if kept[fieldHealthStIntv] {
+		out.StartInterval = h.StartInterval
+	}
+	if kept[fieldHealthRetry] {
+		out.Retries = h.Retries
+	}
+	if reflect.ValueOf(out).IsZero() {
+		return nil
+	}
+	return &out
+}
+
+// withoutOwnNetworkIdentity clears what a container sharing another's
+// network (container:<id>) may not set: the Engine refuses the create
+// otherwise, and takes them from the other container.
+func withoutOwnNetworkIdentity(cfg *container.Config) {
+	cfg.Hostname, cfg.Domainname, cfg.ExposedPorts, cfg.MacAddress = "", "", nil, "" //nolint:staticcheck // MacAddress: deprecated, still refused
 }
 
 // endpoint keeps an endpoint's configuration and drops its operational
@@ -121,32 +216,38 @@ func endpoint(ep *network.EndpointSettings, oldID, networkName string) *network.
 	return out
 }
 
-// anonymousVolumeBinds mounts old's volumes that no bind or mount names
-// (anonymous volumes, from the image's VOLUME or a bare -v /path) by their
-// generated names, so the new container gets the same data.
-func anonymousVolumeBinds(old container.InspectResponse) []string {
-	named := map[string]bool{}
-	for _, b := range old.HostConfig.Binds {
-		parts := strings.Split(b, ":")
-		if len(parts) >= 2 {
-			named[parts[1]] = true
+// carriedMounts is old's HostConfig.Mounts with every anonymous volume
+// named, plus a volume mount by name for each anonymous volume no bind or
+// mount specifies (an image VOLUME, a bare -v /path), so the replacement
+// mounts the same volumes, as volumes, with the same data.
+func carriedMounts(old container.InspectResponse) []mount.Mount {
+	volumeAt := map[string]string{}
+	for _, m := range old.Mounts {
+		if m.Type == mount.TypeVolume && m.Name != "" {
+			volumeAt[m.Destination] = m.Name
 		}
 	}
-	for _, m := range old.HostConfig.Mounts {
-		named[m.Target] = true
+	specified := map[string]bool{}
+	for _, b := range old.HostConfig.Binds {
+		if parts := strings.Split(b, ":"); len(parts) >= 2 {
+			specified[parts[1]] = true
+		}
 	}
-	var binds []string
+	var out []mount.Mount
+	for _, m := range old.HostConfig.Mounts {
+		if m.Type == mount.TypeVolume && m.Source == "" {
+			m.Source = volumeAt[m.Target]
+		}
+		specified[m.Target] = true
+		out = append(out, m)
+	}
 	for _, m := range old.Mounts {
-		if m.Type != mount.TypeVolume || m.Name == "" || named[m.Destination] {
+		if m.Type != mount.TypeVolume || m.Name == "" || specified[m.Destination] {
 			continue
 		}
-		b := m.Name + ":" + m.Destination
-		if !m.RW {
-			b += ":ro"
-		}
-		binds = append(binds, b)
+		out = append(out, mount.Mount{Type: mount.TypeVolume, Source: m.Name, Target: m.Destination, ReadOnly: !m.RW})
 	}
-	return binds
+	return out
 }
 
 // relinks turns inspect's "/target:/self/alias" back into "target:alias".
@@ -168,37 +269,4 @@ func shortID(id string) string {
 		return id[:12]
 	}
 	return id
-}
-
-func withoutItems(items, remove []string) []string {
-	var out []string
-	for _, it := range items {
-		if !slices.Contains(remove, it) {
-			out = append(out, it)
-		}
-	}
-	return out
-}
-
-func withoutEntries(m, remove map[string]string) map[string]string {
-	out := map[string]string{}
-	for k, v := range m {
-		if rv, ok := remove[k]; !ok || rv != v {
-			out[k] = v
-		}
-	}
-	return out
-}
-
-func withoutKeys[K comparable, V any](m, remove map[K]V) map[K]V {
-	out := map[K]V{}
-	for k, v := range m {
-		if _, ok := remove[k]; !ok {
-			out[k] = v
-		}
-	}
-	if len(out) == 0 {
-		return nil
-	}
-	return out
 }

@@ -1,8 +1,10 @@
 package docker
 
 import (
+	"reflect"
 	"slices"
 	"testing"
+	"time"
 
 	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/api/types/mount"
@@ -70,14 +72,14 @@ func TestRebuildSubtractsImageDefaults(t *testing.T) {
 	if !slices.Equal(c.Env, []string{"SECRET=x", "EXTRA=set-at-run"}) {
 		t.Errorf("Env = %v: want only what was set at run time (the new image brings its own)", c.Env)
 	}
-	if len(c.Labels) != 2 || c.Labels["molecule.org-id"] != "acme" || c.Labels["com.docker.compose.image"] != "sha256:newimage" {
+	if len(c.Labels) != 3 || c.Labels["molecule.org-id"] != "acme" || c.Labels["com.docker.compose.image"] != "sha256:newimage" || c.Labels[ExplicitLabel] == "" {
 		t.Errorf("Labels = %v", c.Labels)
 	}
 	if c.Cmd != nil || c.Entrypoint != nil || c.Healthcheck != nil || c.WorkingDir != "" || c.Volumes != nil {
 		t.Errorf("image defaults kept: cmd %v entrypoint %v healthcheck %v workdir %q volumes %v", c.Cmd, c.Entrypoint, c.Healthcheck, c.WorkingDir, c.Volumes)
 	}
-	if _, ok := c.ExposedPorts["9000/tcp"]; !ok || len(c.ExposedPorts) != 1 {
-		t.Errorf("ExposedPorts = %v, want only the run-time 9000/tcp", c.ExposedPorts)
+	if _, ok := c.ExposedPorts["9000/tcp"]; !ok || len(c.ExposedPorts) != 2 {
+		t.Errorf("ExposedPorts = %v, want the run-time 9000/tcp and the published 8080/tcp", c.ExposedPorts)
 	}
 	if c.Hostname != "" {
 		t.Errorf("Hostname = %q: the old short ID must be dropped", c.Hostname)
@@ -98,9 +100,12 @@ func TestRebuildKeepsRunTimeOverrides(t *testing.T) {
 func TestRebuildHostConfigVolumesAndNetworks(t *testing.T) {
 	spec := Rebuild(oldContainer(), oldImage, nil, "r@sha256:n", "")
 	h := spec.HostConfig
-	wantBinds := []string{"data:/data", "/srv/bind:/bind:ro", "f00dcafe:/cache", "beefbeef:/ro-cache:ro"}
-	if !slices.Equal(h.Binds, wantBinds) {
-		t.Errorf("Binds = %v, want %v (anonymous volumes by name)", h.Binds, wantBinds)
+	if wantBinds := []string{"data:/data", "/srv/bind:/bind:ro"}; !slices.Equal(h.Binds, wantBinds) {
+		t.Errorf("Binds = %v, want %v", h.Binds, wantBinds)
+	}
+	wantMounts := []mount.Mount{{Type: mount.TypeVolume, Source: "f00dcafe", Target: "/cache"}, {Type: mount.TypeVolume, Source: "beefbeef", Target: "/ro-cache", ReadOnly: true}}
+	if !reflect.DeepEqual(h.Mounts, wantMounts) {
+		t.Errorf("Mounts = %+v, want %+v (anonymous volumes as volumes, by name)", h.Mounts, wantMounts)
 	}
 	if h.RestartPolicy.Name != "unless-stopped" || h.PortBindings["8080/tcp"][0].HostPort != "18080" {
 		t.Errorf("host config not kept: %+v", h)
@@ -129,6 +134,50 @@ func TestRebuildHostNetworkHasNoEndpoints(t *testing.T) {
 	spec := Rebuild(old, oldImage, nil, "r@sha256:n", "")
 	if spec.Network != nil || len(spec.Connect) != 0 {
 		t.Errorf("host network: %+v %+v", spec.Network, spec.Connect)
+	}
+}
+
+// A container sharing another's network may not set a hostname or expose
+// ports: the Engine refuses the create.
+func TestRebuildContainerNetworkMode(t *testing.T) {
+	old := oldContainer()
+	old.HostConfig.NetworkMode = "container:" + oldID
+	old.HostConfig.PortBindings = nil
+	old.Config.Hostname, old.Config.Domainname = "inherited", "example.org"
+	c := Rebuild(old, oldImage, nil, "r@sha256:n", "").Config
+	if c.Hostname != "" || c.Domainname != "" || c.ExposedPorts != nil {
+		t.Errorf("container network mode: hostname %q domainname %q ports %v", c.Hostname, c.Domainname, c.ExposedPorts)
+	}
+}
+
+// A healthcheck override keeps only the fields that differ from the old
+// image's (or that ExplicitLabel lists); the Engine fills in the rest from
+// the new image.
+func TestRebuildPartialHealthcheck(t *testing.T) {
+	old := oldContainer()
+	old.Config.Healthcheck = &container.HealthConfig{Test: oldImage.Healthcheck.Test, Interval: time.Second}
+	if h := Rebuild(old, oldImage, nil, "r@sha256:n", "").Config.Healthcheck; h == nil || h.Test != nil || h.Interval != time.Second {
+		t.Errorf("interval override = %+v, want the interval alone", h)
+	}
+	old.Config.Labels[ExplicitLabel] = `{"f":["Healthcheck.Test"]}`
+	if h := Rebuild(old, oldImage, nil, "r@sha256:n", "").Config.Healthcheck; h == nil || !slices.Equal(h.Test, oldImage.Healthcheck.Test) {
+		t.Errorf("labelled test = %+v, want it kept", h)
+	}
+}
+
+// Values equal to the old image's defaults are the new image's to set,
+// unless ExplicitLabel lists them; the replacement's label lists its
+// explicit values equal to the new image's defaults.
+func TestRebuildExplicitLabel(t *testing.T) {
+	old := oldContainer()
+	old.Config.Labels[ExplicitLabel] = Explicit(&container.Config{Env: []string{"WS_VERSION=v1"}, WorkingDir: "/"})
+	newImage := &container.Config{Env: []string{"WS_VERSION=v2"}, WorkingDir: "/"}
+	c := Rebuild(old, oldImage, newImage, "r@sha256:n", "").Config
+	if !slices.Contains(c.Env, "WS_VERSION=v1") || c.WorkingDir != "/" {
+		t.Errorf("explicit values lost: env %v workdir %q", c.Env, c.WorkingDir)
+	}
+	if got, want := c.Labels[ExplicitLabel], `{"f":["WorkingDir"]}`; got != want {
+		t.Errorf("replacement's %s = %s, want %s (only what equals the new image's defaults)", ExplicitLabel, got, want)
 	}
 }
 

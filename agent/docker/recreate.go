@@ -44,9 +44,11 @@ type RecreateState struct {
 	WasRunning bool   `json:"was_running"`
 	// RestartPolicy is old's policy, restored on rollback.
 	RestartPolicy container.RestartPolicy `json:"restart_policy"`
-	OldDigest     string                  `json:"old_digest"`
-	NewDigest     string                  `json:"new_digest"`
-	Step          Step                    `json:"step"`
+	// AutoRemove is old's: the Engine removes it when it stops.
+	AutoRemove bool   `json:"auto_remove,omitempty"`
+	OldDigest  string `json:"old_digest"`
+	NewDigest  string `json:"new_digest"`
+	Step       Step   `json:"step"`
 }
 
 // ErrCrash, returned by a journal function, makes Recreate return at once
@@ -90,147 +92,261 @@ type RecreateOptions struct {
 // after the stop is rolled back: the old container is back under its name,
 // with its restart policy, running if it was. journal is called before
 // every step; report describes steps for progress.
+//
+// A container with AutoRemove (docker run --rm) removes itself when it
+// stops, and the Engine cannot turn that off on an existing container, so
+// it is renamed aside before the stop, and a rollback after the stop
+// creates it again from its own inspect output on its own image (same
+// config and volumes, a new ID).
 func (e *Engine) Recreate(ctx context.Context, c Container, target Target, opts RecreateOptions, journal func(RecreateState) error, report func(tenantagentv1.CommandPhase, string)) *tenantagentv1.ContainerResult {
-	st := RecreateState{
+	r := &recreation{e: e, c: c, target: target, opts: opts, journal: journal, report: report,
+		// Steps that must not be half-done when a cancel arrives run on a
+		// context that only a deadline ends.
+		work: context.WithoutCancel(ctx), o: owner{sel: opts.Selector, commandID: opts.CommandID}}
+	r.st = RecreateState{
 		Name: c.Name(), CommandID: opts.CommandID, OldID: c.Inspect.ID, TempName: c.Name() + "-ta-new-" + opts.Suffix, AsideName: c.Name() + "-ta-old-" + opts.Suffix,
-		WasRunning: c.Inspect.State != nil && c.Inspect.State.Running, RestartPolicy: c.Inspect.HostConfig.RestartPolicy,
+		WasRunning: c.Inspect.State != nil && c.Inspect.State.Running, RestartPolicy: c.Inspect.HostConfig.RestartPolicy, AutoRemove: c.Inspect.HostConfig.AutoRemove,
 		OldDigest: c.DigestFor(c.Repository), NewDigest: target.Digest,
 	}
-	res := &tenantagentv1.ContainerResult{Name: st.Name, OldContainerId: st.OldID, NewContainerId: st.OldID, OldDigest: st.OldDigest, NewDigest: st.OldDigest, WasRunning: st.WasRunning}
-	step := func(s Step) error {
-		st.Step = s
-		return journal(st)
-	}
-	fail := func(phase tenantagentv1.CommandPhase, outcome tenantagentv1.ContainerOutcome, err error) *tenantagentv1.ContainerResult {
-		res.Outcome, res.FailedPhase, res.Error = outcome, phase, err.Error()
-		return res
-	}
-	// Steps that must not be half-done when a cancel arrives run on a
-	// context that only a deadline ends.
-	work := context.WithoutCancel(ctx)
-	o := owner{sel: opts.Selector, commandID: opts.CommandID}
-	notAttempted := func(err error) *tenantagentv1.ContainerResult {
-		return fail(tenantagentv1.CommandPhase_COMMAND_PHASE_CREATING, tenantagentv1.ContainerOutcome_CONTAINER_OUTCOME_NOT_ATTEMPTED, fmt.Errorf("%w; nothing was changed", err))
-	}
-
-	// 1. Create the replacement, not started, under a temporary name that
-	// nobody else holds (a leftover of this very command is removed).
-	if err := e.checkOwnership(work, o, c, st.TempName); err != nil {
-		return notAttempted(err)
-	}
-	report(tenantagentv1.CommandPhase_COMMAND_PHASE_CREATING, "creating "+st.TempName+" on "+target.Ref())
-	spec := Rebuild(c.Inspect, c.ImageConfig, nil, target.Ref(), target.ImageID)
-	o.label(spec.Config)
-	if err := step(StepCreate); err != nil {
-		return crashed(err, res)
-	}
-	created, err := e.cli.ContainerCreate(work, spec.Config, spec.HostConfig, spec.Network, nil, st.TempName)
-	if err != nil {
-		return fail(tenantagentv1.CommandPhase_COMMAND_PHASE_CREATING, tenantagentv1.ContainerOutcome_CONTAINER_OUTCOME_NOT_ATTEMPTED, fmt.Errorf("create replacement (old container untouched): %w", err))
-	}
-	st.NewID = created.ID
-	if err := step(StepConnect); err != nil {
-		return crashed(err, res)
-	}
-	for name, ep := range spec.Connect {
-		if err := e.cli.NetworkConnect(work, name, created.ID, ep); err != nil {
-			e.discard(work, o, created.ID)
-			return fail(tenantagentv1.CommandPhase_COMMAND_PHASE_CREATING, tenantagentv1.ContainerOutcome_CONTAINER_OUTCOME_NOT_ATTEMPTED, fmt.Errorf("connect replacement to network %s (old container untouched): %w", name, err))
+	r.res = &tenantagentv1.ContainerResult{Name: r.st.Name, OldContainerId: r.st.OldID, NewContainerId: r.st.OldID, OldDigest: r.st.OldDigest, NewDigest: r.st.OldDigest, WasRunning: r.st.WasRunning}
+	for _, step := range []func() bool{r.createReplacement, r.takeOver, r.startAndGate, r.removeOld} {
+		if !step() {
+			return r.result()
 		}
 	}
-	// Both IDs are re-read before the first destructive step.
-	if err := e.checkCreated(work, o, st.NewID); err != nil {
-		e.discard(work, o, created.ID)
-		return notAttempted(fmt.Errorf("replacement: %w", err))
-	}
-	if _, err := e.checkTenant(work, o, st.OldID); err != nil {
-		e.discard(work, o, created.ID)
-		return notAttempted(fmt.Errorf("old container: %w", err))
-	}
-
-	// 2. Stop the old one and swap names. From here on, failure rolls back.
-	rollback := func(phase tenantagentv1.CommandPhase, cause error) *tenantagentv1.ContainerResult {
-		report(tenantagentv1.CommandPhase_COMMAND_PHASE_ROLLING_BACK, "rolling back "+st.Name+": "+cause.Error())
-		if err := e.rollback(work, st, o.sel); err != nil {
-			return fail(phase, tenantagentv1.ContainerOutcome_CONTAINER_OUTCOME_FAILED, fmt.Errorf("%v; rollback incomplete: %w", cause, err))
-		}
-		return fail(phase, tenantagentv1.ContainerOutcome_CONTAINER_OUTCOME_ROLLED_BACK, cause)
-	}
-	if err := step(StepDisableRestart); err != nil {
-		return crashed(err, res)
-	}
-	if err := e.setRestartPolicy(work, st.OldID, container.RestartPolicy{Name: container.RestartPolicyDisabled}); err != nil {
-		return rollback(tenantagentv1.CommandPhase_COMMAND_PHASE_STOPPING, fmt.Errorf("disable old restart policy: %w", err))
-	}
-	stoppedAt := time.Now()
-	if st.WasRunning {
-		report(tenantagentv1.CommandPhase_COMMAND_PHASE_STOPPING, "stopping "+st.Name)
-		if err := step(StepStop); err != nil {
-			return crashed(err, res)
-		}
-		// Empty options: the container's own stop signal and timeout.
-		if err := e.cli.ContainerStop(work, st.OldID, container.StopOptions{}); err != nil {
-			return rollback(tenantagentv1.CommandPhase_COMMAND_PHASE_STOPPING, fmt.Errorf("stop old container: %w", err))
-		}
-		stoppedAt = time.Now()
-	}
-	report(tenantagentv1.CommandPhase_COMMAND_PHASE_SWAPPING, "renaming "+st.Name+" to "+st.AsideName)
-	if err := step(StepRenameOld); err != nil {
-		return crashed(err, res)
-	}
-	if err := e.cli.ContainerRename(work, st.OldID, st.AsideName); err != nil {
-		return rollback(tenantagentv1.CommandPhase_COMMAND_PHASE_SWAPPING, fmt.Errorf("rename old container aside: %w", err))
-	}
-	if err := step(StepRenameNew); err != nil {
-		return crashed(err, res)
-	}
-	if err := e.cli.ContainerRename(work, st.NewID, st.Name); err != nil {
-		return rollback(tenantagentv1.CommandPhase_COMMAND_PHASE_SWAPPING, fmt.Errorf("rename replacement: %w", err))
-	}
-
-	// 3. Start and gate (a stopped container is left stopped).
-	if st.WasRunning {
-		report(tenantagentv1.CommandPhase_COMMAND_PHASE_STARTING, "starting "+st.Name+" on "+target.Digest)
-		if err := step(StepStart); err != nil {
-			return crashed(err, res)
-		}
-		if err := e.cli.ContainerStart(work, st.NewID, container.StartOptions{}); err != nil {
-			return rollback(tenantagentv1.CommandPhase_COMMAND_PHASE_STARTING, fmt.Errorf("start replacement: %w", err))
-		}
-		res.Downtime = durationpb.New(time.Since(stoppedAt))
-		report(tenantagentv1.CommandPhase_COMMAND_PHASE_HEALTH_GATE, "waiting for "+st.Name+" to prove healthy")
-		if err := step(StepHealthGate); err != nil {
-			return crashed(err, res)
-		}
-		gateStart := time.Now()
-		if err := e.healthGate(work, st.NewID, opts); err != nil {
-			return rollback(tenantagentv1.CommandPhase_COMMAND_PHASE_HEALTH_GATE, err)
-		}
-		res.HealthGate = durationpb.New(time.Since(gateStart))
-	}
-
-	// 4. Remove the old container, never its volumes.
-	report(tenantagentv1.CommandPhase_COMMAND_PHASE_REMOVING_OLD, "removing the old container "+shortID(st.OldID))
-	if err := step(StepRemoveOld); err != nil {
-		return crashed(err, res)
-	}
-	e.removeOld(work, o, st)
-	if err := step(StepDone); err != nil {
-		return crashed(err, res)
-	}
-	res.Outcome, res.NewContainerId, res.NewDigest = tenantagentv1.ContainerOutcome_CONTAINER_OUTCOME_RECREATED, st.NewID, target.Digest
-	report(tenantagentv1.CommandPhase_COMMAND_PHASE_CONTAINER_DONE, st.Name+" runs "+target.Digest)
-	return res
+	r.res.Outcome, r.res.NewContainerId, r.res.NewDigest = tenantagentv1.ContainerOutcome_CONTAINER_OUTCOME_RECREATED, r.st.NewID, target.Digest
+	report(tenantagentv1.CommandPhase_COMMAND_PHASE_CONTAINER_DONE, r.st.Name+" runs "+target.Digest)
+	return r.res
 }
 
-// crashed turns a journal failure into the result. A simulated crash
-// returns nil: as if the process died, nobody reports anything.
-func crashed(err error, res *tenantagentv1.ContainerResult) *tenantagentv1.ContainerResult {
-	if errors.Is(err, ErrCrash) {
+// recreation is one container's recreate under way. Each step returns
+// false when the recreate ends there, its result in res.
+type recreation struct {
+	e       *Engine
+	c       Container
+	target  Target
+	opts    RecreateOptions
+	work    context.Context
+	o       owner
+	st      RecreateState
+	res     *tenantagentv1.ContainerResult
+	crashed bool
+	// stoppedAt is when old stopped, for the downtime.
+	stoppedAt time.Time
+	journal   func(RecreateState) error
+	report    func(tenantagentv1.CommandPhase, string)
+}
+
+// result is the recreate's result; nil after a simulated crash, as if the
+// process died and nobody reported anything.
+func (r *recreation) result() *tenantagentv1.ContainerResult {
+	if r.crashed {
 		return nil
 	}
-	res.Outcome, res.Error = tenantagentv1.ContainerOutcome_CONTAINER_OUTCOME_NOT_ATTEMPTED, "cannot write the journal: "+err.Error()
-	return res
+	return r.res
+}
+
+// step journals s before it is taken.
+func (r *recreation) step(s Step) bool {
+	r.st.Step = s
+	err := r.journal(r.st)
+	switch {
+	case err == nil:
+		return true
+	case errors.Is(err, ErrCrash):
+		r.crashed = true
+	default:
+		r.res.Outcome, r.res.Error = tenantagentv1.ContainerOutcome_CONTAINER_OUTCOME_NOT_ATTEMPTED, "cannot write the journal: "+err.Error()
+	}
+	return false
+}
+
+// fail ends the recreate with outcome. A NOT_ATTEMPTED result with a
+// failed phase is this container's own failure (its config, its name);
+// without one it was skipped.
+func (r *recreation) fail(phase tenantagentv1.CommandPhase, outcome tenantagentv1.ContainerOutcome, err error) bool {
+	r.res.Outcome, r.res.FailedPhase, r.res.Error = outcome, phase, err.Error()
+	return false
+}
+
+// untouched ends a recreate that changed nothing.
+func (r *recreation) untouched(err error) bool {
+	return r.fail(tenantagentv1.CommandPhase_COMMAND_PHASE_CREATING, tenantagentv1.ContainerOutcome_CONTAINER_OUTCOME_NOT_ATTEMPTED, fmt.Errorf("%w; nothing was changed", err))
+}
+
+// createReplacement creates the replacement, not started, under a
+// temporary name that nobody else holds (a leftover of this very command is
+// removed), connected to all of old's networks. Both containers are
+// re-read before the first destructive step.
+func (r *recreation) createReplacement() bool {
+	e, work, st := r.e, r.work, &r.st
+	if err := e.checkOwnership(work, r.o, r.c, st.TempName); err != nil {
+		return r.untouched(err)
+	}
+	r.report(tenantagentv1.CommandPhase_COMMAND_PHASE_CREATING, "creating "+st.TempName+" on "+r.target.Ref())
+	newImage := e.imageConfig(work, r.target.ImageID)
+	spec := Rebuild(r.c.Inspect, r.c.ImageConfig, newImage, r.target.Ref(), r.target.ImageID)
+	r.o.label(spec.Config)
+	if !r.step(StepCreate) {
+		return false
+	}
+	id, err := e.createFromSpec(work, spec, st.TempName)
+	if err != nil {
+		return r.untouched(fmt.Errorf("create replacement (old container untouched): %w", err))
+	}
+	st.NewID = id
+	if !r.step(StepConnect) {
+		return false
+	}
+	if err := e.connectAll(work, spec, id); err != nil {
+		e.discard(work, r.o, id)
+		return r.untouched(fmt.Errorf("replacement (old container untouched): %w", err))
+	}
+	if err := e.checkCreated(work, r.o, st.NewID); err != nil {
+		e.discard(work, r.o, id)
+		return r.untouched(fmt.Errorf("replacement: %w", err))
+	}
+	if _, err := e.checkTenant(work, r.o, st.OldID); err != nil {
+		e.discard(work, r.o, id)
+		return r.untouched(fmt.Errorf("old container: %w", err))
+	}
+	return true
+}
+
+// rollback restores old after a failure from the stop on.
+func (r *recreation) rollback(phase tenantagentv1.CommandPhase, cause error) bool {
+	r.report(tenantagentv1.CommandPhase_COMMAND_PHASE_ROLLING_BACK, "rolling back "+r.st.Name+": "+cause.Error())
+	restored, err := r.e.rollback(r.work, r.st, r.o.sel, &r.c)
+	if restored != "" {
+		r.res.NewContainerId = restored
+	}
+	if err != nil {
+		return r.fail(phase, tenantagentv1.ContainerOutcome_CONTAINER_OUTCOME_FAILED, fmt.Errorf("%v; rollback incomplete: %w", cause, err))
+	}
+	return r.fail(phase, tenantagentv1.ContainerOutcome_CONTAINER_OUTCOME_ROLLED_BACK, cause)
+}
+
+// takeOver stops old and gives its name to the replacement: from here on,
+// failure rolls back. An AutoRemove container is renamed aside before the
+// stop, because the stop removes it.
+func (r *recreation) takeOver() bool {
+	st := &r.st
+	if !r.step(StepDisableRestart) {
+		return false
+	}
+	if err := r.e.setRestartPolicy(r.work, st.OldID, container.RestartPolicy{Name: container.RestartPolicyDisabled}); err != nil {
+		return r.rollback(tenantagentv1.CommandPhase_COMMAND_PHASE_STOPPING, fmt.Errorf("disable old restart policy: %w", err))
+	}
+	if st.AutoRemove {
+		return r.renameOldAside() && r.stopOld() && r.renameReplacement()
+	}
+	return r.stopOld() && r.renameOldAside() && r.renameReplacement()
+}
+
+func (r *recreation) stopOld() bool {
+	st := &r.st
+	r.stoppedAt = time.Now()
+	if !st.WasRunning {
+		return true
+	}
+	r.report(tenantagentv1.CommandPhase_COMMAND_PHASE_STOPPING, "stopping "+st.Name)
+	if !r.step(StepStop) {
+		return false
+	}
+	// Empty options: the container's own stop signal and timeout.
+	if err := r.e.cli.ContainerStop(r.work, st.OldID, container.StopOptions{}); err != nil && !(st.AutoRemove && cerrdefs.IsNotFound(err)) {
+		return r.rollback(tenantagentv1.CommandPhase_COMMAND_PHASE_STOPPING, fmt.Errorf("stop old container: %w", err))
+	}
+	r.stoppedAt = time.Now()
+	return true
+}
+
+func (r *recreation) renameOldAside() bool {
+	st := &r.st
+	r.report(tenantagentv1.CommandPhase_COMMAND_PHASE_SWAPPING, "renaming "+st.Name+" to "+st.AsideName)
+	if !r.step(StepRenameOld) {
+		return false
+	}
+	if err := r.e.cli.ContainerRename(r.work, st.OldID, st.AsideName); err != nil {
+		return r.rollback(tenantagentv1.CommandPhase_COMMAND_PHASE_SWAPPING, fmt.Errorf("rename old container aside: %w", err))
+	}
+	return true
+}
+
+func (r *recreation) renameReplacement() bool {
+	st := &r.st
+	if !r.step(StepRenameNew) {
+		return false
+	}
+	if err := r.e.cli.ContainerRename(r.work, st.NewID, st.Name); err != nil {
+		return r.rollback(tenantagentv1.CommandPhase_COMMAND_PHASE_SWAPPING, fmt.Errorf("rename replacement: %w", err))
+	}
+	return true
+}
+
+// startAndGate starts the replacement and waits for it to prove itself; a
+// stopped container's replacement is left stopped.
+func (r *recreation) startAndGate() bool {
+	st := &r.st
+	if !st.WasRunning {
+		return true
+	}
+	r.report(tenantagentv1.CommandPhase_COMMAND_PHASE_STARTING, "starting "+st.Name+" on "+r.target.Digest)
+	if !r.step(StepStart) {
+		return false
+	}
+	if err := r.e.cli.ContainerStart(r.work, st.NewID, container.StartOptions{}); err != nil {
+		return r.rollback(tenantagentv1.CommandPhase_COMMAND_PHASE_STARTING, fmt.Errorf("start replacement: %w", err))
+	}
+	r.res.Downtime = durationpb.New(time.Since(r.stoppedAt))
+	r.report(tenantagentv1.CommandPhase_COMMAND_PHASE_HEALTH_GATE, "waiting for "+st.Name+" to prove healthy")
+	if !r.step(StepHealthGate) {
+		return false
+	}
+	gateStart := time.Now()
+	if err := r.e.healthGate(r.work, st.NewID, r.opts); err != nil {
+		return r.rollback(tenantagentv1.CommandPhase_COMMAND_PHASE_HEALTH_GATE, err)
+	}
+	r.res.HealthGate = durationpb.New(time.Since(gateStart))
+	return true
+}
+
+// removeOld removes the old container, never its volumes.
+func (r *recreation) removeOld() bool {
+	r.report(tenantagentv1.CommandPhase_COMMAND_PHASE_REMOVING_OLD, "removing the old container "+shortID(r.st.OldID))
+	if !r.step(StepRemoveOld) {
+		return false
+	}
+	r.e.removeOld(r.work, r.o, r.st)
+	return r.step(StepDone)
+}
+
+// createFromSpec creates a container from spec under name.
+func (e *Engine) createFromSpec(ctx context.Context, spec Spec, name string) (string, error) {
+	created, err := e.cli.ContainerCreate(ctx, spec.Config, spec.HostConfig, spec.Network, nil, name)
+	return created.ID, err
+}
+
+// connectAll connects a created container to spec's other networks,
+// before its first start.
+func (e *Engine) connectAll(ctx context.Context, spec Spec, id string) error {
+	for name, ep := range spec.Connect {
+		if err := e.cli.NetworkConnect(ctx, name, id, ep); err != nil {
+			return fmt.Errorf("connect to network %s: %w", name, err)
+		}
+	}
+	return nil
+}
+
+// imageConfig is an image's config for Rebuild, or nil if it cannot be
+// read (then the replacement's ExplicitLabel lists every explicit value).
+func (e *Engine) imageConfig(ctx context.Context, id string) *container.Config {
+	img, err := e.cli.ImageInspect(ctx, id)
+	if err != nil {
+		e.logger.Warn("cannot read the new image's config", "image", id, "error", err)
+		return nil
+	}
+	return imageConfig(img.Config)
 }
 
 // Recover completes a recreate a previous agent process left at st.Step:
@@ -247,7 +363,14 @@ func (e *Engine) Recover(ctx context.Context, st RecreateState, sel Selector) *t
 	}
 	res.NewContainerId, res.NewDigest, res.FailedPhase = st.OldID, st.OldDigest, phaseOf(st.Step)
 	cause := fmt.Sprintf("the agent stopped during step %q", st.Step)
-	if err := e.rollback(ctx, st, sel); err != nil {
+	restored, err := e.rollback(ctx, st, sel, nil)
+	if restored != "" {
+		res.NewContainerId = restored
+	}
+	if err != nil {
+		if errors.Is(err, errKeptReplacement) {
+			res.NewDigest = st.NewDigest
+		}
 		res.Outcome, res.Error = tenantagentv1.ContainerOutcome_CONTAINER_OUTCOME_FAILED, cause+"; rollback incomplete: "+err.Error()
 		return res
 	}
@@ -255,13 +378,19 @@ func (e *Engine) Recover(ctx context.Context, st RecreateState, sel Selector) *t
 	return res
 }
 
+// errKeptReplacement: an AutoRemove container removed itself and no copy
+// of its config was at hand, so its replacement was kept in its place.
+var errKeptReplacement = errors.New("the old container removed itself when stopped (AutoRemove); its replacement on the new image runs in its place, without a health gate")
+
 // rollback restores the old container: the replacement removed, the old
 // one under its name with its restart policy, running if it was. Every
 // action checks the current state first, so it can run again after a crash.
 // Only containers with the tenant's labels are touched, and a replacement
 // only if it carries st.CommandID: a crash before the create was journaled
 // leaves no ID, and whatever then holds the temporary name may be anyone's.
-func (e *Engine) rollback(ctx context.Context, st RecreateState, sel Selector) error {
+// It returns the ID of the container now under the name if that is not
+// st.OldID (an AutoRemove container created again, or kept replacement).
+func (e *Engine) rollback(ctx context.Context, st RecreateState, sel Selector, old *Container) (string, error) {
 	o := owner{sel: sel, commandID: st.CommandID}
 	var errs []error
 	newID := st.NewID
@@ -272,6 +401,9 @@ func (e *Engine) rollback(ctx context.Context, st RecreateState, sel Selector) e
 		}
 		newID = id
 	}
+	if st.AutoRemove && newID != "" && e.removedItself(ctx, st) {
+		return e.replaceRemoved(ctx, o, st, newID, old)
+	}
 	if newID != "" && newID != st.OldID {
 		if err := e.removeCreated(ctx, o, newID); err != nil {
 			// Not ours after all (say, a journal edited by hand): left
@@ -279,14 +411,89 @@ func (e *Engine) rollback(ctx context.Context, st RecreateState, sel Selector) e
 			errs = append(errs, fmt.Errorf("replacement left alone: %w", err))
 		}
 	}
-	old, err := e.checkTenant(ctx, o, st.OldID)
+	in, err := e.checkTenant(ctx, o, st.OldID)
 	if err != nil {
-		return errors.Join(append(errs, fmt.Errorf("old container: %w", err))...)
+		return "", errors.Join(append(errs, fmt.Errorf("old container: %w", err))...)
 	}
-	if err := e.restoreOld(ctx, st, old); err != nil {
+	if err := e.restoreOld(ctx, st, in); err != nil {
 		errs = append(errs, err)
 	}
-	return errors.Join(errs...)
+	return "", errors.Join(errs...)
+}
+
+// removedItself reports whether an AutoRemove old container is gone or
+// going: once it was running and is not any more, its stop removes it,
+// shortly after the stop returns.
+func (e *Engine) removedItself(ctx context.Context, st RecreateState) bool {
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		in, err := e.cli.ContainerInspect(ctx, st.OldID)
+		switch {
+		case cerrdefs.IsNotFound(err):
+			return true
+		case err != nil || !st.WasRunning || in.State == nil || in.State.Running || time.Now().After(deadline):
+			return false
+		}
+		select {
+		case <-ctx.Done():
+			return false
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// replaceRemoved stands in for an AutoRemove container that removed
+// itself on its stop. With old's inspect output (in process) it is created
+// again on its own image from its own config, with its volumes, and the
+// replacement is removed; without (recovery after a crash), the
+// replacement is kept under the name, running if old was, and
+// errKeptReplacement says so. The volumes survive either way: the
+// replacement held them when old was removed.
+func (e *Engine) replaceRemoved(ctx context.Context, o owner, st RecreateState, newID string, old *Container) (string, error) {
+	if old == nil {
+		return newID, errors.Join(e.keepReplacement(ctx, o, st, newID), errKeptReplacement)
+	}
+	spec := Rebuild(old.Inspect, old.ImageConfig, old.ImageConfig, old.Inspect.Config.Image, old.Inspect.Image)
+	o.label(spec.Config)
+	if err := e.removeCreated(ctx, o, newID); err != nil {
+		return "", fmt.Errorf("replacement: %w", err)
+	}
+	id, err := e.createFromSpec(ctx, spec, st.Name)
+	if err != nil {
+		return "", fmt.Errorf("create the AutoRemove container again: %w", err)
+	}
+	if err := e.connectAll(ctx, spec, id); err != nil {
+		return id, err
+	}
+	if st.WasRunning {
+		if err := e.cli.ContainerStart(ctx, id, container.StartOptions{}); err != nil {
+			return id, fmt.Errorf("start the AutoRemove container created again: %w", err)
+		}
+	}
+	return id, nil
+}
+
+// keepReplacement puts the replacement under the name, started if old was
+// running.
+func (e *Engine) keepReplacement(ctx context.Context, o owner, st RecreateState, id string) error {
+	if err := e.checkCreated(ctx, o, id); err != nil {
+		return fmt.Errorf("replacement: %w", err)
+	}
+	in, err := e.cli.ContainerInspect(ctx, id)
+	if err != nil {
+		return fmt.Errorf("replacement: %w", err)
+	}
+	if strings.TrimPrefix(in.Name, "/") != st.Name {
+		if err := e.cli.ContainerRename(ctx, id, st.Name); err != nil {
+			return fmt.Errorf("rename replacement: %w", err)
+		}
+	}
+	if st.WasRunning && (in.State == nil || !in.State.Running) {
+		if err := e.cli.ContainerStart(ctx, id, container.StartOptions{}); err != nil {
+			return fmt.Errorf("start replacement: %w", err)
+		}
+	}
+	return nil
 }
 
 // restoreOld puts the old container back under its name with its restart
