@@ -16,6 +16,7 @@ import (
 	"github.com/molecule-ai/tenant-agent/agent/docker"
 	"github.com/molecule-ai/tenant-agent/agent/executor"
 	"github.com/molecule-ai/tenant-agent/agent/journal"
+	"github.com/molecule-ai/tenant-agent/agent/metrics"
 	"github.com/molecule-ai/tenant-agent/agent/runner"
 	"github.com/molecule-ai/tenant-agent/pkg/identity"
 	"github.com/molecule-ai/tenant-agent/pkg/mtls"
@@ -64,6 +65,9 @@ type Config struct {
 	// KeepImages is how many unused images of a runtime a refresh keeps
 	// besides the adopted one (the rollback target); negative: no cleanup.
 	KeepImages int
+	// HTTPAddr, if set, serves /metrics and /healthz (plain HTTP; a
+	// missing host means loopback).
+	HTTPAddr string
 	// CrashAt is a test hook: the agent dies just before this recreate
 	// step. OnCrash says how (default: the process exits, as if killed).
 	CrashAt string
@@ -123,6 +127,13 @@ func (c *Config) CheckAndSetDefaults() error {
 	}
 	if c.MaxParallel <= 0 {
 		errs = append(errs, errors.New("--max-parallel must be at least 1"))
+	}
+	if c.HTTPAddr != "" {
+		addr, err := metrics.ListenAddr(c.HTTPAddr)
+		if err != nil {
+			errs = append(errs, err)
+		}
+		c.HTTPAddr = addr
 	}
 	if c.CrashAt != "" && !validStep(c.CrashAt) {
 		errs = append(errs, fmt.Errorf("crash point %q is not a recreate step", c.CrashAt))
@@ -200,7 +211,11 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	go pruneJournal(ctx, j, cfg.ResultRetention, logger)
-	run := runner.New(runner.Config{Journal: j, Executor: exec, Logger: logger, CrashAt: docker.Step(cfg.CrashAt), OnCrash: cfg.OnCrash})
+	m := metrics.New()
+	if err := serveMetrics(ctx, cfg.HTTPAddr, m, engine, logger); err != nil {
+		return err
+	}
+	run := runner.New(runner.Config{Journal: j, Executor: m.Executor(exec), Logger: logger, CrashAt: docker.Step(cfg.CrashAt), OnCrash: cfg.OnCrash})
 	hostname, _ := os.Hostname()
 	logger.Info("tenant agent starting", "component", "agent", "identity", id.ID, "version", version.String(),
 		"control_plane", cfg.ControlPlane, "control_plane_id", cfg.ControlPlaneID, "selector", selector, "state_dir", cfg.StateDir)
@@ -209,9 +224,26 @@ func Run(ctx context.Context, cfg Config) error {
 	return channel.Run(ctx, channel.Config{
 		Addr: cfg.ControlPlane, Creds: mtls.ClientCredentialsWith(src, mtls.ClientOptions{ServerName: cfg.ServerName, ServerID: cfg.ControlPlaneID}), Tenant: id.Tenant,
 		Hostname: hostname, Version: version.String(), DockerVersion: engine.Version,
-		Inventory: exec.Inventory, Runner: run, Changes: engine.Changes(ctx, selector),
-		HeartbeatInterval: cfg.HeartbeatInterval, KeepaliveTime: cfg.KeepaliveTime, KeepaliveTimeout: cfg.KeepaliveTimeout, Logger: logger,
+		Inventory: exec.Inventory, Runner: run, Changes: engine.WatchChanges(ctx, selector, docker.WatchOptions{OnReachable: m.DockerReachable}),
+		HeartbeatInterval: cfg.HeartbeatInterval, KeepaliveTime: cfg.KeepaliveTime, KeepaliveTimeout: cfg.KeepaliveTimeout,
+		CA: cfg.TLS.CA, Observer: m, Logger: logger,
 	})
+}
+
+// serveMetrics serves /metrics and /healthz on addr until ctx ends, if
+// addr is set; failing to listen fails the start, so a typo is not silent.
+func serveMetrics(ctx context.Context, addr string, m *metrics.Metrics, engine *docker.Engine, logger *slog.Logger) error {
+	if addr == "" {
+		return nil
+	}
+	lis, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("--http-addr: %w", err)
+	}
+	ping := func(ctx context.Context) error { _, err := engine.Client().Ping(ctx); return err }
+	logger.Info("serving /metrics and /healthz", "component", "metrics", "addr", lis.Addr().String())
+	go metrics.Serve(ctx, lis, m.Handler(ping), logger)
+	return nil
 }
 
 // pruneJournal forgets confirmed commands older than retention, at start

@@ -29,7 +29,12 @@ environment and inspect output never leave the host.
 Example:
 
   tenant-agent --control-plane cp.example:7443 --cert agent.pem --key agent-key.pem \
-      --ca ca.pem --allow-repos registry.example/molecule-ai/`
+      --ca ca.pem --allow-repos registry.example/molecule-ai/
+
+"tenant-agent check [flags]" checks the setup with the same flags and exits:
+the certificate, key and CA, one stream opened to the control plane (nothing
+registered), Docker, and the managed containers per runtime; one line each,
+exit status 0 only if all pass.`
 
 func parseFlags(args []string, stdout io.Writer) (agent.Config, error) {
 	cfg := agent.Defaults()
@@ -59,6 +64,7 @@ func parseFlags(args []string, stdout io.Writer) (agent.Config, error) {
 	fs.DurationVar(&cfg.KeepaliveTime, "keepalive-time", cfg.KeepaliveTime, "idle time before an HTTP/2 ping to the control plane (at least 10s)")
 	fs.DurationVar(&cfg.KeepaliveTimeout, "keepalive-timeout", cfg.KeepaliveTimeout, "how long a ping may go unanswered before the connection is dropped and redialed")
 	fs.DurationVar(&cfg.ResultRetention, "result-retention", cfg.ResultRetention, "how long finished command IDs are remembered to refuse re-execution")
+	fs.StringVar(&cfg.HTTPAddr, "http-addr", "", "serve /metrics (Prometheus) and /healthz here, [host]:port; off when empty. Plain HTTP:\na missing host means 127.0.0.1; name an interface (10.0.0.5:9091, 0.0.0.0:9091) to expose it")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	logFormat := fs.String("log-format", "text", "text or json")
 
