@@ -155,10 +155,21 @@ func (r *recreation) step(s Step) bool {
 		return true
 	case errors.Is(err, ErrCrash):
 		r.crashed = true
-	default:
-		r.res.Outcome, r.res.Error = tenantagentv1.ContainerOutcome_CONTAINER_OUTCOME_NOT_ATTEMPTED, "cannot write the journal: "+err.Error()
+		return false
 	}
-	return false
+	err = fmt.Errorf("cannot write the journal: %w", err)
+	if s == StepDone {
+		// The old container is removed already: the recreate is done.
+		r.e.logger.Warn("recreate done, not journaled", "container", r.st.Name, "error", err)
+		return true
+	}
+	if s == StepCreate || s == StepConnect {
+		// A replacement already created is left for rollback or the
+		// next attempt (same temporary name) to remove.
+		r.e.discardIfCreated(r.work, r.o, r.st.NewID)
+		return r.untouched(err)
+	}
+	return r.rollback(phaseOf(s), err)
 }
 
 // fail ends the recreate with outcome. A NOT_ATTEMPTED result with a
@@ -539,6 +550,13 @@ func (e *Engine) checkOwnership(ctx context.Context, o owner, c Container, tempN
 		return err
 	}
 	return e.removeCreated(ctx, o, leftover)
+}
+
+// discardIfCreated discards the replacement if there is one.
+func (e *Engine) discardIfCreated(ctx context.Context, o owner, id string) {
+	if id != "" {
+		e.discard(ctx, o, id)
+	}
 }
 
 // discard removes a replacement that never served, logging a failure.

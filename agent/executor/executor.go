@@ -376,8 +376,10 @@ func (x *Executor) Refresh(ctx context.Context, cmd *tenantagentv1.RefreshRuntim
 	return x.cleanUp(ctx, summarize(result), repo, digest, todo, hooks)
 }
 
-// recreateAll recreates containers, at most parallel at once, and starts
-// no new one after a failure or a cancel.
+// recreateAll recreates containers, at most parallel at once. A container
+// that fails on its own before anything was changed (its config, its name:
+// NOT_ATTEMPTED with a failed phase) does not stop the others; a rollback
+// does, being a signal about the image, and so does a cancel.
 func (x *Executor) recreateAll(ctx context.Context, todo []docker.Container, target docker.Target, opts docker.RecreateOptions, parallel int, hooks Hooks) ([]*tenantagentv1.ContainerResult, bool) {
 	results := make([]*tenantagentv1.ContainerResult, len(todo))
 	var mu sync.Mutex
@@ -411,7 +413,7 @@ func (x *Executor) recreateAll(ctx context.Context, todo []docker.Container, tar
 			}
 			results[i] = r
 			if r.GetOutcome() != tenantagentv1.ContainerOutcome_CONTAINER_OUTCOME_RECREATED {
-				stop = true
+				stop = stop || !failedAlone(r)
 				x.cfg.Logger.Warn("container not recreated", "container", c.Name(), "outcome", r.GetOutcome(), "error", r.GetError())
 			}
 		}()
@@ -448,26 +450,51 @@ func (x *Executor) Recover(ctx context.Context, id, ref string, states []docker.
 	return summarize(result)
 }
 
+// failedAlone reports whether r is a container's own failure before
+// anything was changed: not attempted, with the phase that failed. A
+// container skipped (after a rollback, or canceled) has no failed phase.
+func failedAlone(r *tenantagentv1.ContainerResult) bool {
+	return r.GetOutcome() == tenantagentv1.ContainerOutcome_CONTAINER_OUTCOME_NOT_ATTEMPTED && r.GetFailedPhase() != tenantagentv1.CommandPhase_COMMAND_PHASE_UNSPECIFIED
+}
+
+// summarize decides a refresh's outcome from its containers' outcomes:
+// SUCCEEDED if all are on the digest; PARTIAL if some moved and others did
+// not; with none moved, ROLLED_BACK if one was rolled back (or failed to
+// be), FAILED if one failed alone, CANCELED if they were only skipped.
 func summarize(r *tenantagentv1.CommandResult) *tenantagentv1.CommandResult {
 	var errs []string
-	outcome := tenantagentv1.CommandOutcome_COMMAND_OUTCOME_SUCCEEDED
-	for _, c := range r.GetContainers() {
-		switch c.GetOutcome() {
-		case tenantagentv1.ContainerOutcome_CONTAINER_OUTCOME_ROLLED_BACK, tenantagentv1.ContainerOutcome_CONTAINER_OUTCOME_FAILED:
-			outcome = tenantagentv1.CommandOutcome_COMMAND_OUTCOME_ROLLED_BACK
-			errs = append(errs, c.GetName()+": "+c.GetError())
-			if r.FailedPhase == tenantagentv1.CommandPhase_COMMAND_PHASE_UNSPECIFIED {
-				r.FailedPhase = c.GetFailedPhase()
-			}
-		case tenantagentv1.ContainerOutcome_CONTAINER_OUTCOME_NOT_ATTEMPTED:
-			if outcome == tenantagentv1.CommandOutcome_COMMAND_OUTCOME_SUCCEEDED {
-				outcome = tenantagentv1.CommandOutcome_COMMAND_OUTCOME_CANCELED
-			}
-			if c.GetError() != "" && !strings.HasPrefix(c.GetError(), "not attempted") {
-				outcome = tenantagentv1.CommandOutcome_COMMAND_OUTCOME_FAILED
-				errs = append(errs, c.GetName()+": "+c.GetError())
-			}
+	var moved, rolledBack, failed, skipped int
+	note := func(c *tenantagentv1.ContainerResult) {
+		errs = append(errs, c.GetName()+": "+c.GetError())
+		if r.FailedPhase == tenantagentv1.CommandPhase_COMMAND_PHASE_UNSPECIFIED {
+			r.FailedPhase = c.GetFailedPhase()
 		}
+	}
+	for _, c := range r.GetContainers() {
+		switch {
+		case c.GetOutcome() == tenantagentv1.ContainerOutcome_CONTAINER_OUTCOME_RECREATED:
+			moved++
+		case c.GetOutcome() == tenantagentv1.ContainerOutcome_CONTAINER_OUTCOME_ROLLED_BACK, c.GetOutcome() == tenantagentv1.ContainerOutcome_CONTAINER_OUTCOME_FAILED:
+			rolledBack++
+			note(c)
+		case failedAlone(c):
+			failed++
+			note(c)
+		case c.GetOutcome() == tenantagentv1.ContainerOutcome_CONTAINER_OUTCOME_NOT_ATTEMPTED:
+			skipped++
+		}
+	}
+	outcome := tenantagentv1.CommandOutcome_COMMAND_OUTCOME_SUCCEEDED
+	switch {
+	case rolledBack+failed+skipped == 0:
+	case moved > 0:
+		outcome = tenantagentv1.CommandOutcome_COMMAND_OUTCOME_PARTIAL
+	case rolledBack > 0:
+		outcome = tenantagentv1.CommandOutcome_COMMAND_OUTCOME_ROLLED_BACK
+	case failed > 0:
+		outcome = tenantagentv1.CommandOutcome_COMMAND_OUTCOME_FAILED
+	default:
+		outcome = tenantagentv1.CommandOutcome_COMMAND_OUTCOME_CANCELED
 	}
 	return finish(r, outcome, strings.Join(errs, "; "))
 }
