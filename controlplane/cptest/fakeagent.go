@@ -5,6 +5,8 @@ package cptest
 
 import (
 	"context"
+	"errors"
+	"io"
 	"sync"
 	"testing"
 	"time"
@@ -122,6 +124,10 @@ func Dial(t testing.TB, addr string, files mtls.Files, opts Options) (*Agent, er
 		proto.Merge(hello, opts.Hello)
 	}
 	if err := stream.Send(&tenantagentv1.AgentMessage{Body: &tenantagentv1.AgentMessage_Hello{Hello: hello}}); err != nil {
+		if errors.Is(err, io.EOF) {
+			// The server already ended the stream: its status says why.
+			_, err = stream.Recv()
+		}
 		cancel()
 		conn.Close()
 		return nil, err
