@@ -240,7 +240,7 @@ func serveMetrics(ctx context.Context, addr string, m *metrics.Metrics, engine *
 	if err != nil {
 		return fmt.Errorf("--http-addr: %w", err)
 	}
-	ping := func(ctx context.Context) error { _, err := engine.Client().Ping(ctx); return err }
+	ping := engine.Ping
 	logger.Info("serving /metrics and /healthz", "component", "metrics", "addr", lis.Addr().String())
 	go metrics.Serve(ctx, lis, m.Handler(ping), logger)
 	return nil

@@ -43,6 +43,16 @@ func New(host string, logger *slog.Logger) (*Engine, error) {
 	return &Engine{cli: cli, logger: logger.With("component", "docker")}, nil
 }
 
+// Ping checks that the Engine answers. It asks for the version rather than
+// calling the client's Ping: the client negotiates its API version on the
+// first versioned request, under a lock that its Ping bypasses (Ping reads
+// the version while the negotiation writes it: a data race when the event
+// watcher pings while another goroutine makes the first request).
+func (e *Engine) Ping(ctx context.Context) error {
+	_, err := e.cli.ServerVersion(ctx)
+	return err
+}
+
 // Client exposes the Docker client for tests and the event watcher.
 func (e *Engine) Client() *client.Client { return e.cli }
 

@@ -77,7 +77,7 @@ func (w *watcher) run(ctx context.Context) {
 // returns how long the stream lasted (0 when Docker did not answer).
 func (w *watcher) attach(ctx context.Context) (time.Duration, error) {
 	pingCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	_, err := w.e.cli.Ping(pingCtx)
+	err := w.e.Ping(pingCtx)
 	cancel()
 	if err != nil {
 		if ctx.Err() == nil {
