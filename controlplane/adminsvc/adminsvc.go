@@ -36,8 +36,6 @@ type Config struct {
 	Dispatcher *dispatch.Dispatcher
 	Rollouts   *rollout.Rollouts
 	Logger     *slog.Logger
-	// CommandTTL is how long a refresh may wait to start.
-	CommandTTL time.Duration
 	Now        func() time.Time
 }
 
@@ -50,9 +48,6 @@ func (c *Config) CheckAndSetDefaults() error {
 		c.Logger = slog.Default()
 	}
 	c.Logger = c.Logger.With("component", "adminsvc")
-	if c.CommandTTL <= 0 {
-		c.CommandTTL = 24 * time.Hour
-	}
 	if c.Now == nil {
 		c.Now = time.Now
 	}
@@ -183,37 +178,18 @@ func (s *service) planRefresh(req *controlplanev1.RefreshRuntimeImageRequest, by
 		return nil, cperr.Precondition("tenant %s is held (%s, by %s); release it first", limits.Quoted(req.GetTenant()), h.Reason, h.HeldBy)
 	}
 	pin, hasPin := s.cfg.Fleet.Pin(req.GetRuntime())
-	digest := req.GetImageDigest()
-	if digest == "" {
+	r := dispatch.Request{Kind: controlplanev1.CommandKind_COMMAND_KIND_REFRESH, Runtime: req.GetRuntime(),
+		Digest: req.GetImageDigest(), Options: req.GetOptions(), RequestedBy: by.ID}
+	if hasPin {
+		r.Repository = pin.Repository
+	}
+	if r.Digest == "" {
 		if !hasPin {
 			return nil, cperr.NotFound("runtime %s has no pin; promote one or give image_digest", limits.Quoted(req.GetRuntime()))
 		}
-		digest = pin.Digest
+		r.Digest = pin.Digest
 	}
-	now := s.cfg.Now()
-	var cmds []*store.Command
-	for _, a := range s.cfg.Fleet.Agents(req.GetTenant()) {
-		rt := fleet.RuntimeStatus(a, req.GetRuntime())
-		if rt == nil {
-			continue
-		}
-		repo := pin.Repository
-		if !hasPin {
-			repo = rt.GetImageRepository()
-		}
-		if err := imageref.ValidateRepository(repo); err != nil {
-			return nil, cperr.Precondition("runtime %s on %s: %v", limits.Quoted(req.GetRuntime()), a.Identity, err)
-		}
-		cmds = append(cmds, &store.Command{
-			ID: dispatch.NewCommandID(), Agent: a.Identity, Tenant: a.Tenant, Kind: controlplanev1.CommandKind_COMMAND_KIND_REFRESH,
-			Runtime: req.GetRuntime(), Repository: repo, Digest: digest, Options: req.GetOptions(),
-			RequestedBy: by.ID, Deadline: now.Add(s.cfg.CommandTTL),
-		})
-	}
-	if len(cmds) == 0 {
-		return nil, cperr.NotFound("tenant %s has no agent reporting runtime %s", limits.Quoted(req.GetTenant()), limits.Quoted(req.GetRuntime()))
-	}
-	return cmds, nil
+	return s.cfg.Dispatcher.Plan(req.GetTenant(), r)
 }
 
 // follow sends a command as stored, then every update, until it ends.

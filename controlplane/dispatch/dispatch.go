@@ -7,7 +7,6 @@ package dispatch
 
 import (
 	"context"
-	"crypto/rand"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -43,8 +42,13 @@ type Observer interface {
 type Config struct {
 	Store    store.Store
 	Sessions *session.Registry
+	// Agents is where targets are chosen from (the fleet).
+	Agents   Agents
 	Logger   *slog.Logger
 	Observer Observer
+	// CommandTTL is how long any command may wait to start before it
+	// expires: the one TTL for admin refreshes, rollouts and reconcile.
+	CommandTTL time.Duration
 	// ExpireEvery is how often deadlines are checked.
 	ExpireEvery time.Duration
 	// HistoryRetention is how long finished commands and their events
@@ -55,8 +59,11 @@ type Config struct {
 
 // CheckAndSetDefaults validates the config and fills in defaults.
 func (c *Config) CheckAndSetDefaults() error {
-	if c.Store == nil || c.Sessions == nil {
-		return errors.New("dispatch: Store and Sessions are required")
+	if c.Store == nil || c.Sessions == nil || c.Agents == nil {
+		return errors.New("dispatch: Store, Sessions and Agents are required")
+	}
+	if c.CommandTTL <= 0 {
+		c.CommandTTL = 24 * time.Hour
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
@@ -95,9 +102,6 @@ func New(cfg Config) (*Dispatcher, error) {
 	}
 	return &Dispatcher{cfg: cfg, updates: pubsub.NewHub[string, Update](1024), reports: make(chan report, 8192)}, nil
 }
-
-// NewCommandID returns a fresh, unguessable command ID.
-func NewCommandID() string { return "c-" + strings.ToLower(rand.Text()) }
 
 // Watch subscribes to a command's updates. Subscribe before reading the
 // command from the store, so no update falls between the two.

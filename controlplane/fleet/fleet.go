@@ -238,16 +238,6 @@ func (f *Fleet) KnownTenant(tenant string) bool {
 	return false
 }
 
-// RuntimeStatus returns what an agent last reported for a runtime.
-func RuntimeStatus(a store.Agent, runtime string) *tenantagentv1.RuntimeStatus {
-	for _, r := range a.Runtimes {
-		if r.GetRuntime() == runtime {
-			return r
-		}
-	}
-	return nil
-}
-
 // Pin returns a runtime's current pin.
 func (f *Fleet) Pin(runtime string) (store.Pin, bool) {
 	f.mu.RLock()

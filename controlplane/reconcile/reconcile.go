@@ -13,6 +13,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/molecule-ai/tenant-agent/controlplane/dispatch"
 	"github.com/molecule-ai/tenant-agent/controlplane/fleet"
 	"github.com/molecule-ai/tenant-agent/controlplane/store"
 	controlplanev1 "github.com/molecule-ai/tenant-agent/gen/controlplane/v1"
@@ -25,8 +26,9 @@ type Fleet interface {
 	Held(tenant string) (store.Hold, bool)
 }
 
-// Issuer journals and sends commands.
+// Issuer builds, journals and sends commands (dispatch).
 type Issuer interface {
+	Command(req dispatch.Request, a store.Agent) (*store.Command, error)
 	Issue(ctx context.Context, cmds []*store.Command) error
 }
 
@@ -40,9 +42,7 @@ type Config struct {
 	// doubles with each further failure up to BackoffMax.
 	BackoffBase time.Duration
 	BackoffMax  time.Duration
-	// CommandTTL is how long an issued refresh may wait to start.
-	CommandTTL time.Duration
-	Now        func() time.Time
+	Now         func() time.Time
 }
 
 // CheckAndSetDefaults validates the config and fills in defaults.
@@ -59,9 +59,6 @@ func (c *Config) CheckAndSetDefaults() error {
 	}
 	if c.BackoffMax <= 0 {
 		c.BackoffMax = time.Hour
-	}
-	if c.CommandTTL <= 0 {
-		c.CommandTTL = 24 * time.Hour
 	}
 	if c.Now == nil {
 		c.Now = time.Now
@@ -130,11 +127,12 @@ func (r *Reconciler) reconcileRuntime(ctx context.Context, a store.Agent, pin st
 		return nil
 	}
 	log.Info("runtime drifted from its pin; issuing refresh")
-	return r.cfg.Issuer.Issue(ctx, []*store.Command{{
-		Agent: a.Identity, Tenant: a.Tenant, Kind: controlplanev1.CommandKind_COMMAND_KIND_REFRESH,
-		Runtime: pin.Runtime, Repository: pin.Repository, Digest: pin.Digest,
-		RequestedBy: "reconcile", Deadline: now.Add(r.cfg.CommandTTL),
-	}})
+	c, err := r.cfg.Issuer.Command(dispatch.Request{Kind: controlplanev1.CommandKind_COMMAND_KIND_REFRESH,
+		Runtime: pin.Runtime, Repository: pin.Repository, Digest: pin.Digest, RequestedBy: "reconcile"}, a)
+	if err != nil {
+		return err
+	}
+	return r.cfg.Issuer.Issue(ctx, []*store.Command{c})
 }
 
 // backoff is how long to wait after the newest command, given how many

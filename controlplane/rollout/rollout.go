@@ -50,9 +50,7 @@ type Config struct {
 	// DefaultParallel is how many tenants refresh at once when a promote
 	// does not say.
 	DefaultParallel int
-	// CommandTTL is how long a rollout's command may wait to start.
-	CommandTTL time.Duration
-	Now        func() time.Time
+	Now             func() time.Time
 }
 
 // CheckAndSetDefaults validates the config and fills in defaults.
@@ -66,9 +64,6 @@ func (c *Config) CheckAndSetDefaults() error {
 	c.Logger = c.Logger.With("component", "rollout")
 	if c.DefaultParallel <= 0 {
 		c.DefaultParallel = 10
-	}
-	if c.CommandTTL <= 0 {
-		c.CommandTTL = 24 * time.Hour
 	}
 	if c.Now == nil {
 		c.Now = time.Now
@@ -181,10 +176,8 @@ func (r *Rollouts) start(ro store.Rollout, pin *store.Pin) {
 // non-empty tenant filters.
 func (r *Rollouts) targets(runtime, tenant string) map[string][]store.Agent {
 	out := map[string][]store.Agent{}
-	for _, a := range r.cfg.Fleet.Agents(tenant) {
-		if fleet.RuntimeStatus(a, runtime) != nil {
-			out[a.Tenant] = append(out[a.Tenant], a)
-		}
+	for _, a := range r.cfg.Dispatcher.Targets(tenant, runtime) {
+		out[a.Tenant] = append(out[a.Tenant], a)
 	}
 	return out
 }
@@ -415,9 +408,12 @@ func (x *run) plan(existing []*store.Command, kind controlplanev1.CommandKind, t
 			cmds = append(cmds, existing[i])
 			continue
 		}
-		c := &store.Command{
-			ID: dispatch.NewCommandID(), Agent: a.Identity, Tenant: tenant, Kind: kind, Runtime: x.ro.Runtime, Repository: x.ro.Repository, Digest: x.ro.Digest,
-			RequestedBy: x.ro.RequestedBy, RolloutID: x.ro.ID, Deadline: x.cfg.Now().Add(x.cfg.CommandTTL),
+		// The rollout's repository is the pin's, so Command needs no
+		// agent report and cannot fail.
+		c, err := x.cfg.Dispatcher.Command(dispatch.Request{Kind: kind, Runtime: x.ro.Runtime, Repository: x.ro.Repository, Digest: x.ro.Digest,
+			RequestedBy: x.ro.RequestedBy, RolloutID: x.ro.ID}, a)
+		if err != nil {
+			continue
 		}
 		cmds, fresh = append(cmds, c), append(fresh, c)
 	}

@@ -97,23 +97,24 @@ func New(cfg Config) (_ *Server, err error) {
 	s.fleet = fl
 	m := metrics.New(s.sessions, fl)
 	s.metrics = m
-	if s.dispatcher, err = dispatch.New(dispatch.Config{Store: s.store, Sessions: s.sessions, Logger: logger, Observer: m, HistoryRetention: cfg.HistoryRetention}); err != nil {
+	if s.dispatcher, err = dispatch.New(dispatch.Config{Store: s.store, Sessions: s.sessions, Agents: fl, Logger: logger, Observer: m,
+		CommandTTL: cfg.CommandTTL, HistoryRetention: cfg.HistoryRetention}); err != nil {
 		return nil, err
 	}
 	rec, err := reconcile.New(reconcile.Config{Store: s.store, Fleet: fl, Issuer: s.dispatcher, Logger: logger,
-		BackoffBase: cfg.ReconcileBackoff, BackoffMax: cfg.ReconcileBackoffMax, CommandTTL: cfg.CommandTTL})
+		BackoffBase: cfg.ReconcileBackoff, BackoffMax: cfg.ReconcileBackoffMax})
 	if err != nil {
 		return nil, err
 	}
 	if s.rollouts, err = rollout.New(s.lifetime, rollout.Config{Store: s.store, Fleet: fl, Dispatcher: s.dispatcher, Sessions: s.sessions,
-		Logger: logger, DefaultParallel: cfg.DefaultParallelTenants, CommandTTL: cfg.CommandTTL}); err != nil {
+		Logger: logger, DefaultParallel: cfg.DefaultParallelTenants}); err != nil {
 		return nil, err
 	}
 	agents, err := agentsvc.New(agentsvc.Config{Sessions: s.sessions, Fleet: fl, Dispatcher: s.dispatcher, Reconciler: rec, Logger: logger, HeartbeatInterval: cfg.HeartbeatInterval})
 	if err != nil {
 		return nil, err
 	}
-	admin, err := adminsvc.New(adminsvc.Config{Store: s.store, Fleet: fl, Dispatcher: s.dispatcher, Rollouts: s.rollouts, Logger: logger, CommandTTL: cfg.CommandTTL})
+	admin, err := adminsvc.New(adminsvc.Config{Store: s.store, Fleet: fl, Dispatcher: s.dispatcher, Rollouts: s.rollouts, Logger: logger})
 	if err != nil {
 		return nil, err
 	}
