@@ -12,8 +12,6 @@ import (
 	"strconv"
 	"time"
 
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/molecule-ai/tenant-agent/controlplane/cperr"
@@ -106,7 +104,7 @@ func (s *service) PromoteRuntimeImage(req *controlplanev1.PromoteRuntimeImageReq
 			return nil // the rollout goes on without the caller
 		case ev, ok := <-sub.C:
 			if !ok {
-				return status.Errorf(codes.Aborted, "%v; the rollout goes on: ListCommands with rollout_id %q", sub.Err(), ro.ID)
+				return s.status(cperr.Aborted("%v; the rollout goes on: ListCommands with rollout_id %q", sub.Err(), ro.ID))
 			}
 			if err := stream.Send(&controlplanev1.PromoteRuntimeImageResponse{Event: ev}); err != nil {
 				return err
@@ -210,7 +208,7 @@ func (s *service) follow(ctx context.Context, id string, sub *pubsub.Subscriptio
 			return nil
 		case u, ok := <-sub.C:
 			if !ok {
-				return status.Errorf(codes.Aborted, "%v (command %s goes on)", sub.Err(), id)
+				return s.status(cperr.Aborted("%v (command %s goes on)", sub.Err(), id))
 			}
 			if err := send(updateEvent(u)); err != nil {
 				return err
@@ -360,7 +358,7 @@ func (s *service) WatchAgents(req *controlplanev1.WatchAgentsRequest, stream con
 			return nil
 		case ev, ok := <-sub.C:
 			if !ok {
-				return status.Errorf(codes.Aborted, "%v", sub.Err())
+				return s.status(cperr.Aborted("%v", sub.Err()))
 			}
 			if req.GetTenant() != "" && ev.GetAgent().GetTenant() != req.GetTenant() {
 				continue

@@ -20,6 +20,9 @@ const (
 	KindNotFound
 	// KindPrecondition is a request refused by state, e.g. a held tenant.
 	KindPrecondition
+	// KindAborted is a stream ended by the control plane while the work
+	// it watched goes on (the watcher fell too far behind).
+	KindAborted
 )
 
 // Error is an error of a known kind.
@@ -43,6 +46,9 @@ func NotFound(format string, args ...any) error { return newf(KindNotFound, form
 
 // Precondition returns a KindPrecondition error.
 func Precondition(format string, args ...any) error { return newf(KindPrecondition, format, args...) }
+
+// Aborted returns a KindAborted error.
+func Aborted(format string, args ...any) error { return newf(KindAborted, format, args...) }
 
 // TooLong is the KindInvalid error of a string field over its limit: it
 // names the field and the limit and quotes a short prefix of the value.

@@ -47,6 +47,8 @@ func codeOf(err error) (codes.Code, bool) {
 		return codes.NotFound, true
 	case KindPrecondition:
 		return codes.FailedPrecondition, true
+	case KindAborted:
+		return codes.Aborted, true
 	}
 	if errors.Is(err, store.ErrNotFound) {
 		return codes.NotFound, true
