@@ -21,9 +21,22 @@ import (
 	tenantagentv1 "github.com/molecule-ai/tenant-agent/gen/tenantagent/v1"
 )
 
+// Store is what the fleet loads at start and persists on each change.
+type Store interface {
+	ListAgents(ctx context.Context) ([]store.Agent, error)
+	PutAgents(ctx context.Context, agents []store.Agent) error
+	ListPins(ctx context.Context) ([]store.Pin, error)
+	ListHolds(ctx context.Context) ([]store.Hold, error)
+	PutHold(ctx context.Context, h store.Hold) error
+	DeleteHold(ctx context.Context, tenant string) (bool, error)
+	ListDenials(ctx context.Context) ([]store.Denial, error)
+	PutDenial(ctx context.Context, d store.Denial) error
+	DeleteDenial(ctx context.Context, kind store.DenialKind, value string) (bool, error)
+}
+
 // Config configures a Fleet.
 type Config struct {
-	Store    store.Store
+	Store    Store
 	Sessions *session.Registry
 	Deny     *auth.DenyList
 	Logger   *slog.Logger

@@ -26,6 +26,12 @@ type Fleet interface {
 	Held(tenant string) (store.Hold, bool)
 }
 
+// Store is what reconcile reads of rollouts and commands.
+type Store interface {
+	ListRollouts(ctx context.Context, runtime string, state store.RolloutState) ([]store.Rollout, error)
+	ListCommands(ctx context.Context, f store.CommandFilter) ([]*store.Command, error)
+}
+
 // Issuer builds, journals and sends commands (dispatch).
 type Issuer interface {
 	Command(req dispatch.Request, a store.Agent) (*store.Command, error)
@@ -34,7 +40,7 @@ type Issuer interface {
 
 // Config configures a Reconciler.
 type Config struct {
-	Store  store.Store
+	Store  Store
 	Fleet  Fleet
 	Issuer Issuer
 	Logger *slog.Logger

@@ -23,9 +23,7 @@ import (
 
 	"github.com/molecule-ai/tenant-agent/controlplane/cperr"
 	"github.com/molecule-ai/tenant-agent/controlplane/dispatch"
-	"github.com/molecule-ai/tenant-agent/controlplane/fleet"
 	"github.com/molecule-ai/tenant-agent/controlplane/pubsub"
-	"github.com/molecule-ai/tenant-agent/controlplane/session"
 	"github.com/molecule-ai/tenant-agent/controlplane/store"
 	controlplanev1 "github.com/molecule-ai/tenant-agent/gen/controlplane/v1"
 	"github.com/molecule-ai/tenant-agent/pkg/identity"
@@ -36,27 +34,65 @@ import (
 // MaxNotes bounds the free text stored with a pin.
 const MaxNotes = 4096
 
+// recheckEvery is how long await trusts a quiet command before it reads
+// it again: its agent may have gone offline meanwhile.
+const recheckEvery = 30 * time.Second
+
 // rolloutEventBuffer is how many events a promote's caller may fall behind
 // by: a fleet of thousands sends a burst of several events per tenant.
 const rolloutEventBuffer = 1 << 16
 
+// Store is what a rollout keeps: its pin, its own record and its
+// commands.
+type Store interface {
+	RecordPin(ctx context.Context, p store.Pin) error
+	PutRollout(ctx context.Context, r store.Rollout) error
+	ListRollouts(ctx context.Context, runtime string, state store.RolloutState) ([]store.Rollout, error)
+	ListCommands(ctx context.Context, f store.CommandFilter) ([]*store.Command, error)
+	GetCommand(ctx context.Context, id string) (*store.Command, error)
+}
+
+// Fleet is what a rollout reads and changes of the fleet (fleet.Fleet).
+type Fleet interface {
+	Held(tenant string) (store.Hold, bool)
+	SetPin(p store.Pin)
+}
+
+// Dispatcher chooses targets and builds, issues and follows commands
+// (dispatch.Dispatcher).
+type Dispatcher interface {
+	Targets(tenant, runtime string) []store.Agent
+	Command(req dispatch.Request, a store.Agent) (*store.Command, error)
+	Issue(ctx context.Context, cmds []*store.Command) error
+	Watch(commandID string) *pubsub.Subscription[dispatch.Update]
+}
+
+// Presence tells whether an agent is connected (session.Registry): a
+// command for an offline agent is left waiting for it.
+type Presence interface {
+	Online(agent string) bool
+}
+
 // Config configures Rollouts.
 type Config struct {
-	Store      store.Store
-	Fleet      *fleet.Fleet
-	Dispatcher *dispatch.Dispatcher
-	Sessions   *session.Registry
+	Store      Store
+	Fleet      Fleet
+	Dispatcher Dispatcher
+	Presence   Presence
 	Logger     *slog.Logger
 	// DefaultParallel is how many tenants refresh at once when a promote
 	// does not say.
 	DefaultParallel int
 	Now             func() time.Time
+	// After is the clock await re-reads a quiet command by (time.After);
+	// tests fire it at will.
+	After func(time.Duration) <-chan time.Time
 }
 
 // CheckAndSetDefaults validates the config and fills in defaults.
 func (c *Config) CheckAndSetDefaults() error {
-	if c.Store == nil || c.Fleet == nil || c.Dispatcher == nil || c.Sessions == nil {
-		return errors.New("rollout: Store, Fleet, Dispatcher and Sessions are required")
+	if c.Store == nil || c.Fleet == nil || c.Dispatcher == nil || c.Presence == nil {
+		return errors.New("rollout: Store, Fleet, Dispatcher and Presence are required")
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
@@ -67,6 +103,9 @@ func (c *Config) CheckAndSetDefaults() error {
 	}
 	if c.Now == nil {
 		c.Now = time.Now
+	}
+	if c.After == nil {
+		c.After = time.After
 	}
 	return nil
 }
@@ -472,7 +511,7 @@ func (x *run) await(ctx context.Context, phase controlplanev1.RolloutPhase, tena
 			x.emit(controlplanev1.RolloutEventKind_ROLLOUT_EVENT_KIND_COMMAND_UPDATED, phase, tenant, stored, describe(stored))
 			return classify(stored.State)
 		}
-		if stored.State == controlplanev1.CommandState_COMMAND_STATE_PENDING && x.cfg.Sessions.Get(stored.Agent) == nil {
+		if stored.State == controlplanev1.CommandState_COMMAND_STATE_PENDING && !x.cfg.Presence.Online(stored.Agent) {
 			x.emit(controlplanev1.RolloutEventKind_ROLLOUT_EVENT_KIND_COMMAND_UPDATED, phase, tenant, stored, "agent offline: the command waits for it to connect")
 			return pending
 		}
@@ -488,7 +527,7 @@ func (x *run) await(ctx context.Context, phase controlplanev1.RolloutPhase, tena
 			if u.Command != nil && !store.Terminal(u.Command.State) {
 				x.emit(controlplanev1.RolloutEventKind_ROLLOUT_EVENT_KIND_COMMAND_UPDATED, phase, tenant, u.Command, describe(u.Command))
 			}
-		case <-time.After(30 * time.Second):
+		case <-x.cfg.After(recheckEvery):
 			// Re-read: the agent may have gone offline meanwhile.
 		}
 	}

@@ -106,7 +106,7 @@ func New(cfg Config) (_ *Server, err error) {
 	if err != nil {
 		return nil, err
 	}
-	if s.rollouts, err = rollout.New(s.lifetime, rollout.Config{Store: s.store, Fleet: fl, Dispatcher: s.dispatcher, Sessions: s.sessions,
+	if s.rollouts, err = rollout.New(s.lifetime, rollout.Config{Store: s.store, Fleet: fl, Dispatcher: s.dispatcher, Presence: s.sessions,
 		Logger: logger, DefaultParallel: cfg.DefaultParallelTenants}); err != nil {
 		return nil, err
 	}

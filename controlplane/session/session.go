@@ -121,6 +121,9 @@ func (r *Registry) Get(id string) *Session {
 	return r.sessions[id]
 }
 
+// Online reports whether id has an open session.
+func (r *Registry) Online(id string) bool { return r.Get(id) != nil }
+
 // List returns every open session.
 func (r *Registry) List() []*Session {
 	r.mu.RLock()

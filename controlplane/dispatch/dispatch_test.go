@@ -1,0 +1,183 @@
+package dispatch
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/molecule-ai/tenant-agent/controlplane/cperr"
+	"github.com/molecule-ai/tenant-agent/controlplane/session"
+	"github.com/molecule-ai/tenant-agent/controlplane/store"
+	"github.com/molecule-ai/tenant-agent/controlplane/store/sqlite"
+	controlplanev1 "github.com/molecule-ai/tenant-agent/gen/controlplane/v1"
+	tenantagentv1 "github.com/molecule-ai/tenant-agent/gen/tenantagent/v1"
+	"github.com/molecule-ai/tenant-agent/pkg/identity"
+)
+
+const (
+	repo   = "registry.example/molecule-ai/workspace-template-codex"
+	digest = "sha256:2222222222222222222222222222222222222222222222222222222222222222"
+	ttl    = time.Hour
+)
+
+type agents []store.Agent
+
+func (as agents) Agents(tenant string) []store.Agent {
+	var out []store.Agent
+	for _, a := range as {
+		if tenant == "" || a.Tenant == tenant {
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
+func agent(tenant, name, reportedRepo string, runtimes ...string) store.Agent {
+	a := store.Agent{Identity: "spiffe://td/tenant/" + tenant + "/agent/" + name, Tenant: tenant, Name: name}
+	for _, rt := range runtimes {
+		a.Runtimes = append(a.Runtimes, &tenantagentv1.RuntimeStatus{Runtime: rt, ImageRepository: reportedRepo})
+	}
+	return a
+}
+
+type env struct {
+	d        *Dispatcher
+	st       *sqlite.Store
+	sessions *session.Registry
+	now      time.Time
+}
+
+func newEnv(t *testing.T, fleet agents) *env {
+	t.Helper()
+	st, err := sqlite.Open(context.Background(), filepath.Join(t.TempDir(), "cp.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	e := &env{st: st, sessions: session.NewRegistry(16), now: time.Unix(1_000_000, 0)}
+	e.d, err = New(Config{Store: st, Sessions: e.sessions, Agents: fleet, CommandTTL: ttl,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Now: func() time.Time { return e.now }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return e
+}
+
+func (e *env) online(a store.Agent) *session.Session {
+	s, _ := e.sessions.Register(identity.Identity{ID: a.Identity, Kind: identity.KindAgent, Tenant: a.Tenant, Name: a.Name}, "01", e.now)
+	return s
+}
+
+func (e *env) state(t *testing.T, id string) controlplanev1.CommandState {
+	t.Helper()
+	c, err := e.st.GetCommand(context.Background(), id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c.State
+}
+
+func (e *env) issue(t *testing.T, tenant string, req Request) *store.Command {
+	t.Helper()
+	cmds, err := e.d.Plan(tenant, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.d.Issue(context.Background(), cmds); err != nil {
+		t.Fatal(err)
+	}
+	return cmds[0]
+}
+
+var refresh = Request{Kind: controlplanev1.CommandKind_COMMAND_KIND_REFRESH, Runtime: "codex", Repository: repo, Digest: digest, RequestedBy: "test"}
+
+func TestCommandTakesTheTTLAndARepositoryFromThePinOrTheAgent(t *testing.T) {
+	good, bad, other := agent("acme", "a1", repo, "codex"), agent("acme", "a2", "not a repo!", "codex"), agent("acme", "a3", repo, "hermes")
+	e := newEnv(t, agents{good, bad, other})
+
+	if got := e.d.Targets("acme", "codex"); len(got) != 2 || got[0].Identity != good.Identity || got[1].Identity != bad.Identity {
+		t.Errorf("targets = %v; want the two agents reporting codex", got)
+	}
+	c, err := e.d.Command(refresh, bad)
+	if err != nil || c.Repository != repo || !c.Deadline.Equal(e.now.Add(ttl)) || c.ID == "" {
+		t.Errorf("Command with the pin's repository = %+v, %v; want the pin's repository, deadline now+TTL and an ID", c, err)
+	}
+	noPin := refresh
+	noPin.Repository = ""
+	if c, err := e.d.Command(noPin, good); err != nil || c.Repository != repo {
+		t.Errorf("Command without a pin = %+v, %v; want the repository the agent reports", c, err)
+	}
+	if _, err := e.d.Command(noPin, bad); cperr.KindOf(err) != cperr.KindPrecondition {
+		t.Errorf("Command from a bad reported repository: %v, want a precondition error", err)
+	}
+	if _, err := e.d.Plan("globex", refresh); cperr.KindOf(err) != cperr.KindNotFound {
+		t.Errorf("Plan for a tenant with no agent: %v, want NotFound", err)
+	}
+}
+
+func TestIssueSupersedesAPendingRefreshAndTellsItsWatchers(t *testing.T) {
+	a := agent("acme", "a1", repo, "codex")
+	e := newEnv(t, agents{a}) // the agent is offline: its commands wait
+	first := e.issue(t, "acme", refresh)
+	if s := e.state(t, first.ID); s != controlplanev1.CommandState_COMMAND_STATE_PENDING {
+		t.Fatalf("first refresh is %v, want PENDING while its agent is offline", s)
+	}
+	sub := e.d.Watch(first.ID)
+	defer sub.Close()
+
+	second := e.issue(t, "acme", refresh)
+	if s := e.state(t, first.ID); s != controlplanev1.CommandState_COMMAND_STATE_SUPERSEDED {
+		t.Errorf("first refresh is %v after a newer one, want SUPERSEDED", s)
+	}
+	if s := e.state(t, second.ID); s != controlplanev1.CommandState_COMMAND_STATE_PENDING {
+		t.Errorf("second refresh is %v, want PENDING", s)
+	}
+	select {
+	case u := <-sub.C:
+		if u.Command == nil || u.Command.State != controlplanev1.CommandState_COMMAND_STATE_SUPERSEDED {
+			t.Errorf("watcher got %+v, want the SUPERSEDED command", u)
+		}
+	default:
+		t.Error("the superseded command's watcher was not told")
+	}
+}
+
+func TestExpireNowExpiresOnlyCommandsPastTheirDeadline(t *testing.T) {
+	on, off := agent("acme", "on", repo, "codex"), agent("globex", "off", repo, "codex")
+	e := newEnv(t, agents{on, off})
+	s := e.online(on)
+	sent := e.issue(t, "acme", refresh)
+	if st := e.state(t, sent.ID); st != controlplanev1.CommandState_COMMAND_STATE_SENT {
+		t.Fatalf("command to a connected agent is %v, want SENT", st)
+	}
+	<-s.Queue() // the refresh itself
+
+	e.now = e.now.Add(ttl / 2)
+	waiting := e.issue(t, "globex", refresh) // deadline half a TTL later than sent's
+
+	e.now = e.now.Add(ttl/2 + time.Second)
+	e.d.ExpireNow(context.Background())
+	if st := e.state(t, sent.ID); st != controlplanev1.CommandState_COMMAND_STATE_EXPIRED {
+		t.Errorf("command past its deadline is %v, want EXPIRED", st)
+	}
+	select {
+	case m := <-s.Queue():
+		if m.GetCancel().GetCommandId() != sent.ID {
+			t.Errorf("agent got %v, want a cancel of the expired command", m)
+		}
+	default:
+		t.Error("the agent holding the expired command was not told to cancel it")
+	}
+	if st := e.state(t, waiting.ID); st != controlplanev1.CommandState_COMMAND_STATE_PENDING {
+		t.Errorf("command within its deadline is %v, want PENDING", st)
+	}
+
+	e.now = e.now.Add(ttl / 2)
+	e.d.ExpireNow(context.Background())
+	if st := e.state(t, waiting.ID); st != controlplanev1.CommandState_COMMAND_STATE_EXPIRED {
+		t.Errorf("pending command past its deadline is %v, want EXPIRED", st)
+	}
+}

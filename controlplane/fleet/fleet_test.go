@@ -1,0 +1,113 @@
+package fleet
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/molecule-ai/tenant-agent/controlplane/auth"
+	"github.com/molecule-ai/tenant-agent/controlplane/session"
+	"github.com/molecule-ai/tenant-agent/controlplane/store"
+	"github.com/molecule-ai/tenant-agent/controlplane/store/sqlite"
+	tenantagentv1 "github.com/molecule-ai/tenant-agent/gen/tenantagent/v1"
+	"github.com/molecule-ai/tenant-agent/pkg/identity"
+)
+
+type env struct {
+	f        *Fleet
+	st       *sqlite.Store
+	sessions *session.Registry
+	deny     *auth.DenyList
+}
+
+func newEnv(t *testing.T, st *sqlite.Store) *env {
+	t.Helper()
+	e := &env{st: st, sessions: session.NewRegistry(8), deny: auth.NewDenyList()}
+	var err error
+	e.f, err = New(context.Background(), Config{Store: st, Sessions: e.sessions, Deny: e.deny,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Now: func() time.Time { return time.Unix(1000, 0) }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return e
+}
+
+func openStore(t *testing.T) *sqlite.Store {
+	t.Helper()
+	st, err := sqlite.Open(context.Background(), filepath.Join(t.TempDir(), "cp.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	return st
+}
+
+func (e *env) connect(tenant, name, serial string) *session.Session {
+	id := identity.Identity{ID: "spiffe://td/tenant/" + tenant + "/agent/" + name, Kind: identity.KindAgent, Tenant: tenant, Name: name}
+	s, _ := e.sessions.Register(id, serial, time.Unix(1000, 0))
+	return s
+}
+
+func TestDenyClosesOnlyMatchingSessionsAndPersists(t *testing.T) {
+	st := openStore(t)
+	e := newEnv(t, st)
+	acme1, acme2 := e.connect("acme", "a1", "01"), e.connect("acme", "a2", "02")
+	globex := e.connect("globex", "g1", "03")
+
+	n, err := e.f.Deny(context.Background(), store.Denial{Kind: store.DenyTenant, Value: "acme", Reason: "incident 42", DeniedBy: "op"})
+	if err != nil || n != 2 {
+		t.Fatalf("Deny(acme) = %d, %v; want 2 sessions closed", n, err)
+	}
+	for _, s := range []*session.Session{acme1, acme2} {
+		if err := s.Err(); err == nil || !strings.Contains(err.Error(), "incident 42") {
+			t.Errorf("%s: session error %v, want closed with the reason", s.Identity.ID, err)
+		}
+	}
+	if globex.Err() != nil {
+		t.Errorf("another tenant's session was closed: %v", globex.Err())
+	}
+
+	n, err = e.f.Deny(context.Background(), store.Denial{Kind: store.DenySerial, Value: "03", Reason: "key leaked", DeniedBy: "op"})
+	if err != nil || n != 1 || globex.Err() == nil {
+		t.Fatalf("Deny(serial 03) = %d, %v, session err %v; want globex's one session closed", n, err, globex.Err())
+	}
+
+	// A fleet loaded from the store applies the denials again.
+	again := newEnv(t, st)
+	if err := again.deny.Denied("acme", ""); err == nil {
+		t.Error("denial of acme lost across a restart")
+	}
+	if ok, err := again.f.Allow(context.Background(), "acme"); !ok || err != nil || again.deny.Denied("acme", "") != nil {
+		t.Errorf("Allow(acme) = %v, %v; tenant still denied: %v", ok, err, again.deny.Denied("acme", ""))
+	}
+}
+
+func TestReportsAreKeptUnderTheSessionsIdentityAndViewComparesWithThePin(t *testing.T) {
+	e := newEnv(t, openStore(t))
+	s := e.connect("acme", "a1", "01")
+	e.f.Connected(s, &tenantagentv1.Hello{Tenant: "globex", Runtimes: []*tenantagentv1.RuntimeStatus{{Runtime: "codex", Containers: []*tenantagentv1.ContainerStatus{
+		{Name: "ws-1", ImageDigest: "sha256:new"}, {Name: "ws-2", ImageDigest: "sha256:old"},
+	}}}})
+	if len(e.f.Agents("globex")) != 0 || len(e.f.Agents("acme")) != 1 {
+		t.Fatalf("a Hello naming another tenant was filed under it: acme %v, globex %v", e.f.Agents("acme"), e.f.Agents("globex"))
+	}
+	e.f.SetPin(store.Pin{Runtime: "codex", Digest: "sha256:new"})
+	if err := e.f.Hold(context.Background(), store.Hold{Tenant: "acme", Reason: "canary"}); err != nil {
+		t.Fatal(err)
+	}
+	v := e.f.View(e.f.Agents("acme")[0])
+	rt := v.GetRuntimes()[0]
+	if !v.GetConnected() || !v.GetHeld() || rt.GetOnPin() != 1 || rt.GetOffPin() != 1 || rt.GetPinnedDigest() != "sha256:new" {
+		t.Errorf("view = %v; want connected, held, 1 on and 1 off the pin", v)
+	}
+	// Flush persists what Run would write.
+	e.f.Flush(context.Background())
+	stored, err := e.st.ListAgents(context.Background())
+	if err != nil || len(stored) != 1 || stored[0].Tenant != "acme" {
+		t.Errorf("stored agents = %+v, %v", stored, err)
+	}
+}
