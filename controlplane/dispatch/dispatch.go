@@ -166,11 +166,7 @@ func (d *Dispatcher) markSent(ctx context.Context, ids []string, msg string) {
 		return
 	}
 	pending := []controlplanev1.CommandState{controlplanev1.CommandState_COMMAND_STATE_PENDING}
-	refs := make([]store.CommandRef, len(ids))
-	for i, id := range ids {
-		refs[i] = store.CommandRef{ID: id}
-	}
-	changed, err := d.cfg.Store.AdvanceCommands(ctx, refs, pending, controlplanev1.CommandState_COMMAND_STATE_SENT, d.cfg.Now(), msg)
+	changed, err := d.cfg.Store.AdvanceCommands(ctx, ids, pending, controlplanev1.CommandState_COMMAND_STATE_SENT, d.cfg.Now(), msg)
 	if err != nil {
 		d.cfg.Logger.Error("cannot record commands as sent", "commands", len(ids), "error", err)
 		return
@@ -197,7 +193,7 @@ func ControlMessage(c *store.Command) *tenantagentv1.ControlMessage {
 // a final state) and tells watchers.
 func (d *Dispatcher) advance(ctx context.Context, id string, state controlplanev1.CommandState, msg string) {
 	now := d.cfg.Now()
-	c, changed, err := d.cfg.Store.UpdateCommand(ctx, id, func(c *store.Command) bool {
+	c, changed, err := d.update(ctx, id, func(c *store.Command) bool {
 		if rank(state) <= rank(c.State) {
 			return false
 		}
@@ -213,6 +209,18 @@ func (d *Dispatcher) advance(ctx context.Context, id string, state controlplanev
 	if changed {
 		d.updates.Publish(id, Update{Command: c})
 	}
+}
+
+// update is UpdateCommands for one command: ErrNotFound if there is none.
+func (d *Dispatcher) update(ctx context.Context, id string, fn func(*store.Command) bool, ev func(*store.Command) *store.Event) (*store.Command, bool, error) {
+	out, err := d.cfg.Store.UpdateCommands(ctx, []store.CommandUpdate{{ID: id, Fn: fn, Event: ev}})
+	if err != nil {
+		return nil, false, err
+	}
+	if out[0].Command == nil {
+		return nil, false, fmt.Errorf("command %q: %w", id, store.ErrNotFound)
+	}
+	return out[0].Command, out[0].Changed, nil
 }
 
 func (d *Dispatcher) publishStored(ctx context.Context, id string) {
@@ -438,7 +446,7 @@ func (d *Dispatcher) confirm(s *session.Session, id string) {
 // already expired or canceled: the agent's word is what happened.
 func (d *Dispatcher) finish(ctx context.Context, id string, state controlplanev1.CommandState, r *tenantagentv1.CommandResult, msg string) bool {
 	now := d.cfg.Now()
-	c, changed, err := d.cfg.Store.UpdateCommand(ctx, id, func(c *store.Command) bool {
+	c, changed, err := d.update(ctx, id, func(c *store.Command) bool {
 		if c.Result != nil || (store.Terminal(c.State) && r == nil) {
 			return false
 		}

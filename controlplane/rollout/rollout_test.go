@@ -70,11 +70,11 @@ func (f *fakeDispatcher) Issue(ctx context.Context, cmds []*store.Command) error
 		if !ok {
 			continue
 		}
-		done, _, err := f.st.UpdateCommand(ctx, c.ID, func(c *store.Command) bool { c.State = state; return true }, nil)
+		out, err := f.st.UpdateCommands(ctx, []store.CommandUpdate{{ID: c.ID, Fn: func(c *store.Command) bool { c.State = state; return true }}})
 		if err != nil {
 			return err
 		}
-		f.hub.Publish(c.ID, dispatch.Update{Command: done})
+		f.hub.Publish(c.ID, dispatch.Update{Command: out[0].Command})
 	}
 	return nil
 }

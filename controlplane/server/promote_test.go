@@ -232,8 +232,8 @@ func TestRolloutOutlivesItsCallerAndARestart(t *testing.T) {
 	// The resumed rollout moves on to the second tenant and completes.
 	second.WaitFor(wait, "the second tenant's refresh", func([]*tenantagentv1.ControlMessage) bool { return len(second.Refreshes()) == 1 })
 	eventually(t, "the rollout completed", func() bool {
-		ro, err := h.srv.store.GetRollout(ctx(t), rolloutID)
-		return err == nil && ro.State == store.RolloutCompleted
+		ros, err := h.srv.store.ListRollouts(ctx(t), "", store.RolloutCompleted)
+		return err == nil && len(ros) == 1 && ros[0].ID == rolloutID
 	})
 	cmds, _ := h.srv.store.ListCommands(ctx(t), store.CommandFilter{RolloutID: rolloutID})
 	if len(cmds) != 2 {

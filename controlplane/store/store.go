@@ -78,12 +78,6 @@ var ActiveStates = []controlplanev1.CommandState{
 	controlplanev1.CommandState_COMMAND_STATE_RUNNING,
 }
 
-// CommandRef names a command, and optionally the agent it must belong to.
-type CommandRef struct {
-	ID    string
-	Agent string
-}
-
 // CommandUpdate is one read-modify-write of UpdateCommands.
 type CommandUpdate struct {
 	ID string
@@ -211,18 +205,16 @@ type Store interface {
 	// ListCommands returns matching commands, newest first unless
 	// f.Oldest.
 	ListCommands(ctx context.Context, f CommandFilter) ([]*Command, error)
-	// UpdateCommands runs several read-modify-writes in one transaction,
-	// in order (a burst of acks and results from a fan-out).
+	// UpdateCommands is the one read-modify-write of commands: for each
+	// update in order, in one transaction, it reads the command, lets Fn
+	// change it and writes it back with Event's event, if any (one
+	// command, or a burst of acks and results from a fan-out).
 	UpdateCommands(ctx context.Context, updates []CommandUpdate) ([]UpdatedCommand, error)
-	// UpdateCommand reads a command, lets fn change it and writes it back
-	// in one transaction, with ev (if any) appended. fn returns false to
-	// leave the command as it was. It returns the command as stored.
-	UpdateCommand(ctx context.Context, id string, fn func(*Command) bool, ev func(*Command) *Event) (*Command, bool, error)
-	// AdvanceCommands moves the commands whose state is in from to state
-	// to, with an event each, in one transaction (a fan-out's or a burst of
-	// acks' worth of writes at once). A ref with an Agent matches only that
-	// agent's command. It returns the commands it changed, as stored.
-	AdvanceCommands(ctx context.Context, refs []CommandRef, from []controlplanev1.CommandState, to controlplanev1.CommandState, at time.Time, message string) ([]*Command, error)
+	// AdvanceCommands is the blind fast path of a fan-out: it moves the
+	// commands whose state is in from to state to, with an event each, in
+	// one transaction and without reading them first. It returns the
+	// commands it changed, as stored.
+	AdvanceCommands(ctx context.Context, ids []string, from []controlplanev1.CommandState, to controlplanev1.CommandState, at time.Time, message string) ([]*Command, error)
 	// PruneHistory deletes commands that ended before cutoff, with their
 	// events, and returns how many it deleted. Unfinished commands stay.
 	PruneHistory(ctx context.Context, cutoff time.Time) (int, error)
@@ -248,8 +240,6 @@ type Store interface {
 
 	// PutRollout creates or replaces a rollout.
 	PutRollout(ctx context.Context, r Rollout) error
-	// GetRollout returns a rollout or ErrNotFound.
-	GetRollout(ctx context.Context, id string) (Rollout, error)
 	// ListRollouts returns rollouts, newest first; a non-empty state
 	// filters.
 	ListRollouts(ctx context.Context, runtime string, state RolloutState) ([]Rollout, error)

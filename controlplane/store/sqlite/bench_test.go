@@ -23,10 +23,10 @@ func BenchmarkFanOutWrites(b *testing.B) {
 	defer s.Close()
 	for i := range b.N {
 		cmds := make([]*store.Command, 1000)
-		ids := make([]store.CommandRef, len(cmds))
+		ids := make([]string, len(cmds))
 		for j := range cmds {
 			cmds[j] = cmd(fmt.Sprintf("c-%d-%d", i, j), fmt.Sprintf("agent-%d", j), "codex")
-			ids[j] = store.CommandRef{ID: cmds[j].ID}
+			ids[j] = cmds[j].ID
 		}
 		if _, err := s.InsertCommands(ctx, cmds); err != nil {
 			b.Fatal(err)

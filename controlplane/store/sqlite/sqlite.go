@@ -324,17 +324,6 @@ func (s *Store) ListCommands(ctx context.Context, f store.CommandFilter) ([]*sto
 	return queryAll(ctx, s.db, scanCommand, q, args...)
 }
 
-func (s *Store) UpdateCommand(ctx context.Context, id string, fn func(*store.Command) bool, ev func(*store.Command) *store.Event) (*store.Command, bool, error) {
-	out, err := s.UpdateCommands(ctx, []store.CommandUpdate{{ID: id, Fn: fn, Event: ev}})
-	if err != nil {
-		return nil, false, err
-	}
-	if out[0].Command == nil {
-		return nil, false, fmt.Errorf("command %q: %w", id, store.ErrNotFound)
-	}
-	return out[0].Command, out[0].Changed, nil
-}
-
 func (s *Store) UpdateCommands(ctx context.Context, updates []store.CommandUpdate) ([]store.UpdatedCommand, error) {
 	out := make([]store.UpdatedCommand, len(updates))
 	err := s.tx(ctx, func(tx *sql.Tx) error {
@@ -386,13 +375,13 @@ func (s *Store) UpdateCommands(ctx context.Context, updates []store.CommandUpdat
 	return out, err
 }
 
-func (s *Store) AdvanceCommands(ctx context.Context, refs []store.CommandRef, from []controlplanev1.CommandState, to controlplanev1.CommandState, at time.Time, message string) ([]*store.Command, error) {
+func (s *Store) AdvanceCommands(ctx context.Context, ids []string, from []controlplanev1.CommandState, to controlplanev1.CommandState, at time.Time, message string) ([]*store.Command, error) {
 	var changed []*store.Command
 	err := s.tx(ctx, func(tx *sql.Tx) error {
 		marks := strings.TrimSuffix(strings.Repeat("?,", len(from)), ",")
 		// RETURNING hands back the row as updated: no second read per
 		// command for the watchers.
-		update, err := tx.PrepareContext(ctx, `UPDATE commands SET state = ?, updated_at = ? WHERE id = ? AND (? = '' OR agent = ?) AND state IN (`+marks+`) RETURNING `+commandColumns)
+		update, err := tx.PrepareContext(ctx, `UPDATE commands SET state = ?, updated_at = ? WHERE id = ? AND state IN (`+marks+`) RETURNING `+commandColumns)
 		if err != nil {
 			return err
 		}
@@ -402,8 +391,8 @@ func (s *Store) AdvanceCommands(ctx context.Context, refs []store.CommandRef, fr
 			return err
 		}
 		defer events.Close()
-		for _, ref := range refs {
-			args := []any{int32(to), at.UnixNano(), ref.ID, ref.Agent, ref.Agent}
+		for _, id := range ids {
+			args := []any{int32(to), at.UnixNano(), id}
 			for _, f := range from {
 				args = append(args, int32(f))
 			}
@@ -414,7 +403,7 @@ func (s *Store) AdvanceCommands(ctx context.Context, refs []store.CommandRef, fr
 			if err != nil {
 				return err
 			}
-			if err := execEvent(ctx, events, store.Event{CommandID: ref.ID, At: at, State: to, Message: message}); err != nil {
+			if err := execEvent(ctx, events, store.Event{CommandID: id, At: at, State: to, Message: message}); err != nil {
 				return err
 			}
 			changed = append(changed, c)
@@ -597,14 +586,6 @@ func (s *Store) PutRollout(ctx context.Context, r store.Rollout) error {
 		ON CONFLICT (id) DO UPDATE SET state = excluded.state, updated_at = excluded.updated_at, message = excluded.message`,
 		r.ID, r.Runtime, r.Repository, r.Digest, options, string(r.State), r.RequestedBy, r.CreatedAt.UnixNano(), r.UpdatedAt.UnixNano(), r.Message)
 	return err
-}
-
-func (s *Store) GetRollout(ctx context.Context, id string) (store.Rollout, error) {
-	r, err := scanRollout(s.db.QueryRowContext(ctx, `SELECT `+rolloutColumns+` FROM rollouts WHERE id = ?`, id))
-	if errors.Is(err, sql.ErrNoRows) {
-		return r, fmt.Errorf("rollout %q: %w", id, store.ErrNotFound)
-	}
-	return r, err
 }
 
 func (s *Store) ListRollouts(ctx context.Context, runtime string, state store.RolloutState) ([]store.Rollout, error) {

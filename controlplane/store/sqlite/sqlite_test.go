@@ -84,14 +84,14 @@ func TestCommandsSupersedeUpdateAndList(t *testing.T) {
 	}
 
 	result := &tenantagentv1.CommandResult{CommandId: "c2", Outcome: tenantagentv1.CommandOutcome_COMMAND_OUTCOME_SUCCEEDED}
-	got, changed, err := s.UpdateCommand(ctx, "c2", func(c *store.Command) bool {
+	got, changed := update(t, s, "c2", func(c *store.Command) bool {
 		c.State, c.Result = controlplanev1.CommandState_COMMAND_STATE_SUCCEEDED, result
 		return true
 	}, func(c *store.Command) *store.Event {
 		return &store.Event{CommandID: c.ID, State: c.State, Message: "result"}
 	})
-	if err != nil || !changed || got.Result.GetOutcome() != result.Outcome {
-		t.Fatalf("update: %+v, %v, %v", got, changed, err)
+	if !changed || got.Result.GetOutcome() != result.Outcome {
+		t.Fatalf("update: %+v, %v", got, changed)
 	}
 	again, _ := s.GetCommand(ctx, "c2")
 	if again.Result.GetOutcome() != tenantagentv1.CommandOutcome_COMMAND_OUTCOME_SUCCEEDED {
@@ -101,8 +101,8 @@ func TestCommandsSupersedeUpdateAndList(t *testing.T) {
 	if err != nil || len(evs) != 2 || evs[1].Message != "result" {
 		t.Fatalf("events = %+v, %v", evs, err)
 	}
-	if _, _, err := s.UpdateCommand(ctx, "nope", func(*store.Command) bool { return true }, nil); !errors.Is(err, store.ErrNotFound) {
-		t.Fatalf("update unknown: %v", err)
+	if got, changed := update(t, s, "nope", func(*store.Command) bool { return true }, nil); got != nil || changed {
+		t.Fatalf("update unknown: %+v, %v; want no command", got, changed)
 	}
 
 	active, err := s.ListCommands(ctx, store.CommandFilter{Agent: "a1", States: store.ActiveStates})
@@ -114,6 +114,16 @@ func TestCommandsSupersedeUpdateAndList(t *testing.T) {
 	if len(page1) != 2 || len(page2) != 2 || page1[0].ID != "c2" || page2[1].ID != "c1" {
 		t.Fatalf("pages = %v %v", ids(page1), ids(page2))
 	}
+}
+
+// update is one UpdateCommands, as the dispatcher makes them.
+func update(t *testing.T, s *Store, id string, fn func(*store.Command) bool, ev func(*store.Command) *store.Event) (*store.Command, bool) {
+	t.Helper()
+	out, err := s.UpdateCommands(context.Background(), []store.CommandUpdate{{ID: id, Fn: fn, Event: ev}})
+	if err != nil || len(out) != 1 {
+		t.Fatalf("UpdateCommands(%s) = %v, %v", id, out, err)
+	}
+	return out[0].Command, out[0].Changed
 }
 
 func ids(cs []*store.Command) []string {
@@ -159,9 +169,9 @@ func TestAgentsHoldsDenialsRollouts(t *testing.T) {
 	if err := s.PutRollout(ctx, r); err != nil {
 		t.Fatal(err)
 	}
-	got, err := s.GetRollout(ctx, "r1")
-	if err != nil || got.State != store.RolloutHalted || got.Options.GetMaxParallelTenants() != 3 {
-		t.Fatalf("rollout = %+v, %v", got, err)
+	got, err := s.ListRollouts(ctx, "codex", store.RolloutHalted)
+	if err != nil || len(got) != 1 || got[0].ID != "r1" || got[0].Options.GetMaxParallelTenants() != 3 {
+		t.Fatalf("halted rollouts = %+v, %v; want r1, replaced in place", got, err)
 	}
 	if rs, _ := s.ListRollouts(ctx, "codex", store.RolloutRunning); len(rs) != 0 {
 		t.Fatalf("running rollouts = %+v", rs)
@@ -172,8 +182,8 @@ func TestAdvanceCommandsMovesOnlyFromTheGivenStates(t *testing.T) {
 	ctx := context.Background()
 	s := open(t, filepath.Join(t.TempDir(), "cp.db"))
 	s.InsertCommands(ctx, []*store.Command{cmd("a", "x", "codex"), cmd("b", "y", "codex")})
-	s.UpdateCommand(ctx, "b", func(c *store.Command) bool { c.State = controlplanev1.CommandState_COMMAND_STATE_ACKED; return true }, nil)
-	changed, err := s.AdvanceCommands(ctx, []store.CommandRef{{ID: "a"}, {ID: "b"}, {ID: "missing"}}, []controlplanev1.CommandState{pending}, controlplanev1.CommandState_COMMAND_STATE_SENT, time.Now(), "sent")
+	update(t, s, "b", func(c *store.Command) bool { c.State = controlplanev1.CommandState_COMMAND_STATE_ACKED; return true }, nil)
+	changed, err := s.AdvanceCommands(ctx, []string{"a", "b", "missing"}, []controlplanev1.CommandState{pending}, controlplanev1.CommandState_COMMAND_STATE_SENT, time.Now(), "sent")
 	if err != nil || len(changed) != 1 || changed[0].ID != "a" || changed[0].State != controlplanev1.CommandState_COMMAND_STATE_SENT {
 		t.Fatalf("changed = %v, %v; want only a (b was already acked)", changed, err)
 	}
@@ -198,12 +208,12 @@ func TestPruneHistoryKeepsUnfinishedAndRecent(t *testing.T) {
 		}
 	}
 	for _, id := range []string{"old-done", "new-done"} {
-		s.UpdateCommand(ctx, id, func(c *store.Command) bool {
+		update(t, s, id, func(c *store.Command) bool {
 			c.State = controlplanev1.CommandState_COMMAND_STATE_SUCCEEDED
 			return true
 		}, nil)
 	}
-	// UpdateCommand stamps no time of its own: age old-done by hand.
+	// UpdateCommands stamps no time of its own: age old-done by hand.
 	s.db.ExecContext(ctx, `UPDATE commands SET updated_at = ? WHERE id = 'old-done'`, old.UnixNano())
 	n, err := s.PruneHistory(ctx, time.Now().Add(-24*time.Hour))
 	if err != nil || n != 1 {
