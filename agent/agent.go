@@ -68,11 +68,7 @@ type Config struct {
 	// HTTPAddr, if set, serves /metrics and /healthz (plain HTTP; a
 	// missing host means loopback).
 	HTTPAddr string
-	// CrashAt is a test hook: the agent dies just before this recreate
-	// step. OnCrash says how (default: the process exits, as if killed).
-	CrashAt string
-	OnCrash func()
-	Logger  *slog.Logger
+	Logger   *slog.Logger
 }
 
 // Defaults returns the configuration the binary starts from.
@@ -135,29 +131,10 @@ func (c *Config) CheckAndSetDefaults() error {
 		}
 		c.HTTPAddr = addr
 	}
-	if c.CrashAt != "" && !validStep(c.CrashAt) {
-		errs = append(errs, fmt.Errorf("crash point %q is not a recreate step", c.CrashAt))
-	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
-	if c.OnCrash == nil {
-		logger := c.Logger
-		c.OnCrash = func() {
-			logger.Error("crash point reached: exiting as if killed")
-			os.Exit(3)
-		}
-	}
 	return errors.Join(errs...)
-}
-
-func validStep(s string) bool {
-	for _, st := range []docker.Step{docker.StepCreate, docker.StepConnect, docker.StepDisableRestart, docker.StepStop, docker.StepRenameOld, docker.StepRenameNew, docker.StepStart, docker.StepHealthGate, docker.StepRemoveOld, docker.StepDone} {
-		if string(st) == s {
-			return true
-		}
-	}
-	return false
 }
 
 // Run runs the agent until ctx ends. Commands that are running when ctx
@@ -215,7 +192,7 @@ func Run(ctx context.Context, cfg Config) error {
 	if err := serveMetrics(ctx, cfg.HTTPAddr, m, engine, logger); err != nil {
 		return err
 	}
-	run := runner.New(runner.Config{Journal: j, Executor: m.Executor(exec), Logger: logger, CrashAt: docker.Step(cfg.CrashAt), OnCrash: cfg.OnCrash})
+	run := runner.New(runner.Config{Journal: j, Executor: m.Executor(exec), Logger: logger})
 	hostname, _ := os.Hostname()
 	logger.Info("tenant agent starting", "component", "agent", "identity", id.ID, "version", version.String(),
 		"control_plane", cfg.ControlPlane, "control_plane_id", cfg.ControlPlaneID, "selector", selector, "state_dir", cfg.StateDir)

@@ -22,7 +22,10 @@ var (
 	buildErr  error
 )
 
-// binaries builds controlplane and tenant-agent once per test process.
+// binaries builds controlplane and tenant-agent once per test process,
+// with the failpoints build tag: the tests that kill the agent between two
+// recreate steps set its crash point through its environment
+// (agent/failpoint).
 func binaries(t *testing.T) string {
 	t.Helper()
 	buildOnce.Do(func() {
@@ -31,7 +34,7 @@ func binaries(t *testing.T) string {
 			return
 		}
 		for name, pkg := range map[string]string{"controlplane": "../controlplane/cmd/controlplane", "tenant-agent": "../agent/cmd/tenant-agent"} {
-			out, err := exec.Command("go", "build", "-o", filepath.Join(binDir, name), pkg).CombinedOutput()
+			out, err := exec.Command("go", "build", "-tags", "failpoints", "-o", filepath.Join(binDir, name), pkg).CombinedOutput()
 			if err != nil {
 				buildErr = err
 				binDir = string(out)

@@ -9,7 +9,8 @@ import (
 
 	"github.com/docker/docker/api/types/container"
 
-	"github.com/molecule-ai/tenant-agent/agent"
+	"github.com/molecule-ai/tenant-agent/agent/docker"
+	"github.com/molecule-ai/tenant-agent/agent/failpoint"
 	"github.com/molecule-ai/tenant-agent/controlplane/server"
 	controlplanev1 "github.com/molecule-ai/tenant-agent/gen/controlplane/v1"
 	tenantagentv1 "github.com/molecule-ai/tenant-agent/gen/tenantagent/v1"
@@ -59,10 +60,9 @@ func TestAgentKilledBetweenStopAndStart(t *testing.T) {
 	state := t.TempDir()
 	crashed := make(chan struct{})
 	var once sync.Once
-	first := e.startAgent("acme", e.cp.AgentAddr(), state, func(c *agent.Config) {
-		c.CrashAt = "start"
-		c.OnCrash = func() { once.Do(func() { close(crashed) }) }
-	})
+	clearCrash := failpoint.SetCrash(docker.StepStart, func() { once.Do(func() { close(crashed) }) })
+	defer clearCrash()
+	first := e.startAgent("acme", e.cp.AgentAddr(), state, nil)
 	e.waitAgent("acme", 1)
 	id := e.startRefresh("acme", e.v2)
 	select {
@@ -71,6 +71,7 @@ func TestAgentKilledBetweenStopAndStart(t *testing.T) {
 		t.Fatal("the agent never reached the crash point")
 	}
 	first.stop() // the process is gone: nothing more of it runs
+	clearCrash()
 	if in := ws.inspect(); in.State.Running {
 		t.Fatalf("the old container should be stopped at the crash point")
 	}

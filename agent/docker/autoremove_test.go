@@ -2,13 +2,13 @@ package docker_test
 
 import (
 	"context"
+	"errors"
 	"maps"
 	"testing"
 
 	"github.com/docker/docker/api/types/container"
 
 	"github.com/molecule-ai/tenant-agent/agent/docker"
-	tenantagentv1 "github.com/molecule-ai/tenant-agent/gen/tenantagent/v1"
 )
 
 // startAutoRemove runs the workspace on v1 with AutoRemove (docker run
@@ -37,14 +37,14 @@ func TestAutoRemoveRollsBack(t *testing.T) {
 	f := newFixture(t)
 	old := f.startAutoRemove()
 	cache := mountNamed(old.Inspect, "/cache")
-	res := f.engine.Recreate(f.ctx(), old, f.target(f.bad), f.opts("t1"), noJournal, noReport)
-	if res.GetOutcome() != tenantagentv1.ContainerOutcome_CONTAINER_OUTCOME_ROLLED_BACK {
-		t.Fatalf("outcome %v (%s), want ROLLED_BACK", res.GetOutcome(), res.GetError())
+	res, _ := f.engine.Recreate(f.ctx(), old, f.target(f.bad), f.opts("t1"), noJournal, noReport)
+	if res.Result != docker.ResultRolledBack {
+		t.Fatalf("outcome %v (%s), want ROLLED_BACK", res.Result, res.ErrorText())
 	}
 	now := f.container()
 	in := now.Inspect
-	if now.Name() != f.name || !in.State.Running || now.DigestFor(f.repo) != f.v1 || !in.HostConfig.AutoRemove || res.GetNewContainerId() != in.ID {
-		t.Errorf("after rollback: name %s running %v digest %s autoremove %v id %s (result says %s)", now.Name(), in.State.Running, now.DigestFor(f.repo), in.HostConfig.AutoRemove, in.ID, res.GetNewContainerId())
+	if now.Name() != f.name || !in.State.Running || now.DigestFor(f.repo) != f.v1 || !in.HostConfig.AutoRemove || res.NewID != in.ID {
+		t.Errorf("after rollback: name %s running %v digest %s autoremove %v id %s (result says %s)", now.Name(), in.State.Running, now.DigestFor(f.repo), in.HostConfig.AutoRemove, in.ID, res.NewID)
 	}
 	if got := mountNamed(in, "/cache"); got != cache {
 		t.Errorf("anonymous volume %q, was %q", got, cache)
@@ -68,11 +68,11 @@ func TestAutoRemoveCrashAfterStopKeepsReplacement(t *testing.T) {
 		}
 		return nil
 	}
-	if res := f.engine.Recreate(f.ctx(), old, f.target(f.v2), f.opts("t1"), journal, noReport); res != nil {
-		t.Fatalf("crash returned a result %v", res)
+	if _, err := f.engine.Recreate(f.ctx(), old, f.target(f.v2), f.opts("t1"), journal, noReport); !errors.Is(err, docker.ErrCrash) {
+		t.Fatalf("crash did not return ErrCrash but %v", err)
 	}
 	res := f.engine.Recover(f.ctx(), last, f.sel)
-	if res.GetOutcome() != tenantagentv1.ContainerOutcome_CONTAINER_OUTCOME_FAILED || res.GetNewDigest() != f.v2 {
+	if res.Result != docker.ResultFailed || res.NewDigest != f.v2 {
 		t.Fatalf("recover: %v", res)
 	}
 	now := f.container()

@@ -3,6 +3,7 @@ package docker_test
 import (
 	"context"
 	"crypto/rand"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -20,7 +21,6 @@ import (
 	"github.com/docker/go-connections/nat"
 
 	"github.com/molecule-ai/tenant-agent/agent/docker"
-	tenantagentv1 "github.com/molecule-ai/tenant-agent/gen/tenantagent/v1"
 	"github.com/molecule-ai/tenant-agent/internal/registrytest"
 )
 
@@ -200,8 +200,8 @@ func (f *fixture) opts(id string) docker.RecreateOptions {
 	return docker.RecreateOptions{HealthGateTimeout: 30 * time.Second, StabilityWindow: time.Second, Suffix: id, Selector: f.sel, CommandID: "c-" + id}
 }
 
-func noJournal(docker.RecreateState) error        { return nil }
-func noReport(tenantagentv1.CommandPhase, string) {}
+func noJournal(docker.RecreateState) error { return nil }
+func noReport(docker.Step, string)         {}
 
 func TestRecreateKeepsEverything(t *testing.T) {
 	f := newFixture(t)
@@ -210,11 +210,11 @@ func TestRecreateKeepsEverything(t *testing.T) {
 	oldCache := mountNamed(old.Inspect, "/cache")
 
 	var steps []docker.Step
-	res := f.engine.Recreate(f.ctx(), old, f.target(f.v2), f.opts("t1"), func(s docker.RecreateState) error { steps = append(steps, s.Step); return nil }, noReport)
-	if res.GetOutcome() != tenantagentv1.ContainerOutcome_CONTAINER_OUTCOME_RECREATED {
-		t.Fatalf("outcome %v: %s", res.GetOutcome(), res.GetError())
+	res, _ := f.engine.Recreate(f.ctx(), old, f.target(f.v2), f.opts("t1"), func(s docker.RecreateState) error { steps = append(steps, s.Step); return nil }, noReport)
+	if res.Result != docker.ResultRecreated {
+		t.Fatalf("outcome %v: %s", res.Result, res.ErrorText())
 	}
-	if res.GetDowntime().AsDuration() <= 0 || res.GetNewDigest() != f.v2 || res.GetOldDigest() != f.v1 {
+	if res.Downtime <= 0 || res.NewDigest != f.v2 || res.OldDigest != f.v1 {
 		t.Errorf("result = %v", res)
 	}
 	if want := []docker.Step{"create", "connect", "disable-restart", "stop", "rename-old", "rename-new", "start", "health-gate", "remove-old", "done"}; !slices.Equal(steps, want) {
@@ -294,9 +294,9 @@ func TestUnhealthyImageRollsBack(t *testing.T) {
 	f := newFixture(t)
 	f.start(true)
 	old := f.container()
-	res := f.engine.Recreate(f.ctx(), old, f.target(f.bad), f.opts("t1"), noJournal, noReport)
-	if res.GetOutcome() != tenantagentv1.ContainerOutcome_CONTAINER_OUTCOME_ROLLED_BACK || !strings.Contains(res.GetError(), "unhealthy") {
-		t.Fatalf("outcome %v (%s), want ROLLED_BACK because unhealthy", res.GetOutcome(), res.GetError())
+	res, _ := f.engine.Recreate(f.ctx(), old, f.target(f.bad), f.opts("t1"), noJournal, noReport)
+	if res.Result != docker.ResultRolledBack || !strings.Contains(res.ErrorText(), "unhealthy") {
+		t.Fatalf("outcome %v (%s), want ROLLED_BACK because unhealthy", res.Result, res.ErrorText())
 	}
 	f.waitHTTP("/version", "v1")
 	now := f.container()
@@ -315,8 +315,8 @@ func TestStoppedContainerStaysStopped(t *testing.T) {
 	f := newFixture(t)
 	f.start(false)
 	old := f.container()
-	res := f.engine.Recreate(f.ctx(), old, f.target(f.v2), f.opts("t1"), noJournal, noReport)
-	if res.GetOutcome() != tenantagentv1.ContainerOutcome_CONTAINER_OUTCOME_RECREATED || res.GetWasRunning() {
+	res, _ := f.engine.Recreate(f.ctx(), old, f.target(f.v2), f.opts("t1"), noJournal, noReport)
+	if res.Result != docker.ResultRecreated || res.WasRunning {
 		t.Fatalf("result %v", res)
 	}
 	now := f.container()
@@ -343,16 +343,16 @@ func TestCrashAtEveryStepRecovers(t *testing.T) {
 				return nil
 			}
 			o := f.opts(string(at))
-			if res := f.engine.Recreate(f.ctx(), old, target, o, journal, noReport); res != nil {
-				t.Fatalf("crash at %s returned a result %v", at, res)
+			if _, err := f.engine.Recreate(f.ctx(), old, target, o, journal, noReport); !errors.Is(err, docker.ErrCrash) {
+				t.Fatalf("crash at %s did not return ErrCrash but %v", at, err)
 			}
 			res := f.engine.Recover(f.ctx(), last, f.sel)
-			want := tenantagentv1.ContainerOutcome_CONTAINER_OUTCOME_ROLLED_BACK
+			want := docker.ResultRolledBack
 			if at == "remove-old" {
-				want = tenantagentv1.ContainerOutcome_CONTAINER_OUTCOME_RECREATED
+				want = docker.ResultRecreated
 			}
-			if res.GetOutcome() != want {
-				t.Fatalf("recover after %s: %v (%s), want %v", at, res.GetOutcome(), res.GetError(), want)
+			if res.Result != want {
+				t.Fatalf("recover after %s: %v (%s), want %v", at, res.Result, res.ErrorText(), want)
 			}
 			now := f.container() // exactly one managed container: none left half-made
 			if now.Name() != f.name || !now.Inspect.State.Running {
@@ -361,8 +361,8 @@ func TestCrashAtEveryStepRecovers(t *testing.T) {
 			f.waitContains("/file?path=/data/history", " v1 ")
 			if at == "remove-old" {
 				// Back to v1 for the next case.
-				back := f.engine.Recreate(f.ctx(), now, f.target(f.v1), f.opts("back"), noJournal, noReport)
-				if back.GetOutcome() != tenantagentv1.ContainerOutcome_CONTAINER_OUTCOME_RECREATED {
+				back, _ := f.engine.Recreate(f.ctx(), now, f.target(f.v1), f.opts("back"), noJournal, noReport)
+				if back.Result != docker.ResultRecreated {
 					t.Fatalf("back to v1: %v", back)
 				}
 			}

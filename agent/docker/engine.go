@@ -15,9 +15,6 @@ import (
 	"github.com/docker/docker/client"
 	"github.com/docker/go-connections/nat"
 	dockerspec "github.com/moby/docker-image-spec/specs-go/v1"
-	"google.golang.org/protobuf/types/known/timestamppb"
-
-	tenantagentv1 "github.com/molecule-ai/tenant-agent/gen/tenantagent/v1"
 )
 
 // Engine talks to one Docker Engine.
@@ -144,53 +141,30 @@ func RepositoryOf(ref string) string {
 
 // Status is a container as health reports show it: never its environment
 // or inspect output, which can hold the workspace's decrypted secrets.
-func (c Container) Status() *tenantagentv1.ContainerStatus {
-	st := &tenantagentv1.ContainerStatus{
-		Name: c.Name(), Id: c.Inspect.ID, ImageRef: c.Inspect.Config.Image, ImageDigest: c.DigestFor(c.Repository),
-		RestartCount: uint32(c.Inspect.RestartCount), Health: tenantagentv1.ContainerHealth_CONTAINER_HEALTH_NONE,
-	}
+type Status struct {
+	Name, ID, ImageRef, ImageDigest string
+	// State is the Engine's ("running", "exited", ...); Health is its
+	// healthcheck's status, "" without one.
+	State        container.ContainerState
+	Health       container.HealthStatus
+	RestartCount int
+	// StartedAt is zero if the container never started.
+	StartedAt time.Time
+}
+
+// Status is what health reports may say of c.
+func (c Container) Status() Status {
+	st := Status{Name: c.Name(), ID: c.Inspect.ID, ImageRef: c.Inspect.Config.Image, ImageDigest: c.DigestFor(c.Repository), RestartCount: c.Inspect.RestartCount}
 	if s := c.Inspect.State; s != nil {
-		st.State = stateOf(s.Status)
+		st.State = s.Status
 		if s.Health != nil {
-			st.Health = healthOf(s.Health.Status)
+			st.Health = s.Health.Status
 		}
-		if t, err := time.Parse(time.RFC3339Nano, s.StartedAt); err == nil && !t.IsZero() && t.Year() > 1 {
-			st.StartedAt = timestamppb.New(t)
+		if t, err := time.Parse(time.RFC3339Nano, s.StartedAt); err == nil && t.Year() > 1 {
+			st.StartedAt = t
 		}
 	}
 	return st
-}
-
-func stateOf(s container.ContainerState) tenantagentv1.ContainerState {
-	switch s {
-	case container.StateCreated:
-		return tenantagentv1.ContainerState_CONTAINER_STATE_CREATED
-	case container.StateRunning:
-		return tenantagentv1.ContainerState_CONTAINER_STATE_RUNNING
-	case container.StatePaused:
-		return tenantagentv1.ContainerState_CONTAINER_STATE_PAUSED
-	case container.StateRestarting:
-		return tenantagentv1.ContainerState_CONTAINER_STATE_RESTARTING
-	case container.StateExited:
-		return tenantagentv1.ContainerState_CONTAINER_STATE_EXITED
-	case container.StateRemoving:
-		return tenantagentv1.ContainerState_CONTAINER_STATE_REMOVING
-	case container.StateDead:
-		return tenantagentv1.ContainerState_CONTAINER_STATE_DEAD
-	}
-	return tenantagentv1.ContainerState_CONTAINER_STATE_UNSPECIFIED
-}
-
-func healthOf(s container.HealthStatus) tenantagentv1.ContainerHealth {
-	switch s {
-	case container.Starting:
-		return tenantagentv1.ContainerHealth_CONTAINER_HEALTH_STARTING
-	case container.Healthy:
-		return tenantagentv1.ContainerHealth_CONTAINER_HEALTH_HEALTHY
-	case container.Unhealthy:
-		return tenantagentv1.ContainerHealth_CONTAINER_HEALTH_UNHEALTHY
-	}
-	return tenantagentv1.ContainerHealth_CONTAINER_HEALTH_NONE
 }
 
 // imageConfig puts an image's config in the shape of a container's, for

@@ -25,7 +25,6 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 
 	"github.com/molecule-ai/tenant-agent/agent/docker"
-	tenantagentv1 "github.com/molecule-ai/tenant-agent/gen/tenantagent/v1"
 	"github.com/molecule-ai/tenant-agent/internal/registrytest"
 )
 
@@ -388,9 +387,9 @@ func (e *oracleEnv) run(c oracleCase, i int) oracleRun {
 		return oracleRun{err: fmt.Errorf("list: %d containers, %v", len(cs), err)}
 	}
 	opts := docker.RecreateOptions{HealthGateTimeout: 30 * time.Second, StabilityWindow: 300 * time.Millisecond, Suffix: "o", Selector: sel, CommandID: "c-oracle"}
-	res := e.engine.Recreate(ctx, cs[0], e.target, opts, noJournal, noReport)
-	if res.GetOutcome() != tenantagentv1.ContainerOutcome_CONTAINER_OUTCOME_RECREATED {
-		return oracleRun{err: fmt.Errorf("recreate: %v: %s", res.GetOutcome(), res.GetError())}
+	res, _ := e.engine.Recreate(ctx, cs[0], e.target, opts, noJournal, noReport)
+	if res.Result != docker.ResultRecreated {
+		return oracleRun{err: fmt.Errorf("recreate: %v: %s", res.Result, res.ErrorText())}
 	}
 	got, err := e.cli.ContainerInspect(ctx, base+"-ws")
 	if err != nil {

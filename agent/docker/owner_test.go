@@ -1,13 +1,13 @@
 package docker_test
 
 import (
+	"errors"
 	"strings"
 	"testing"
 
 	"github.com/docker/docker/api/types/container"
 
 	"github.com/molecule-ai/tenant-agent/agent/docker"
-	tenantagentv1 "github.com/molecule-ai/tenant-agent/gen/tenantagent/v1"
 )
 
 // other starts a container on v1 that is not the fixture's workspace,
@@ -60,10 +60,10 @@ func TestRecreateRefusesTempNameOfAnotherCommand(t *testing.T) {
 	}
 	temp := f.name + "-ta-new-t1"
 	id := f.other(temp, labels, false)
-	res := f.engine.Recreate(f.ctx(), old, f.target(f.v2), f.opts("t1"), noJournal, noReport)
-	if res.GetOutcome() != tenantagentv1.ContainerOutcome_CONTAINER_OUTCOME_NOT_ATTEMPTED ||
-		!strings.Contains(res.GetError(), `name "`+temp+`" is held by container `+id[:12]+", which this command did not create; nothing was changed") {
-		t.Fatalf("outcome %v: %s", res.GetOutcome(), res.GetError())
+	res, _ := f.engine.Recreate(f.ctx(), old, f.target(f.v2), f.opts("t1"), noJournal, noReport)
+	if res.Result != docker.ResultNotAttempted ||
+		!strings.Contains(res.ErrorText(), `name "`+temp+`" is held by container `+id[:12]+", which this command did not create; nothing was changed") {
+		t.Fatalf("outcome %v: %s", res.Result, res.ErrorText())
 	}
 	f.untouched(id, temp, false)
 	f.untouched(old.Inspect.ID, f.name, true)
@@ -80,9 +80,9 @@ func TestRecreateClearsItsOwnLeftover(t *testing.T) {
 		labels[k] = v
 	}
 	id := f.other(f.name+"-ta-new-t1", labels, false)
-	res := f.engine.Recreate(f.ctx(), old, f.target(f.v2), f.opts("t1"), noJournal, noReport)
-	if res.GetOutcome() != tenantagentv1.ContainerOutcome_CONTAINER_OUTCOME_RECREATED {
-		t.Fatalf("outcome %v: %s", res.GetOutcome(), res.GetError())
+	res, _ := f.engine.Recreate(f.ctx(), old, f.target(f.v2), f.opts("t1"), noJournal, noReport)
+	if res.Result != docker.ResultRecreated {
+		t.Fatalf("outcome %v: %s", res.Result, res.ErrorText())
 	}
 	if _, err := f.cli.ContainerInspect(f.ctx(), id); err == nil {
 		t.Errorf("the command's own leftover was not removed")
@@ -103,13 +103,13 @@ func TestRecoverLeavesForeignTempNameAlone(t *testing.T) {
 			old := f.container()
 			var last docker.RecreateState
 			crash := func(s docker.RecreateState) error { last = s; return docker.ErrCrash }
-			if res := f.engine.Recreate(f.ctx(), old, f.target(f.v2), f.opts("t1"), crash, noReport); res != nil {
-				t.Fatalf("crash returned %v", res)
+			if _, err := f.engine.Recreate(f.ctx(), old, f.target(f.v2), f.opts("t1"), crash, noReport); !errors.Is(err, docker.ErrCrash) {
+				t.Fatalf("crash did not return ErrCrash but %v", err)
 			}
 			id := f.other(last.TempName, labels(f), true)
 			res := f.engine.Recover(f.ctx(), last, f.sel)
-			if res.GetOutcome() != tenantagentv1.ContainerOutcome_CONTAINER_OUTCOME_ROLLED_BACK {
-				t.Fatalf("recover: %v (%s)", res.GetOutcome(), res.GetError())
+			if res.Result != docker.ResultRolledBack {
+				t.Fatalf("recover: %v (%s)", res.Result, res.ErrorText())
 			}
 			f.untouched(id, last.TempName, true)
 			f.untouched(old.Inspect.ID, f.name, true)
@@ -135,14 +135,14 @@ func TestRecoverChecksJournaledIDs(t *testing.T) {
 		}
 		return nil
 	}
-	if res := f.engine.Recreate(f.ctx(), old, f.target(f.v2), f.opts("t1"), crash, noReport); res != nil {
-		t.Fatalf("crash returned %v", res)
+	if _, err := f.engine.Recreate(f.ctx(), old, f.target(f.v2), f.opts("t1"), crash, noReport); !errors.Is(err, docker.ErrCrash) {
+		t.Fatalf("crash did not return ErrCrash but %v", err)
 	}
 	ours := last.NewID
 	last.NewID = foreign
 	res := f.engine.Recover(f.ctx(), last, f.sel)
-	if res.GetOutcome() != tenantagentv1.ContainerOutcome_CONTAINER_OUTCOME_FAILED || !strings.Contains(res.GetError(), "does not carry this tenant's labels") {
-		t.Fatalf("recover with a foreign replacement ID: %v (%s)", res.GetOutcome(), res.GetError())
+	if res.Result != docker.ResultFailed || !strings.Contains(res.ErrorText(), "does not carry this tenant's labels") {
+		t.Fatalf("recover with a foreign replacement ID: %v (%s)", res.Result, res.ErrorText())
 	}
 	f.untouched(foreign, f.name+"-b", true)
 	f.untouched(old.Inspect.ID, f.name, true)
@@ -150,7 +150,7 @@ func TestRecoverChecksJournaledIDs(t *testing.T) {
 
 	// Past the health gate, the old container ID is foreign: not removed.
 	last.NewID, last.OldID, last.Step = ours, foreign, docker.StepRemoveOld
-	if res := f.engine.Recover(f.ctx(), last, f.sel); res.GetOutcome() != tenantagentv1.ContainerOutcome_CONTAINER_OUTCOME_RECREATED {
+	if res := f.engine.Recover(f.ctx(), last, f.sel); res.Result != docker.ResultRecreated {
 		t.Fatalf("recover past the gate: %v", res)
 	}
 	f.untouched(foreign, f.name+"-b", true)

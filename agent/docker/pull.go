@@ -13,13 +13,19 @@ import (
 
 	"github.com/docker/docker/api/types/image"
 	"github.com/docker/docker/api/types/registry"
-
-	tenantagentv1 "github.com/molecule-ai/tenant-agent/gen/tenantagent/v1"
 )
+
+// LayerProgress is one layer of a pull.
+type LayerProgress struct {
+	ID           string
+	Status       string
+	CurrentBytes uint64
+	TotalBytes   uint64
+}
 
 // PullProgress is the state of a pull, summed over its layers.
 type PullProgress struct {
-	Layers       []*tenantagentv1.LayerProgress
+	Layers       []LayerProgress
 	CurrentBytes uint64
 	TotalBytes   uint64
 	Message      string
@@ -198,7 +204,7 @@ func summarize(layers map[string]*layer, msg string) PullProgress {
 	p := PullProgress{Message: msg}
 	for _, id := range ids {
 		l := layers[id]
-		p.Layers = append(p.Layers, &tenantagentv1.LayerProgress{Id: id, Status: l.status, CurrentBytes: uint64(max(l.current, 0)), TotalBytes: uint64(max(l.total, 0))})
+		p.Layers = append(p.Layers, LayerProgress{ID: id, Status: l.status, CurrentBytes: uint64(max(l.current, 0)), TotalBytes: uint64(max(l.total, 0))})
 		p.CurrentBytes += uint64(max(l.current, 0))
 		p.TotalBytes += uint64(max(l.total, 0))
 	}

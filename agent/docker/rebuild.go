@@ -28,7 +28,7 @@ type Spec struct {
 }
 
 // Rebuild derives the replacement of old on a new image from old's inspect
-// output (DESIGN.md §6), so that it equals what old's own create options
+// output (docs/design.md §6), so that it equals what old's own create options
 // would give on the new image, without asking anything of the caller's
 // command:
 //

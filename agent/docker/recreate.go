@@ -9,9 +9,6 @@ import (
 
 	cerrdefs "github.com/containerd/errdefs"
 	"github.com/docker/docker/api/types/container"
-	"google.golang.org/protobuf/types/known/durationpb"
-
-	tenantagentv1 "github.com/molecule-ai/tenant-agent/gen/tenantagent/v1"
 )
 
 // Step is a step of a container's recreate. Each is journaled before it is
@@ -29,7 +26,13 @@ const (
 	StepHealthGate     Step = "health-gate"
 	StepRemoveOld      Step = "remove-old"
 	StepDone           Step = "done"
+	// StepRollBack is reported (Report) when a failure is being rolled
+	// back; it is never journaled.
+	StepRollBack Step = "roll-back"
 )
+
+// Steps are the journaled steps of a recreate, in order.
+var Steps = []Step{StepCreate, StepConnect, StepDisableRestart, StepStop, StepRenameOld, StepRenameNew, StepStart, StepHealthGate, StepRemoveOld, StepDone}
 
 // RecreateState is what the journal keeps of one container's recreate.
 type RecreateState struct {
@@ -51,9 +54,9 @@ type RecreateState struct {
 	Step       Step   `json:"step"`
 }
 
-// ErrCrash, returned by a journal function, makes Recreate return at once
-// without cleaning up, exactly as if the agent process had died there. The
-// agent's crash point for tests uses it; recovery must then finish the job.
+// ErrCrash, returned by a journal function, makes Recreate return it at
+// once without cleaning up, exactly as if the agent process had died there.
+// The agent's failpoint for tests uses it; recovery must then finish the job.
 var ErrCrash = errors.New("simulated crash")
 
 // Target is the image containers move to.
@@ -86,19 +89,21 @@ type RecreateOptions struct {
 	CommandID string
 }
 
-// Recreate replaces c with a container on target (DESIGN.md §6): create the
+// Recreate replaces c with a container on target (docs/design.md §6): create the
 // new one under a temporary name, stop the old one, swap names, start, pass
 // the health gate, remove the old one (never its volumes). Any failure
 // after the stop is rolled back: the old container is back under its name,
 // with its restart policy, running if it was. journal is called before
-// every step; report describes steps for progress.
+// every step; report describes steps for progress. The error is non-nil
+// only when journal returned ErrCrash: the recreate was abandoned midway,
+// as by a dead process, and its Outcome is not to be reported.
 //
 // A container with AutoRemove (docker run --rm) removes itself when it
 // stops, and the Engine cannot turn that off on an existing container, so
 // it is renamed aside before the stop, and a rollback after the stop
 // creates it again from its own inspect output on its own image (same
 // config and volumes, a new ID).
-func (e *Engine) Recreate(ctx context.Context, c Container, target Target, opts RecreateOptions, journal func(RecreateState) error, report func(tenantagentv1.CommandPhase, string)) *tenantagentv1.ContainerResult {
+func (e *Engine) Recreate(ctx context.Context, c Container, target Target, opts RecreateOptions, journal func(RecreateState) error, report Report) (Outcome, error) {
 	r := &recreation{e: e, c: c, target: target, opts: opts, journal: journal, report: report,
 		// Steps that must not be half-done when a cancel arrives run on a
 		// context that only a deadline ends.
@@ -108,42 +113,34 @@ func (e *Engine) Recreate(ctx context.Context, c Container, target Target, opts 
 		WasRunning: c.Inspect.State != nil && c.Inspect.State.Running, RestartPolicy: c.Inspect.HostConfig.RestartPolicy, AutoRemove: c.Inspect.HostConfig.AutoRemove,
 		OldDigest: c.DigestFor(c.Repository), NewDigest: target.Digest,
 	}
-	r.res = &tenantagentv1.ContainerResult{Name: r.st.Name, OldContainerId: r.st.OldID, NewContainerId: r.st.OldID, OldDigest: r.st.OldDigest, NewDigest: r.st.OldDigest, WasRunning: r.st.WasRunning}
+	r.res = Outcome{Name: r.st.Name, OldID: r.st.OldID, NewID: r.st.OldID, OldDigest: r.st.OldDigest, NewDigest: r.st.OldDigest, WasRunning: r.st.WasRunning}
 	for _, step := range []func() bool{r.createReplacement, r.takeOver, r.startAndGate, r.removeOld} {
 		if !step() {
-			return r.result()
+			return r.res, r.crash
 		}
 	}
-	r.res.Outcome, r.res.NewContainerId, r.res.NewDigest = tenantagentv1.ContainerOutcome_CONTAINER_OUTCOME_RECREATED, r.st.NewID, target.Digest
-	report(tenantagentv1.CommandPhase_COMMAND_PHASE_CONTAINER_DONE, r.st.Name+" runs "+target.Digest)
-	return r.res
+	r.res.Result, r.res.NewID, r.res.NewDigest = ResultRecreated, r.st.NewID, target.Digest
+	report(StepDone, r.st.Name+" runs "+target.Digest)
+	return r.res, nil
 }
 
 // recreation is one container's recreate under way. Each step returns
 // false when the recreate ends there, its result in res.
 type recreation struct {
-	e       *Engine
-	c       Container
-	target  Target
-	opts    RecreateOptions
-	work    context.Context
-	o       owner
-	st      RecreateState
-	res     *tenantagentv1.ContainerResult
-	crashed bool
+	e      *Engine
+	c      Container
+	target Target
+	opts   RecreateOptions
+	work   context.Context
+	o      owner
+	st     RecreateState
+	res    Outcome
+	// crash is the journal's ErrCrash once a simulated crash stopped it.
+	crash error
 	// stoppedAt is when old stopped, for the downtime.
 	stoppedAt time.Time
 	journal   func(RecreateState) error
-	report    func(tenantagentv1.CommandPhase, string)
-}
-
-// result is the recreate's result; nil after a simulated crash, as if the
-// process died and nobody reported anything.
-func (r *recreation) result() *tenantagentv1.ContainerResult {
-	if r.crashed {
-		return nil
-	}
-	return r.res
+	report    Report
 }
 
 // step journals s before it is taken.
@@ -154,7 +151,7 @@ func (r *recreation) step(s Step) bool {
 	case err == nil:
 		return true
 	case errors.Is(err, ErrCrash):
-		r.crashed = true
+		r.crash = err
 		return false
 	}
 	err = fmt.Errorf("cannot write the journal: %w", err)
@@ -169,20 +166,19 @@ func (r *recreation) step(s Step) bool {
 		r.e.discardIfCreated(r.work, r.o, r.st.NewID)
 		return r.untouched(err)
 	}
-	return r.rollback(phaseOf(s), err)
+	return r.rollback(s, err)
 }
 
-// fail ends the recreate with outcome. A NOT_ATTEMPTED result with a
-// failed phase is this container's own failure (its config, its name);
-// without one it was skipped.
-func (r *recreation) fail(phase tenantagentv1.CommandPhase, outcome tenantagentv1.ContainerOutcome, err error) bool {
-	r.res.Outcome, r.res.FailedPhase, r.res.Error = outcome, phase, err.Error()
+// fail ends the recreate with result, failed at step.
+func (r *recreation) fail(step Step, result Result, err error) bool {
+	r.res.Result, r.res.FailedStep, r.res.Err = result, step, err
 	return false
 }
 
-// untouched ends a recreate that changed nothing.
+// untouched ends a recreate that changed nothing: the container's own
+// failure, at the create.
 func (r *recreation) untouched(err error) bool {
-	return r.fail(tenantagentv1.CommandPhase_COMMAND_PHASE_CREATING, tenantagentv1.ContainerOutcome_CONTAINER_OUTCOME_NOT_ATTEMPTED, fmt.Errorf("%w; nothing was changed", err))
+	return r.fail(StepCreate, ResultNotAttempted, fmt.Errorf("%w; nothing was changed", err))
 }
 
 // createReplacement creates the replacement, not started, under a
@@ -194,7 +190,7 @@ func (r *recreation) createReplacement() bool {
 	if err := e.checkOwnership(work, r.o, r.c, st.TempName); err != nil {
 		return r.untouched(err)
 	}
-	r.report(tenantagentv1.CommandPhase_COMMAND_PHASE_CREATING, "creating "+st.TempName+" on "+r.target.Ref())
+	r.report(StepCreate, "creating "+st.TempName+" on "+r.target.Ref())
 	newImage := e.imageConfig(work, r.target.ImageID)
 	spec := Rebuild(r.c.Inspect, r.c.ImageConfig, newImage, r.target.Ref(), r.target.ImageID)
 	r.o.label(spec.Config)
@@ -225,16 +221,16 @@ func (r *recreation) createReplacement() bool {
 }
 
 // rollback restores old after a failure from the stop on.
-func (r *recreation) rollback(phase tenantagentv1.CommandPhase, cause error) bool {
-	r.report(tenantagentv1.CommandPhase_COMMAND_PHASE_ROLLING_BACK, "rolling back "+r.st.Name+": "+cause.Error())
+func (r *recreation) rollback(step Step, cause error) bool {
+	r.report(StepRollBack, "rolling back "+r.st.Name+": "+cause.Error())
 	restored, err := r.e.rollback(r.work, r.st, r.o.sel, &r.c)
 	if restored != "" {
-		r.res.NewContainerId = restored
+		r.res.NewID = restored
 	}
 	if err != nil {
-		return r.fail(phase, tenantagentv1.ContainerOutcome_CONTAINER_OUTCOME_FAILED, fmt.Errorf("%v; rollback incomplete: %w", cause, err))
+		return r.fail(step, ResultFailed, fmt.Errorf("%v; rollback incomplete: %w", cause, err))
 	}
-	return r.fail(phase, tenantagentv1.ContainerOutcome_CONTAINER_OUTCOME_ROLLED_BACK, cause)
+	return r.fail(step, ResultRolledBack, cause)
 }
 
 // takeOver stops old and gives its name to the replacement: from here on,
@@ -246,7 +242,7 @@ func (r *recreation) takeOver() bool {
 		return false
 	}
 	if err := r.e.setRestartPolicy(r.work, st.OldID, container.RestartPolicy{Name: container.RestartPolicyDisabled}); err != nil {
-		return r.rollback(tenantagentv1.CommandPhase_COMMAND_PHASE_STOPPING, fmt.Errorf("disable old restart policy: %w", err))
+		return r.rollback(StepDisableRestart, fmt.Errorf("disable old restart policy: %w", err))
 	}
 	if st.AutoRemove {
 		return r.renameOldAside() && r.stopOld() && r.renameReplacement()
@@ -260,13 +256,13 @@ func (r *recreation) stopOld() bool {
 	if !st.WasRunning {
 		return true
 	}
-	r.report(tenantagentv1.CommandPhase_COMMAND_PHASE_STOPPING, "stopping "+st.Name)
+	r.report(StepStop, "stopping "+st.Name)
 	if !r.step(StepStop) {
 		return false
 	}
 	// Empty options: the container's own stop signal and timeout.
 	if err := r.e.cli.ContainerStop(r.work, st.OldID, container.StopOptions{}); err != nil && !(st.AutoRemove && cerrdefs.IsNotFound(err)) {
-		return r.rollback(tenantagentv1.CommandPhase_COMMAND_PHASE_STOPPING, fmt.Errorf("stop old container: %w", err))
+		return r.rollback(StepStop, fmt.Errorf("stop old container: %w", err))
 	}
 	r.stoppedAt = time.Now()
 	return true
@@ -274,12 +270,12 @@ func (r *recreation) stopOld() bool {
 
 func (r *recreation) renameOldAside() bool {
 	st := &r.st
-	r.report(tenantagentv1.CommandPhase_COMMAND_PHASE_SWAPPING, "renaming "+st.Name+" to "+st.AsideName)
+	r.report(StepRenameOld, "renaming "+st.Name+" to "+st.AsideName)
 	if !r.step(StepRenameOld) {
 		return false
 	}
 	if err := r.e.cli.ContainerRename(r.work, st.OldID, st.AsideName); err != nil {
-		return r.rollback(tenantagentv1.CommandPhase_COMMAND_PHASE_SWAPPING, fmt.Errorf("rename old container aside: %w", err))
+		return r.rollback(StepRenameOld, fmt.Errorf("rename old container aside: %w", err))
 	}
 	return true
 }
@@ -290,7 +286,7 @@ func (r *recreation) renameReplacement() bool {
 		return false
 	}
 	if err := r.e.cli.ContainerRename(r.work, st.NewID, st.Name); err != nil {
-		return r.rollback(tenantagentv1.CommandPhase_COMMAND_PHASE_SWAPPING, fmt.Errorf("rename replacement: %w", err))
+		return r.rollback(StepRenameNew, fmt.Errorf("rename replacement: %w", err))
 	}
 	return true
 }
@@ -302,29 +298,29 @@ func (r *recreation) startAndGate() bool {
 	if !st.WasRunning {
 		return true
 	}
-	r.report(tenantagentv1.CommandPhase_COMMAND_PHASE_STARTING, "starting "+st.Name+" on "+r.target.Digest)
+	r.report(StepStart, "starting "+st.Name+" on "+r.target.Digest)
 	if !r.step(StepStart) {
 		return false
 	}
 	if err := r.e.cli.ContainerStart(r.work, st.NewID, container.StartOptions{}); err != nil {
-		return r.rollback(tenantagentv1.CommandPhase_COMMAND_PHASE_STARTING, fmt.Errorf("start replacement: %w", err))
+		return r.rollback(StepStart, fmt.Errorf("start replacement: %w", err))
 	}
-	r.res.Downtime = durationpb.New(time.Since(r.stoppedAt))
-	r.report(tenantagentv1.CommandPhase_COMMAND_PHASE_HEALTH_GATE, "waiting for "+st.Name+" to prove healthy")
+	r.res.Downtime = time.Since(r.stoppedAt)
+	r.report(StepHealthGate, "waiting for "+st.Name+" to prove healthy")
 	if !r.step(StepHealthGate) {
 		return false
 	}
 	gateStart := time.Now()
 	if err := r.e.healthGate(r.work, st.NewID, r.opts); err != nil {
-		return r.rollback(tenantagentv1.CommandPhase_COMMAND_PHASE_HEALTH_GATE, err)
+		return r.rollback(StepHealthGate, err)
 	}
-	r.res.HealthGate = durationpb.New(time.Since(gateStart))
+	r.res.HealthGate = time.Since(gateStart)
 	return true
 }
 
 // removeOld removes the old container, never its volumes.
 func (r *recreation) removeOld() bool {
-	r.report(tenantagentv1.CommandPhase_COMMAND_PHASE_REMOVING_OLD, "removing the old container "+shortID(r.st.OldID))
+	r.report(StepRemoveOld, "removing the old container "+shortID(r.st.OldID))
 	if !r.step(StepRemoveOld) {
 		return false
 	}
@@ -365,27 +361,27 @@ func (e *Engine) imageConfig(ctx context.Context, id string) *container.Config {
 // that it rolls back, so the container runs on old or new, never missing.
 // It acts only on containers that carry the tenant's labels (sel) and, for
 // one found by its temporary name, st.CommandID.
-func (e *Engine) Recover(ctx context.Context, st RecreateState, sel Selector) *tenantagentv1.ContainerResult {
-	res := &tenantagentv1.ContainerResult{Name: st.Name, OldContainerId: st.OldID, WasRunning: st.WasRunning, OldDigest: st.OldDigest}
+func (e *Engine) Recover(ctx context.Context, st RecreateState, sel Selector) Outcome {
+	res := Outcome{Name: st.Name, OldID: st.OldID, WasRunning: st.WasRunning, OldDigest: st.OldDigest}
 	if st.Step == StepRemoveOld || st.Step == StepDone {
 		e.removeOld(ctx, owner{sel: sel, commandID: st.CommandID}, st)
-		res.Outcome, res.NewContainerId, res.NewDigest = tenantagentv1.ContainerOutcome_CONTAINER_OUTCOME_RECREATED, st.NewID, st.NewDigest
+		res.Result, res.NewID, res.NewDigest = ResultRecreated, st.NewID, st.NewDigest
 		return res
 	}
-	res.NewContainerId, res.NewDigest, res.FailedPhase = st.OldID, st.OldDigest, phaseOf(st.Step)
+	res.NewID, res.NewDigest, res.FailedStep = st.OldID, st.OldDigest, st.Step
 	cause := fmt.Sprintf("the agent stopped during step %q", st.Step)
 	restored, err := e.rollback(ctx, st, sel, nil)
 	if restored != "" {
-		res.NewContainerId = restored
+		res.NewID = restored
 	}
 	if err != nil {
 		if errors.Is(err, errKeptReplacement) {
 			res.NewDigest = st.NewDigest
 		}
-		res.Outcome, res.Error = tenantagentv1.ContainerOutcome_CONTAINER_OUTCOME_FAILED, cause+"; rollback incomplete: "+err.Error()
+		res.Result, res.Err = ResultFailed, fmt.Errorf("%s; rollback incomplete: %w", cause, err)
 		return res
 	}
-	res.Outcome, res.Error = tenantagentv1.ContainerOutcome_CONTAINER_OUTCOME_ROLLED_BACK, cause+"; rolled back"
+	res.Result, res.Err = ResultRolledBack, errors.New(cause+"; rolled back")
 	return res
 }
 
@@ -615,20 +611,4 @@ func (e *Engine) healthGate(ctx context.Context, id string, opts RecreateOptions
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
-}
-
-func phaseOf(s Step) tenantagentv1.CommandPhase {
-	switch s {
-	case StepCreate, StepConnect:
-		return tenantagentv1.CommandPhase_COMMAND_PHASE_CREATING
-	case StepDisableRestart, StepStop:
-		return tenantagentv1.CommandPhase_COMMAND_PHASE_STOPPING
-	case StepRenameOld, StepRenameNew:
-		return tenantagentv1.CommandPhase_COMMAND_PHASE_SWAPPING
-	case StepStart:
-		return tenantagentv1.CommandPhase_COMMAND_PHASE_STARTING
-	case StepHealthGate:
-		return tenantagentv1.CommandPhase_COMMAND_PHASE_HEALTH_GATE
-	}
-	return tenantagentv1.CommandPhase_COMMAND_PHASE_REMOVING_OLD
 }

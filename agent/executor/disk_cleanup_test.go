@@ -136,7 +136,10 @@ func TestPullRefusedWhenDiskWouldRunShort(t *testing.T) {
 	id := f.run(f.managed, "v1", f.sel, true)
 	x := f.executor(Config{MinFreeDisk: 1 << 60})
 	var rec recorder
-	res := x.Refresh(f.ctx, &tenantagentv1.RefreshRuntimeImage{CommandId: "c-disk", Runtime: "codex", ImageRepository: f.repo, ImageDigest: f.digest["v2"]}, rec.hooks())
+	res, err := x.Refresh(f.ctx, &tenantagentv1.RefreshRuntimeImage{CommandId: "c-disk", Runtime: "codex", ImageRepository: f.repo, ImageDigest: f.digest["v2"]}, rec.hooks())
+	if err != nil {
+		t.Fatal(err)
+	}
 	t.Logf("refresh: %s", res.GetError())
 	if res.GetOutcome() != tenantagentv1.CommandOutcome_COMMAND_OUTCOME_FAILED || res.GetFailedPhase() != tenantagentv1.CommandPhase_COMMAND_PHASE_PULLING {
 		t.Fatalf("refresh: %v in %v; want FAILED while pulling", res.GetOutcome(), res.GetFailedPhase())
@@ -182,7 +185,10 @@ func TestRefreshRemovesUnusedImages(t *testing.T) {
 
 	refresh := func(version string) (*tenantagentv1.CommandResult, *recorder) {
 		var rec recorder
-		res := x.Refresh(f.ctx, &tenantagentv1.RefreshRuntimeImage{CommandId: "c-" + version, Runtime: "codex", ImageRepository: f.repo, ImageDigest: f.digest[version]}, rec.hooks())
+		res, err := x.Refresh(f.ctx, &tenantagentv1.RefreshRuntimeImage{CommandId: "c-" + version, Runtime: "codex", ImageRepository: f.repo, ImageDigest: f.digest[version]}, rec.hooks())
+		if err != nil {
+			t.Fatal(err)
+		}
 		if res.GetOutcome() != tenantagentv1.CommandOutcome_COMMAND_OUTCOME_SUCCEEDED {
 			t.Fatalf("refresh to %s: %v %s", version, res.GetOutcome(), res.GetError())
 		}

@@ -194,7 +194,7 @@ func (x *Executor) Inventory(ctx context.Context) ([]*tenantagentv1.RuntimeStatu
 		st := &tenantagentv1.RuntimeStatus{Runtime: rt, ImageRepository: cs[0].Repository}
 		sort.Slice(cs, func(i, j int) bool { return cs[i].Name() < cs[j].Name() })
 		for _, c := range cs {
-			st.Containers = append(st.Containers, c.Status())
+			st.Containers = append(st.Containers, containerStatus(c.Status()))
 		}
 		out = append(out, st)
 	}
@@ -298,7 +298,7 @@ func (x *Executor) pull(ctx context.Context, ref, repo string, hooks Hooks) (doc
 	}
 	hooks.Progress(&Progress{Phase: tenantagentv1.CommandPhase_COMMAND_PHASE_PULLING, Message: "pulling " + ref})
 	res, err := x.cfg.Engine.Pull(ctx, ref, docker.PullOptions{Auth: auth}, func(p docker.PullProgress) {
-		hooks.Progress(&Progress{Phase: tenantagentv1.CommandPhase_COMMAND_PHASE_PULLING, Layers: p.Layers, CurrentBytes: p.CurrentBytes, TotalBytes: p.TotalBytes,
+		hooks.Progress(&Progress{Phase: tenantagentv1.CommandPhase_COMMAND_PHASE_PULLING, Layers: layers(p.Layers), CurrentBytes: p.CurrentBytes, TotalBytes: p.TotalBytes,
 			Message: fmt.Sprintf("pulling %s: %s of %s", ref, bytesString(p.CurrentBytes), bytesString(p.TotalBytes))})
 	})
 	if err != nil {
@@ -309,23 +309,24 @@ func (x *Executor) pull(ctx context.Context, ref, repo string, hooks Hooks) (doc
 }
 
 // Refresh pulls the image and recreates the runtime's containers on it
-// (DESIGN.md §6). Containers already on the digest are left alone. After
+// (docs/design.md §6). Containers already on the digest are left alone. After
 // the first container that rolls back, no further container is touched.
-// It returns nil only if a simulated crash (docker.ErrCrash) stopped it.
-func (x *Executor) Refresh(ctx context.Context, cmd *tenantagentv1.RefreshRuntimeImage, hooks Hooks) *tenantagentv1.CommandResult {
+// A simulated crash (docker.ErrCrash from hooks.Step) stops it at once,
+// as a dead process would: it returns that error and no result.
+func (x *Executor) Refresh(ctx context.Context, cmd *tenantagentv1.RefreshRuntimeImage, hooks Hooks) (*tenantagentv1.CommandResult, error) {
 	started := timestamppb.Now()
 	id, repo, digest := cmd.GetCommandId(), cmd.GetImageRepository(), cmd.GetImageDigest()
 	ref := repo + "@" + digest
 	byRuntime, err := x.Containers(ctx)
 	if err != nil {
-		return failed(id, ref, tenantagentv1.CommandPhase_COMMAND_PHASE_UNSPECIFIED, fmt.Errorf("cannot list containers: %w", err))
+		return failed(id, ref, tenantagentv1.CommandPhase_COMMAND_PHASE_UNSPECIFIED, fmt.Errorf("cannot list containers: %w", err)), nil
 	}
 	containers := byRuntime[cmd.GetRuntime()]
 	if len(containers) == 0 {
-		return failed(id, ref, tenantagentv1.CommandPhase_COMMAND_PHASE_UNSPECIFIED, fmt.Errorf("refused: unknown runtime %q: no managed container of it on this host", cmd.GetRuntime()))
+		return failed(id, ref, tenantagentv1.CommandPhase_COMMAND_PHASE_UNSPECIFIED, fmt.Errorf("refused: unknown runtime %q: no managed container of it on this host", cmd.GetRuntime())), nil
 	}
 	if err := x.check(cmd.GetRuntime(), repo, digest, containers); err != nil {
-		return failed(id, ref, tenantagentv1.CommandPhase_COMMAND_PHASE_UNSPECIFIED, err)
+		return failed(id, ref, tenantagentv1.CommandPhase_COMMAND_PHASE_UNSPECIFIED, err), nil
 	}
 	result := &tenantagentv1.CommandResult{CommandId: id, ImageRef: ref, StartedAt: started}
 	var todo []docker.Container
@@ -339,90 +340,114 @@ func (x *Executor) Refresh(ctx context.Context, cmd *tenantagentv1.RefreshRuntim
 	}
 	if len(todo) == 0 {
 		hooks.Progress(&Progress{Phase: tenantagentv1.CommandPhase_COMMAND_PHASE_CONTAINER_DONE, Message: fmt.Sprintf("all %d containers already run %s", len(containers), digest)})
-		return finish(result, tenantagentv1.CommandOutcome_COMMAND_OUTCOME_SUCCEEDED, "")
+		return finish(result, tenantagentv1.CommandOutcome_COMMAND_OUTCOME_SUCCEEDED, ""), nil
 	}
 
 	// Nothing is stopped before the image is present and verified.
 	pulled, err := x.pull(ctx, ref, repo, hooks)
 	if err != nil {
-		if ctx.Err() != nil {
-			return x.notAttempted(finish(result, tenantagentv1.CommandOutcome_COMMAND_OUTCOME_CANCELED, "canceled during the pull; nothing was changed"), todo, digest)
-		}
-		r := x.notAttempted(finish(result, tenantagentv1.CommandOutcome_COMMAND_OUTCOME_FAILED, fmt.Sprintf("%v; nothing was changed", err)), todo, digest)
-		r.FailedPhase = tenantagentv1.CommandPhase_COMMAND_PHASE_PULLING
-		return r
+		return x.pullFailed(ctx, result, todo, err), nil
 	}
 	result.PullDuration, result.PulledBytes = durationpb.New(pulled.Duration), pulled.Bytes
 	target := docker.Target{Repository: repo, Digest: digest, ImageID: pulled.ImageID}
-	opts := docker.RecreateOptions{HealthGateTimeout: x.cfg.HealthGateTimeout, StabilityWindow: x.cfg.StabilityWindow, Suffix: shortCommand(id),
-		Selector: x.cfg.Selector, CommandID: id}
-	if o := cmd.GetOptions(); o != nil {
-		if d := o.GetHealthGateTimeout().AsDuration(); d > 0 {
-			opts.HealthGateTimeout = d
-		}
-		if d := o.GetStabilityWindow().AsDuration(); d > 0 {
-			opts.StabilityWindow = d
-		}
+	outcomes, err := x.recreateAll(ctx, todo, target, x.recreateOptions(cmd), x.parallel(cmd), hooks)
+	if err != nil {
+		return nil, err
 	}
-	parallel := x.cfg.MaxParallel
+	for _, o := range outcomes {
+		result.Containers = append(result.Containers, containerResult(o))
+	}
+	return x.cleanUp(ctx, summarize(result), repo, digest, todo, hooks), nil
+}
+
+// pullFailed is a refresh whose pull failed or was canceled: nothing was
+// changed.
+func (x *Executor) pullFailed(ctx context.Context, result *tenantagentv1.CommandResult, todo []docker.Container, err error) *tenantagentv1.CommandResult {
+	if ctx.Err() != nil {
+		return x.notAttempted(finish(result, tenantagentv1.CommandOutcome_COMMAND_OUTCOME_CANCELED, "canceled during the pull; nothing was changed"), todo)
+	}
+	r := x.notAttempted(finish(result, tenantagentv1.CommandOutcome_COMMAND_OUTCOME_FAILED, fmt.Sprintf("%v; nothing was changed", err)), todo)
+	r.FailedPhase = tenantagentv1.CommandPhase_COMMAND_PHASE_PULLING
+	return r
+}
+
+// recreateOptions are the agent's defaults, overridden by what cmd says.
+func (x *Executor) recreateOptions(cmd *tenantagentv1.RefreshRuntimeImage) docker.RecreateOptions {
+	opts := docker.RecreateOptions{HealthGateTimeout: x.cfg.HealthGateTimeout, StabilityWindow: x.cfg.StabilityWindow, Suffix: shortCommand(cmd.GetCommandId()),
+		Selector: x.cfg.Selector, CommandID: cmd.GetCommandId()}
+	if d := cmd.GetOptions().GetHealthGateTimeout().AsDuration(); d > 0 {
+		opts.HealthGateTimeout = d
+	}
+	if d := cmd.GetOptions().GetStabilityWindow().AsDuration(); d > 0 {
+		opts.StabilityWindow = d
+	}
+	return opts
+}
+
+// parallel is how many containers cmd recreates at once.
+func (x *Executor) parallel(cmd *tenantagentv1.RefreshRuntimeImage) int {
 	if n := int(cmd.GetOptions().GetMaxParallelContainers()); n > 0 {
-		parallel = n
+		return n
 	}
-	results, crashed := x.recreateAll(ctx, todo, target, opts, parallel, hooks)
-	if crashed {
-		return nil
-	}
-	result.Containers = append(result.Containers, results...)
-	return x.cleanUp(ctx, summarize(result), repo, digest, todo, hooks)
+	return x.cfg.MaxParallel
 }
 
 // recreateAll recreates containers, at most parallel at once. A container
 // that fails on its own before anything was changed (its config, its name:
-// NOT_ATTEMPTED with a failed phase) does not stop the others; a rollback
-// does, being a signal about the image, and so does a cancel.
-func (x *Executor) recreateAll(ctx context.Context, todo []docker.Container, target docker.Target, opts docker.RecreateOptions, parallel int, hooks Hooks) ([]*tenantagentv1.ContainerResult, bool) {
-	results := make([]*tenantagentv1.ContainerResult, len(todo))
+// not attempted with a failed step) does not stop the others; a rollback
+// does, being a signal about the image, and so does a cancel. A simulated
+// crash stops everything and is returned.
+func (x *Executor) recreateAll(ctx context.Context, todo []docker.Container, target docker.Target, opts docker.RecreateOptions, parallel int, hooks Hooks) ([]docker.Outcome, error) {
+	outcomes := make([]docker.Outcome, len(todo))
 	var mu sync.Mutex
-	stop, crashed := false, false
+	stop := false
+	var crash error
 	sem := make(chan struct{}, parallel)
 	var wg sync.WaitGroup
 	for i, c := range todo {
 		sem <- struct{}{}
 		mu.Lock()
-		halt := stop || crashed || ctx.Err() != nil
+		halt := stop || crash != nil || ctx.Err() != nil
 		mu.Unlock()
 		if halt {
 			<-sem
-			results[i] = &tenantagentv1.ContainerResult{Name: c.Name(), OldContainerId: c.Inspect.ID, NewContainerId: c.Inspect.ID, OldDigest: c.DigestFor(c.Repository), NewDigest: c.DigestFor(c.Repository),
-				WasRunning: c.Inspect.State.Running, Outcome: tenantagentv1.ContainerOutcome_CONTAINER_OUTCOME_NOT_ATTEMPTED, Error: "not attempted: an earlier container failed or the command was canceled"}
+			outcomes[i] = skipped(c)
 			continue
 		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			defer func() { <-sem }()
-			report := func(phase tenantagentv1.CommandPhase, msg string) {
-				hooks.Progress(&Progress{Phase: phase, Container: c.Name(), Message: msg})
+			report := func(step docker.Step, msg string) {
+				hooks.Progress(&Progress{Phase: phaseOf(step), Container: c.Name(), Message: msg})
 			}
-			r := x.cfg.Engine.Recreate(ctx, c, target, opts, hooks.Step, report)
+			o, err := x.cfg.Engine.Recreate(ctx, c, target, opts, hooks.Step, report)
 			mu.Lock()
 			defer mu.Unlock()
-			if r == nil {
-				crashed = true
+			if err != nil {
+				crash = err
 				return
 			}
-			results[i] = r
-			if r.GetOutcome() != tenantagentv1.ContainerOutcome_CONTAINER_OUTCOME_RECREATED {
-				stop = stop || !failedAlone(r)
-				x.cfg.Logger.Warn("container not recreated", "container", c.Name(), "outcome", r.GetOutcome(), "error", r.GetError())
+			outcomes[i] = o
+			if o.Result != docker.ResultRecreated {
+				stop = stop || !failedAlone(o)
+				x.cfg.Logger.Warn("container not recreated", "container", c.Name(), "outcome", o.Result, "error", o.Err)
 			}
 		}()
 	}
 	wg.Wait()
-	return results, crashed
+	return outcomes, crash
 }
 
-func (x *Executor) notAttempted(r *tenantagentv1.CommandResult, todo []docker.Container, digest string) *tenantagentv1.CommandResult {
+// skipped is a container not attempted because an earlier one failed or
+// the command was canceled.
+func skipped(c docker.Container) docker.Outcome {
+	d := c.DigestFor(c.Repository)
+	return docker.Outcome{Name: c.Name(), OldID: c.Inspect.ID, NewID: c.Inspect.ID, OldDigest: d, NewDigest: d, WasRunning: c.Inspect.State.Running,
+		Result: docker.ResultNotAttempted, Err: errors.New("not attempted: an earlier container failed or the command was canceled")}
+}
+
+func (x *Executor) notAttempted(r *tenantagentv1.CommandResult, todo []docker.Container) *tenantagentv1.CommandResult {
 	for _, c := range todo {
 		d := c.DigestFor(c.Repository)
 		r.Containers = append(r.Containers, &tenantagentv1.ContainerResult{Name: c.Name(), OldContainerId: c.Inspect.ID, NewContainerId: c.Inspect.ID, OldDigest: d, NewDigest: d,
@@ -445,15 +470,20 @@ func (x *Executor) Recover(ctx context.Context, id, ref string, states []docker.
 		if st.CommandID == "" {
 			st.CommandID = id // journaled before the state carried it
 		}
-		result.Containers = append(result.Containers, x.cfg.Engine.Recover(ctx, st, x.cfg.Selector))
+		result.Containers = append(result.Containers, containerResult(x.cfg.Engine.Recover(ctx, st, x.cfg.Selector)))
 	}
 	return summarize(result)
 }
 
-// failedAlone reports whether r is a container's own failure before
-// anything was changed: not attempted, with the phase that failed. A
-// container skipped (after a rollback, or canceled) has no failed phase.
-func failedAlone(r *tenantagentv1.ContainerResult) bool {
+// failedAlone reports whether o is a container's own failure before
+// anything was changed: not attempted, with the step that failed. A
+// container skipped (after a rollback, or canceled) has no failed step.
+func failedAlone(o docker.Outcome) bool {
+	return o.Result == docker.ResultNotAttempted && o.FailedStep != ""
+}
+
+// failedAloneResult is failedAlone on the wire form, which summarize reads.
+func failedAloneResult(r *tenantagentv1.ContainerResult) bool {
 	return r.GetOutcome() == tenantagentv1.ContainerOutcome_CONTAINER_OUTCOME_NOT_ATTEMPTED && r.GetFailedPhase() != tenantagentv1.CommandPhase_COMMAND_PHASE_UNSPECIFIED
 }
 
@@ -477,7 +507,7 @@ func summarize(r *tenantagentv1.CommandResult) *tenantagentv1.CommandResult {
 		case c.GetOutcome() == tenantagentv1.ContainerOutcome_CONTAINER_OUTCOME_ROLLED_BACK, c.GetOutcome() == tenantagentv1.ContainerOutcome_CONTAINER_OUTCOME_FAILED:
 			rolledBack++
 			note(c)
-		case failedAlone(c):
+		case failedAloneResult(c):
 			failed++
 			note(c)
 		case c.GetOutcome() == tenantagentv1.ContainerOutcome_CONTAINER_OUTCOME_NOT_ATTEMPTED:

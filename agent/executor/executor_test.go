@@ -114,7 +114,10 @@ func TestRefreshRefusalsTouchNothing(t *testing.T) {
 		t.Fatal(err)
 	}
 	hooks := Hooks{Step: func(docker.RecreateState) error { t.Fatal("a recreate step was taken"); return nil }, Progress: func(*Progress) {}}
-	res := x.Refresh(context.Background(), &tenantagentv1.RefreshRuntimeImage{CommandId: "c1", Runtime: "codex", ImageRepository: "r/workspace-template-codex", ImageDigest: "sha256:" + strings.Repeat("b", 64)}, hooks)
+	res, err := x.Refresh(context.Background(), &tenantagentv1.RefreshRuntimeImage{CommandId: "c1", Runtime: "codex", ImageRepository: "r/workspace-template-codex", ImageDigest: "sha256:" + strings.Repeat("b", 64)}, hooks)
+	if err != nil {
+		t.Fatal(err)
+	}
 	if res.GetOutcome() != tenantagentv1.CommandOutcome_COMMAND_OUTCOME_FAILED || !strings.Contains(res.GetError(), `unknown runtime "codex"`) {
 		t.Errorf("unknown runtime: %v", res)
 	}

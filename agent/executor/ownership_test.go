@@ -71,7 +71,10 @@ func TestRefreshRefusesTempNameHeldByAnother(t *testing.T) {
 				t.Fatal(err)
 			}
 			hooks := Hooks{Step: func(docker.RecreateState) error { return nil }, Progress: func(*Progress) {}}
-			res := x.Refresh(ctx, &tenantagentv1.RefreshRuntimeImage{CommandId: id, Runtime: "codex", ImageRepository: repo, ImageDigest: v2}, hooks)
+			res, err := x.Refresh(ctx, &tenantagentv1.RefreshRuntimeImage{CommandId: id, Runtime: "codex", ImageRepository: repo, ImageDigest: v2}, hooks)
+			if err != nil {
+				t.Fatal(err)
+			}
 			want := fmt.Sprintf(`name %q is held by container %s, which this agent does not manage; nothing was changed`, temp, theirs[:12])
 			if res.GetOutcome() == tenantagentv1.CommandOutcome_COMMAND_OUTCOME_SUCCEEDED || !strings.Contains(res.GetError(), want) {
 				t.Fatalf("refresh: %v, error %q; want a failure saying %q", res.GetOutcome(), res.GetError(), want)

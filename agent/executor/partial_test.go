@@ -101,7 +101,10 @@ func TestRefreshGoesOnAfterOneContainerFailsAlone(t *testing.T) {
 		t.Fatal(err)
 	}
 	hooks := Hooks{Step: func(docker.RecreateState) error { return nil }, Progress: func(*Progress) {}}
-	res := x.Refresh(ctx, &tenantagentv1.RefreshRuntimeImage{CommandId: id, Runtime: "codex", ImageRepository: repo, ImageDigest: v2}, hooks)
+	res, err := x.Refresh(ctx, &tenantagentv1.RefreshRuntimeImage{CommandId: id, Runtime: "codex", ImageRepository: repo, ImageDigest: v2}, hooks)
+	if err != nil {
+		t.Fatal(err)
+	}
 	if res.GetOutcome() != tenantagentv1.CommandOutcome_COMMAND_OUTCOME_PARTIAL || !strings.Contains(res.GetError(), ws+"-b") {
 		t.Fatalf("refresh: %v (%s), want PARTIAL naming %s-b", res.GetOutcome(), res.GetError(), ws)
 	}

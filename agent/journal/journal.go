@@ -46,7 +46,8 @@ type Record struct {
 	Result json.RawMessage `json:"result,omitempty"`
 	// Confirmed is set when the control plane acknowledged the result.
 	Confirmed bool `json:"confirmed,omitempty"`
-	// ProgressSeq is the last progress sequence number used.
+	// ProgressSeq is the last progress sequence number sent, so that a
+	// restarted agent goes on from it (runner.nextSeq).
 	ProgressSeq uint64 `json:"progress_seq,omitempty"`
 }
 

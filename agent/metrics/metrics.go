@@ -130,10 +130,12 @@ type observed struct {
 	m *Metrics
 }
 
-func (o observed) Refresh(ctx context.Context, cmd *tenantagentv1.RefreshRuntimeImage, hooks executor.Hooks) *tenantagentv1.CommandResult {
-	res := o.Executor.Refresh(ctx, cmd, hooks)
-	o.m.observe(res)
-	return res
+func (o observed) Refresh(ctx context.Context, cmd *tenantagentv1.RefreshRuntimeImage, hooks executor.Hooks) (*tenantagentv1.CommandResult, error) {
+	res, err := o.Executor.Refresh(ctx, cmd, hooks)
+	if err == nil {
+		o.m.observe(res)
+	}
+	return res, err
 }
 
 func (o observed) Prefetch(ctx context.Context, cmd *tenantagentv1.PrefetchRuntimeImage, hooks executor.Hooks) *tenantagentv1.CommandResult {

@@ -22,8 +22,8 @@ import (
 // fakeExecutor finishes every refresh at once with a fixed result.
 type fakeExecutor struct{ res *tenantagentv1.CommandResult }
 
-func (f fakeExecutor) Refresh(context.Context, *tenantagentv1.RefreshRuntimeImage, executor.Hooks) *tenantagentv1.CommandResult {
-	return f.res
+func (f fakeExecutor) Refresh(context.Context, *tenantagentv1.RefreshRuntimeImage, executor.Hooks) (*tenantagentv1.CommandResult, error) {
+	return f.res, nil
 }
 func (f fakeExecutor) Prefetch(context.Context, *tenantagentv1.PrefetchRuntimeImage, executor.Hooks) *tenantagentv1.CommandResult {
 	return &tenantagentv1.CommandResult{Outcome: tenantagentv1.CommandOutcome_COMMAND_OUTCOME_FAILED}

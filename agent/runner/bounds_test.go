@@ -76,7 +76,7 @@ func TestTargetOutOfBoundsRefused(t *testing.T) {
 // limits.
 type verbose struct{ fakeExecutor }
 
-func (v *verbose) Refresh(_ context.Context, cmd *tenantagentv1.RefreshRuntimeImage, hooks executor.Hooks) *tenantagentv1.CommandResult {
+func (v *verbose) Refresh(_ context.Context, cmd *tenantagentv1.RefreshRuntimeImage, hooks executor.Hooks) (*tenantagentv1.CommandResult, error) {
 	layers := make([]*tenantagentv1.LayerProgress, limits.Layers+50)
 	for i := range layers {
 		layers[i] = &tenantagentv1.LayerProgress{Id: "l", Status: strings.Repeat("s", 5000)}
@@ -86,7 +86,7 @@ func (v *verbose) Refresh(_ context.Context, cmd *tenantagentv1.RefreshRuntimeIm
 	for range limits.Containers + 5 {
 		res.Containers = append(res.Containers, &tenantagentv1.ContainerResult{Name: "ws", Error: strings.Repeat("d", 5000)})
 	}
-	return res
+	return res, nil
 }
 
 func (v *verbose) Recover(context.Context, string, string, []docker.RecreateState) *tenantagentv1.CommandResult {

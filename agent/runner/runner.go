@@ -16,6 +16,7 @@ import (
 
 	"github.com/molecule-ai/tenant-agent/agent/docker"
 	"github.com/molecule-ai/tenant-agent/agent/executor"
+	"github.com/molecule-ai/tenant-agent/agent/failpoint"
 	"github.com/molecule-ai/tenant-agent/agent/journal"
 	tenantagentv1 "github.com/molecule-ai/tenant-agent/gen/tenantagent/v1"
 	"github.com/molecule-ai/tenant-agent/pkg/limits"
@@ -23,7 +24,7 @@ import (
 
 // Executor runs commands; *executor.Executor is the real one.
 type Executor interface {
-	Refresh(ctx context.Context, cmd *tenantagentv1.RefreshRuntimeImage, hooks executor.Hooks) *tenantagentv1.CommandResult
+	Refresh(ctx context.Context, cmd *tenantagentv1.RefreshRuntimeImage, hooks executor.Hooks) (*tenantagentv1.CommandResult, error)
 	Prefetch(ctx context.Context, cmd *tenantagentv1.PrefetchRuntimeImage, hooks executor.Hooks) *tenantagentv1.CommandResult
 	Recover(ctx context.Context, id, ref string, states []docker.RecreateState) *tenantagentv1.CommandResult
 }
@@ -35,11 +36,6 @@ type Config struct {
 	Journal  *journal.Journal
 	Executor Executor
 	Logger   *slog.Logger
-	// CrashAt, for tests, simulates the agent dying just before this
-	// recreate step: OnCrash runs (the binary exits there) and the command
-	// is left exactly as a dead process would leave it.
-	CrashAt docker.Step
-	OnCrash func()
 }
 
 // Runner runs commands.
@@ -51,9 +47,13 @@ type Runner struct {
 	queues  map[string][]string // runtime -> queued command IDs
 	busy    map[string]bool     // runtime -> a worker runs
 	cancels map[string]context.CancelCauseFunc
-	seq     map[string]uint64
 	send    func(*tenantagentv1.AgentMessage) bool
 	wg      sync.WaitGroup
+
+	// seqMu orders a command's progress numbers (its containers report
+	// in parallel); the last one is journaled (nextSeq).
+	seqMu sync.Mutex
+	seq   map[string]uint64
 }
 
 // New returns a Runner; Start begins running commands.
@@ -296,57 +296,21 @@ func (r *Runner) work(runtime string) {
 	}
 }
 
+// run runs one command to its result. It reports crashed when a
+// simulated crash (docker.ErrCrash) stopped it: then nothing is finished,
+// as a dead process would leave it.
 func (r *Runner) run(ctx context.Context, id string) (crashed bool) {
-	rec, err := r.cfg.Journal.Update(id, func(rec *journal.Record) { rec.State = journal.Running })
-	if err != nil {
-		r.cfg.Logger.Error("cannot start command", "command", id, "error", err)
+	msg, ok := r.start(id)
+	if !ok {
 		return false
 	}
-	msg, err := rec.Message()
-	if err != nil {
-		r.finish(id, &tenantagentv1.CommandResult{CommandId: id, Outcome: tenantagentv1.CommandOutcome_COMMAND_OUTCOME_FAILED, Error: err.Error()})
-		return false
-	}
-	steps := newStepLog(r.cfg.Logger.With("command", id, "runtime", runtimeOf(msg)))
-	hooks := executor.Hooks{
-		Step: func(st docker.RecreateState) error {
-			if _, err := r.cfg.Journal.Update(id, func(rec *journal.Record) {
-				if rec.Recreates == nil {
-					rec.Recreates = map[string]docker.RecreateState{}
-				}
-				rec.Recreates[st.Name] = st
-			}); err != nil {
-				return err
-			}
-			if r.cfg.CrashAt != "" && st.Step == r.cfg.CrashAt {
-				r.cfg.Logger.Warn("crash point reached", "command", id, "container", st.Name, "step", st.Step)
-				if r.cfg.OnCrash != nil {
-					r.cfg.OnCrash()
-				}
-				return docker.ErrCrash
-			}
-			return nil
-		},
-		Progress: func(p *tenantagentv1.CommandProgress) {
-			r.mu.Lock()
-			r.seq[id]++
-			p.Sequence = r.seq[id]
-			r.mu.Unlock()
-			p.CommandId, p.Time = id, timestamppb.Now()
-			boundProgress(p)
-			steps.progress(p)
-			r.emit(&tenantagentv1.AgentMessage{Body: &tenantagentv1.AgentMessage_Progress{Progress: p}})
-		},
-	}
-	var res *tenantagentv1.CommandResult
-	switch {
-	case msg.GetRefresh() != nil:
-		res = r.cfg.Executor.Refresh(ctx, msg.GetRefresh(), hooks)
-	case msg.GetPrefetch() != nil:
-		res = r.cfg.Executor.Prefetch(ctx, msg.GetPrefetch(), hooks)
-	}
-	if res == nil {
+	hooks, steps := r.hooks(id, msg)
+	res, err := r.execute(ctx, msg, hooks)
+	if errors.Is(err, docker.ErrCrash) {
 		return true
+	}
+	if err != nil {
+		res = &tenantagentv1.CommandResult{Outcome: tenantagentv1.CommandOutcome_COMMAND_OUTCOME_FAILED, Error: err.Error()}
 	}
 	steps.done(res)
 	if cause := context.Cause(ctx); cause != nil && res.GetOutcome() == tenantagentv1.CommandOutcome_COMMAND_OUTCOME_CANCELED {
@@ -354,6 +318,80 @@ func (r *Runner) run(ctx context.Context, id string) (crashed bool) {
 	}
 	r.finish(id, res)
 	return false
+}
+
+// start marks the command running and decodes it; a command that cannot
+// be decoded is finished as failed.
+func (r *Runner) start(id string) (*tenantagentv1.ControlMessage, bool) {
+	rec, err := r.cfg.Journal.Update(id, func(rec *journal.Record) { rec.State = journal.Running })
+	if err != nil {
+		r.cfg.Logger.Error("cannot start command", "command", id, "error", err)
+		return nil, false
+	}
+	msg, err := rec.Message()
+	if err != nil {
+		r.finish(id, &tenantagentv1.CommandResult{CommandId: id, Outcome: tenantagentv1.CommandOutcome_COMMAND_OUTCOME_FAILED, Error: err.Error()})
+		return nil, false
+	}
+	return msg, true
+}
+
+// execute hands the command to the executor.
+func (r *Runner) execute(ctx context.Context, msg *tenantagentv1.ControlMessage, hooks executor.Hooks) (*tenantagentv1.CommandResult, error) {
+	if msg.GetRefresh() != nil {
+		return r.cfg.Executor.Refresh(ctx, msg.GetRefresh(), hooks)
+	}
+	return r.cfg.Executor.Prefetch(ctx, msg.GetPrefetch(), hooks), nil
+}
+
+// hooks connect a command's execution to the journal, the failpoint seam
+// and the stream; the step log turns its progress into log lines.
+func (r *Runner) hooks(id string, msg *tenantagentv1.ControlMessage) (executor.Hooks, *stepLog) {
+	steps := newStepLog(r.cfg.Logger.With("command", id, "runtime", runtimeOf(msg)))
+	return executor.Hooks{
+		Step: func(st docker.RecreateState) error { return r.journalStep(id, st) },
+		Progress: func(p *tenantagentv1.CommandProgress) {
+			p.CommandId, p.Sequence, p.Time = id, r.nextSeq(id), timestamppb.Now()
+			boundProgress(p)
+			steps.progress(p)
+			r.emit(&tenantagentv1.AgentMessage{Body: &tenantagentv1.AgentMessage_Progress{Progress: p}})
+		},
+	}, steps
+}
+
+// journalStep journals a container's recreate step before it is taken;
+// at a crash point (agent/failpoint, tests only) it fails with
+// docker.ErrCrash.
+func (r *Runner) journalStep(id string, st docker.RecreateState) error {
+	if _, err := r.cfg.Journal.Update(id, func(rec *journal.Record) {
+		if rec.Recreates == nil {
+			rec.Recreates = map[string]docker.RecreateState{}
+		}
+		rec.Recreates[st.Name] = st
+	}); err != nil {
+		return err
+	}
+	if crash, ok := failpoint.Crash(st.Step); ok {
+		r.cfg.Logger.Warn("crash point reached", "command", id, "container", st.Name, "step", st.Step)
+		crash()
+		return docker.ErrCrash
+	}
+	return nil
+}
+
+// nextSeq is the command's next progress sequence number. The last one is
+// journaled, so the sequence continues after a restart; if the journal
+// cannot be written the number is used all the same (progress is best
+// effort).
+func (r *Runner) nextSeq(id string) uint64 {
+	r.seqMu.Lock()
+	defer r.seqMu.Unlock()
+	seq := r.seq[id] + 1
+	if rec, err := r.cfg.Journal.Update(id, func(rec *journal.Record) { rec.ProgressSeq = max(rec.ProgressSeq+1, seq) }); err == nil {
+		seq = rec.ProgressSeq
+	}
+	r.seq[id] = seq
+	return seq
 }
 
 // finish stores a result in the outbox and sends it.
@@ -369,9 +407,9 @@ func (r *Runner) finish(id string, res *tenantagentv1.CommandResult) {
 		r.cfg.Logger.Error("cannot store result", "command", id, "error", err)
 		return
 	}
-	r.mu.Lock()
+	r.seqMu.Lock()
 	delete(r.seq, id)
-	r.mu.Unlock()
+	r.seqMu.Unlock()
 	args := []any{"command", id, "outcome", res.GetOutcome()}
 	if res.GetError() != "" {
 		args = append(args, "error", res.GetError())

@@ -22,7 +22,7 @@ type fakeExecutor struct {
 	release chan struct{}
 }
 
-func (f *fakeExecutor) Refresh(ctx context.Context, cmd *tenantagentv1.RefreshRuntimeImage, _ executor.Hooks) *tenantagentv1.CommandResult {
+func (f *fakeExecutor) Refresh(ctx context.Context, cmd *tenantagentv1.RefreshRuntimeImage, _ executor.Hooks) (*tenantagentv1.CommandResult, error) {
 	f.mu.Lock()
 	f.ran = append(f.ran, cmd.GetCommandId())
 	f.mu.Unlock()
@@ -30,10 +30,10 @@ func (f *fakeExecutor) Refresh(ctx context.Context, cmd *tenantagentv1.RefreshRu
 		select {
 		case <-f.release:
 		case <-ctx.Done():
-			return &tenantagentv1.CommandResult{Outcome: tenantagentv1.CommandOutcome_COMMAND_OUTCOME_CANCELED}
+			return &tenantagentv1.CommandResult{Outcome: tenantagentv1.CommandOutcome_COMMAND_OUTCOME_CANCELED}, nil
 		}
 	}
-	return &tenantagentv1.CommandResult{Outcome: tenantagentv1.CommandOutcome_COMMAND_OUTCOME_SUCCEEDED}
+	return &tenantagentv1.CommandResult{Outcome: tenantagentv1.CommandOutcome_COMMAND_OUTCOME_SUCCEEDED}, nil
 }
 
 func (f *fakeExecutor) Prefetch(context.Context, *tenantagentv1.PrefetchRuntimeImage, executor.Hooks) *tenantagentv1.CommandResult {

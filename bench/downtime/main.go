@@ -25,7 +25,6 @@ import (
 	"github.com/docker/go-connections/nat"
 
 	"github.com/molecule-ai/tenant-agent/agent/docker"
-	tenantagentv1 "github.com/molecule-ai/tenant-agent/gen/tenantagent/v1"
 	"github.com/molecule-ai/tenant-agent/internal/registrytest"
 )
 
@@ -127,13 +126,13 @@ func run(d *registrytest.Standalone, rounds int) {
 			up := watch(d, port, before)
 			var t0 time.Time
 			opts := docker.RecreateOptions{HealthGateTimeout: time.Minute, StabilityWindow: time.Second, Suffix: fmt.Sprintf("b%d", round), Selector: sel, CommandID: fmt.Sprintf("bench-%d", round)}
-			res := engine.Recreate(ctx, list(), next(), opts, func(docker.RecreateState) error { return nil }, func(p tenantagentv1.CommandPhase, _ string) {
-				if p == tenantagentv1.CommandPhase_COMMAND_PHASE_STOPPING {
+			res, err := engine.Recreate(ctx, list(), next(), opts, func(docker.RecreateState) error { return nil }, func(s docker.Step, _ string) {
+				if s == docker.StepStop {
 					t0 = time.Now()
 				}
 			})
-			if res.GetOutcome() != tenantagentv1.ContainerOutcome_CONTAINER_OUTCOME_RECREATED {
-				d.Fatalf("recreate: %v", res)
+			if err != nil || res.Result != docker.ResultRecreated {
+				d.Fatalf("recreate: %+v %v", res, err)
 			}
 			results["ours"] = append(results["ours"], startedAt(d, cli, name).Sub(t0))
 			<-up

@@ -249,9 +249,9 @@ type instantExecutor struct {
 	digest atomic.Value
 }
 
-func (x *instantExecutor) Refresh(_ context.Context, cmd *tenantagentv1.RefreshRuntimeImage, _ executor.Hooks) *tenantagentv1.CommandResult {
+func (x *instantExecutor) Refresh(_ context.Context, cmd *tenantagentv1.RefreshRuntimeImage, _ executor.Hooks) (*tenantagentv1.CommandResult, error) {
 	x.digest.Store(cmd.GetImageDigest())
-	return &tenantagentv1.CommandResult{Outcome: tenantagentv1.CommandOutcome_COMMAND_OUTCOME_SUCCEEDED, ImageRef: cmd.GetImageRepository() + "@" + cmd.GetImageDigest()}
+	return &tenantagentv1.CommandResult{Outcome: tenantagentv1.CommandOutcome_COMMAND_OUTCOME_SUCCEEDED, ImageRef: cmd.GetImageRepository() + "@" + cmd.GetImageDigest()}, nil
 }
 
 func (x *instantExecutor) Prefetch(context.Context, *tenantagentv1.PrefetchRuntimeImage, executor.Hooks) *tenantagentv1.CommandResult {

@@ -83,16 +83,6 @@ func parseFlags(args []string, stdout io.Writer) (agent.Config, error) {
 	if cfg.Logger, err = cliflag.NewLogger(*logLevel, *logFormat); err != nil {
 		return cfg, err
 	}
-	// Test hooks (agent.Config.CrashAt): die just before a recreate step,
-	// or, with TENANT_AGENT_TEST_CRASH_HANG set, stop there until killed.
-	cfg.CrashAt = os.Getenv("TENANT_AGENT_TEST_CRASH_AT")
-	if cfg.CrashAt != "" && os.Getenv("TENANT_AGENT_TEST_CRASH_HANG") != "" {
-		logger := cfg.Logger
-		cfg.OnCrash = func() {
-			logger.Error("crash point reached: waiting to be killed", "step", cfg.CrashAt)
-			select {}
-		}
-	}
 	return cfg, nil
 }
 
