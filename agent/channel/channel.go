@@ -211,20 +211,37 @@ func (e *reconnectError) Error() string { return "reconnect requested: " + e.rea
 func session(ctx context.Context, cfg Config, client tenantagentv1.AgentServiceClient) (bool, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	stream, err := client.Connect(ctx)
+	stream, interval, err := handshake(ctx, cfg, client)
 	if err != nil {
 		return false, err
 	}
+	w := &welcomed{cfg: cfg, stream: stream, out: make(chan *tenantagentv1.AgentMessage, 1024), recvErr: make(chan error, 1)}
+	cfg.Runner.SetSender(w.queue)
+	defer cfg.Runner.SetSender(nil)
+	if err := w.sendOutbox(); err != nil {
+		return true, streamError(stream, err)
+	}
+	go w.receive()
+	return true, w.serve(ctx, interval)
+}
+
+// handshake opens the stream, says Hello and waits for Welcome; it
+// returns the heartbeat interval to keep, Welcome's or the configured one.
+func handshake(ctx context.Context, cfg Config, client tenantagentv1.AgentServiceClient) (tenantagentv1.AgentService_ConnectClient, time.Duration, error) {
+	stream, err := client.Connect(ctx)
+	if err != nil {
+		return nil, 0, err
+	}
 	if err := stream.Send(helloMessage(ctx, cfg)); err != nil {
-		return false, streamError(stream, err)
+		return nil, 0, streamError(stream, err)
 	}
 	first, err := stream.Recv()
 	if err != nil {
-		return false, err
+		return nil, 0, err
 	}
 	welcome := first.GetWelcome()
 	if welcome == nil {
-		return false, errors.New("the control plane's first message was not Welcome")
+		return nil, 0, errors.New("the control plane's first message was not Welcome")
 	}
 	interval := cfg.HeartbeatInterval
 	if d := welcome.GetHeartbeatInterval().AsDuration(); d > 0 {
@@ -233,88 +250,103 @@ func session(ctx context.Context, cfg Config, client tenantagentv1.AgentServiceC
 	cfg.Logger.Info("connected to the control plane", "identity", welcome.GetIdentity(), "heartbeat", interval, "control_plane_version", welcome.GetControlPlaneVersion())
 	cfg.Observer.Connected(true)
 	cfg.Observer.Heartbeat() // Hello was the first report
+	return stream, interval, nil
+}
 
-	out := make(chan *tenantagentv1.AgentMessage, 1024)
-	cfg.Runner.SetSender(func(m *tenantagentv1.AgentMessage) bool {
-		select {
-		case out <- m:
-			return true
-		default:
-			return false // progress can be dropped; results stay in the outbox
-		}
-	})
-	defer cfg.Runner.SetSender(nil)
-	sendOutbox := func() error {
-		for _, res := range cfg.Runner.Outbox() {
-			if err := stream.Send(&tenantagentv1.AgentMessage{Body: &tenantagentv1.AgentMessage_Result{Result: res}}); err != nil {
-				return err
-			}
-		}
-		return nil
+// welcomed is a stream past Welcome: one goroutine receives (receive),
+// the session's sends everything (serve).
+type welcomed struct {
+	cfg    Config
+	stream tenantagentv1.AgentService_ConnectClient
+	// out queues the runner's messages for serve.
+	out chan *tenantagentv1.AgentMessage
+	// recvErr is how the stream ended, as receive saw it.
+	recvErr chan error
+}
+
+// queue is the runner's sender: it never blocks.
+func (w *welcomed) queue(m *tenantagentv1.AgentMessage) bool {
+	select {
+	case w.out <- m:
+		return true
+	default:
+		return false // progress can be dropped; results stay in the outbox
 	}
-	if err := sendOutbox(); err != nil {
-		return true, streamError(stream, err)
-	}
+}
 
-	recvErr := make(chan error, 1)
-	go func() {
-		for {
-			m, err := stream.Recv()
-			if err != nil {
-				recvErr <- err
-				return
-			}
-			if rc := m.GetReconnect(); rc != nil {
-				recvErr <- &reconnectError{after: rc.GetAfter().AsDuration(), reason: rc.GetReason()}
-				return
-			}
-			cfg.Runner.Handle(m)
-		}
-	}()
-
-	// ended turns a failed Send into the stream's status, which the
-	// receiver reads (only one goroutine may call Recv).
-	ended := func(err error) error {
-		if !errors.Is(err, io.EOF) {
-			return err
-		}
-		select {
-		case rerr := <-recvErr:
-			return rerr
-		case <-time.After(5 * time.Second):
+// sendOutbox sends the results the control plane has not confirmed.
+func (w *welcomed) sendOutbox() error {
+	for _, res := range w.cfg.Runner.Outbox() {
+		if err := w.stream.Send(&tenantagentv1.AgentMessage{Body: &tenantagentv1.AgentMessage_Result{Result: res}}); err != nil {
 			return err
 		}
 	}
+	return nil
+}
+
+// receive hands the control plane's messages to the runner until the
+// stream ends or asks the agent to reconnect.
+func (w *welcomed) receive() {
+	for {
+		m, err := w.stream.Recv()
+		if err != nil {
+			w.recvErr <- err
+			return
+		}
+		if rc := m.GetReconnect(); rc != nil {
+			w.recvErr <- &reconnectError{after: rc.GetAfter().AsDuration(), reason: rc.GetReason()}
+			return
+		}
+		w.cfg.Runner.Handle(m)
+	}
+}
+
+// serve sends the runner's messages, a health report and the outbox every
+// interval, and a health report a second after Docker changes, until the
+// stream ends.
+func (w *welcomed) serve(ctx context.Context, interval time.Duration) error {
 	heartbeat := time.NewTicker(interval)
 	defer heartbeat.Stop()
 	var debounce <-chan time.Time
 	for {
+		var err error
 		select {
-		case err := <-recvErr:
-			return true, err
-		case m := <-out:
-			if err := stream.Send(m); err != nil {
-				return true, ended(err)
-			}
+		case rerr := <-w.recvErr:
+			return rerr
+		case m := <-w.out:
+			err = w.stream.Send(m)
 		case <-heartbeat.C:
-			if err := sendHealth(ctx, cfg, stream); err != nil {
-				return true, ended(err)
+			err = sendHealth(ctx, w.cfg, w.stream)
+			if err == nil {
+				// Results the control plane has not confirmed go again,
+				// in case one was dropped on a full queue.
+				err = w.sendOutbox()
 			}
-			// Results the control plane has not confirmed go again, in case
-			// one was dropped on a full queue.
-			if err := sendOutbox(); err != nil {
-				return true, ended(err)
-			}
-		case <-cfg.Changes:
+		case <-w.cfg.Changes:
 			if debounce == nil {
 				debounce = time.After(time.Second)
 			}
 		case <-debounce:
 			debounce = nil
-			if err := sendHealth(ctx, cfg, stream); err != nil {
-				return true, ended(err)
-			}
+			err = sendHealth(ctx, w.cfg, w.stream)
 		}
+		if err != nil {
+			return w.ended(err)
+		}
+	}
+}
+
+// ended turns a failed Send into the stream's status, which receive reads
+// (only one goroutine may call Recv).
+func (w *welcomed) ended(err error) error {
+	if !errors.Is(err, io.EOF) {
+		return err
+	}
+	select {
+	case rerr := <-w.recvErr:
+		return rerr
+	case <-time.After(5 * time.Second):
+		return err
 	}
 }
 
