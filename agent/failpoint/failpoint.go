@@ -20,7 +20,8 @@ var (
 // SetCrash makes the agent crash just before step: the runner calls then
 // (a binary exits there, or waits to be killed) and the step fails with
 // docker.ErrCrash, leaving the command exactly as a dead process would.
-// It returns a function that clears the crash point.
+// The crash point is the process's: a test that sets it runs no other
+// agent until it clears it with the function returned.
 func SetCrash(step docker.Step, do func()) (clear func()) {
 	mu.Lock()
 	defer mu.Unlock()
