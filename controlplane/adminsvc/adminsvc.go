@@ -93,7 +93,7 @@ func (s *service) PromoteRuntimeImage(req *controlplanev1.PromoteRuntimeImageReq
 	if err := checkPromote(req); err != nil {
 		return s.status(err)
 	}
-	ro, sub, err := s.cfg.Rollouts.Promote(stream.Context(), caller(stream.Context()), req)
+	ro, sub, err := s.cfg.Rollouts.Promote(stream.Context(), caller(stream.Context()), promoteRequest(req))
 	if err != nil {
 		return s.status(err)
 	}
@@ -106,10 +106,10 @@ func (s *service) PromoteRuntimeImage(req *controlplanev1.PromoteRuntimeImageReq
 			if !ok {
 				return s.status(cperr.Aborted("%v; the rollout goes on: ListCommands with rollout_id %q", sub.Err(), ro.ID))
 			}
-			if err := stream.Send(&controlplanev1.PromoteRuntimeImageResponse{Event: ev}); err != nil {
+			if err := stream.Send(&controlplanev1.PromoteRuntimeImageResponse{Event: rolloutEventProto(ev)}); err != nil {
 				return err
 			}
-			if ev.GetKind() == controlplanev1.RolloutEventKind_ROLLOUT_EVENT_KIND_COMPLETED || ev.GetKind() == controlplanev1.RolloutEventKind_ROLLOUT_EVENT_KIND_HALTED {
+			if ev.Kind == controlplanev1.RolloutEventKind_ROLLOUT_EVENT_KIND_COMPLETED || ev.Kind == controlplanev1.RolloutEventKind_ROLLOUT_EVENT_KIND_HALTED {
 				return nil
 			}
 		}
@@ -239,14 +239,14 @@ func (s *service) GetRuntimePin(ctx context.Context, req *controlplanev1.GetRunt
 	if err != nil {
 		return nil, s.status(err)
 	}
-	resp := &controlplanev1.GetRuntimePinResponse{Pin: rollout.PinProto(pin)}
+	resp := &controlplanev1.GetRuntimePinResponse{Pin: pinProto(pin)}
 	if req.GetIncludeHistory() {
 		hist, err := s.cfg.Store.PinHistory(ctx, req.GetRuntime(), 0)
 		if err != nil {
 			return nil, s.status(err)
 		}
 		for _, p := range hist[1:] {
-			resp.History = append(resp.History, rollout.PinProto(p))
+			resp.History = append(resp.History, pinProto(p))
 		}
 	}
 	return resp, nil
@@ -259,7 +259,7 @@ func (s *service) ListRuntimePins(ctx context.Context, _ *controlplanev1.ListRun
 	}
 	resp := &controlplanev1.ListRuntimePinsResponse{}
 	for _, p := range pins {
-		resp.Pins = append(resp.Pins, rollout.PinProto(p))
+		resp.Pins = append(resp.Pins, pinProto(p))
 	}
 	return resp, nil
 }
@@ -345,7 +345,7 @@ func (s *service) WatchAgents(req *controlplanev1.WatchAgentsRequest, stream con
 	sub := s.cfg.Fleet.Watch() // before the snapshot, so no change falls between
 	defer sub.Close()
 	for _, a := range s.cfg.Fleet.Agents(req.GetTenant()) {
-		if err := stream.Send(&controlplanev1.WatchAgentsResponse{Kind: controlplanev1.AgentEventKind_AGENT_EVENT_KIND_SNAPSHOT, Agent: s.cfg.Fleet.View(a)}); err != nil {
+		if err := stream.Send(&controlplanev1.WatchAgentsResponse{Kind: controlplanev1.AgentEventKind_AGENT_EVENT_KIND_SNAPSHOT, Agent: agentProto(s.cfg.Fleet.View(a))}); err != nil {
 			return err
 		}
 	}
@@ -360,10 +360,10 @@ func (s *service) WatchAgents(req *controlplanev1.WatchAgentsRequest, stream con
 			if !ok {
 				return s.status(cperr.Aborted("%v", sub.Err()))
 			}
-			if req.GetTenant() != "" && ev.GetAgent().GetTenant() != req.GetTenant() {
+			if req.GetTenant() != "" && ev.Agent.Tenant != req.GetTenant() {
 				continue
 			}
-			if err := stream.Send(ev); err != nil {
+			if err := stream.Send(&controlplanev1.WatchAgentsResponse{Kind: ev.Kind, Agent: agentProto(ev.Agent)}); err != nil {
 				return err
 			}
 		}

@@ -48,7 +48,7 @@ func (s *service) ListAgents(_ context.Context, req *controlplanev1.ListAgentsRe
 	resp := &controlplanev1.ListAgentsResponse{}
 	budget := agentPageBytes
 	for _, a := range agents[start:] {
-		v := s.cfg.Fleet.View(a)
+		v := agentProto(s.cfg.Fleet.View(a))
 		if req.GetConnectedOnly() && !v.GetConnected() {
 			continue
 		}

@@ -6,9 +6,51 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/molecule-ai/tenant-agent/controlplane/dispatch"
+	"github.com/molecule-ai/tenant-agent/controlplane/fleet"
+	"github.com/molecule-ai/tenant-agent/controlplane/rollout"
 	"github.com/molecule-ai/tenant-agent/controlplane/store"
 	controlplanev1 "github.com/molecule-ai/tenant-agent/gen/controlplane/v1"
 )
+
+// promoteRequest is the rollout's own form of a promote.
+func promoteRequest(req *controlplanev1.PromoteRuntimeImageRequest) rollout.Request {
+	o := req.GetOptions()
+	return rollout.Request{Runtime: req.GetRuntime(), ImageRef: req.GetImageRef(), GitSHA: req.GetGitSha(), Notes: req.GetNotes(),
+		Options: store.RolloutOptions{Prefetch: o.GetPrefetch(), CanaryTenants: o.GetCanaryTenants(),
+			MaxParallelTenants: o.GetMaxParallelTenants(), HaltAfterFailures: o.GetHaltAfterFailures()}}
+}
+
+func rolloutEventProto(ev rollout.Event) *controlplanev1.RolloutEvent {
+	out := &controlplanev1.RolloutEvent{Time: timestamppb.New(ev.Time), RolloutId: ev.RolloutID, Kind: ev.Kind, Phase: ev.Phase,
+		Tenant: ev.Tenant, CommandId: ev.CommandID, State: ev.State, Message: ev.Message}
+	if ev.Pin != nil {
+		out.Pin = pinProto(*ev.Pin)
+	}
+	if c := ev.Counts; c != nil {
+		out.Counts = &controlplanev1.RolloutCounts{Tenants: c.Tenants, Succeeded: c.Succeeded, Failed: c.Failed, Skipped: c.Skipped}
+	}
+	return out
+}
+
+func pinProto(p store.Pin) *controlplanev1.RuntimePin {
+	return &controlplanev1.RuntimePin{
+		Runtime: p.Runtime, TemplateName: p.TemplateName, ImageRepository: p.Repository, ImageDigest: p.Digest, ImageRef: p.Ref(),
+		GitSha: p.GitSHA, PromotedAt: timestamppb.New(p.PromotedAt), PromotedBy: p.PromotedBy, Notes: p.Notes,
+	}
+}
+
+func agentProto(v fleet.AgentView) *controlplanev1.Agent {
+	out := &controlplanev1.Agent{
+		Identity: v.Identity, Tenant: v.Tenant, AgentName: v.Name, Connected: v.Connected,
+		ConnectedAt: timestamppb.New(v.ConnectedAt), LastSeen: timestamppb.New(v.LastSeen),
+		Hostname: v.Hostname, AgentVersion: v.AgentVersion, DockerVersion: v.DockerVersion, DockerReachable: v.DockerReachable,
+		Held: v.Held, Denied: v.Denied,
+	}
+	for _, r := range v.Runtimes {
+		out.Runtimes = append(out.Runtimes, &controlplanev1.AgentRuntime{Status: r.Status, PinnedDigest: r.PinnedDigest, OnPin: r.OnPin, OffPin: r.OffPin})
+	}
+	return out
+}
 
 func commandProto(c *store.Command) *controlplanev1.Command {
 	return &controlplanev1.Command{

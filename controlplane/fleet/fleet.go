@@ -11,8 +11,6 @@ import (
 	"sync"
 	"time"
 
-	"google.golang.org/protobuf/types/known/timestamppb"
-
 	"github.com/molecule-ai/tenant-agent/controlplane/auth"
 	"github.com/molecule-ai/tenant-agent/controlplane/pubsub"
 	"github.com/molecule-ai/tenant-agent/controlplane/session"
@@ -61,7 +59,7 @@ func (c *Config) CheckAndSetDefaults() error {
 // Fleet is safe for concurrent use.
 type Fleet struct {
 	cfg     Config
-	watches *pubsub.Hub[struct{}, *controlplanev1.WatchAgentsResponse]
+	watches *pubsub.Hub[struct{}, Change]
 
 	mu     sync.RWMutex
 	agents map[string]*store.Agent // by SPIFFE ID
@@ -78,7 +76,7 @@ func New(ctx context.Context, cfg Config) (*Fleet, error) {
 	if err := cfg.CheckAndSetDefaults(); err != nil {
 		return nil, err
 	}
-	f := &Fleet{cfg: cfg, watches: pubsub.NewHub[struct{}, *controlplanev1.WatchAgentsResponse](4096),
+	f := &Fleet{cfg: cfg, watches: pubsub.NewHub[struct{}, Change](4096),
 		agents: map[string]*store.Agent{}, dirty: map[string]bool{}, pins: map[string]store.Pin{}, holds: map[string]store.Hold{}}
 	agents, err := cfg.Store.ListAgents(ctx)
 	if err != nil {
@@ -165,7 +163,7 @@ func (f *Fleet) put(a store.Agent, kind controlplanev1.AgentEventKind) {
 	f.agents[a.Identity] = &a
 	f.dirty[a.Identity] = true
 	f.mu.Unlock()
-	f.watches.Publish(struct{}{}, &controlplanev1.WatchAgentsResponse{Kind: kind, Agent: f.View(a)})
+	f.watches.Publish(struct{}{}, Change{Kind: kind, Agent: f.View(a)})
 }
 
 // Run writes changed agent records to the store every interval, in one
@@ -336,9 +334,31 @@ func (f *Fleet) CheckSession(s *session.Session) error {
 	return nil
 }
 
-// View is an agent as the admin API shows it, each runtime compared with
-// its pin.
-func (f *Fleet) View(a store.Agent) *controlplanev1.Agent {
+// AgentView is an agent as operators see it: its last report, whether it
+// is connected, held or denied, and each runtime compared with its pin.
+type AgentView struct {
+	store.Agent
+	Connected, Held, Denied bool
+	Runtimes                []RuntimeView
+}
+
+// RuntimeView is one runtime of an agent against its pin.
+type RuntimeView struct {
+	Status *tenantagentv1.RuntimeStatus
+	// PinnedDigest is empty when the runtime has no pin; OnPin and OffPin
+	// count its containers then only against a pin.
+	PinnedDigest  string
+	OnPin, OffPin uint32
+}
+
+// Change is one change to an agent, for watchers. Kind is the API's enum.
+type Change struct {
+	Kind  controlplanev1.AgentEventKind
+	Agent AgentView
+}
+
+// View is an agent compared with the pins, holds and denials.
+func (f *Fleet) View(a store.Agent) AgentView {
 	f.mu.RLock()
 	_, held := f.holds[a.Tenant]
 	pins := make(map[string]store.Pin, len(a.Runtimes))
@@ -348,34 +368,28 @@ func (f *Fleet) View(a store.Agent) *controlplanev1.Agent {
 		}
 	}
 	f.mu.RUnlock()
-	v := &controlplanev1.Agent{
-		Identity: a.Identity, Tenant: a.Tenant, AgentName: a.Name,
-		Connected:   f.cfg.Sessions.Get(a.Identity) != nil,
-		ConnectedAt: timestamppb.New(a.ConnectedAt), LastSeen: timestamppb.New(a.LastSeen),
-		Hostname: a.Hostname, AgentVersion: a.AgentVersion, DockerVersion: a.DockerVersion, DockerReachable: a.DockerReachable,
-		Held: held, Denied: f.cfg.Deny.Denied(a.Tenant, "") != nil,
-	}
+	v := AgentView{Agent: a, Held: held, Denied: f.cfg.Deny.Denied(a.Tenant, "") != nil}
 	if s := f.cfg.Sessions.Get(a.Identity); s != nil {
-		v.LastSeen = timestamppb.New(s.LastSeen())
+		v.Connected, v.LastSeen = true, s.LastSeen()
 	}
 	for _, r := range a.Runtimes {
-		ar := &controlplanev1.AgentRuntime{Status: r}
+		rv := RuntimeView{Status: r}
 		if p, ok := pins[r.GetRuntime()]; ok {
-			ar.PinnedDigest = p.Digest
+			rv.PinnedDigest = p.Digest
 			for _, c := range r.GetContainers() {
 				if c.GetImageDigest() == p.Digest {
-					ar.OnPin++
+					rv.OnPin++
 				} else {
-					ar.OffPin++
+					rv.OffPin++
 				}
 			}
 		}
-		v.Runtimes = append(v.Runtimes, ar)
+		v.Runtimes = append(v.Runtimes, rv)
 	}
 	return v
 }
 
 // Watch streams agent changes; see WatchAgents for the snapshot.
-func (f *Fleet) Watch() *pubsub.Subscription[*controlplanev1.WatchAgentsResponse] {
+func (f *Fleet) Watch() *pubsub.Subscription[Change] {
 	return f.watches.Subscribe(struct{}{})
 }

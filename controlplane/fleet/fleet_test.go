@@ -100,9 +100,9 @@ func TestReportsAreKeptUnderTheSessionsIdentityAndViewComparesWithThePin(t *test
 		t.Fatal(err)
 	}
 	v := e.f.View(e.f.Agents("acme")[0])
-	rt := v.GetRuntimes()[0]
-	if !v.GetConnected() || !v.GetHeld() || rt.GetOnPin() != 1 || rt.GetOffPin() != 1 || rt.GetPinnedDigest() != "sha256:new" {
-		t.Errorf("view = %v; want connected, held, 1 on and 1 off the pin", v)
+	rt := v.Runtimes[0]
+	if !v.Connected || !v.Held || rt.OnPin != 1 || rt.OffPin != 1 || rt.PinnedDigest != "sha256:new" {
+		t.Errorf("view = %+v; want connected, held, 1 on and 1 off the pin", v)
 	}
 	// Flush persists what Run would write.
 	e.f.Flush(context.Background())

@@ -135,12 +135,12 @@ func (c *liveCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	counts := map[key]int{}
 	for _, a := range c.fleet.Agents("") {
-		for _, r := range c.fleet.View(a).GetRuntimes() {
-			if r.GetPinnedDigest() == "" {
+		for _, r := range c.fleet.View(a).Runtimes {
+			if r.PinnedDigest == "" {
 				continue
 			}
-			counts[key{r.GetStatus().GetRuntime(), true}] += int(r.GetOnPin())
-			counts[key{r.GetStatus().GetRuntime(), false}] += int(r.GetOffPin())
+			counts[key{r.Status.GetRuntime(), true}] += int(r.OnPin)
+			counts[key{r.Status.GetRuntime(), false}] += int(r.OffPin)
 		}
 	}
 	for k, n := range counts {

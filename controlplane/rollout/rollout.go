@@ -19,8 +19,6 @@ import (
 	"sync"
 	"time"
 
-	"google.golang.org/protobuf/types/known/timestamppb"
-
 	"github.com/molecule-ai/tenant-agent/controlplane/cperr"
 	"github.com/molecule-ai/tenant-agent/controlplane/dispatch"
 	"github.com/molecule-ai/tenant-agent/controlplane/pubsub"
@@ -110,10 +108,42 @@ func (c *Config) CheckAndSetDefaults() error {
 	return nil
 }
 
+// Request is a promote: the pin to record and how to roll it out.
+type Request struct {
+	Runtime  string
+	ImageRef string
+	GitSHA   string
+	Notes    string
+	Options  store.RolloutOptions
+}
+
+// Counts are a rollout's tenants by outcome so far; the rest wait for
+// their agent to connect.
+type Counts struct {
+	Tenants, Succeeded, Failed, Skipped uint32
+}
+
+// Event is one step of a rollout, for its watchers. Kind, Phase and State
+// are the API's enums, shared vocabulary with the store.
+type Event struct {
+	Time      time.Time
+	RolloutID string
+	Kind      controlplanev1.RolloutEventKind
+	Phase     controlplanev1.RolloutPhase
+	Tenant    string
+	CommandID string
+	State     controlplanev1.CommandState
+	Message   string
+	// Pin is set on the PIN_RECORDED event only.
+	Pin *store.Pin
+	// Counts is set on every event but PIN_RECORDED.
+	Counts *Counts
+}
+
 // Rollouts starts and runs rollouts.
 type Rollouts struct {
 	cfg    Config
-	events *pubsub.Hub[string, *controlplanev1.RolloutEvent]
+	events *pubsub.Hub[string, Event]
 	ctx    context.Context
 	wg     sync.WaitGroup
 }
@@ -123,7 +153,7 @@ func New(ctx context.Context, cfg Config) (*Rollouts, error) {
 	if err := cfg.CheckAndSetDefaults(); err != nil {
 		return nil, err
 	}
-	return &Rollouts{cfg: cfg, events: pubsub.NewHub[string, *controlplanev1.RolloutEvent](rolloutEventBuffer), ctx: ctx}, nil
+	return &Rollouts{cfg: cfg, events: pubsub.NewHub[string, Event](rolloutEventBuffer), ctx: ctx}, nil
 }
 
 // Wait waits for running rollouts to return after the lifetime ended.
@@ -132,30 +162,27 @@ func (r *Rollouts) Wait() { r.wg.Wait() }
 // Promote validates the request, records the pin and starts the rollout.
 // The subscription receives the rollout's events; closing it does not stop
 // the rollout.
-func (r *Rollouts) Promote(ctx context.Context, caller identity.Identity, req *controlplanev1.PromoteRuntimeImageRequest) (store.Rollout, *pubsub.Subscription[*controlplanev1.RolloutEvent], error) {
+func (r *Rollouts) Promote(ctx context.Context, caller identity.Identity, req Request) (store.Rollout, *pubsub.Subscription[Event], error) {
 	ref, err := validate(req)
 	if err != nil {
 		return store.Rollout{}, nil, err
 	}
-	for _, t := range req.GetOptions().GetCanaryTenants() {
-		if len(r.targets(req.GetRuntime(), t)) == 0 {
-			return store.Rollout{}, nil, cperr.NotFound("canary tenant %s has no agent reporting runtime %s", limits.Quoted(t), limits.Quoted(req.GetRuntime()))
+	for _, t := range req.Options.CanaryTenants {
+		if len(r.targets(req.Runtime, t)) == 0 {
+			return store.Rollout{}, nil, cperr.NotFound("canary tenant %s has no agent reporting runtime %s", limits.Quoted(t), limits.Quoted(req.Runtime))
 		}
 	}
 	now := r.cfg.Now()
 	pin := store.Pin{
-		Runtime: req.GetRuntime(), TemplateName: path.Base(ref.Repository), Repository: ref.Repository, Digest: ref.Digest,
-		GitSHA: req.GetGitSha(), PromotedAt: now, PromotedBy: caller.ID, Notes: req.GetNotes(),
+		Runtime: req.Runtime, TemplateName: path.Base(ref.Repository), Repository: ref.Repository, Digest: ref.Digest,
+		GitSHA: req.GitSHA, PromotedAt: now, PromotedBy: caller.ID, Notes: req.Notes,
 	}
 	if err := r.cfg.Store.RecordPin(ctx, pin); err != nil {
 		return store.Rollout{}, nil, fmt.Errorf("record pin: %w", err)
 	}
 	ro := store.Rollout{
 		ID: "r-" + strings.ToLower(rand.Text()), Runtime: pin.Runtime, Repository: pin.Repository, Digest: pin.Digest,
-		Options: req.GetOptions(), State: store.RolloutRunning, RequestedBy: caller.ID, CreatedAt: now, UpdatedAt: now,
-	}
-	if ro.Options == nil {
-		ro.Options = &controlplanev1.RolloutOptions{}
+		Options: req.Options, State: store.RolloutRunning, RequestedBy: caller.ID, CreatedAt: now, UpdatedAt: now,
 	}
 	if err := r.cfg.Store.PutRollout(ctx, ro); err != nil {
 		return store.Rollout{}, nil, fmt.Errorf("record rollout: %w", err)
@@ -167,21 +194,21 @@ func (r *Rollouts) Promote(ctx context.Context, caller identity.Identity, req *c
 	return ro, sub, nil
 }
 
-func validate(req *controlplanev1.PromoteRuntimeImageRequest) (imageref.Ref, error) {
-	if !identity.ValidName(req.GetRuntime()) {
-		return imageref.Ref{}, cperr.Invalid("runtime %s: want 1-63 lowercase letters, digits or hyphens", limits.Quoted(req.GetRuntime()))
+func validate(req Request) (imageref.Ref, error) {
+	if !identity.ValidName(req.Runtime) {
+		return imageref.Ref{}, cperr.Invalid("runtime %s: want 1-63 lowercase letters, digits or hyphens", limits.Quoted(req.Runtime))
 	}
-	ref, err := imageref.Parse(req.GetImageRef())
+	ref, err := imageref.Parse(req.ImageRef)
 	if err != nil {
 		return imageref.Ref{}, cperr.Invalid("%v", err)
 	}
-	if len(req.GetNotes()) > MaxNotes {
-		return imageref.Ref{}, cperr.Invalid("notes are %d bytes, at most %d", len(req.GetNotes()), MaxNotes)
+	if len(req.Notes) > MaxNotes {
+		return imageref.Ref{}, cperr.Invalid("notes are %d bytes, at most %d", len(req.Notes), MaxNotes)
 	}
-	if len(req.GetGitSha()) > 64 {
-		return imageref.Ref{}, cperr.Invalid("git_sha is %d characters, at most 64", len(req.GetGitSha()))
+	if len(req.GitSHA) > 64 {
+		return imageref.Ref{}, cperr.Invalid("git_sha is %d characters, at most 64", len(req.GitSHA))
 	}
-	for _, t := range req.GetOptions().GetCanaryTenants() {
+	for _, t := range req.Options.CanaryTenants {
 		if !identity.ValidName(t) {
 			return imageref.Ref{}, cperr.Invalid("canary tenant %s: want 1-63 lowercase letters, digits or hyphens", limits.Quoted(t))
 		}
@@ -227,7 +254,7 @@ type run struct {
 	ro store.Rollout
 
 	mu     sync.Mutex
-	counts controlplanev1.RolloutCounts
+	counts Counts
 }
 
 type outcome int
@@ -241,13 +268,11 @@ const (
 
 func (x *run) emit(kind controlplanev1.RolloutEventKind, phase controlplanev1.RolloutPhase, tenant string, c *store.Command, msg string) {
 	x.mu.Lock()
-	counts := &controlplanev1.RolloutCounts{Tenants: x.counts.Tenants, Succeeded: x.counts.Succeeded, Failed: x.counts.Failed, Skipped: x.counts.Skipped}
+	counts := x.counts
 	x.mu.Unlock()
-	ev := &controlplanev1.RolloutEvent{
-		Time: timestamppb.New(x.cfg.Now()), RolloutId: x.ro.ID, Kind: kind, Phase: phase, Tenant: tenant, Message: msg, Counts: counts,
-	}
+	ev := Event{Time: x.cfg.Now(), RolloutID: x.ro.ID, Kind: kind, Phase: phase, Tenant: tenant, Message: msg, Counts: &counts}
 	if c != nil {
-		ev.CommandId, ev.State = c.ID, c.State
+		ev.CommandID, ev.State = c.ID, c.State
 	}
 	x.events.Publish(x.ro.ID, ev)
 }
@@ -269,8 +294,8 @@ func (x *run) execute(pin *store.Pin) {
 	ctx := x.ctx
 	opts := x.ro.Options
 	if pin != nil {
-		ev := &controlplanev1.RolloutEvent{Time: timestamppb.New(x.cfg.Now()), RolloutId: x.ro.ID, Kind: controlplanev1.RolloutEventKind_ROLLOUT_EVENT_KIND_PIN_RECORDED,
-			Pin: PinProto(*pin), Message: "pin recorded: " + pin.Runtime + " -> " + pin.Ref()}
+		ev := Event{Time: x.cfg.Now(), RolloutID: x.ro.ID, Kind: controlplanev1.RolloutEventKind_ROLLOUT_EVENT_KIND_PIN_RECORDED,
+			Pin: pin, Message: "pin recorded: " + pin.Runtime + " -> " + pin.Ref()}
 		x.events.Publish(x.ro.ID, ev)
 	}
 
@@ -289,7 +314,7 @@ func (x *run) execute(pin *store.Pin) {
 			x.emit(controlplanev1.RolloutEventKind_ROLLOUT_EVENT_KIND_TENANT_SKIPPED, 0, t, nil, "tenant is held: "+h.Reason)
 			continue
 		}
-		if slices.Contains(opts.GetCanaryTenants(), t) {
+		if slices.Contains(opts.CanaryTenants, t) {
 			canaries = append(canaries, t)
 		} else {
 			rest = append(rest, t)
@@ -297,14 +322,14 @@ func (x *run) execute(pin *store.Pin) {
 	}
 	// Canaries run in the order given.
 	sort.SliceStable(canaries, func(i, j int) bool {
-		return slices.Index(opts.GetCanaryTenants(), canaries[i]) < slices.Index(opts.GetCanaryTenants(), canaries[j])
+		return slices.Index(opts.CanaryTenants, canaries[i]) < slices.Index(opts.CanaryTenants, canaries[j])
 	})
-	parallel := int(opts.GetMaxParallelTenants())
+	parallel := int(opts.MaxParallelTenants)
 	if parallel <= 0 {
 		parallel = x.cfg.DefaultParallel
 	}
 
-	if opts.GetPrefetch() {
+	if opts.Prefetch {
 		phase := controlplanev1.RolloutPhase_ROLLOUT_PHASE_PREFETCH
 		x.emit(controlplanev1.RolloutEventKind_ROLLOUT_EVENT_KIND_PHASE_STARTED, phase, "", nil, fmt.Sprintf("prefetching on %d tenants", len(canaries)+len(rest)))
 		// A failed prefetch does not count: the refresh pulls again.
@@ -331,7 +356,7 @@ func (x *run) execute(pin *store.Pin) {
 	if halted == "" && len(rest) > 0 {
 		phase := controlplanev1.RolloutPhase_ROLLOUT_PHASE_FLEET
 		x.emit(controlplanev1.RolloutEventKind_ROLLOUT_EVENT_KIND_PHASE_STARTED, phase, "", nil, fmt.Sprintf("refreshing %d tenants, %d at a time", len(rest), parallel))
-		limit := opts.GetHaltAfterFailures()
+		limit := opts.HaltAfterFailures
 		var mu sync.Mutex
 		var failures uint32
 		// The first window of tenants is journaled in one transaction;
@@ -549,12 +574,4 @@ func classify(s controlplanev1.CommandState) outcome {
 		return skipped
 	}
 	return failedOutcome
-}
-
-// PinProto converts a stored pin for the admin API.
-func PinProto(p store.Pin) *controlplanev1.RuntimePin {
-	return &controlplanev1.RuntimePin{
-		Runtime: p.Runtime, TemplateName: p.TemplateName, ImageRepository: p.Repository, ImageDigest: p.Digest, ImageRef: p.Ref(),
-		GitSha: p.GitSHA, PromotedAt: timestamppb.New(p.PromotedAt), PromotedBy: p.PromotedBy, Notes: p.Notes,
-	}
 }

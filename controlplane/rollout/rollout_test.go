@@ -150,10 +150,10 @@ func newEnv(t *testing.T, tenants []string, outcome map[string]controlplanev1.Co
 }
 
 // promote runs a rollout to its end and returns its last event.
-func (e *env) promote(t *testing.T, opts *controlplanev1.RolloutOptions) *controlplanev1.RolloutEvent {
+func (e *env) promote(t *testing.T, opts store.RolloutOptions) Event {
 	t.Helper()
 	_, sub, err := e.r.Promote(context.Background(), identity.Identity{ID: "spiffe://td/operator/dev"},
-		&controlplanev1.PromoteRuntimeImageRequest{Runtime: "codex", ImageRef: image, Options: opts})
+		Request{Runtime: "codex", ImageRef: image, Options: opts})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -162,7 +162,7 @@ func (e *env) promote(t *testing.T, opts *controlplanev1.RolloutOptions) *contro
 	for {
 		select {
 		case ev := <-sub.C:
-			switch ev.GetKind() {
+			switch ev.Kind {
 			case controlplanev1.RolloutEventKind_ROLLOUT_EVENT_KIND_COMPLETED, controlplanev1.RolloutEventKind_ROLLOUT_EVENT_KIND_HALTED:
 				return ev
 			}
@@ -177,13 +177,12 @@ func TestRolloutHaltsAfterMFailuresCountingPartialAsFailed(t *testing.T) {
 	e := newEnv(t, tenants, map[string]controlplanev1.CommandState{
 		"t1": stPartial, "t2": stSucceeded, "t3": stFailed, "t4": stSucceeded, "t5": stSucceeded,
 	}, nil)
-	last := e.promote(t, &controlplanev1.RolloutOptions{MaxParallelTenants: 1, HaltAfterFailures: 2})
+	last := e.promote(t, store.RolloutOptions{MaxParallelTenants: 1, HaltAfterFailures: 2})
 
-	if last.GetKind() != controlplanev1.RolloutEventKind_ROLLOUT_EVENT_KIND_HALTED {
-		t.Fatalf("last event %v %q, want HALTED", last.GetKind(), last.GetMessage())
+	if last.Kind != controlplanev1.RolloutEventKind_ROLLOUT_EVENT_KIND_HALTED {
+		t.Fatalf("last event %v %q, want HALTED", last.Kind, last.Message)
 	}
-	c := last.GetCounts()
-	if c.GetTenants() != 5 || c.GetSucceeded() != 1 || c.GetFailed() != 2 || c.GetSkipped() != 2 {
+	if c := *last.Counts; c != (Counts{Tenants: 5, Succeeded: 1, Failed: 2, Skipped: 2}) {
 		t.Errorf("counts = %v; want 5 tenants, 1 succeeded, 2 failed (PARTIAL is one), 2 skipped", c)
 	}
 	if got := strings.Join(e.d.tenantsIssued(), ","); got != "t1,t2,t3" {
@@ -198,9 +197,9 @@ func TestRolloutHaltsAfterMFailuresCountingPartialAsFailed(t *testing.T) {
 func TestRolloutSkipsHeldTenantsAndCompletes(t *testing.T) {
 	e := newEnv(t, []string{"t1", "t2"}, map[string]controlplanev1.CommandState{"t1": stSucceeded, "t2": stSucceeded},
 		map[string]store.Hold{"t2": {Tenant: "t2", Reason: "incident"}})
-	last := e.promote(t, &controlplanev1.RolloutOptions{})
-	if last.GetKind() != controlplanev1.RolloutEventKind_ROLLOUT_EVENT_KIND_COMPLETED || last.GetCounts().GetSucceeded() != 1 || last.GetCounts().GetSkipped() != 1 {
-		t.Fatalf("last event %v %v; want COMPLETED, 1 succeeded, 1 skipped", last.GetKind(), last.GetCounts())
+	last := e.promote(t, store.RolloutOptions{})
+	if last.Kind != controlplanev1.RolloutEventKind_ROLLOUT_EVENT_KIND_COMPLETED || last.Counts.Succeeded != 1 || last.Counts.Skipped != 1 {
+		t.Fatalf("last event %v %+v; want COMPLETED, 1 succeeded, 1 skipped", last.Kind, last.Counts)
 	}
 	if got := strings.Join(e.d.tenantsIssued(), ","); got != "t1" {
 		t.Errorf("commands issued for %s; want t1 only", got)
@@ -212,8 +211,8 @@ func TestRolloutSkipsHeldTenantsAndCompletes(t *testing.T) {
 // time passing.
 func TestRolloutRereadsAQuietCommandOnItsClock(t *testing.T) {
 	e := newEnv(t, []string{"t1"}, nil, nil) // t1's command never finishes
-	done := make(chan *controlplanev1.RolloutEvent, 1)
-	go func() { done <- e.promote(t, &controlplanev1.RolloutOptions{}) }()
+	done := make(chan Event, 1)
+	go func() { done <- e.promote(t, store.RolloutOptions{}) }()
 
 	// The agent is online: a tick only leads to another wait.
 	<-e.waiting
@@ -229,7 +228,7 @@ func TestRolloutRereadsAQuietCommandOnItsClock(t *testing.T) {
 	}
 	e.ticks <- time.Time{}
 	ev := <-done
-	if ev.GetKind() != controlplanev1.RolloutEventKind_ROLLOUT_EVENT_KIND_COMPLETED || !strings.Contains(ev.GetMessage(), "1 waiting for their agent") {
-		t.Fatalf("last event %v %q; want COMPLETED with 1 waiting", ev.GetKind(), ev.GetMessage())
+	if ev.Kind != controlplanev1.RolloutEventKind_ROLLOUT_EVENT_KIND_COMPLETED || !strings.Contains(ev.Message, "1 waiting for their agent") {
+		t.Fatalf("last event %v %q; want COMPLETED with 1 waiting", ev.Kind, ev.Message)
 	}
 }

@@ -170,13 +170,27 @@ const (
 	RolloutHalted    RolloutState = "halted"
 )
 
+// RolloutOptions say how a rollout goes (controlplane.v1.RolloutOptions,
+// which is how the store encodes them).
+type RolloutOptions struct {
+	// Prefetch pulls the image on every target before any refresh.
+	Prefetch bool
+	// CanaryTenants are refreshed first, one at a time, in this order.
+	CanaryTenants []string
+	// MaxParallelTenants bounds the rest; zero takes the default.
+	MaxParallelTenants uint32
+	// HaltAfterFailures stops starting tenants after this many failed;
+	// zero never halts.
+	HaltAfterFailures uint32
+}
+
 // Rollout is one promote's roll to the fleet.
 type Rollout struct {
 	ID          string
 	Runtime     string
 	Repository  string
 	Digest      string
-	Options     *controlplanev1.RolloutOptions
+	Options     RolloutOptions
 	State       RolloutState
 	RequestedBy string
 	CreatedAt   time.Time

@@ -573,12 +573,20 @@ func scanRollout(r interface{ Scan(...any) error }) (store.Rollout, error) {
 		return ro, err
 	}
 	ro.State, ro.CreatedAt, ro.UpdatedAt = store.RolloutState(state), time.Unix(0, created), time.Unix(0, updated)
-	ro.Options = &controlplanev1.RolloutOptions{}
-	return ro, proto.Unmarshal(options, ro.Options)
+	var o controlplanev1.RolloutOptions
+	if err := proto.Unmarshal(options, &o); err != nil {
+		return ro, err
+	}
+	ro.Options = store.RolloutOptions{Prefetch: o.GetPrefetch(), CanaryTenants: o.GetCanaryTenants(),
+		MaxParallelTenants: o.GetMaxParallelTenants(), HaltAfterFailures: o.GetHaltAfterFailures()}
+	return ro, nil
 }
 
 func (s *Store) PutRollout(ctx context.Context, r store.Rollout) error {
-	options, err := proto.Marshal(r.Options)
+	// The options column keeps the API's encoding, so stored rollouts
+	// read back across versions.
+	options, err := proto.Marshal(&controlplanev1.RolloutOptions{Prefetch: r.Options.Prefetch, CanaryTenants: r.Options.CanaryTenants,
+		MaxParallelTenants: r.Options.MaxParallelTenants, HaltAfterFailures: r.Options.HaltAfterFailures})
 	if err != nil {
 		return err
 	}

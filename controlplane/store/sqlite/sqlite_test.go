@@ -161,7 +161,7 @@ func TestAgentsHoldsDenialsRollouts(t *testing.T) {
 	if ds, _ := s.ListDenials(ctx); len(ds) != 1 || ds[0].Kind != store.DenySerial {
 		t.Fatalf("denials = %+v", ds)
 	}
-	r := store.Rollout{ID: "r1", Runtime: "codex", Options: &controlplanev1.RolloutOptions{MaxParallelTenants: 3}, State: store.RolloutRunning}
+	r := store.Rollout{ID: "r1", Runtime: "codex", Options: store.RolloutOptions{MaxParallelTenants: 3, CanaryTenants: []string{"acme"}}, State: store.RolloutRunning}
 	if err := s.PutRollout(ctx, r); err != nil {
 		t.Fatal(err)
 	}
@@ -170,7 +170,7 @@ func TestAgentsHoldsDenialsRollouts(t *testing.T) {
 		t.Fatal(err)
 	}
 	got, err := s.ListRollouts(ctx, "codex", store.RolloutHalted)
-	if err != nil || len(got) != 1 || got[0].ID != "r1" || got[0].Options.GetMaxParallelTenants() != 3 {
+	if err != nil || len(got) != 1 || got[0].ID != "r1" || got[0].Options.MaxParallelTenants != 3 || len(got[0].Options.CanaryTenants) != 1 {
 		t.Fatalf("halted rollouts = %+v, %v; want r1, replaced in place", got, err)
 	}
 	if rs, _ := s.ListRollouts(ctx, "codex", store.RolloutRunning); len(rs) != 0 {
