@@ -75,7 +75,6 @@ func New(cfg Config) (_ *Server, err error) {
 	if err := cfg.CheckAndSetDefaults(); err != nil {
 		return nil, err
 	}
-	logger := cfg.Logger
 	s := &Server{cfg: cfg}
 	s.lifetime, s.stop = context.WithCancel(context.Background())
 	defer func() {
@@ -83,54 +82,86 @@ func New(cfg Config) (_ *Server, err error) {
 			s.close()
 		}
 	}()
-
-	if s.store, err = sqlite.Open(s.lifetime, cfg.StorePath); err != nil {
-		return nil, fmt.Errorf("open store: %w", err)
-	}
-	deny := auth.NewDenyList()
-	s.deny = deny
-	s.sessions = session.NewRegistry(cfg.SendQueue)
-	fl, err := fleet.New(s.lifetime, fleet.Config{Store: s.store, Sessions: s.sessions, Deny: deny, Logger: logger})
-	if err != nil {
-		return nil, fmt.Errorf("load fleet: %w", err)
-	}
-	s.fleet = fl
-	m := metrics.New(s.sessions, fl)
-	s.metrics = m
-	if s.dispatcher, err = dispatch.New(dispatch.Config{Store: s.store, Sessions: s.sessions, Agents: fl, Logger: logger, Observer: m,
-		CommandTTL: cfg.CommandTTL, HistoryRetention: cfg.HistoryRetention}); err != nil {
+	if err := s.openState(); err != nil {
 		return nil, err
 	}
-	rec, err := reconcile.New(reconcile.Config{Store: s.store, Fleet: fl, Issuer: s.dispatcher, Logger: logger,
+	agents, admin, err := s.newServices()
+	if err != nil {
+		return nil, err
+	}
+	if err := s.newGRPCServers(agents, admin); err != nil {
+		return nil, err
+	}
+	s.newHTTPServer()
+	if err := s.listen(); err != nil {
+		return nil, err
+	}
+	if err := s.rollouts.Resume(s.lifetime); err != nil {
+		return nil, fmt.Errorf("resume rollouts: %w", err)
+	}
+	return s, nil
+}
+
+// openState opens the store and loads what the control plane knows from
+// it: the fleet (agents, pins, holds) and the deny list.
+func (s *Server) openState() (err error) {
+	if s.store, err = sqlite.Open(s.lifetime, s.cfg.StorePath); err != nil {
+		return fmt.Errorf("open store: %w", err)
+	}
+	s.deny = auth.NewDenyList()
+	s.sessions = session.NewRegistry(s.cfg.SendQueue)
+	if s.fleet, err = fleet.New(s.lifetime, fleet.Config{Store: s.store, Sessions: s.sessions, Deny: s.deny, Logger: s.cfg.Logger}); err != nil {
+		return fmt.Errorf("load fleet: %w", err)
+	}
+	s.metrics = metrics.New(s.sessions, s.fleet)
+	return nil
+}
+
+// newServices builds the components (dispatch, reconcile, rollouts) and
+// the two gRPC services over them.
+func (s *Server) newServices() (tenantagentv1.AgentServiceServer, controlplanev1.AdminServiceServer, error) {
+	cfg, logger := s.cfg, s.cfg.Logger
+	var err error
+	if s.dispatcher, err = dispatch.New(dispatch.Config{Store: s.store, Sessions: s.sessions, Agents: s.fleet, Logger: logger, Observer: s.metrics,
+		CommandTTL: cfg.CommandTTL, HistoryRetention: cfg.HistoryRetention}); err != nil {
+		return nil, nil, err
+	}
+	rec, err := reconcile.New(reconcile.Config{Store: s.store, Fleet: s.fleet, Issuer: s.dispatcher, Logger: logger,
 		BackoffBase: cfg.ReconcileBackoff, BackoffMax: cfg.ReconcileBackoffMax})
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	if s.rollouts, err = rollout.New(s.lifetime, rollout.Config{Store: s.store, Fleet: fl, Dispatcher: s.dispatcher, Presence: s.sessions,
+	if s.rollouts, err = rollout.New(s.lifetime, rollout.Config{Store: s.store, Fleet: s.fleet, Dispatcher: s.dispatcher, Presence: s.sessions,
 		Logger: logger, DefaultParallel: cfg.DefaultParallelTenants}); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	agents, err := agentsvc.New(agentsvc.Config{Sessions: s.sessions, Fleet: fl, Dispatcher: s.dispatcher, Reconciler: rec, Logger: logger, HeartbeatInterval: cfg.HeartbeatInterval})
+	agents, err := agentsvc.New(agentsvc.Config{Sessions: s.sessions, Fleet: s.fleet, Dispatcher: s.dispatcher, Reconciler: rec, Logger: logger, HeartbeatInterval: cfg.HeartbeatInterval})
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	admin, err := adminsvc.New(adminsvc.Config{Store: s.store, Fleet: fl, Dispatcher: s.dispatcher, Rollouts: s.rollouts, Logger: logger})
+	admin, err := adminsvc.New(adminsvc.Config{Store: s.store, Fleet: s.fleet, Dispatcher: s.dispatcher, Rollouts: s.rollouts, Logger: logger})
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
+	return agents, admin, nil
+}
 
+// newGRPCServers builds the agent and admin gRPC servers: mTLS, the auth
+// interceptors, and each port's own limits and services.
+func (s *Server) newGRPCServers(agents tenantagentv1.AgentServiceServer, admin controlplanev1.AdminServiceServer) error {
+	cfg, logger := s.cfg, s.cfg.Logger
 	src, err := mtls.NewSource(cfg.TLS, logger)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	grants, _ := auth.ParseGrants(cfg.ServiceGrants) // checked in CheckAndSetDefaults
 	// No deny check in the handshake: denied peers are refused at the call
 	// (Interceptors.Check) with PermissionDenied and the reason, and the
 	// reconnect limiter bounds how often they may come back.
-	creds := mtls.ServerCredentials(src, mtls.ServerOptions{TrustDomain: cfg.TrustDomain, Track: deny.TrackConn, Logger: logger})
+	creds := mtls.ServerCredentials(src, mtls.ServerOptions{TrustDomain: cfg.TrustDomain, Track: s.deny.TrackConn, Logger: logger})
 	s.reconnects = admission.NewReconnects(cfg.ReconnectBurst, cfg.ReconnectInterval, logger)
 	common := append([]grpc.ServerOption{grpc.Creds(creds), grpc.ConnectionTimeout(cfg.HandshakeTimeout)}, auth.Interceptors{
-		TrustDomain: cfg.TrustDomain, Policy: auth.NewPolicy(grants), Check: deny.Check, Tracker: deny, Admit: s.admit, Logger: logger,
+		TrustDomain: cfg.TrustDomain, Policy: auth.NewPolicy(grants), Check: s.deny.Check, Tracker: s.deny, Admit: s.admit, Logger: logger,
 	}.ServerOptions()...)
 
 	s.agentSrv = grpc.NewServer(append(common,
@@ -152,9 +183,13 @@ func New(cfg Config) (_ *Server, err error) {
 	s.health = health.NewServer()
 	grpc_health_v1.RegisterHealthServer(s.adminSrv, s.health)
 	reflection.Register(s.adminSrv)
+	return nil
+}
 
+// newHTTPServer serves /metrics, /healthz and, if asked, pprof.
+func (s *Server) newHTTPServer() {
 	mux := http.NewServeMux()
-	mux.Handle("/metrics", promhttp.HandlerFor(m.Registry, promhttp.HandlerOpts{}))
+	mux.Handle("/metrics", promhttp.HandlerFor(s.metrics.Registry, promhttp.HandlerOpts{}))
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
 		if !s.serving.Load() {
 			http.Error(w, "shutting down", http.StatusServiceUnavailable)
@@ -162,26 +197,27 @@ func New(cfg Config) (_ *Server, err error) {
 		}
 		fmt.Fprintln(w, "ok")
 	})
-	if cfg.Pprof {
+	if s.cfg.Pprof {
 		mux.HandleFunc("/debug/pprof/", pprof.Index)
 		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
 	}
 	s.httpSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+}
 
+// listen binds the three ports; the agent port admits at most
+// MaxAgentConns connections.
+func (s *Server) listen() (err error) {
 	for _, l := range []struct {
 		addr string
 		lis  *net.Listener
-	}{{cfg.AgentAddr, &s.agentLis}, {cfg.AdminAddr, &s.adminLis}, {cfg.HTTPAddr, &s.httpLis}} {
+	}{{s.cfg.AgentAddr, &s.agentLis}, {s.cfg.AdminAddr, &s.adminLis}, {s.cfg.HTTPAddr, &s.httpLis}} {
 		if *l.lis, err = net.Listen("tcp", l.addr); err != nil {
-			return nil, err
+			return err
 		}
 	}
-	s.agentConns = admission.LimitListener(s.agentLis, cfg.MaxAgentConns, m.ConnRefused)
+	s.agentConns = admission.LimitListener(s.agentLis, s.cfg.MaxAgentConns, s.metrics.ConnRefused)
 	s.agentLis = s.agentConns
-	if err := s.rollouts.Resume(s.lifetime); err != nil {
-		return nil, fmt.Errorf("resume rollouts: %w", err)
-	}
-	return s, nil
+	return nil
 }
 
 // admit refuses an agent stream that comes too soon after the identity's
