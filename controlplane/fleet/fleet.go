@@ -337,9 +337,11 @@ func (f *Fleet) CheckSession(s *session.Session) error {
 // AgentView is an agent as operators see it: its last report, whether it
 // is connected, held or denied, and each runtime compared with its pin.
 type AgentView struct {
+	// Agent is the record; its LastSeen is the session's while connected.
 	store.Agent
 	Connected, Held, Denied bool
-	Runtimes                []RuntimeView
+	// Runtimes are Agent.Runtimes, each with its pin.
+	Runtimes []RuntimeView
 }
 
 // RuntimeView is one runtime of an agent against its pin.

@@ -447,7 +447,10 @@ func (x *run) preissue(ctx context.Context, phase controlplanev1.RolloutPhase, k
 	}
 	var fresh []*store.Command
 	for _, t := range tenants {
-		_, f := x.plan(existing, kind, t, targets[t])
+		_, f, err := x.plan(existing, kind, t, targets[t])
+		if err != nil {
+			continue // the tenant reports it when it runs
+		}
 		fresh = append(fresh, f...)
 	}
 	if len(fresh) == 0 {
@@ -465,23 +468,21 @@ func (x *run) preissue(ctx context.Context, phase controlplanev1.RolloutPhase, k
 // plan returns a tenant's commands for this rollout: the ones already
 // journaled (among existing), and fresh ones, not yet journaled, for its
 // agents without one.
-func (x *run) plan(existing []*store.Command, kind controlplanev1.CommandKind, tenant string, agents []store.Agent) (cmds, fresh []*store.Command) {
+func (x *run) plan(existing []*store.Command, kind controlplanev1.CommandKind, tenant string, agents []store.Agent) (cmds, fresh []*store.Command, err error) {
 	for _, a := range agents {
 		i := slices.IndexFunc(existing, func(c *store.Command) bool { return c.Agent == a.Identity })
 		if i >= 0 {
 			cmds = append(cmds, existing[i])
 			continue
 		}
-		// The rollout's repository is the pin's, so Command needs no
-		// agent report and cannot fail.
 		c, err := x.cfg.Dispatcher.Command(dispatch.Request{Kind: kind, Runtime: x.ro.Runtime, Repository: x.ro.Repository, Digest: x.ro.Digest,
 			RequestedBy: x.ro.RequestedBy, RolloutID: x.ro.ID}, a)
 		if err != nil {
-			continue
+			return nil, nil, err
 		}
 		cmds, fresh = append(cmds, c), append(fresh, c)
 	}
-	return cmds, fresh
+	return cmds, fresh, nil
 }
 
 // tenant refreshes (or prefetches) one tenant: one command per agent that
@@ -493,7 +494,11 @@ func (x *run) tenant(ctx context.Context, phase controlplanev1.RolloutPhase, kin
 		x.emit(controlplanev1.RolloutEventKind_ROLLOUT_EVENT_KIND_COMMAND_UPDATED, phase, tenant, nil, "cannot read commands: "+err.Error())
 		return failedOutcome
 	}
-	cmds, fresh := x.plan(existing, kind, tenant, agents)
+	cmds, fresh, err := x.plan(existing, kind, tenant, agents)
+	if err != nil {
+		x.emit(controlplanev1.RolloutEventKind_ROLLOUT_EVENT_KIND_COMMAND_UPDATED, phase, tenant, nil, "cannot build commands: "+err.Error())
+		return failedOutcome
+	}
 	// Subscribe before issuing, so no update is missed.
 	subs := make([]*pubsub.Subscription[dispatch.Update], len(cmds))
 	for i, c := range cmds {
