@@ -35,11 +35,11 @@ func (x *Executor) cleanUp(ctx context.Context, r *tenantagentv1.CommandResult, 
 	for _, name := range res.Removed[:min(len(res.Removed), limits.Containers)] {
 		r.RemovedImages = append(r.RemovedImages, limits.Truncate(name, limits.ImageRef))
 	}
-	msg := fmt.Sprintf("removed %d unused image(s), reclaimed %s", len(res.Removed), bytesString(res.ReclaimedBytes))
+	msg := fmt.Sprintf("removed %d unused image(s), reclaimed %s", len(res.Removed), docker.HumanBytes(res.ReclaimedBytes))
 	if len(res.Errors) > 0 {
 		msg += fmt.Sprintf("; could not remove %d: %s", len(res.Errors), strings.Join(res.Errors, "; "))
 	}
 	hooks.Progress(&Progress{Phase: tenantagentv1.CommandPhase_COMMAND_PHASE_CLEANING_UP, Message: msg})
-	x.cfg.Logger.Info("image cleanup done", "repository", repo, "removed", len(res.Removed), "reclaimed", bytesString(res.ReclaimedBytes), "failed", len(res.Errors))
+	x.cfg.Logger.Info("image cleanup done", "repository", repo, "removed", len(res.Removed), "reclaimed", docker.HumanBytes(res.ReclaimedBytes), "failed", len(res.Errors))
 	return r
 }

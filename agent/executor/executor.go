@@ -299,7 +299,7 @@ func (x *Executor) pull(ctx context.Context, ref, repo string, hooks Hooks) (doc
 	hooks.Progress(&Progress{Phase: tenantagentv1.CommandPhase_COMMAND_PHASE_PULLING, Message: "pulling " + ref})
 	res, err := x.cfg.Engine.Pull(ctx, ref, docker.PullOptions{Auth: auth}, func(p docker.PullProgress) {
 		hooks.Progress(&Progress{Phase: tenantagentv1.CommandPhase_COMMAND_PHASE_PULLING, Layers: layers(p.Layers), CurrentBytes: p.CurrentBytes, TotalBytes: p.TotalBytes,
-			Message: fmt.Sprintf("pulling %s: %s of %s", ref, bytesString(p.CurrentBytes), bytesString(p.TotalBytes))})
+			Message: fmt.Sprintf("pulling %s: %s of %s", ref, docker.HumanBytes(p.CurrentBytes), docker.HumanBytes(p.TotalBytes))})
 	})
 	if err != nil {
 		return res, err
@@ -549,17 +549,4 @@ func shortCommand(id string) string {
 		return "cmd"
 	}
 	return b.String()
-}
-
-func bytesString(n uint64) string {
-	const unit = 1024
-	if n < unit {
-		return fmt.Sprintf("%d B", n)
-	}
-	div, exp := uint64(unit), 0
-	for m := n / unit; m >= unit; m /= unit {
-		div *= unit
-		exp++
-	}
-	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
 }
