@@ -2,10 +2,7 @@ package executor
 
 import (
 	"context"
-	"crypto/rand"
 	"fmt"
-	"io"
-	"log/slog"
 	"strings"
 	"testing"
 	"time"
@@ -14,7 +11,6 @@ import (
 
 	"github.com/molecule-ai/tenant-agent/agent/docker"
 	tenantagentv1 "github.com/molecule-ai/tenant-agent/gen/tenantagent/v1"
-	"github.com/molecule-ai/tenant-agent/internal/registrytest"
 )
 
 // A refresh whose temporary name is already held by a container the agent
@@ -29,24 +25,10 @@ func TestRefreshRefusesTempNameHeldByAnother(t *testing.T) {
 		"an unlabelled container": func(string) map[string]string { return nil },
 	} {
 		t.Run(name, func(t *testing.T) {
-			cli := registrytest.Docker(t)
 			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 			defer cancel()
-			logger := slog.New(slog.NewTextHandler(io.Discard, nil))
-			engine, err := docker.New("", logger)
-			if err != nil {
-				t.Fatal(err)
-			}
-			reg := registrytest.StartRegistry(t)
-			repo, v1 := reg.Push(t, "molecule-ai/workspace-template-codex", registrytest.WorkspaceImage(t, registrytest.Image{Version: "v1"}))
-			_, v2 := reg.Push(t, "molecule-ai/workspace-template-codex", registrytest.WorkspaceImage(t, registrytest.Image{Version: "v2"}))
-			t.Cleanup(func() { registrytest.RemoveImages(t, cli, repo) })
-			if _, err := engine.Pull(ctx, repo+"@"+v1, docker.PullOptions{}, nil); err != nil {
-				t.Fatal(err)
-			}
-			b := make([]byte, 4)
-			rand.Read(b)
-			ws := fmt.Sprintf("ws-%x", b)
+			f := newEngineFixture(t, ctx)
+			cli, engine, logger, repo, v1, v2, ws := f.cli, f.engine, f.logger, f.repo, f.v1, f.v2, f.workspace
 			sel := docker.Selector{"molecule.org-id": "own-" + ws, "molecule.platform.managed": "true"}
 			run := func(name string, labels map[string]string) string {
 				c, err := cli.ContainerCreate(ctx, &container.Config{Image: repo + "@" + v1, Labels: labels}, nil, nil, nil, name)
