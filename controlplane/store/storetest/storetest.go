@@ -1,0 +1,493 @@
+// Package storetest is the contract every store.Store implementation
+// passes: one suite, run by each implementation's tests, so SQLite and
+// PostgreSQL cannot drift apart in ordering, errors or supersede rules.
+package storetest
+
+import (
+	"context"
+	"errors"
+	"slices"
+	"testing"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/molecule-ai/tenant-agent/controlplane/store"
+	controlplanev1 "github.com/molecule-ai/tenant-agent/gen/controlplane/v1"
+	tenantagentv1 "github.com/molecule-ai/tenant-agent/gen/tenantagent/v1"
+)
+
+const (
+	pending   = controlplanev1.CommandState_COMMAND_STATE_PENDING
+	sent      = controlplanev1.CommandState_COMMAND_STATE_SENT
+	acked     = controlplanev1.CommandState_COMMAND_STATE_ACKED
+	succeeded = controlplanev1.CommandState_COMMAND_STATE_SUCCEEDED
+	refresh   = controlplanev1.CommandKind_COMMAND_KIND_REFRESH
+	prefetch  = controlplanev1.CommandKind_COMMAND_KIND_PREFETCH
+)
+
+// Run runs the contract against stores from open, which returns a new,
+// empty store for each subtest and closes it when the test ends.
+func Run(t *testing.T, open func(t *testing.T) store.Store) {
+	for _, tc := range []struct {
+		name string
+		fn   func(*testing.T, store.Store)
+	}{
+		{"Pins", testPins},
+		{"InsertSupersedesPendingRefreshes", testSupersede},
+		{"CommandsRoundTrip", testCommandRoundTrip},
+		{"UpdateCommands", testUpdateCommands},
+		{"ListCommandsFiltersAndPages", testListCommands},
+		{"AdvanceCommandsMovesOnlyFromTheGivenStates", testAdvance},
+		{"PruneHistoryKeepsUnfinishedAndRecent", testPrune},
+		{"Events", testEvents},
+		{"Agents", testAgents},
+		{"HoldsAndDenials", testHoldsAndDenials},
+		{"Rollouts", testRollouts},
+	} {
+		t.Run(tc.name, func(t *testing.T) { tc.fn(t, open(t)) })
+	}
+}
+
+// at is a time with nanoseconds, which every store keeps exactly.
+func at(sec int64) time.Time { return time.Unix(sec, 123456789) }
+
+// Cmd is a PENDING refresh of runtime for agent, of tenant acme.
+func Cmd(id, agent, runtime string) *store.Command {
+	now := time.Now()
+	return &store.Command{ID: id, Agent: agent, Tenant: "acme", Kind: refresh, Runtime: runtime, Repository: "r", Digest: "sha256:x",
+		State: pending, RequestedBy: "test", CreatedAt: now, UpdatedAt: now, Deadline: now.Add(time.Hour)}
+}
+
+func insert(t *testing.T, s store.Store, cmds ...*store.Command) []string {
+	t.Helper()
+	superseded, err := s.InsertCommands(context.Background(), cmds)
+	if err != nil {
+		t.Fatalf("InsertCommands: %v", err)
+	}
+	return superseded
+}
+
+// update is one UpdateCommands, as the dispatcher makes them.
+func update(t *testing.T, s store.Store, id string, fn func(*store.Command) bool, ev func(*store.Command) *store.Event) (*store.Command, bool) {
+	t.Helper()
+	out, err := s.UpdateCommands(context.Background(), []store.CommandUpdate{{ID: id, Fn: fn, Event: ev}})
+	if err != nil || len(out) != 1 {
+		t.Fatalf("UpdateCommands(%s) = %v, %v", id, out, err)
+	}
+	return out[0].Command, out[0].Changed
+}
+
+func ids(cs []*store.Command) []string {
+	out := []string{}
+	for _, c := range cs {
+		out = append(out, c.ID)
+	}
+	return out
+}
+
+func listIDs(t *testing.T, s store.Store, f store.CommandFilter) []string {
+	t.Helper()
+	cs, err := s.ListCommands(context.Background(), f)
+	if err != nil {
+		t.Fatalf("ListCommands(%+v): %v", f, err)
+	}
+	return ids(cs)
+}
+
+func testPins(t *testing.T, s store.Store) {
+	ctx := context.Background()
+	if _, err := s.CurrentPin(ctx, "codex"); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("no pin yet: err = %v, want ErrNotFound", err)
+	}
+	if pins, err := s.ListPins(ctx); err != nil || len(pins) != 0 {
+		t.Fatalf("ListPins on empty = %+v, %v", pins, err)
+	}
+	first := store.Pin{Runtime: "codex", TemplateName: "t", Repository: "r", Digest: "sha256:a", GitSHA: "abc", PromotedAt: at(1), PromotedBy: "op", Notes: "n"}
+	for _, p := range []store.Pin{first,
+		{Runtime: "hermes", Repository: "h", Digest: "sha256:h", PromotedAt: at(2), PromotedBy: "op"},
+		{Runtime: "codex", Repository: "r", Digest: "sha256:b", PromotedAt: at(3), PromotedBy: "op"},
+	} {
+		if err := s.RecordPin(ctx, p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	p, err := s.CurrentPin(ctx, "codex")
+	if err != nil || p.Digest != "sha256:b" {
+		t.Fatalf("current pin = %+v, %v; want sha256:b", p, err)
+	}
+	pins, err := s.ListPins(ctx)
+	if err != nil || len(pins) != 2 || pins[0].Digest != "sha256:b" || pins[1].Runtime != "hermes" {
+		t.Fatalf("ListPins = %+v, %v; want codex@b, hermes", pins, err)
+	}
+	hist, err := s.PinHistory(ctx, "codex", 0)
+	if err != nil || len(hist) != 2 || hist[0].Digest != "sha256:b" {
+		t.Fatalf("history = %+v, %v; want b then a", hist, err)
+	}
+	if !hist[1].PromotedAt.Equal(first.PromotedAt) {
+		t.Errorf("PromotedAt = %v; want %v", hist[1].PromotedAt, first.PromotedAt)
+	}
+	hist[1].PromotedAt = first.PromotedAt
+	if hist[1] != first {
+		t.Errorf("oldest pin = %+v; want %+v", hist[1], first)
+	}
+	if hist, _ := s.PinHistory(ctx, "codex", 1); len(hist) != 1 || hist[0].Digest != "sha256:b" {
+		t.Errorf("history limited to 1 = %+v", hist)
+	}
+}
+
+func testSupersede(t *testing.T, s store.Store) {
+	ctx := context.Background()
+	pf := Cmd("p1", "a1", "codex")
+	pf.Kind = prefetch
+	insert(t, s, Cmd("c1", "a1", "codex"), Cmd("h1", "a1", "hermes"), Cmd("x1", "a2", "codex"), pf)
+	if got := insert(t, s, Cmd("c2", "a1", "codex")); !slices.Equal(got, []string{"c1"}) {
+		t.Fatalf("superseded = %v; want [c1] (not hermes, not another agent, not a prefetch)", got)
+	}
+	c1, err := s.GetCommand(ctx, "c1")
+	if err != nil || c1.State != controlplanev1.CommandState_COMMAND_STATE_SUPERSEDED || c1.Error != "superseded by c2" {
+		t.Fatalf("c1 = %+v, %v", c1, err)
+	}
+	if evs, _ := s.ListEvents(ctx, "c1"); len(evs) != 2 || evs[1].State != controlplanev1.CommandState_COMMAND_STATE_SUPERSEDED {
+		t.Errorf("c1 events = %+v; want journaled, superseded", evs)
+	}
+	// A sent refresh is under way: a new one does not supersede it.
+	update(t, s, "c2", func(c *store.Command) bool { c.State = sent; return true }, nil)
+	if got := insert(t, s, Cmd("c3", "a1", "codex")); len(got) != 0 {
+		t.Fatalf("superseded = %v; want none (c2 was sent)", got)
+	}
+	// Within one batch, the later refresh supersedes the earlier.
+	if got := insert(t, s, Cmd("y1", "a3", "codex"), Cmd("y2", "a3", "codex")); !slices.Equal(got, []string{"y1"}) {
+		t.Fatalf("superseded in batch = %v; want [y1]", got)
+	}
+	if _, err := s.InsertCommands(ctx, []*store.Command{Cmd("c2", "a9", "codex")}); err == nil {
+		t.Fatal("duplicate command ID accepted")
+	}
+	// A failed batch stores nothing of itself.
+	if _, err := s.InsertCommands(ctx, []*store.Command{Cmd("z1", "a4", "codex"), Cmd("c2", "a4", "codex")}); err == nil {
+		t.Fatal("batch with a duplicate accepted")
+	}
+	if _, err := s.GetCommand(ctx, "z1"); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("half a failed batch stored: %v", err)
+	}
+}
+
+func testCommandRoundTrip(t *testing.T, s store.Store) {
+	ctx := context.Background()
+	if _, err := s.GetCommand(ctx, "nope"); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("GetCommand(nope) = %v; want ErrNotFound", err)
+	}
+	c := &store.Command{ID: "c1", Agent: "spiffe://td/tenant/acme", Tenant: "acme", Kind: refresh, Runtime: "codex",
+		Repository: "r", Digest: "sha256:x", Options: &tenantagentv1.RefreshOptions{MaxParallelContainers: 2}, State: pending, RequestedBy: "op",
+		RolloutID: "r1", CreatedAt: at(10), UpdatedAt: at(11), Deadline: at(12)}
+	insert(t, s, c, Cmd("c2", "b", "codex"))
+	if c.Seq == 0 {
+		t.Error("InsertCommands left Seq unset")
+	}
+	got, err := s.GetCommand(ctx, "c1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !got.CreatedAt.Equal(c.CreatedAt) || !got.UpdatedAt.Equal(c.UpdatedAt) || !got.Deadline.Equal(c.Deadline) {
+		t.Errorf("times = %v %v %v; want %v %v %v", got.CreatedAt, got.UpdatedAt, got.Deadline, c.CreatedAt, c.UpdatedAt, c.Deadline)
+	}
+	if !proto.Equal(got.Options, c.Options) || got.Result != nil {
+		t.Errorf("options %v, result %v; want %v, nil", got.Options, got.Result, c.Options)
+	}
+	got.CreatedAt, got.UpdatedAt, got.Deadline, got.Options = c.CreatedAt, c.UpdatedAt, c.Deadline, c.Options
+	if *got != *c {
+		t.Errorf("stored %+v;\nwant %+v", got, c)
+	}
+	if c2, _ := s.GetCommand(ctx, "c2"); c2.Options != nil || c2.Seq <= c.Seq {
+		t.Errorf("c2 options %v (want nil), seq %d after %d", c2.Options, c2.Seq, c.Seq)
+	}
+}
+
+func testUpdateCommands(t *testing.T, s store.Store) {
+	ctx := context.Background()
+	insert(t, s, Cmd("c1", "a", "codex"), Cmd("c2", "b", "codex"))
+	result := &tenantagentv1.CommandResult{CommandId: "c1", Outcome: tenantagentv1.CommandOutcome_COMMAND_OUTCOME_SUCCEEDED}
+	out, err := s.UpdateCommands(ctx, []store.CommandUpdate{
+		{ID: "c1", Fn: func(c *store.Command) bool {
+			c.State, c.Result, c.Error, c.UpdatedAt = succeeded, result, "e", at(50)
+			return true
+		}, Event: func(c *store.Command) *store.Event {
+			return &store.Event{CommandID: c.ID, At: at(50), State: c.State, Message: "result"}
+		}},
+		{ID: "nope", Fn: func(*store.Command) bool { t.Error("Fn called for a missing command"); return true }},
+		{ID: "c2", Fn: func(c *store.Command) bool { c.State = acked; return false }, // unchanged: not written
+			Event: func(*store.Command) *store.Event { t.Error("Event called without a change"); return nil }},
+	})
+	if err != nil || len(out) != 3 {
+		t.Fatalf("UpdateCommands = %+v, %v", out, err)
+	}
+	if !out[0].Changed || out[0].Command.State != succeeded || out[1].Command != nil || out[1].Changed || out[2].Changed || out[2].Command == nil {
+		t.Fatalf("outcomes = %+v %+v %+v", out[0], out[1], out[2])
+	}
+	got, _ := s.GetCommand(ctx, "c1")
+	if got.State != succeeded || got.Error != "e" || !got.UpdatedAt.Equal(at(50)) || !proto.Equal(got.Result, result) {
+		t.Fatalf("c1 stored as %+v", got)
+	}
+	if c2, _ := s.GetCommand(ctx, "c2"); c2.State != pending {
+		t.Errorf("unchanged c2 written: %v", c2.State)
+	}
+	evs, err := s.ListEvents(ctx, "c1")
+	if err != nil || len(evs) != 2 || evs[1].Message != "result" || evs[1].State != succeeded {
+		t.Fatalf("events = %+v, %v", evs, err)
+	}
+	// A failing update rolls the whole batch back.
+	if _, err := s.UpdateCommands(ctx, []store.CommandUpdate{
+		{ID: "c2", Fn: func(c *store.Command) bool { c.State = acked; return true }},
+		{ID: "c1", Fn: func(c *store.Command) bool {
+			c.Result = &tenantagentv1.CommandResult{CommandId: string([]byte{0xff})}
+			return true
+		}},
+	}); err == nil {
+		t.Fatal("an update with an unencodable result succeeded")
+	}
+	if c2, _ := s.GetCommand(ctx, "c2"); c2.State != pending {
+		t.Errorf("c2 = %v after a failed batch; want pending", c2.State)
+	}
+}
+
+func testListCommands(t *testing.T, s store.Store) {
+	a, b, c, d := Cmd("a", "x", "codex"), Cmd("b", "y", "codex"), Cmd("c", "x", "hermes"), Cmd("d", "y", "codex")
+	b.Tenant, c.RolloutID, d.Kind = "other", "r1", prefetch
+	a.Deadline = time.Now().Add(-time.Minute)
+	insert(t, s, a, b, c, d)
+	update(t, s, "b", func(c *store.Command) bool { c.State = acked; return true }, nil)
+	for _, tc := range []struct {
+		f    store.CommandFilter
+		want []string
+	}{
+		{store.CommandFilter{}, []string{"d", "c", "b", "a"}},
+		{store.CommandFilter{Oldest: true}, []string{"a", "b", "c", "d"}},
+		{store.CommandFilter{Agent: "x"}, []string{"c", "a"}},
+		{store.CommandFilter{Tenant: "other"}, []string{"b"}},
+		{store.CommandFilter{Runtime: "hermes"}, []string{"c"}},
+		{store.CommandFilter{RolloutID: "r1"}, []string{"c"}},
+		{store.CommandFilter{Kind: prefetch}, []string{"d"}},
+		{store.CommandFilter{States: []controlplanev1.CommandState{acked, sent}}, []string{"b"}},
+		{store.CommandFilter{DeadlineBefore: time.Now()}, []string{"a"}},
+		{store.CommandFilter{Agent: "y", Kind: refresh}, []string{"b"}},
+		{store.CommandFilter{Limit: 2}, []string{"d", "c"}},
+		{store.CommandFilter{Limit: 2, Oldest: true}, []string{"a", "b"}},
+	} {
+		if got := listIDs(t, s, tc.f); !slices.Equal(got, tc.want) {
+			t.Errorf("ListCommands(%+v) = %v; want %v", tc.f, got, tc.want)
+		}
+	}
+	page1, _ := s.ListCommands(context.Background(), store.CommandFilter{Limit: 2})
+	if got := listIDs(t, s, store.CommandFilter{Limit: 2, BeforeSeq: page1[1].Seq}); !slices.Equal(got, []string{"b", "a"}) {
+		t.Errorf("second page = %v; want [b a]", got)
+	}
+}
+
+func testAdvance(t *testing.T, s store.Store) {
+	ctx := context.Background()
+	insert(t, s, Cmd("a", "x", "codex"), Cmd("b", "y", "codex"), Cmd("c", "z", "codex"))
+	update(t, s, "b", func(c *store.Command) bool { c.State = acked; return true }, nil)
+	changed, err := s.AdvanceCommands(ctx, []string{"c", "a", "b", "missing"}, []controlplanev1.CommandState{pending}, sent, at(70), "sent")
+	if err != nil || !slices.Equal(ids(changed), []string{"c", "a"}) {
+		t.Fatalf("changed = %v, %v; want [c a] (b was already acked)", ids(changed), err)
+	}
+	if changed[1].State != sent || !changed[1].UpdatedAt.Equal(at(70)) || changed[1].Agent != "x" {
+		t.Errorf("returned %+v; want a as stored after", changed[1])
+	}
+	if b, _ := s.GetCommand(ctx, "b"); b.State != acked {
+		t.Errorf("b moved back to %v", b.State)
+	}
+	if evs, _ := s.ListEvents(ctx, "a"); len(evs) != 2 || evs[1].Message != "sent" || evs[1].State != sent || !evs[1].At.Equal(at(70)) {
+		t.Errorf("a's events = %+v", evs)
+	}
+	if evs, _ := s.ListEvents(ctx, "b"); len(evs) != 1 {
+		t.Errorf("b got an event without moving: %+v", evs)
+	}
+	changed, err = s.AdvanceCommands(ctx, []string{"a", "b"}, []controlplanev1.CommandState{sent, acked}, controlplanev1.CommandState_COMMAND_STATE_RUNNING, at(80), "running")
+	if err != nil || len(changed) != 2 {
+		t.Fatalf("from two states: %v, %v; want a and b", ids(changed), err)
+	}
+}
+
+func testPrune(t *testing.T, s store.Store) {
+	ctx := context.Background()
+	old := time.Now().Add(-48 * time.Hour)
+	cmds := []*store.Command{Cmd("old-done", "a", "codex"), Cmd("old-pending", "b", "codex"), Cmd("new-done", "c", "codex")}
+	cmds[0].CreatedAt, cmds[0].UpdatedAt = old, old
+	cmds[1].CreatedAt, cmds[1].UpdatedAt = old, old
+	insert(t, s, cmds...)
+	for _, id := range []string{"old-done", "new-done"} {
+		update(t, s, id, func(c *store.Command) bool {
+			// UpdateCommands stamps no time of its own: the old one
+			// stays old.
+			c.State = succeeded
+			return true
+		}, func(c *store.Command) *store.Event {
+			return &store.Event{CommandID: c.ID, At: c.UpdatedAt, State: c.State}
+		})
+	}
+	n, err := s.PruneHistory(ctx, time.Now().Add(-24*time.Hour))
+	if err != nil || n != 1 {
+		t.Fatalf("pruned %d, %v; want 1", n, err)
+	}
+	if _, err := s.GetCommand(ctx, "old-done"); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("old finished command kept: %v", err)
+	}
+	if evs, _ := s.ListEvents(ctx, "old-done"); len(evs) != 0 {
+		t.Errorf("its events kept: %v", evs)
+	}
+	for _, id := range []string{"old-pending", "new-done"} {
+		if _, err := s.GetCommand(ctx, id); err != nil {
+			t.Errorf("%s pruned: %v", id, err)
+		}
+	}
+	if n, err := s.PruneHistory(ctx, time.Now().Add(-24*time.Hour)); err != nil || n != 0 {
+		t.Errorf("second prune = %d, %v; want 0", n, err)
+	}
+}
+
+func testEvents(t *testing.T, s store.Store) {
+	ctx := context.Background()
+	insert(t, s, Cmd("c1", "a", "codex"))
+	progress := &tenantagentv1.CommandProgress{CommandId: "c1", Message: "pulling"}
+	for i, ev := range []store.Event{
+		{CommandID: "c1", At: at(1), State: sent, Message: "one"},
+		{CommandID: "c1", At: at(0), State: sent, Progress: progress, Message: "two"}, // earlier At: still listed second
+	} {
+		if err := s.AppendEvent(ctx, ev); err != nil {
+			t.Fatalf("AppendEvent %d: %v", i, err)
+		}
+	}
+	evs, err := s.ListEvents(ctx, "c1")
+	if err != nil || len(evs) != 3 {
+		t.Fatalf("events = %+v, %v; want journaled, one, two", evs, err)
+	}
+	if evs[0].Message != "journaled" || evs[0].State != pending || evs[1].Message != "one" || evs[1].Progress != nil {
+		t.Errorf("events = %+v", evs)
+	}
+	if e := evs[2]; e.Message != "two" || e.CommandID != "c1" || !e.At.Equal(at(0)) || !proto.Equal(e.Progress, progress) {
+		t.Errorf("event = %+v; want two with its progress", e)
+	}
+	if evs, err := s.ListEvents(ctx, "nope"); err != nil || len(evs) != 0 {
+		t.Errorf("ListEvents(nope) = %v, %v", evs, err)
+	}
+}
+
+func testAgents(t *testing.T, s store.Store) {
+	ctx := context.Background()
+	a := store.Agent{Identity: "spiffe://td/tenant/zeta", Tenant: "zeta", Name: "n", ConnectedAt: at(4), LastSeen: at(5), Hostname: "h",
+		AgentVersion: "1", DockerVersion: "28", DockerReachable: true,
+		Runtimes: []*tenantagentv1.RuntimeStatus{{Runtime: "codex", Containers: []*tenantagentv1.ContainerStatus{{Name: "ws-1", ImageDigest: "sha256:a"}}}}}
+	b := store.Agent{Identity: "spiffe://td/tenant/acme/2", Tenant: "acme"}
+	c := store.Agent{Identity: "spiffe://td/tenant/acme/1", Tenant: "acme"}
+	if err := s.PutAgents(ctx, []store.Agent{a, b, c}); err != nil {
+		t.Fatal(err)
+	}
+	agents, err := s.ListAgents(ctx)
+	if err != nil || len(agents) != 3 || agents[0].Identity != c.Identity || agents[1].Identity != b.Identity {
+		t.Fatalf("agents = %+v, %v; want ordered by tenant, identity", agents, err)
+	}
+	got := agents[2]
+	if !got.ConnectedAt.Equal(a.ConnectedAt) || !got.LastSeen.Equal(a.LastSeen) || len(got.Runtimes) != 1 || !proto.Equal(got.Runtimes[0], a.Runtimes[0]) {
+		t.Fatalf("agent = %+v", got)
+	}
+	got.ConnectedAt, got.LastSeen, got.Runtimes = a.ConnectedAt, a.LastSeen, a.Runtimes
+	if !agentEqual(got, a) {
+		t.Errorf("agent = %+v; want %+v", got, a)
+	}
+	a.DockerReachable, a.Runtimes = false, nil
+	if err := s.PutAgents(ctx, []store.Agent{a}); err != nil {
+		t.Fatal(err)
+	}
+	agents, _ = s.ListAgents(ctx)
+	if len(agents) != 3 || agents[2].DockerReachable || len(agents[2].Runtimes) != 0 {
+		t.Errorf("replaced agent = %+v", agents[2])
+	}
+}
+
+func agentEqual(a, b store.Agent) bool {
+	a.Runtimes, b.Runtimes = nil, nil
+	return a.Identity == b.Identity && a.Tenant == b.Tenant && a.Name == b.Name && a.ConnectedAt.Equal(b.ConnectedAt) &&
+		a.LastSeen.Equal(b.LastSeen) && a.Hostname == b.Hostname && a.AgentVersion == b.AgentVersion &&
+		a.DockerVersion == b.DockerVersion && a.DockerReachable == b.DockerReachable
+}
+
+func testHoldsAndDenials(t *testing.T, s store.Store) {
+	ctx := context.Background()
+	for _, h := range []store.Hold{{Tenant: "zeta", HeldBy: "op", HeldAt: at(1)}, {Tenant: "acme", Reason: "canary", HeldBy: "op", HeldAt: at(2)}, {Tenant: "acme", Reason: "again", HeldBy: "op2", HeldAt: at(3)}} {
+		if err := s.PutHold(ctx, h); err != nil {
+			t.Fatal(err)
+		}
+	}
+	holds, err := s.ListHolds(ctx)
+	if err != nil || len(holds) != 2 || holds[0].Tenant != "acme" || holds[0].Reason != "again" || holds[0].HeldBy != "op2" || !holds[0].HeldAt.Equal(at(3)) {
+		t.Fatalf("holds = %+v, %v; want acme (replaced), zeta", holds, err)
+	}
+	if ok, err := s.DeleteHold(ctx, "acme"); !ok || err != nil {
+		t.Fatalf("delete hold: %v %v", ok, err)
+	}
+	if ok, err := s.DeleteHold(ctx, "acme"); ok || err != nil {
+		t.Fatalf("deleted a hold twice: %v %v", ok, err)
+	}
+	for _, d := range []store.Denial{{Kind: store.DenyTenant, Value: "ab", DeniedBy: "op", DeniedAt: at(1)}, {Kind: store.DenySerial, Value: "ab", Reason: "x", DeniedBy: "op", DeniedAt: at(2)}, {Kind: store.DenySerial, Value: "ab", Reason: "y", DeniedBy: "op", DeniedAt: at(3)}} {
+		if err := s.PutDenial(ctx, d); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ds, err := s.ListDenials(ctx)
+	if err != nil || len(ds) != 2 || ds[0].Kind != store.DenySerial || ds[0].Reason != "y" || !ds[0].DeniedAt.Equal(at(3)) || ds[1].Kind != store.DenyTenant {
+		t.Fatalf("denials = %+v, %v; want serial (replaced), tenant", ds, err)
+	}
+	if ok, err := s.DeleteDenial(ctx, store.DenySerial, "ab"); !ok || err != nil {
+		t.Fatalf("delete denial: %v %v", ok, err)
+	}
+	if ok, _ := s.DeleteDenial(ctx, store.DenySerial, "ab"); ok {
+		t.Fatal("deleted a denial twice")
+	}
+	if ds, _ := s.ListDenials(ctx); len(ds) != 1 || ds[0].Kind != store.DenyTenant {
+		t.Errorf("denials after delete = %+v", ds)
+	}
+}
+
+func testRollouts(t *testing.T, s store.Store) {
+	ctx := context.Background()
+	r := store.Rollout{ID: "r1", Runtime: "codex", Repository: "r", Digest: "sha256:a", RequestedBy: "op", CreatedAt: at(1), UpdatedAt: at(1),
+		Options: store.RolloutOptions{Prefetch: true, MaxParallelTenants: 3, HaltAfterFailures: 2, CanaryTenants: []string{"acme", "zeta"}}, State: store.RolloutRunning}
+	for _, ro := range []store.Rollout{r, {ID: "r2", Runtime: "hermes", State: store.RolloutRunning}, {ID: "r3", Runtime: "codex", State: store.RolloutCompleted}} {
+		if err := s.PutRollout(ctx, ro); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r.State, r.UpdatedAt, r.Message, r.Digest = store.RolloutHalted, at(9), "2 failed", "sha256:ignored"
+	if err := s.PutRollout(ctx, r); err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.ListRollouts(ctx, "codex", store.RolloutHalted)
+	if err != nil || len(got) != 1 {
+		t.Fatalf("halted rollouts = %+v, %v; want r1, replaced in place", got, err)
+	}
+	g := got[0]
+	if g.ID != "r1" || g.Message != "2 failed" || !g.UpdatedAt.Equal(at(9)) || !g.CreatedAt.Equal(at(1)) || g.Digest != "sha256:a" ||
+		!g.Options.Prefetch || g.Options.MaxParallelTenants != 3 || g.Options.HaltAfterFailures != 2 || !slices.Equal(g.Options.CanaryTenants, []string{"acme", "zeta"}) {
+		t.Errorf("r1 = %+v; want state, time and message replaced, the rest as created", g)
+	}
+	for _, tc := range []struct {
+		runtime string
+		state   store.RolloutState
+		want    []string
+	}{
+		{"", "", []string{"r3", "r2", "r1"}},
+		{"codex", "", []string{"r3", "r1"}},
+		{"", store.RolloutRunning, []string{"r2"}},
+		{"codex", store.RolloutRunning, nil},
+	} {
+		rs, err := s.ListRollouts(ctx, tc.runtime, tc.state)
+		var names []string
+		for _, r := range rs {
+			names = append(names, r.ID)
+		}
+		if err != nil || !slices.Equal(names, tc.want) {
+			t.Errorf("ListRollouts(%q, %q) = %v, %v; want %v", tc.runtime, tc.state, names, err, tc.want)
+		}
+	}
+}
