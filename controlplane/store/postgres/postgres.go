@@ -1,0 +1,190 @@
+// Package postgres is the Store for several control plane replicas: one
+// PostgreSQL database shared by all, through pgx's pool. Its semantics
+// are SQLite's (storetest holds both to one contract); migrations are
+// embedded and applied at open under an advisory lock, so replicas
+// starting together apply each one once.
+package postgres
+
+import (
+	"context"
+	"embed"
+	"errors"
+	"fmt"
+	"io/fs"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/molecule-ai/tenant-agent/controlplane/store"
+	controlplanev1 "github.com/molecule-ai/tenant-agent/gen/controlplane/v1"
+)
+
+//go:embed migrations/*.sql
+var migrations embed.FS
+
+// migrationLock is the advisory lock key serializing migrations across
+// replicas ("tenant-a" in ASCII, so it collides with no one by accident).
+const migrationLock = 0x74656e616e742d61
+
+// Store is a store.Store on a PostgreSQL database.
+type Store struct {
+	pool *pgxpool.Pool
+}
+
+var _ store.Store = (*Store)(nil)
+
+// Open connects to the database at dsn (a postgres:// URL or keyword=value
+// string) and applies any migration it has not seen.
+func Open(ctx context.Context, dsn string) (*Store, error) {
+	pool, err := pgxpool.New(ctx, dsn)
+	if err != nil {
+		// Not %w: pgx's parse errors may quote the DSN, password included.
+		return nil, errors.New("postgres store: invalid DSN")
+	}
+	s := &Store{pool: pool}
+	if err := s.migrate(ctx); err != nil {
+		pool.Close()
+		return nil, fmt.Errorf("postgres store: migrate: %w", err)
+	}
+	return s, nil
+}
+
+// Close closes the pool.
+func (s *Store) Close() error {
+	s.pool.Close()
+	return nil
+}
+
+// migrate applies, in one transaction holding the migration lock, every
+// embedded migration not yet in schema_migrations. A replica that waited
+// for the lock finds them recorded and applies nothing.
+func (s *Store) migrate(ctx context.Context) error {
+	names, err := fs.Glob(migrations, "migrations/*.sql")
+	if err != nil {
+		return err
+	}
+	sort.Strings(names)
+	return s.tx(ctx, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, int64(migrationLock)); err != nil {
+			return err
+		}
+		if _, err := tx.Exec(ctx, `CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at BIGINT NOT NULL)`); err != nil {
+			return err
+		}
+		for _, name := range names {
+			if err := applyMigration(ctx, tx, name); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+func applyMigration(ctx context.Context, tx pgx.Tx, name string) error {
+	version, err := strconv.Atoi(strings.SplitN(filepath.Base(name), "_", 2)[0])
+	if err != nil {
+		return fmt.Errorf("migration %s: name must start with a number", name)
+	}
+	var seen bool
+	if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM schema_migrations WHERE version = $1)`, version).Scan(&seen); err != nil || seen {
+		return err
+	}
+	body, err := migrations.ReadFile(name)
+	if err != nil {
+		return err
+	}
+	// No arguments: pgx sends it as a simple query, which may hold
+	// several statements.
+	if _, err := tx.Exec(ctx, string(body)); err != nil {
+		return fmt.Errorf("%s: %w", name, err)
+	}
+	_, err = tx.Exec(ctx, `INSERT INTO schema_migrations (version, applied_at) VALUES ($1, $2)`, version, time.Now().UnixNano())
+	return err
+}
+
+func (s *Store) tx(ctx context.Context, fn func(pgx.Tx) error) error {
+	return pgx.BeginFunc(ctx, s.pool, fn)
+}
+
+// --- pins
+
+func (s *Store) RecordPin(ctx context.Context, p store.Pin) error {
+	_, err := s.pool.Exec(ctx, `INSERT INTO pins (`+pinColumns+`) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)`,
+		p.Runtime, p.TemplateName, p.Repository, p.Digest, p.GitSHA, p.PromotedAt.UnixNano(), p.PromotedBy, p.Notes)
+	return err
+}
+
+const pinColumns = `runtime, template_name, image_repository, image_digest, git_sha, promoted_at, promoted_by, notes`
+
+func scanPin(row pgx.Row) (store.Pin, error) {
+	var p store.Pin
+	var at int64
+	err := row.Scan(&p.Runtime, &p.TemplateName, &p.Repository, &p.Digest, &p.GitSHA, &at, &p.PromotedBy, &p.Notes)
+	p.PromotedAt = time.Unix(0, at)
+	return p, err
+}
+
+func (s *Store) CurrentPin(ctx context.Context, runtime string) (store.Pin, error) {
+	p, err := scanPin(s.pool.QueryRow(ctx, `SELECT `+pinColumns+` FROM pins WHERE runtime = $1 ORDER BY seq DESC LIMIT 1`, runtime))
+	if errors.Is(err, pgx.ErrNoRows) {
+		return p, fmt.Errorf("runtime %q has no pin: %w", runtime, store.ErrNotFound)
+	}
+	return p, err
+}
+
+func (s *Store) ListPins(ctx context.Context) ([]store.Pin, error) {
+	return queryAll(ctx, s.pool, scanPin, `SELECT `+pinColumns+` FROM pins WHERE seq IN (SELECT MAX(seq) FROM pins GROUP BY runtime) ORDER BY runtime`)
+}
+
+func (s *Store) PinHistory(ctx context.Context, runtime string, limit int) ([]store.Pin, error) {
+	var max any // LIMIT NULL is no limit
+	if limit > 0 {
+		max = limit
+	}
+	return queryAll(ctx, s.pool, scanPin, `SELECT `+pinColumns+` FROM pins WHERE runtime = $1 ORDER BY seq DESC LIMIT $2`, runtime, max)
+}
+
+// --- helpers
+
+type querier interface {
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+}
+
+func queryAll[T any](ctx context.Context, q querier, scan func(pgx.Row) (T, error), sql string, args ...any) ([]T, error) {
+	rows, err := q.Query(ctx, sql, args...)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []T
+	for rows.Next() {
+		v, err := scan(rows)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, v)
+	}
+	return out, rows.Err()
+}
+
+func marshalOrNil(m proto.Message) ([]byte, error) {
+	if m == nil || !m.ProtoReflect().IsValid() {
+		return nil, nil
+	}
+	return proto.Marshal(m)
+}
+
+// states is the column form of command states.
+func states(ss []controlplanev1.CommandState) []int32 {
+	out := make([]int32, len(ss))
+	for i, s := range ss {
+		out[i] = int32(s)
+	}
+	return out
+}

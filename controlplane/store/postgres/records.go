@@ -1,0 +1,142 @@
+package postgres
+
+import (
+	"context"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/molecule-ai/tenant-agent/controlplane/store"
+	controlplanev1 "github.com/molecule-ai/tenant-agent/gen/controlplane/v1"
+	tenantagentv1 "github.com/molecule-ai/tenant-agent/gen/tenantagent/v1"
+)
+
+// --- agents
+
+func (s *Store) PutAgents(ctx context.Context, agents []store.Agent) error {
+	return s.tx(ctx, func(tx pgx.Tx) error {
+		for _, a := range agents {
+			runtimes, err := proto.Marshal(&tenantagentv1.HealthReport{Runtimes: a.Runtimes})
+			if err != nil {
+				return err
+			}
+			if _, err := tx.Exec(ctx, `INSERT INTO agents (identity, tenant, name, connected_at, last_seen, hostname, agent_version, docker_version, docker_reachable, runtimes)
+				VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+				ON CONFLICT (identity) DO UPDATE SET tenant = excluded.tenant, name = excluded.name, connected_at = excluded.connected_at,
+					last_seen = excluded.last_seen, hostname = excluded.hostname, agent_version = excluded.agent_version,
+					docker_version = excluded.docker_version, docker_reachable = excluded.docker_reachable, runtimes = excluded.runtimes`,
+				a.Identity, a.Tenant, a.Name, a.ConnectedAt.UnixNano(), a.LastSeen.UnixNano(), a.Hostname, a.AgentVersion, a.DockerVersion, a.DockerReachable, runtimes); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+func (s *Store) ListAgents(ctx context.Context) ([]store.Agent, error) {
+	return queryAll(ctx, s.pool, scanAgent, `SELECT identity, tenant, name, connected_at, last_seen, hostname, agent_version, docker_version, docker_reachable, runtimes FROM agents ORDER BY tenant, identity`)
+}
+
+func scanAgent(r pgx.Row) (store.Agent, error) {
+	var a store.Agent
+	var connected, seen int64
+	var runtimes []byte
+	if err := r.Scan(&a.Identity, &a.Tenant, &a.Name, &connected, &seen, &a.Hostname, &a.AgentVersion, &a.DockerVersion, &a.DockerReachable, &runtimes); err != nil {
+		return a, err
+	}
+	a.ConnectedAt, a.LastSeen = time.Unix(0, connected), time.Unix(0, seen)
+	var report tenantagentv1.HealthReport
+	if err := proto.Unmarshal(runtimes, &report); err != nil {
+		return a, err
+	}
+	a.Runtimes = report.Runtimes
+	return a, nil
+}
+
+// --- holds and denials
+
+func (s *Store) PutHold(ctx context.Context, h store.Hold) error {
+	_, err := s.pool.Exec(ctx, `INSERT INTO holds (tenant, reason, held_by, held_at) VALUES ($1, $2, $3, $4)
+		ON CONFLICT (tenant) DO UPDATE SET reason = excluded.reason, held_by = excluded.held_by, held_at = excluded.held_at`,
+		h.Tenant, h.Reason, h.HeldBy, h.HeldAt.UnixNano())
+	return err
+}
+
+func (s *Store) DeleteHold(ctx context.Context, tenant string) (bool, error) {
+	tag, err := s.pool.Exec(ctx, `DELETE FROM holds WHERE tenant = $1`, tenant)
+	return tag.RowsAffected() > 0, err
+}
+
+func (s *Store) ListHolds(ctx context.Context) ([]store.Hold, error) {
+	return queryAll(ctx, s.pool, func(r pgx.Row) (store.Hold, error) {
+		var h store.Hold
+		var at int64
+		err := r.Scan(&h.Tenant, &h.Reason, &h.HeldBy, &at)
+		h.HeldAt = time.Unix(0, at)
+		return h, err
+	}, `SELECT tenant, reason, held_by, held_at FROM holds ORDER BY tenant`)
+}
+
+func (s *Store) PutDenial(ctx context.Context, d store.Denial) error {
+	_, err := s.pool.Exec(ctx, `INSERT INTO denials (kind, value, reason, denied_by, denied_at) VALUES ($1, $2, $3, $4, $5)
+		ON CONFLICT (kind, value) DO UPDATE SET reason = excluded.reason, denied_by = excluded.denied_by, denied_at = excluded.denied_at`,
+		string(d.Kind), d.Value, d.Reason, d.DeniedBy, d.DeniedAt.UnixNano())
+	return err
+}
+
+func (s *Store) DeleteDenial(ctx context.Context, kind store.DenialKind, value string) (bool, error) {
+	tag, err := s.pool.Exec(ctx, `DELETE FROM denials WHERE kind = $1 AND value = $2`, string(kind), value)
+	return tag.RowsAffected() > 0, err
+}
+
+func (s *Store) ListDenials(ctx context.Context) ([]store.Denial, error) {
+	return queryAll(ctx, s.pool, func(r pgx.Row) (store.Denial, error) {
+		var d store.Denial
+		var kind string
+		var at int64
+		err := r.Scan(&kind, &d.Value, &d.Reason, &d.DeniedBy, &at)
+		d.Kind, d.DeniedAt = store.DenialKind(kind), time.Unix(0, at)
+		return d, err
+	}, `SELECT kind, value, reason, denied_by, denied_at FROM denials ORDER BY kind, value`)
+}
+
+// --- rollouts
+
+const rolloutColumns = `id, runtime, image_repository, image_digest, options, state, requested_by, created_at, updated_at, message`
+
+func scanRollout(r pgx.Row) (store.Rollout, error) {
+	var ro store.Rollout
+	var options []byte
+	var state string
+	var created, updated int64
+	if err := r.Scan(&ro.ID, &ro.Runtime, &ro.Repository, &ro.Digest, &options, &state, &ro.RequestedBy, &created, &updated, &ro.Message); err != nil {
+		return ro, err
+	}
+	ro.State, ro.CreatedAt, ro.UpdatedAt = store.RolloutState(state), time.Unix(0, created), time.Unix(0, updated)
+	var o controlplanev1.RolloutOptions
+	if err := proto.Unmarshal(options, &o); err != nil {
+		return ro, err
+	}
+	ro.Options = store.RolloutOptions{Prefetch: o.GetPrefetch(), CanaryTenants: o.GetCanaryTenants(),
+		MaxParallelTenants: o.GetMaxParallelTenants(), HaltAfterFailures: o.GetHaltAfterFailures()}
+	return ro, nil
+}
+
+func (s *Store) PutRollout(ctx context.Context, r store.Rollout) error {
+	// The options column keeps the API's encoding, as SQLite's does.
+	options, err := proto.Marshal(&controlplanev1.RolloutOptions{Prefetch: r.Options.Prefetch, CanaryTenants: r.Options.CanaryTenants,
+		MaxParallelTenants: r.Options.MaxParallelTenants, HaltAfterFailures: r.Options.HaltAfterFailures})
+	if err != nil {
+		return err
+	}
+	_, err = s.pool.Exec(ctx, `INSERT INTO rollouts (`+rolloutColumns+`) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+		ON CONFLICT (id) DO UPDATE SET state = excluded.state, updated_at = excluded.updated_at, message = excluded.message`,
+		r.ID, r.Runtime, r.Repository, r.Digest, options, string(r.State), r.RequestedBy, r.CreatedAt.UnixNano(), r.UpdatedAt.UnixNano(), r.Message)
+	return err
+}
+
+func (s *Store) ListRollouts(ctx context.Context, runtime string, state store.RolloutState) ([]store.Rollout, error) {
+	q := `SELECT ` + rolloutColumns + ` FROM rollouts WHERE ($1 = '' OR runtime = $1) AND ($2 = '' OR state = $2) ORDER BY seq DESC`
+	return queryAll(ctx, s.pool, scanRollout, q, runtime, string(state))
+}
