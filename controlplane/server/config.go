@@ -28,7 +28,8 @@ type Config struct {
 	// clients are verified against.
 	TLS         mtls.Files
 	TrustDomain string
-	// StorePath is the SQLite file.
+	// StorePath is the SQLite file, or a postgres:// or postgresql:// URL
+	// of the PostgreSQL database replicas share.
 	StorePath string
 	// ServiceGrants limits service identities, see auth.ParseGrants.
 	ServiceGrants string

@@ -30,7 +30,7 @@ import (
 	"github.com/molecule-ai/tenant-agent/controlplane/reconcile"
 	"github.com/molecule-ai/tenant-agent/controlplane/rollout"
 	"github.com/molecule-ai/tenant-agent/controlplane/session"
-	"github.com/molecule-ai/tenant-agent/controlplane/store/sqlite"
+	"github.com/molecule-ai/tenant-agent/controlplane/store"
 	controlplanev1 "github.com/molecule-ai/tenant-agent/gen/controlplane/v1"
 	tenantagentv1 "github.com/molecule-ai/tenant-agent/gen/tenantagent/v1"
 	"github.com/molecule-ai/tenant-agent/pkg/identity"
@@ -49,7 +49,7 @@ type Server struct {
 	cfg Config
 
 	fleet      *fleet.Fleet
-	store      *sqlite.Store
+	store      store.Store
 	sessions   *session.Registry
 	dispatcher *dispatch.Dispatcher
 	rollouts   *rollout.Rollouts
@@ -105,7 +105,7 @@ func New(cfg Config) (_ *Server, err error) {
 // openState opens the store and loads what the control plane knows from
 // it: the fleet (agents, pins, holds) and the deny list.
 func (s *Server) openState() (err error) {
-	if s.store, err = sqlite.Open(s.lifetime, s.cfg.StorePath); err != nil {
+	if s.store, err = openStore(s.lifetime, s.cfg.StorePath); err != nil {
 		return fmt.Errorf("open store: %w", err)
 	}
 	s.deny = auth.NewDenyList()
@@ -257,7 +257,7 @@ func (s *Server) Serve(ctx context.Context) error {
 	s.serving.Store(true)
 	s.health.SetServingStatus("", grpc_health_v1.HealthCheckResponse_SERVING)
 	s.cfg.Logger.Info("control plane serving", "component", "server", "version", version.String(),
-		"agent_addr", s.AgentAddr(), "admin_addr", s.AdminAddr(), "http_addr", s.HTTPAddr(), "store", s.cfg.StorePath)
+		"agent_addr", s.AgentAddr(), "admin_addr", s.AdminAddr(), "http_addr", s.HTTPAddr(), "store", storeForLog(s.cfg.StorePath))
 
 	var err error
 	select {

@@ -32,7 +32,7 @@ func parseFlags(args []string, stdout io.Writer) (server.Config, error) {
 	fs.StringVar(&cfg.TLS.Key, "key", cfg.TLS.Key, "server key (PEM)")
 	fs.StringVar(&cfg.TLS.CA, "ca", cfg.TLS.CA, "CA bundle clients are verified against (PEM, may hold several CAs)")
 	fs.StringVar(&cfg.TrustDomain, "trust-domain", cfg.TrustDomain, "SPIFFE trust domain of every client identity")
-	fs.StringVar(&cfg.StorePath, "store", cfg.StorePath, "SQLite database file (created if missing)")
+	fs.StringVar(&cfg.StorePath, "store", cfg.StorePath, "SQLite database file (created if missing), or a postgres:// or postgresql:// URL of the database replicas share")
 	fs.StringVar(&cfg.ServiceGrants, "service-grants", "", "what service identities may call, e.g. 'promote-hook=PromoteRuntimeImage,RefreshRuntimeImage;ci=ListCommands'\n(default for unlisted services: Promote, Refresh, Get, List and Watch methods)")
 	fs.DurationVar(&cfg.HeartbeatInterval, "heartbeat-interval", cfg.HeartbeatInterval, "how often agents send health reports")
 	fs.DurationVar(&cfg.KeepaliveMinTime, "keepalive-min-time", cfg.KeepaliveMinTime, "the most often agents may send HTTP/2 pings (agents ping every 30s)")
