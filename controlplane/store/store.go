@@ -1,8 +1,8 @@
 // Package store is the control plane's durable state: pins with history,
 // the command journal and its events, agents, rollouts, holds and denials.
 // Store is the one interface callers use; sqlite implements it (the
-// default, embedded), and a PostgreSQL implementation for several control
-// plane replicas can follow without touching callers.
+// default, embedded) and postgres for several control plane replicas
+// sharing one database. storetest is the contract both pass.
 package store
 
 import (
