@@ -318,7 +318,7 @@ func (e *oracleEnv) cleanup() {
 				defer wg.Done()
 				sem <- struct{}{}
 				defer func() { <-sem }()
-				e.cli.ContainerRemove(ctx, c.ID, container.RemoveOptions{Force: true, RemoveVolumes: true})
+				registrytest.RemoveContainer(e.cli, c.ID)
 			}()
 		}
 	}

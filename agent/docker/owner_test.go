@@ -8,6 +8,7 @@ import (
 	"github.com/docker/docker/api/types/container"
 
 	"github.com/molecule-ai/tenant-agent/agent/docker"
+	"github.com/molecule-ai/tenant-agent/internal/registrytest"
 )
 
 // other starts a container on v1 that is not the fixture's workspace,
@@ -20,7 +21,7 @@ func (f *fixture) other(name string, labels map[string]string, running bool) str
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		f.cli.ContainerRemove(ctx, created.ID, container.RemoveOptions{Force: true, RemoveVolumes: true})
+		registrytest.RemoveContainer(f.cli, created.ID)
 	})
 	if running {
 		if err := f.cli.ContainerStart(ctx, created.ID, container.StartOptions{}); err != nil {

@@ -79,7 +79,7 @@ func (f *runtimeFixture) run(name, version string, labels map[string]string, sta
 	f.t.Cleanup(func() {
 		// The managed one was replaced under the same name.
 		for _, id := range []string{c.ID, name} {
-			f.cli.ContainerRemove(context.Background(), id, container.RemoveOptions{Force: true, RemoveVolumes: true})
+			registrytest.RemoveContainer(f.cli, id)
 		}
 	})
 	if start {

@@ -11,6 +11,7 @@ import (
 
 	"github.com/molecule-ai/tenant-agent/agent/docker"
 	tenantagentv1 "github.com/molecule-ai/tenant-agent/gen/tenantagent/v1"
+	"github.com/molecule-ai/tenant-agent/internal/registrytest"
 )
 
 // A refresh whose temporary name is already held by a container the agent
@@ -36,7 +37,7 @@ func TestRefreshRefusesTempNameHeldByAnother(t *testing.T) {
 					t.Fatal(err)
 				}
 				t.Cleanup(func() {
-					cli.ContainerRemove(context.Background(), c.ID, container.RemoveOptions{Force: true, RemoveVolumes: true})
+					registrytest.RemoveContainer(cli, c.ID)
 				})
 				if err := cli.ContainerStart(ctx, c.ID, container.StartOptions{}); err != nil {
 					t.Fatal(err)

@@ -10,6 +10,7 @@ import (
 
 	"github.com/molecule-ai/tenant-agent/agent/docker"
 	tenantagentv1 "github.com/molecule-ai/tenant-agent/gen/tenantagent/v1"
+	"github.com/molecule-ai/tenant-agent/internal/registrytest"
 )
 
 func TestSummarizeFromTypedOutcomes(t *testing.T) {
@@ -60,7 +61,10 @@ func TestRefreshGoesOnAfterOneContainerFailsAlone(t *testing.T) {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() {
-			cli.ContainerRemove(context.Background(), c.ID, container.RemoveOptions{Force: true, RemoveVolumes: true})
+			// By name too: a recreated container has a new ID.
+			for _, ref := range []string{c.ID, name} {
+				registrytest.RemoveContainer(cli, ref)
+			}
 		})
 		if err := cli.ContainerStart(ctx, c.ID, container.StartOptions{}); err != nil {
 			t.Fatal(err)
@@ -75,7 +79,7 @@ func TestRefreshGoesOnAfterOneContainerFailsAlone(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { cli.ContainerRemove(context.Background(), holder.ID, container.RemoveOptions{Force: true}) })
+	t.Cleanup(func() { registrytest.RemoveContainer(cli, holder.ID) })
 
 	x, err := New(Config{Engine: engine, Selector: sel, StabilityWindow: 300 * time.Millisecond, Logger: logger})
 	if err != nil {

@@ -49,7 +49,7 @@ func refreshOnDocker(t *testing.T, want registrytest.Image) (*tenantagentv1.Comm
 	}
 	t.Cleanup(func() {
 		for _, id := range []string{c.ID, name} {
-			cli.ContainerRemove(context.Background(), id, container.RemoveOptions{Force: true, RemoveVolumes: true})
+			registrytest.RemoveContainer(cli, id)
 		}
 	})
 	if err := cli.ContainerStart(ctx, c.ID, container.StartOptions{}); err != nil {

@@ -82,7 +82,7 @@ func managedContainer(t *testing.T) (labels, name string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { cli.ContainerRemove(context.Background(), c.ID, container.RemoveOptions{Force: true}) })
+	t.Cleanup(func() { registrytest.RemoveContainer(cli, c.ID) })
 	return "molecule.org-id={tenant},tenant-agent.test=" + name, name
 }
 
