@@ -1,6 +1,7 @@
 package docker_test
 
 import (
+	"context"
 	"errors"
 	"strings"
 	"testing"
@@ -81,6 +82,15 @@ func TestRecreateClearsItsOwnLeftover(t *testing.T) {
 		labels[k] = v
 	}
 	id := f.other(f.name+"-ta-new-t1", labels, false)
+	// The agent removes a leftover replacement but never volumes (a real
+	// one mounts the workspace's own); this stand-in has a volume of its own.
+	if in, err := f.cli.ContainerInspect(f.ctx(), id); err == nil {
+		t.Cleanup(func() {
+			for _, m := range in.Mounts {
+				f.cli.VolumeRemove(context.Background(), m.Name, true)
+			}
+		})
+	}
 	res, _ := f.engine.Recreate(f.ctx(), old, f.target(f.v2), f.opts("t1"), noJournal, noReport)
 	if res.Result != docker.ResultRecreated {
 		t.Fatalf("outcome %v: %s", res.Result, res.ErrorText())
