@@ -14,36 +14,10 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/molecule-ai/tenant-agent/controlplane/store"
+	"github.com/molecule-ai/tenant-agent/controlplane/store/sqlrow"
 	controlplanev1 "github.com/molecule-ai/tenant-agent/gen/controlplane/v1"
 	tenantagentv1 "github.com/molecule-ai/tenant-agent/gen/tenantagent/v1"
 )
-
-const commandColumns = `seq, id, agent, tenant, kind, runtime, image_repository, image_digest, options, state, requested_by, rollout_id, created_at, updated_at, deadline, error, result`
-
-func scanCommand(row pgx.Row) (*store.Command, error) {
-	c := &store.Command{}
-	var kind, state int32
-	var created, updated, deadline int64
-	var options, result []byte
-	if err := row.Scan(&c.Seq, &c.ID, &c.Agent, &c.Tenant, &kind, &c.Runtime, &c.Repository, &c.Digest, &options, &state, &c.RequestedBy, &c.RolloutID, &created, &updated, &deadline, &c.Error, &result); err != nil {
-		return nil, err
-	}
-	c.Kind, c.State = controlplanev1.CommandKind(kind), controlplanev1.CommandState(state)
-	c.CreatedAt, c.UpdatedAt, c.Deadline = time.Unix(0, created), time.Unix(0, updated), time.Unix(0, deadline)
-	if options != nil {
-		c.Options = &tenantagentv1.RefreshOptions{}
-		if err := proto.Unmarshal(options, c.Options); err != nil {
-			return nil, fmt.Errorf("command %s options: %w", c.ID, err)
-		}
-	}
-	if result != nil {
-		c.Result = &tenantagentv1.CommandResult{}
-		if err := proto.Unmarshal(result, c.Result); err != nil {
-			return nil, fmt.Errorf("command %s result: %w", c.ID, err)
-		}
-	}
-	return c, nil
-}
 
 func (s *Store) InsertCommands(ctx context.Context, cmds []*store.Command) ([]string, error) {
 	var superseded []string
@@ -67,7 +41,7 @@ func (s *Store) InsertCommands(ctx context.Context, cmds []*store.Command) ([]st
 }
 
 func insertCommand(ctx context.Context, tx pgx.Tx, c *store.Command) error {
-	options, err := marshalOrNil(c.Options)
+	options, err := sqlrow.MarshalOrNil(c.Options)
 	if err != nil {
 		return err
 	}
@@ -116,7 +90,7 @@ func supersede(ctx context.Context, tx pgx.Tx, c *store.Command) ([]string, erro
 }
 
 func (s *Store) GetCommand(ctx context.Context, id string) (*store.Command, error) {
-	c, err := scanCommand(s.pool.QueryRow(ctx, `SELECT `+commandColumns+` FROM commands WHERE id = $1`, id))
+	c, err := sqlrow.ScanCommand(s.pool.QueryRow(ctx, `SELECT `+sqlrow.CommandColumns+` FROM commands WHERE id = $1`, id))
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, fmt.Errorf("command %q: %w", id, store.ErrNotFound)
 	}
@@ -155,7 +129,7 @@ func (s *Store) ListCommands(ctx context.Context, f store.CommandFilter) ([]*sto
 		args = append(args, states(f.States))
 		where = append(where, "state = ANY($"+strconv.Itoa(len(args))+")")
 	}
-	q := `SELECT ` + commandColumns + ` FROM commands`
+	q := `SELECT ` + sqlrow.CommandColumns + ` FROM commands`
 	if len(where) > 0 {
 		q += " WHERE " + strings.Join(where, " AND ")
 	}
@@ -167,7 +141,7 @@ func (s *Store) ListCommands(ctx context.Context, f store.CommandFilter) ([]*sto
 	if f.Limit > 0 {
 		q += " LIMIT " + strconv.Itoa(f.Limit)
 	}
-	return queryAll(ctx, s.pool, scanCommand, q, args...)
+	return queryAll(ctx, s.pool, sqlrow.ScanCommand, q, args...)
 }
 
 func (s *Store) UpdateCommands(ctx context.Context, updates []store.CommandUpdate) ([]store.UpdatedCommand, error) {
@@ -189,7 +163,7 @@ func (s *Store) UpdateCommands(ctx context.Context, updates []store.CommandUpdat
 // the same time waits and then reads this one's write, as SQLite's single
 // writer guarantees.
 func updateCommand(ctx context.Context, tx pgx.Tx, u store.CommandUpdate) (store.UpdatedCommand, error) {
-	c, err := scanCommand(tx.QueryRow(ctx, `SELECT `+commandColumns+` FROM commands WHERE id = $1 FOR UPDATE`, u.ID))
+	c, err := sqlrow.ScanCommand(tx.QueryRow(ctx, `SELECT `+sqlrow.CommandColumns+` FROM commands WHERE id = $1 FOR UPDATE`, u.ID))
 	if errors.Is(err, pgx.ErrNoRows) {
 		return store.UpdatedCommand{}, nil
 	}
@@ -199,7 +173,7 @@ func updateCommand(ctx context.Context, tx pgx.Tx, u store.CommandUpdate) (store
 	if !u.Fn(c) {
 		return store.UpdatedCommand{Command: c}, nil
 	}
-	result, err := marshalOrNil(c.Result)
+	result, err := sqlrow.MarshalOrNil(c.Result)
 	if err != nil {
 		return store.UpdatedCommand{}, err
 	}
@@ -224,7 +198,7 @@ func (s *Store) AdvanceCommands(ctx context.Context, ids []string, from []contro
 		for _, id := range ids {
 			// RETURNING hands back the row as updated: no second read per
 			// command for the watchers.
-			c, err := scanCommand(tx.QueryRow(ctx, `UPDATE commands SET state = $1, updated_at = $2 WHERE id = $3 AND state = ANY($4) RETURNING `+commandColumns,
+			c, err := sqlrow.ScanCommand(tx.QueryRow(ctx, `UPDATE commands SET state = $1, updated_at = $2 WHERE id = $3 AND state = ANY($4) RETURNING `+sqlrow.CommandColumns,
 				int32(to), at.UnixNano(), id, states(from)))
 			if errors.Is(err, pgx.ErrNoRows) {
 				continue
@@ -258,7 +232,7 @@ func (s *Store) PruneHistory(ctx context.Context, cutoff time.Time) (int, error)
 }
 
 func insertEvent(ctx context.Context, tx pgx.Tx, ev store.Event) error {
-	progress, err := marshalOrNil(ev.Progress)
+	progress, err := sqlrow.MarshalOrNil(ev.Progress)
 	if err != nil {
 		return err
 	}
@@ -275,7 +249,7 @@ func (s *Store) ListEvents(ctx context.Context, commandID string) ([]store.Event
 	return queryAll(ctx, s.pool, scanEvent, `SELECT command_id, at, state, progress, message FROM command_events WHERE command_id = $1 ORDER BY seq`, commandID)
 }
 
-func scanEvent(r pgx.Row) (store.Event, error) {
+func scanEvent(r sqlrow.Scanner) (store.Event, error) {
 	ev := store.Event{}
 	var at int64
 	var state int32

@@ -19,9 +19,9 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
-	"google.golang.org/protobuf/proto"
 
 	"github.com/molecule-ai/tenant-agent/controlplane/store"
+	"github.com/molecule-ai/tenant-agent/controlplane/store/sqlrow"
 	controlplanev1 "github.com/molecule-ai/tenant-agent/gen/controlplane/v1"
 )
 
@@ -115,23 +115,13 @@ func (s *Store) tx(ctx context.Context, fn func(pgx.Tx) error) error {
 // --- pins
 
 func (s *Store) RecordPin(ctx context.Context, p store.Pin) error {
-	_, err := s.pool.Exec(ctx, `INSERT INTO pins (`+pinColumns+`) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)`,
+	_, err := s.pool.Exec(ctx, `INSERT INTO pins (`+sqlrow.PinColumns+`) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)`,
 		p.Runtime, p.TemplateName, p.Repository, p.Digest, p.GitSHA, p.PromotedAt.UnixNano(), p.PromotedBy, p.Notes)
 	return err
 }
 
-const pinColumns = `runtime, template_name, image_repository, image_digest, git_sha, promoted_at, promoted_by, notes`
-
-func scanPin(row pgx.Row) (store.Pin, error) {
-	var p store.Pin
-	var at int64
-	err := row.Scan(&p.Runtime, &p.TemplateName, &p.Repository, &p.Digest, &p.GitSHA, &at, &p.PromotedBy, &p.Notes)
-	p.PromotedAt = time.Unix(0, at)
-	return p, err
-}
-
 func (s *Store) CurrentPin(ctx context.Context, runtime string) (store.Pin, error) {
-	p, err := scanPin(s.pool.QueryRow(ctx, `SELECT `+pinColumns+` FROM pins WHERE runtime = $1 ORDER BY seq DESC LIMIT 1`, runtime))
+	p, err := sqlrow.ScanPin(s.pool.QueryRow(ctx, `SELECT `+sqlrow.PinColumns+` FROM pins WHERE runtime = $1 ORDER BY seq DESC LIMIT 1`, runtime))
 	if errors.Is(err, pgx.ErrNoRows) {
 		return p, fmt.Errorf("runtime %q has no pin: %w", runtime, store.ErrNotFound)
 	}
@@ -139,7 +129,7 @@ func (s *Store) CurrentPin(ctx context.Context, runtime string) (store.Pin, erro
 }
 
 func (s *Store) ListPins(ctx context.Context) ([]store.Pin, error) {
-	return queryAll(ctx, s.pool, scanPin, `SELECT `+pinColumns+` FROM pins WHERE seq IN (SELECT MAX(seq) FROM pins GROUP BY runtime) ORDER BY runtime`)
+	return queryAll(ctx, s.pool, sqlrow.ScanPin, `SELECT `+sqlrow.PinColumns+` FROM pins WHERE seq IN (SELECT MAX(seq) FROM pins GROUP BY runtime) ORDER BY runtime`)
 }
 
 func (s *Store) PinHistory(ctx context.Context, runtime string, limit int) ([]store.Pin, error) {
@@ -147,7 +137,7 @@ func (s *Store) PinHistory(ctx context.Context, runtime string, limit int) ([]st
 	if limit > 0 {
 		max = limit
 	}
-	return queryAll(ctx, s.pool, scanPin, `SELECT `+pinColumns+` FROM pins WHERE runtime = $1 ORDER BY seq DESC LIMIT $2`, runtime, max)
+	return queryAll(ctx, s.pool, sqlrow.ScanPin, `SELECT `+sqlrow.PinColumns+` FROM pins WHERE runtime = $1 ORDER BY seq DESC LIMIT $2`, runtime, max)
 }
 
 // --- helpers
@@ -156,7 +146,7 @@ type querier interface {
 	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
 }
 
-func queryAll[T any](ctx context.Context, q querier, scan func(pgx.Row) (T, error), sql string, args ...any) ([]T, error) {
+func queryAll[T any](ctx context.Context, q querier, scan func(sqlrow.Scanner) (T, error), sql string, args ...any) ([]T, error) {
 	rows, err := q.Query(ctx, sql, args...)
 	if err != nil {
 		return nil, err
@@ -171,13 +161,6 @@ func queryAll[T any](ctx context.Context, q querier, scan func(pgx.Row) (T, erro
 		out = append(out, v)
 	}
 	return out, rows.Err()
-}
-
-func marshalOrNil(m proto.Message) ([]byte, error) {
-	if m == nil || !m.ProtoReflect().IsValid() {
-		return nil, nil
-	}
-	return proto.Marshal(m)
 }
 
 // states is the column form of command states.

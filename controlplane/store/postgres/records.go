@@ -8,7 +8,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/molecule-ai/tenant-agent/controlplane/store"
-	controlplanev1 "github.com/molecule-ai/tenant-agent/gen/controlplane/v1"
+	"github.com/molecule-ai/tenant-agent/controlplane/store/sqlrow"
 	tenantagentv1 "github.com/molecule-ai/tenant-agent/gen/tenantagent/v1"
 )
 
@@ -38,7 +38,7 @@ func (s *Store) ListAgents(ctx context.Context) ([]store.Agent, error) {
 	return queryAll(ctx, s.pool, scanAgent, `SELECT identity, tenant, name, connected_at, last_seen, hostname, agent_version, docker_version, docker_reachable, runtimes FROM agents ORDER BY tenant, identity`)
 }
 
-func scanAgent(r pgx.Row) (store.Agent, error) {
+func scanAgent(r sqlrow.Scanner) (store.Agent, error) {
 	var a store.Agent
 	var connected, seen int64
 	var runtimes []byte
@@ -69,7 +69,7 @@ func (s *Store) DeleteHold(ctx context.Context, tenant string) (bool, error) {
 }
 
 func (s *Store) ListHolds(ctx context.Context) ([]store.Hold, error) {
-	return queryAll(ctx, s.pool, func(r pgx.Row) (store.Hold, error) {
+	return queryAll(ctx, s.pool, func(r sqlrow.Scanner) (store.Hold, error) {
 		var h store.Hold
 		var at int64
 		err := r.Scan(&h.Tenant, &h.Reason, &h.HeldBy, &at)
@@ -91,7 +91,7 @@ func (s *Store) DeleteDenial(ctx context.Context, kind store.DenialKind, value s
 }
 
 func (s *Store) ListDenials(ctx context.Context) ([]store.Denial, error) {
-	return queryAll(ctx, s.pool, func(r pgx.Row) (store.Denial, error) {
+	return queryAll(ctx, s.pool, func(r sqlrow.Scanner) (store.Denial, error) {
 		var d store.Denial
 		var kind string
 		var at int64
@@ -103,40 +103,18 @@ func (s *Store) ListDenials(ctx context.Context) ([]store.Denial, error) {
 
 // --- rollouts
 
-const rolloutColumns = `id, runtime, image_repository, image_digest, options, state, requested_by, created_at, updated_at, message`
-
-func scanRollout(r pgx.Row) (store.Rollout, error) {
-	var ro store.Rollout
-	var options []byte
-	var state string
-	var created, updated int64
-	if err := r.Scan(&ro.ID, &ro.Runtime, &ro.Repository, &ro.Digest, &options, &state, &ro.RequestedBy, &created, &updated, &ro.Message); err != nil {
-		return ro, err
-	}
-	ro.State, ro.CreatedAt, ro.UpdatedAt = store.RolloutState(state), time.Unix(0, created), time.Unix(0, updated)
-	var o controlplanev1.RolloutOptions
-	if err := proto.Unmarshal(options, &o); err != nil {
-		return ro, err
-	}
-	ro.Options = store.RolloutOptions{Prefetch: o.GetPrefetch(), CanaryTenants: o.GetCanaryTenants(),
-		MaxParallelTenants: o.GetMaxParallelTenants(), HaltAfterFailures: o.GetHaltAfterFailures()}
-	return ro, nil
-}
-
 func (s *Store) PutRollout(ctx context.Context, r store.Rollout) error {
-	// The options column keeps the API's encoding, as SQLite's does.
-	options, err := proto.Marshal(&controlplanev1.RolloutOptions{Prefetch: r.Options.Prefetch, CanaryTenants: r.Options.CanaryTenants,
-		MaxParallelTenants: r.Options.MaxParallelTenants, HaltAfterFailures: r.Options.HaltAfterFailures})
+	options, err := sqlrow.RolloutOptions(r.Options)
 	if err != nil {
 		return err
 	}
-	_, err = s.pool.Exec(ctx, `INSERT INTO rollouts (`+rolloutColumns+`) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+	_, err = s.pool.Exec(ctx, `INSERT INTO rollouts (`+sqlrow.RolloutColumns+`) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
 		ON CONFLICT (id) DO UPDATE SET state = excluded.state, updated_at = excluded.updated_at, message = excluded.message`,
 		r.ID, r.Runtime, r.Repository, r.Digest, options, string(r.State), r.RequestedBy, r.CreatedAt.UnixNano(), r.UpdatedAt.UnixNano(), r.Message)
 	return err
 }
 
 func (s *Store) ListRollouts(ctx context.Context, runtime string, state store.RolloutState) ([]store.Rollout, error) {
-	q := `SELECT ` + rolloutColumns + ` FROM rollouts WHERE ($1 = '' OR runtime = $1) AND ($2 = '' OR state = $2) ORDER BY seq DESC`
-	return queryAll(ctx, s.pool, scanRollout, q, runtime, string(state))
+	q := `SELECT ` + sqlrow.RolloutColumns + ` FROM rollouts WHERE ($1 = '' OR runtime = $1) AND ($2 = '' OR state = $2) ORDER BY seq DESC`
+	return queryAll(ctx, s.pool, sqlrow.ScanRollout, q, runtime, string(state))
 }

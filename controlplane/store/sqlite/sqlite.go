@@ -20,6 +20,7 @@ import (
 	_ "modernc.org/sqlite" // registers the "sqlite" driver
 
 	"github.com/molecule-ai/tenant-agent/controlplane/store"
+	"github.com/molecule-ai/tenant-agent/controlplane/store/sqlrow"
 	controlplanev1 "github.com/molecule-ai/tenant-agent/gen/controlplane/v1"
 	tenantagentv1 "github.com/molecule-ai/tenant-agent/gen/tenantagent/v1"
 )
@@ -126,18 +127,8 @@ func (s *Store) RecordPin(ctx context.Context, p store.Pin) error {
 	return err
 }
 
-const pinColumns = `runtime, template_name, image_repository, image_digest, git_sha, promoted_at, promoted_by, notes`
-
-func scanPin(row interface{ Scan(...any) error }) (store.Pin, error) {
-	var p store.Pin
-	var at int64
-	err := row.Scan(&p.Runtime, &p.TemplateName, &p.Repository, &p.Digest, &p.GitSHA, &at, &p.PromotedBy, &p.Notes)
-	p.PromotedAt = time.Unix(0, at)
-	return p, err
-}
-
 func (s *Store) CurrentPin(ctx context.Context, runtime string) (store.Pin, error) {
-	p, err := scanPin(s.db.QueryRowContext(ctx, `SELECT `+pinColumns+` FROM pins WHERE runtime = ? ORDER BY seq DESC LIMIT 1`, runtime))
+	p, err := sqlrow.ScanPin(s.db.QueryRowContext(ctx, `SELECT `+sqlrow.PinColumns+` FROM pins WHERE runtime = ? ORDER BY seq DESC LIMIT 1`, runtime))
 	if errors.Is(err, sql.ErrNoRows) {
 		return p, fmt.Errorf("runtime %q has no pin: %w", runtime, store.ErrNotFound)
 	}
@@ -145,51 +136,17 @@ func (s *Store) CurrentPin(ctx context.Context, runtime string) (store.Pin, erro
 }
 
 func (s *Store) ListPins(ctx context.Context) ([]store.Pin, error) {
-	return queryAll(ctx, s.db, scanPin, `SELECT `+pinColumns+` FROM pins WHERE seq IN (SELECT MAX(seq) FROM pins GROUP BY runtime) ORDER BY runtime`)
+	return queryAll(ctx, s.db, sqlrow.ScanPin, `SELECT `+sqlrow.PinColumns+` FROM pins WHERE seq IN (SELECT MAX(seq) FROM pins GROUP BY runtime) ORDER BY runtime`)
 }
 
 func (s *Store) PinHistory(ctx context.Context, runtime string, limit int) ([]store.Pin, error) {
 	if limit <= 0 {
 		limit = -1
 	}
-	return queryAll(ctx, s.db, scanPin, `SELECT `+pinColumns+` FROM pins WHERE runtime = ? ORDER BY seq DESC LIMIT ?`, runtime, limit)
+	return queryAll(ctx, s.db, sqlrow.ScanPin, `SELECT `+sqlrow.PinColumns+` FROM pins WHERE runtime = ? ORDER BY seq DESC LIMIT ?`, runtime, limit)
 }
 
 // --- commands
-
-const commandColumns = `seq, id, agent, tenant, kind, runtime, image_repository, image_digest, options, state, requested_by, rollout_id, created_at, updated_at, deadline, error, result`
-
-func scanCommand(row interface{ Scan(...any) error }) (*store.Command, error) {
-	c := &store.Command{}
-	var kind, state int32
-	var created, updated, deadline int64
-	var options, result []byte
-	if err := row.Scan(&c.Seq, &c.ID, &c.Agent, &c.Tenant, &kind, &c.Runtime, &c.Repository, &c.Digest, &options, &state, &c.RequestedBy, &c.RolloutID, &created, &updated, &deadline, &c.Error, &result); err != nil {
-		return nil, err
-	}
-	c.Kind, c.State = controlplanev1.CommandKind(kind), controlplanev1.CommandState(state)
-	c.CreatedAt, c.UpdatedAt, c.Deadline = time.Unix(0, created), time.Unix(0, updated), time.Unix(0, deadline)
-	if options != nil {
-		c.Options = &tenantagentv1.RefreshOptions{}
-		if err := proto.Unmarshal(options, c.Options); err != nil {
-			return nil, fmt.Errorf("command %s options: %w", c.ID, err)
-		}
-	}
-	if result != nil {
-		c.Result = &tenantagentv1.CommandResult{}
-		if err := proto.Unmarshal(result, c.Result); err != nil {
-			return nil, fmt.Errorf("command %s result: %w", c.ID, err)
-		}
-	}
-	return c, nil
-}
-
-func marshalOrNil(m proto.Message) ([]byte, error) {
-	if m == nil || !m.ProtoReflect().IsValid() {
-		return nil, nil
-	}
-	return proto.Marshal(m)
-}
 
 func (s *Store) InsertCommands(ctx context.Context, cmds []*store.Command) ([]string, error) {
 	var superseded []string
@@ -218,7 +175,7 @@ func (s *Store) InsertCommands(ctx context.Context, cmds []*store.Command) ([]st
 				}
 				superseded = append(superseded, ids...)
 			}
-			options, err := marshalOrNil(c.Options)
+			options, err := sqlrow.MarshalOrNil(c.Options)
 			if err != nil {
 				return err
 			}
@@ -270,7 +227,7 @@ func supersede(ctx context.Context, tx *sql.Tx, pendingOf, events *sql.Stmt, c *
 }
 
 func (s *Store) GetCommand(ctx context.Context, id string) (*store.Command, error) {
-	c, err := scanCommand(s.db.QueryRowContext(ctx, `SELECT `+commandColumns+` FROM commands WHERE id = ?`, id))
+	c, err := sqlrow.ScanCommand(s.db.QueryRowContext(ctx, `SELECT `+sqlrow.CommandColumns+` FROM commands WHERE id = ?`, id))
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, fmt.Errorf("command %q: %w", id, store.ErrNotFound)
 	}
@@ -309,7 +266,7 @@ func (s *Store) ListCommands(ctx context.Context, f store.CommandFilter) ([]*sto
 			args = append(args, int32(st))
 		}
 	}
-	q := `SELECT ` + commandColumns + ` FROM commands`
+	q := `SELECT ` + sqlrow.CommandColumns + ` FROM commands`
 	if len(where) > 0 {
 		q += " WHERE " + strings.Join(where, " AND ")
 	}
@@ -321,13 +278,13 @@ func (s *Store) ListCommands(ctx context.Context, f store.CommandFilter) ([]*sto
 	if f.Limit > 0 {
 		q += " LIMIT " + strconv.Itoa(f.Limit)
 	}
-	return queryAll(ctx, s.db, scanCommand, q, args...)
+	return queryAll(ctx, s.db, sqlrow.ScanCommand, q, args...)
 }
 
 func (s *Store) UpdateCommands(ctx context.Context, updates []store.CommandUpdate) ([]store.UpdatedCommand, error) {
 	out := make([]store.UpdatedCommand, len(updates))
 	err := s.tx(ctx, func(tx *sql.Tx) error {
-		read, err := tx.PrepareContext(ctx, `SELECT `+commandColumns+` FROM commands WHERE id = ?`)
+		read, err := tx.PrepareContext(ctx, `SELECT `+sqlrow.CommandColumns+` FROM commands WHERE id = ?`)
 		if err != nil {
 			return err
 		}
@@ -343,7 +300,7 @@ func (s *Store) UpdateCommands(ctx context.Context, updates []store.CommandUpdat
 		}
 		defer events.Close()
 		for i, u := range updates {
-			c, err := scanCommand(read.QueryRowContext(ctx, u.ID))
+			c, err := sqlrow.ScanCommand(read.QueryRowContext(ctx, u.ID))
 			if errors.Is(err, sql.ErrNoRows) {
 				continue
 			}
@@ -355,7 +312,7 @@ func (s *Store) UpdateCommands(ctx context.Context, updates []store.CommandUpdat
 				continue
 			}
 			out[i].Changed = true
-			result, err := marshalOrNil(c.Result)
+			result, err := sqlrow.MarshalOrNil(c.Result)
 			if err != nil {
 				return err
 			}
@@ -381,7 +338,7 @@ func (s *Store) AdvanceCommands(ctx context.Context, ids []string, from []contro
 		marks := strings.TrimSuffix(strings.Repeat("?,", len(from)), ",")
 		// RETURNING hands back the row as updated: no second read per
 		// command for the watchers.
-		update, err := tx.PrepareContext(ctx, `UPDATE commands SET state = ?, updated_at = ? WHERE id = ? AND state IN (`+marks+`) RETURNING `+commandColumns)
+		update, err := tx.PrepareContext(ctx, `UPDATE commands SET state = ?, updated_at = ? WHERE id = ? AND state IN (`+marks+`) RETURNING `+sqlrow.CommandColumns)
 		if err != nil {
 			return err
 		}
@@ -396,7 +353,7 @@ func (s *Store) AdvanceCommands(ctx context.Context, ids []string, from []contro
 			for _, f := range from {
 				args = append(args, int32(f))
 			}
-			c, err := scanCommand(update.QueryRowContext(ctx, args...))
+			c, err := sqlrow.ScanCommand(update.QueryRowContext(ctx, args...))
 			if errors.Is(err, sql.ErrNoRows) {
 				continue
 			}
@@ -438,7 +395,7 @@ func (s *Store) PruneHistory(ctx context.Context, cutoff time.Time) (int, error)
 const insertEventSQL = `INSERT INTO command_events (command_id, at, state, progress, message) VALUES (?, ?, ?, ?, ?)`
 
 func insertEvent(ctx context.Context, tx *sql.Tx, ev store.Event) error {
-	progress, err := marshalOrNil(ev.Progress)
+	progress, err := sqlrow.MarshalOrNil(ev.Progress)
 	if err != nil {
 		return err
 	}
@@ -447,7 +404,7 @@ func insertEvent(ctx context.Context, tx *sql.Tx, ev store.Event) error {
 }
 
 func execEvent(ctx context.Context, stmt *sql.Stmt, ev store.Event) error {
-	progress, err := marshalOrNil(ev.Progress)
+	progress, err := sqlrow.MarshalOrNil(ev.Progress)
 	if err != nil {
 		return err
 	}
@@ -460,7 +417,7 @@ func (s *Store) AppendEvent(ctx context.Context, ev store.Event) error {
 }
 
 func (s *Store) ListEvents(ctx context.Context, commandID string) ([]store.Event, error) {
-	return queryAll(ctx, s.db, func(r interface{ Scan(...any) error }) (store.Event, error) {
+	return queryAll(ctx, s.db, func(r sqlrow.Scanner) (store.Event, error) {
 		ev := store.Event{}
 		var at int64
 		var state int32
@@ -502,7 +459,7 @@ func (s *Store) PutAgents(ctx context.Context, agents []store.Agent) error {
 }
 
 func (s *Store) ListAgents(ctx context.Context) ([]store.Agent, error) {
-	return queryAll(ctx, s.db, func(r interface{ Scan(...any) error }) (store.Agent, error) {
+	return queryAll(ctx, s.db, func(r sqlrow.Scanner) (store.Agent, error) {
 		var a store.Agent
 		var connected, seen int64
 		var runtimes []byte
@@ -531,7 +488,7 @@ func (s *Store) DeleteHold(ctx context.Context, tenant string) (bool, error) {
 }
 
 func (s *Store) ListHolds(ctx context.Context) ([]store.Hold, error) {
-	return queryAll(ctx, s.db, func(r interface{ Scan(...any) error }) (store.Hold, error) {
+	return queryAll(ctx, s.db, func(r sqlrow.Scanner) (store.Hold, error) {
 		var h store.Hold
 		var at int64
 		err := r.Scan(&h.Tenant, &h.Reason, &h.HeldBy, &at)
@@ -550,7 +507,7 @@ func (s *Store) DeleteDenial(ctx context.Context, kind store.DenialKind, value s
 }
 
 func (s *Store) ListDenials(ctx context.Context) ([]store.Denial, error) {
-	return queryAll(ctx, s.db, func(r interface{ Scan(...any) error }) (store.Denial, error) {
+	return queryAll(ctx, s.db, func(r sqlrow.Scanner) (store.Denial, error) {
 		var d store.Denial
 		var kind string
 		var at int64
@@ -562,43 +519,20 @@ func (s *Store) ListDenials(ctx context.Context) ([]store.Denial, error) {
 
 // --- rollouts
 
-const rolloutColumns = `id, runtime, image_repository, image_digest, options, state, requested_by, created_at, updated_at, message`
-
-func scanRollout(r interface{ Scan(...any) error }) (store.Rollout, error) {
-	var ro store.Rollout
-	var options []byte
-	var state string
-	var created, updated int64
-	if err := r.Scan(&ro.ID, &ro.Runtime, &ro.Repository, &ro.Digest, &options, &state, &ro.RequestedBy, &created, &updated, &ro.Message); err != nil {
-		return ro, err
-	}
-	ro.State, ro.CreatedAt, ro.UpdatedAt = store.RolloutState(state), time.Unix(0, created), time.Unix(0, updated)
-	var o controlplanev1.RolloutOptions
-	if err := proto.Unmarshal(options, &o); err != nil {
-		return ro, err
-	}
-	ro.Options = store.RolloutOptions{Prefetch: o.GetPrefetch(), CanaryTenants: o.GetCanaryTenants(),
-		MaxParallelTenants: o.GetMaxParallelTenants(), HaltAfterFailures: o.GetHaltAfterFailures()}
-	return ro, nil
-}
-
 func (s *Store) PutRollout(ctx context.Context, r store.Rollout) error {
-	// The options column keeps the API's encoding, so stored rollouts
-	// read back across versions.
-	options, err := proto.Marshal(&controlplanev1.RolloutOptions{Prefetch: r.Options.Prefetch, CanaryTenants: r.Options.CanaryTenants,
-		MaxParallelTenants: r.Options.MaxParallelTenants, HaltAfterFailures: r.Options.HaltAfterFailures})
+	options, err := sqlrow.RolloutOptions(r.Options)
 	if err != nil {
 		return err
 	}
-	_, err = s.db.ExecContext(ctx, `INSERT INTO rollouts (`+rolloutColumns+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+	_, err = s.db.ExecContext(ctx, `INSERT INTO rollouts (`+sqlrow.RolloutColumns+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 		ON CONFLICT (id) DO UPDATE SET state = excluded.state, updated_at = excluded.updated_at, message = excluded.message`,
 		r.ID, r.Runtime, r.Repository, r.Digest, options, string(r.State), r.RequestedBy, r.CreatedAt.UnixNano(), r.UpdatedAt.UnixNano(), r.Message)
 	return err
 }
 
 func (s *Store) ListRollouts(ctx context.Context, runtime string, state store.RolloutState) ([]store.Rollout, error) {
-	q := `SELECT ` + rolloutColumns + ` FROM rollouts WHERE (? = '' OR runtime = ?) AND (? = '' OR state = ?) ORDER BY seq DESC`
-	return queryAll(ctx, s.db, scanRollout, q, runtime, runtime, string(state), string(state))
+	q := `SELECT ` + sqlrow.RolloutColumns + ` FROM rollouts WHERE (? = '' OR runtime = ?) AND (? = '' OR state = ?) ORDER BY seq DESC`
+	return queryAll(ctx, s.db, sqlrow.ScanRollout, q, runtime, runtime, string(state), string(state))
 }
 
 // --- helpers
@@ -607,7 +541,7 @@ type querier interface {
 	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
 }
 
-func queryAll[T any](ctx context.Context, q querier, scan func(interface{ Scan(...any) error }) (T, error), query string, args ...any) ([]T, error) {
+func queryAll[T any](ctx context.Context, q querier, scan func(sqlrow.Scanner) (T, error), query string, args ...any) ([]T, error) {
 	rows, err := q.QueryContext(ctx, query, args...)
 	if err != nil {
 		return nil, err

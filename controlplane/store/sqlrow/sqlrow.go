@@ -1,0 +1,97 @@
+// Package sqlrow is what the SQL stores (sqlite, postgres) share: the
+// column lists of the tables whose schema is the same in both dialects,
+// and the decoding of their rows into store types. Only placeholders and
+// the statements around them differ per dialect.
+package sqlrow
+
+import (
+	"fmt"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/molecule-ai/tenant-agent/controlplane/store"
+	controlplanev1 "github.com/molecule-ai/tenant-agent/gen/controlplane/v1"
+	tenantagentv1 "github.com/molecule-ai/tenant-agent/gen/tenantagent/v1"
+)
+
+// Scanner is a row of either driver (*sql.Row, *sql.Rows, pgx.Row, pgx.Rows).
+type Scanner interface{ Scan(dest ...any) error }
+
+// Column lists, in the order the Scan functions read them.
+const (
+	PinColumns     = `runtime, template_name, image_repository, image_digest, git_sha, promoted_at, promoted_by, notes`
+	CommandColumns = `seq, id, agent, tenant, kind, runtime, image_repository, image_digest, options, state, requested_by, rollout_id, created_at, updated_at, deadline, error, result`
+	RolloutColumns = `id, runtime, image_repository, image_digest, options, state, requested_by, created_at, updated_at, message`
+)
+
+// ScanPin reads a row of PinColumns.
+func ScanPin(row Scanner) (store.Pin, error) {
+	var p store.Pin
+	var at int64
+	err := row.Scan(&p.Runtime, &p.TemplateName, &p.Repository, &p.Digest, &p.GitSHA, &at, &p.PromotedBy, &p.Notes)
+	p.PromotedAt = time.Unix(0, at)
+	return p, err
+}
+
+// ScanCommand reads a row of CommandColumns. Times are Unix nanoseconds
+// (PostgreSQL's timestamptz would keep only microseconds); options and
+// result are protobuf bytes, NULL when absent.
+func ScanCommand(row Scanner) (*store.Command, error) {
+	c := &store.Command{}
+	var kind, state int32
+	var created, updated, deadline int64
+	var options, result []byte
+	if err := row.Scan(&c.Seq, &c.ID, &c.Agent, &c.Tenant, &kind, &c.Runtime, &c.Repository, &c.Digest, &options, &state, &c.RequestedBy, &c.RolloutID, &created, &updated, &deadline, &c.Error, &result); err != nil {
+		return nil, err
+	}
+	c.Kind, c.State = controlplanev1.CommandKind(kind), controlplanev1.CommandState(state)
+	c.CreatedAt, c.UpdatedAt, c.Deadline = time.Unix(0, created), time.Unix(0, updated), time.Unix(0, deadline)
+	if options != nil {
+		c.Options = &tenantagentv1.RefreshOptions{}
+		if err := proto.Unmarshal(options, c.Options); err != nil {
+			return nil, fmt.Errorf("command %s options: %w", c.ID, err)
+		}
+	}
+	if result != nil {
+		c.Result = &tenantagentv1.CommandResult{}
+		if err := proto.Unmarshal(result, c.Result); err != nil {
+			return nil, fmt.Errorf("command %s result: %w", c.ID, err)
+		}
+	}
+	return c, nil
+}
+
+// ScanRollout reads a row of RolloutColumns.
+func ScanRollout(row Scanner) (store.Rollout, error) {
+	var ro store.Rollout
+	var options []byte
+	var state string
+	var created, updated int64
+	if err := row.Scan(&ro.ID, &ro.Runtime, &ro.Repository, &ro.Digest, &options, &state, &ro.RequestedBy, &created, &updated, &ro.Message); err != nil {
+		return ro, err
+	}
+	ro.State, ro.CreatedAt, ro.UpdatedAt = store.RolloutState(state), time.Unix(0, created), time.Unix(0, updated)
+	var o controlplanev1.RolloutOptions
+	if err := proto.Unmarshal(options, &o); err != nil {
+		return ro, err
+	}
+	ro.Options = store.RolloutOptions{Prefetch: o.GetPrefetch(), CanaryTenants: o.GetCanaryTenants(),
+		MaxParallelTenants: o.GetMaxParallelTenants(), HaltAfterFailures: o.GetHaltAfterFailures()}
+	return ro, nil
+}
+
+// RolloutOptions encodes a rollout's options for its column. The column
+// keeps the API's encoding, so stored rollouts read back across versions.
+func RolloutOptions(o store.RolloutOptions) ([]byte, error) {
+	return proto.Marshal(&controlplanev1.RolloutOptions{Prefetch: o.Prefetch, CanaryTenants: o.CanaryTenants,
+		MaxParallelTenants: o.MaxParallelTenants, HaltAfterFailures: o.HaltAfterFailures})
+}
+
+// MarshalOrNil encodes m, or gives NULL for a nil message.
+func MarshalOrNil(m proto.Message) ([]byte, error) {
+	if m == nil || !m.ProtoReflect().IsValid() {
+		return nil, nil
+	}
+	return proto.Marshal(m)
+}
