@@ -14,6 +14,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
 
+	"github.com/molecule-ai/tenant-agent/controlplane/cluster"
 	"github.com/molecule-ai/tenant-agent/controlplane/cperr"
 	"github.com/molecule-ai/tenant-agent/controlplane/dispatch"
 	"github.com/molecule-ai/tenant-agent/controlplane/fleet"
@@ -32,7 +33,10 @@ type Config struct {
 	Fleet      *fleet.Fleet
 	Dispatcher *dispatch.Dispatcher
 	Reconciler *reconcile.Reconciler
-	Logger     *slog.Logger
+	// Cluster records which replica holds each agent's stream, so the
+	// newest stream wins across replicas; the cluster of one by default.
+	Cluster cluster.Cluster
+	Logger  *slog.Logger
 	// HeartbeatInterval is what Welcome tells agents.
 	HeartbeatInterval time.Duration
 	// HelloTimeout is how long a new stream may take to send Hello.
@@ -43,6 +47,9 @@ type Config struct {
 func (c *Config) CheckAndSetDefaults() error {
 	if c.Sessions == nil || c.Fleet == nil || c.Dispatcher == nil || c.Reconciler == nil {
 		return errors.New("agentsvc: Sessions, Fleet, Dispatcher and Reconciler are required")
+	}
+	if c.Cluster == nil {
+		c.Cluster = cluster.NewLocal(c.Sessions)
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
@@ -97,9 +104,20 @@ func (s *service) Connect(stream tenantagentv1.AgentService_ConnectServer) error
 	if replaced != nil {
 		log.Info("new connection replaces the previous one")
 	}
-	log.Info("agent connected", "hostname", hello.GetHostname(), "version", hello.GetAgentVersion(), "docker", hello.GetDockerVersion())
+	// The claim makes this the agent's newest stream on every replica; a
+	// replica holding an older one closes it.
+	epoch, err := s.cfg.Cluster.Claim(ctx, id.ID)
+	if err != nil {
+		log.Error("cannot record the agent's stream; refused", "error", err)
+		return status.Error(codes.Unavailable, "the control plane cannot record this stream now; reconnect later")
+	}
+	sess.SetEpoch(epoch)
+	defer s.cfg.Cluster.Release(context.WithoutCancel(ctx), id.ID, epoch)
+	log.Info("agent connected", "epoch", epoch, "hostname", hello.GetHostname(), "version", hello.GetAgentVersion(), "docker", hello.GetDockerVersion())
 	defer func() {
-		if s.cfg.Sessions.Unregister(sess) {
+		// A stream replaced by a newer one (here or on another replica)
+		// leaves the agent's record to the newer one.
+		if s.cfg.Sessions.Unregister(sess) && !errors.Is(sess.Err(), session.ErrReplaced) {
 			s.cfg.Fleet.Disconnected(sess)
 		}
 		log.Info("agent disconnected", "cause", sess.Err())

@@ -17,6 +17,7 @@ import (
 
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/molecule-ai/tenant-agent/controlplane/cluster"
 	"github.com/molecule-ai/tenant-agent/controlplane/pubsub"
 	"github.com/molecule-ai/tenant-agent/controlplane/session"
 	"github.com/molecule-ai/tenant-agent/controlplane/store"
@@ -43,7 +44,10 @@ type Config struct {
 	Store    store.Store
 	Sessions *session.Registry
 	// Agents is where targets are chosen from (the fleet).
-	Agents   Agents
+	Agents Agents
+	// Cluster tells other replicas what changed and finds agents whose
+	// stream is on another replica; the cluster of one by default.
+	Cluster  cluster.Cluster
 	Logger   *slog.Logger
 	Observer Observer
 	// CommandTTL is how long any command may wait to start before it
@@ -61,6 +65,9 @@ type Config struct {
 func (c *Config) CheckAndSetDefaults() error {
 	if c.Store == nil || c.Sessions == nil || c.Agents == nil {
 		return errors.New("dispatch: Store, Sessions and Agents are required")
+	}
+	if c.Cluster == nil {
+		c.Cluster = cluster.NewLocal(c.Sessions)
 	}
 	if c.CommandTTL <= 0 {
 		c.CommandTTL = 24 * time.Hour
@@ -145,7 +152,7 @@ func (d *Dispatcher) Issue(ctx context.Context, cmds []*store.Command) error {
 	var sent []string
 	for _, c := range cmds {
 		d.cfg.Logger.Info("command journaled", "command", c.ID, "agent", c.Agent, "kind", c.Kind, "runtime", c.Runtime, "digest", c.Digest, "requested_by", c.RequestedBy)
-		d.updates.Publish(c.ID, Update{Command: c})
+		d.changed(c)
 		if s := d.cfg.Sessions.Get(c.Agent); s != nil {
 			if err := s.Send(ControlMessage(c)); err != nil {
 				d.cfg.Logger.Warn("command not sent; it stays pending", "command", c.ID, "agent", c.Agent, "error", err)
@@ -172,7 +179,7 @@ func (d *Dispatcher) markSent(ctx context.Context, ids []string, msg string) {
 		return
 	}
 	for _, c := range changed {
-		d.updates.Publish(c.ID, Update{Command: c})
+		d.changed(c)
 	}
 }
 
@@ -207,8 +214,15 @@ func (d *Dispatcher) advance(ctx context.Context, id string, state controlplanev
 		return
 	}
 	if changed {
-		d.updates.Publish(id, Update{Command: c})
+		d.changed(c)
 	}
+}
+
+// changed tells watchers here and on other replicas that c changed in
+// the store.
+func (d *Dispatcher) changed(c *store.Command) {
+	d.updates.Publish(c.ID, Update{Command: c})
+	d.cfg.Cluster.CommandsChanged(c.ID)
 }
 
 // update is UpdateCommands for one command: ErrNotFound if there is none.
@@ -229,7 +243,7 @@ func (d *Dispatcher) publishStored(ctx context.Context, id string) {
 		d.cfg.Logger.Error("cannot read command", "command", id, "error", err)
 		return
 	}
-	d.updates.Publish(id, Update{Command: c})
+	d.changed(c)
 	if store.Terminal(c.State) && d.cfg.Observer != nil {
 		d.cfg.Observer.CommandFinished(c)
 	}
@@ -353,7 +367,7 @@ func (d *Dispatcher) apply(ctx context.Context, reports []report) {
 		case c.Agent != r.from.Identity.ID:
 			d.cfg.Logger.Warn("agent "+what+" for another agent's command refused", "command", id, "agent", r.from.Identity.ID, "owner", c.Agent)
 		case out[i].Changed:
-			d.updates.Publish(id, Update{Command: c})
+			d.changed(c)
 			if r.result != nil {
 				d.lastPhase.Delete(id)
 				d.cfg.Logger.Info("command finished", "command", id, "agent", c.Agent, "state", c.State, "error", c.Error)
@@ -428,6 +442,7 @@ func (d *Dispatcher) HandleProgress(ctx context.Context, from *session.Session, 
 		}
 	}
 	d.updates.Publish(c.ID, Update{Progress: p})
+	d.cfg.Cluster.Progress(p)
 }
 
 // phase is a step of a command; a new one is stored as an event, while
@@ -462,7 +477,7 @@ func (d *Dispatcher) finish(ctx context.Context, id string, state controlplanev1
 	if changed {
 		d.lastPhase.Delete(id)
 		d.cfg.Logger.Info("command finished", "command", id, "agent", c.Agent, "state", state, "error", msg)
-		d.updates.Publish(id, Update{Command: c})
+		d.changed(c)
 		if d.cfg.Observer != nil {
 			d.cfg.Observer.CommandFinished(c)
 		}
@@ -522,9 +537,13 @@ func (d *Dispatcher) Cancel(ctx context.Context, id, reason string) error {
 		d.finish(ctx, id, controlplanev1.CommandState_COMMAND_STATE_CANCELED, nil, reason)
 		return nil
 	}
-	if s := d.cfg.Sessions.Get(c.Agent); s != nil && !store.Terminal(c.State) {
-		return s.Send(&tenantagentv1.ControlMessage{Body: &tenantagentv1.ControlMessage_Cancel{Cancel: &tenantagentv1.CancelCommand{CommandId: id, Reason: reason}}})
+	if store.Terminal(c.State) {
+		return nil
 	}
+	if s := d.cfg.Sessions.Get(c.Agent); s != nil {
+		return s.Send(cancelMessage(id, reason))
+	}
+	d.cfg.Cluster.Cancel(c.Agent, id)
 	return nil
 }
 
@@ -557,8 +576,13 @@ func (d *Dispatcher) ExpireNow(ctx context.Context) {
 	for _, c := range expired {
 		msg := "deadline " + c.Deadline.UTC().Format(time.RFC3339) + " passed before the command started"
 		if d.finish(ctx, c.ID, controlplanev1.CommandState_COMMAND_STATE_EXPIRED, nil, msg) {
-			if s := d.cfg.Sessions.Get(c.Agent); s != nil && c.State != controlplanev1.CommandState_COMMAND_STATE_PENDING {
-				_ = s.Send(&tenantagentv1.ControlMessage{Body: &tenantagentv1.ControlMessage_Cancel{Cancel: &tenantagentv1.CancelCommand{CommandId: c.ID, Reason: "expired"}}})
+			if c.State == controlplanev1.CommandState_COMMAND_STATE_PENDING {
+				continue // never sent: the agent does not hold it
+			}
+			if s := d.cfg.Sessions.Get(c.Agent); s != nil {
+				_ = s.Send(cancelMessage(c.ID, "expired"))
+			} else {
+				d.cfg.Cluster.Cancel(c.Agent, c.ID)
 			}
 		}
 	}

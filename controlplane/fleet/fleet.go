@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/molecule-ai/tenant-agent/controlplane/auth"
+	"github.com/molecule-ai/tenant-agent/controlplane/cluster"
 	"github.com/molecule-ai/tenant-agent/controlplane/pubsub"
 	"github.com/molecule-ai/tenant-agent/controlplane/session"
 	"github.com/molecule-ai/tenant-agent/controlplane/store"
@@ -22,6 +23,7 @@ import (
 // Store is what the fleet loads at start and persists on each change.
 type Store interface {
 	ListAgents(ctx context.Context) ([]store.Agent, error)
+	GetAgents(ctx context.Context, ids []string) ([]store.Agent, error)
 	PutAgents(ctx context.Context, agents []store.Agent) error
 	ListPins(ctx context.Context) ([]store.Pin, error)
 	ListHolds(ctx context.Context) ([]store.Hold, error)
@@ -37,14 +39,20 @@ type Config struct {
 	Store    Store
 	Sessions *session.Registry
 	Deny     *auth.DenyList
-	Logger   *slog.Logger
-	Now      func() time.Time
+	// Cluster tells other replicas what changed and says whether an
+	// agent is connected to any replica; the cluster of one by default.
+	Cluster cluster.Cluster
+	Logger  *slog.Logger
+	Now     func() time.Time
 }
 
 // CheckAndSetDefaults validates the config and fills in defaults.
 func (c *Config) CheckAndSetDefaults() error {
 	if c.Store == nil || c.Sessions == nil || c.Deny == nil {
 		return errors.New("fleet: Store, Sessions and Deny are required")
+	}
+	if c.Cluster == nil {
+		c.Cluster = cluster.NewLocal(c.Sessions)
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
@@ -69,6 +77,9 @@ type Fleet struct {
 	dirty map[string]bool
 	pins  map[string]store.Pin  // by runtime
 	holds map[string]store.Hold // by tenant
+	// deniedTenants are the tenant denials last read from the store, so a
+	// reload knows which were lifted.
+	deniedTenants map[string]bool
 }
 
 // New loads the fleet's state from the store and fills the deny list.
@@ -77,7 +88,7 @@ func New(ctx context.Context, cfg Config) (*Fleet, error) {
 		return nil, err
 	}
 	f := &Fleet{cfg: cfg, watches: pubsub.NewHub[struct{}, Change](4096),
-		agents: map[string]*store.Agent{}, dirty: map[string]bool{}, pins: map[string]store.Pin{}, holds: map[string]store.Hold{}}
+		agents: map[string]*store.Agent{}, dirty: map[string]bool{}, pins: map[string]store.Pin{}, holds: map[string]store.Hold{}, deniedTenants: map[string]bool{}}
 	agents, err := cfg.Store.ListAgents(ctx)
 	if err != nil {
 		return nil, err
@@ -85,26 +96,8 @@ func New(ctx context.Context, cfg Config) (*Fleet, error) {
 	for i := range agents {
 		f.agents[agents[i].Identity] = &agents[i]
 	}
-	pins, err := cfg.Store.ListPins(ctx)
-	if err != nil {
+	if err := f.ReloadState(ctx); err != nil {
 		return nil, err
-	}
-	for _, p := range pins {
-		f.pins[p.Runtime] = p
-	}
-	holds, err := cfg.Store.ListHolds(ctx)
-	if err != nil {
-		return nil, err
-	}
-	for _, h := range holds {
-		f.holds[h.Tenant] = h
-	}
-	denials, err := cfg.Store.ListDenials(ctx)
-	if err != nil {
-		return nil, err
-	}
-	for _, d := range denials {
-		f.applyDenial(d)
 	}
 	return f, nil
 }
@@ -203,7 +196,13 @@ func (f *Fleet) Flush(ctx context.Context) {
 			f.dirty[a.Identity] = true
 		}
 		f.mu.Unlock()
+		return
 	}
+	ids := make([]string, len(batch))
+	for i, a := range batch {
+		ids[i] = a.Identity
+	}
+	f.cfg.Cluster.AgentsChanged(ids...)
 }
 
 // Agent returns an agent's record.
@@ -263,6 +262,7 @@ func (f *Fleet) SetPin(p store.Pin) {
 	f.mu.Lock()
 	f.pins[p.Runtime] = p
 	f.mu.Unlock()
+	f.cfg.Cluster.StateChanged()
 }
 
 // Held returns a tenant's hold, if any.
@@ -281,6 +281,7 @@ func (f *Fleet) Hold(ctx context.Context, h store.Hold) error {
 	f.mu.Lock()
 	f.holds[h.Tenant] = h
 	f.mu.Unlock()
+	f.cfg.Cluster.StateChanged()
 	f.cfg.Logger.Info("tenant held", "tenant", h.Tenant, "by", h.HeldBy, "reason", h.Reason)
 	return nil
 }
@@ -294,6 +295,7 @@ func (f *Fleet) Release(ctx context.Context, tenant string) (bool, error) {
 	f.mu.Lock()
 	delete(f.holds, tenant)
 	f.mu.Unlock()
+	f.cfg.Cluster.StateChanged()
 	f.cfg.Logger.Info("tenant released", "tenant", tenant)
 	return ok, nil
 }
@@ -304,13 +306,19 @@ func (f *Fleet) Deny(ctx context.Context, d store.Denial) (int, error) {
 	if err := f.cfg.Store.PutDenial(ctx, d); err != nil {
 		return 0, err
 	}
-	f.applyDenial(d)
-	cause := session.ErrDenied(d.Reason)
-	n := f.cfg.Sessions.CloseMatching(func(s *session.Session) bool {
-		return (d.Kind == store.DenyTenant && s.Identity.Tenant == d.Value) || (d.Kind == store.DenySerial && s.Serial == d.Value)
-	}, cause)
+	n := f.enforce(d)
+	f.cfg.Cluster.StateChanged()
 	f.cfg.Logger.Warn("denied", "kind", d.Kind, "value", d.Value, "by", d.DeniedBy, "reason", d.Reason, "disconnected", n)
 	return n, nil
+}
+
+// enforce applies a denial to new handshakes and calls and closes the
+// matching streams here; it returns how many it closed.
+func (f *Fleet) enforce(d store.Denial) int {
+	f.applyDenial(d)
+	return f.cfg.Sessions.CloseMatching(func(s *session.Session) bool {
+		return (d.Kind == store.DenyTenant && s.Identity.Tenant == d.Value) || (d.Kind == store.DenySerial && s.Serial == d.Value)
+	}, session.ErrDenied(d.Reason))
 }
 
 // Allow lifts a tenant's denial; it reports whether there was one.
@@ -320,6 +328,7 @@ func (f *Fleet) Allow(ctx context.Context, tenant string) (bool, error) {
 		return false, err
 	}
 	f.cfg.Deny.AllowTenant(tenant)
+	f.cfg.Cluster.StateChanged()
 	f.cfg.Logger.Info("tenant allowed", "tenant", tenant)
 	return ok, nil
 }
@@ -373,6 +382,8 @@ func (f *Fleet) View(a store.Agent) AgentView {
 	v := AgentView{Agent: a, Held: held, Denied: f.cfg.Deny.Denied(a.Tenant, "") != nil}
 	if s := f.cfg.Sessions.Get(a.Identity); s != nil {
 		v.Connected, v.LastSeen = true, s.LastSeen()
+	} else {
+		v.Connected = f.cfg.Cluster.Online(a.Identity)
 	}
 	for _, r := range a.Runtimes {
 		rv := RuntimeView{Status: r}

@@ -74,6 +74,24 @@ func (h *Hub[K, V]) Publish(key K, v V) {
 	}
 }
 
+// Watched reports whether key has a subscription.
+func (h *Hub[K, V]) Watched(key K) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return len(h.subs[key]) > 0
+}
+
+// Keys returns every key with a subscription.
+func (h *Hub[K, V]) Keys() []K {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	keys := make([]K, 0, len(h.subs))
+	for k := range h.subs {
+		keys = append(keys, k)
+	}
+	return keys
+}
+
 func (h *Hub[K, V]) remove(s *Subscription[V]) {
 	h.mu.Lock()
 	defer h.mu.Unlock()

@@ -24,6 +24,7 @@ import (
 	"github.com/molecule-ai/tenant-agent/controlplane/admission"
 	"github.com/molecule-ai/tenant-agent/controlplane/agentsvc"
 	"github.com/molecule-ai/tenant-agent/controlplane/auth"
+	"github.com/molecule-ai/tenant-agent/controlplane/cluster"
 	"github.com/molecule-ai/tenant-agent/controlplane/dispatch"
 	"github.com/molecule-ai/tenant-agent/controlplane/fleet"
 	"github.com/molecule-ai/tenant-agent/controlplane/metrics"
@@ -50,6 +51,7 @@ type Server struct {
 
 	fleet      *fleet.Fleet
 	store      store.Store
+	cluster    cluster.Cluster
 	sessions   *session.Registry
 	dispatcher *dispatch.Dispatcher
 	rollouts   *rollout.Rollouts
@@ -110,7 +112,10 @@ func (s *Server) openState() (err error) {
 	}
 	s.deny = auth.NewDenyList()
 	s.sessions = session.NewRegistry(s.cfg.SendQueue)
-	if s.fleet, err = fleet.New(s.lifetime, fleet.Config{Store: s.store, Sessions: s.sessions, Deny: s.deny, Logger: s.cfg.Logger}); err != nil {
+	if s.cluster, err = openCluster(s.lifetime, s.cfg, s.sessions); err != nil {
+		return fmt.Errorf("join the cluster: %w", err)
+	}
+	if s.fleet, err = fleet.New(s.lifetime, fleet.Config{Store: s.store, Sessions: s.sessions, Deny: s.deny, Cluster: s.cluster, Logger: s.cfg.Logger}); err != nil {
 		return fmt.Errorf("load fleet: %w", err)
 	}
 	s.metrics = metrics.New(s.sessions, s.fleet)
@@ -122,7 +127,7 @@ func (s *Server) openState() (err error) {
 func (s *Server) newServices() (tenantagentv1.AgentServiceServer, controlplanev1.AdminServiceServer, error) {
 	cfg, logger := s.cfg, s.cfg.Logger
 	var err error
-	if s.dispatcher, err = dispatch.New(dispatch.Config{Store: s.store, Sessions: s.sessions, Agents: s.fleet, Logger: logger, Observer: s.metrics,
+	if s.dispatcher, err = dispatch.New(dispatch.Config{Store: s.store, Sessions: s.sessions, Agents: s.fleet, Cluster: s.cluster, Logger: logger, Observer: s.metrics,
 		CommandTTL: cfg.CommandTTL, HistoryRetention: cfg.HistoryRetention}); err != nil {
 		return nil, nil, err
 	}
@@ -131,11 +136,11 @@ func (s *Server) newServices() (tenantagentv1.AgentServiceServer, controlplanev1
 	if err != nil {
 		return nil, nil, err
 	}
-	if s.rollouts, err = rollout.New(s.lifetime, rollout.Config{Store: s.store, Fleet: s.fleet, Dispatcher: s.dispatcher, Presence: s.sessions,
+	if s.rollouts, err = rollout.New(s.lifetime, rollout.Config{Store: s.store, Fleet: s.fleet, Dispatcher: s.dispatcher, Presence: s.cluster,
 		Logger: logger, DefaultParallel: cfg.DefaultParallelTenants}); err != nil {
 		return nil, nil, err
 	}
-	agents, err := agentsvc.New(agentsvc.Config{Sessions: s.sessions, Fleet: s.fleet, Dispatcher: s.dispatcher, Reconciler: rec, Logger: logger, HeartbeatInterval: cfg.HeartbeatInterval})
+	agents, err := agentsvc.New(agentsvc.Config{Sessions: s.sessions, Fleet: s.fleet, Cluster: s.cluster, Dispatcher: s.dispatcher, Reconciler: rec, Logger: logger, HeartbeatInterval: cfg.HeartbeatInterval})
 	if err != nil {
 		return nil, nil, err
 	}
@@ -243,7 +248,7 @@ func (s *Server) HTTPAddr() string  { return s.httpLis.Addr().String() }
 // up to ShutdownGrace.
 func (s *Server) Serve(ctx context.Context) error {
 	errc := make(chan error, 3)
-	s.wg.Add(5)
+	s.wg.Add(6)
 	go func() { defer s.wg.Done(); errc <- s.agentSrv.Serve(s.agentLis) }()
 	go func() { defer s.wg.Done(); errc <- s.adminSrv.Serve(s.adminLis) }()
 	go func() {
@@ -254,10 +259,17 @@ func (s *Server) Serve(ctx context.Context) error {
 	}()
 	go func() { defer s.wg.Done(); s.dispatcher.Run(s.lifetime) }()
 	go func() { defer s.wg.Done(); s.fleet.Run(s.lifetime, time.Second) }()
+	go func() {
+		defer s.wg.Done()
+		handler := peers{dispatcher: s.dispatcher, fleet: s.fleet, sessions: s.sessions, logger: s.cfg.Logger.With("component", "peers")}
+		if err := s.cluster.Run(s.lifetime, handler); err != nil {
+			s.cfg.Logger.Error("cluster doorbells stopped", "component", "server", "error", err)
+		}
+	}()
 	s.serving.Store(true)
 	s.health.SetServingStatus("", grpc_health_v1.HealthCheckResponse_SERVING)
 	s.cfg.Logger.Info("control plane serving", "component", "server", "version", version.String(),
-		"agent_addr", s.AgentAddr(), "admin_addr", s.AdminAddr(), "http_addr", s.HTTPAddr(), "store", storeForLog(s.cfg.StorePath))
+		"replica", s.cluster.Replica(), "agent_addr", s.AgentAddr(), "admin_addr", s.AdminAddr(), "http_addr", s.HTTPAddr(), "store", storeForLog(s.cfg.StorePath))
 
 	var err error
 	select {

@@ -5,6 +5,8 @@ import (
 	"net/url"
 	"strings"
 
+	"github.com/molecule-ai/tenant-agent/controlplane/cluster"
+	"github.com/molecule-ai/tenant-agent/controlplane/session"
 	"github.com/molecule-ai/tenant-agent/controlplane/store"
 	"github.com/molecule-ai/tenant-agent/controlplane/store/postgres"
 	"github.com/molecule-ai/tenant-agent/controlplane/store/sqlite"
@@ -23,6 +25,13 @@ func openStore(ctx context.Context, spec string) (store.Store, error) {
 		return postgres.Open(ctx, spec)
 	}
 	return sqlite.Open(ctx, spec)
+}
+
+// openCluster joins the replicas sharing the store: on PostgreSQL, with
+// doorbells over LISTEN/NOTIFY; on SQLite, which one process holds, the
+// cluster is this process alone.
+func openCluster(_ context.Context, cfg Config, sessions *session.Registry) (cluster.Cluster, error) {
+	return cluster.NewLocal(sessions), nil
 }
 
 // storeForLog is --store fit for a log line: a URL loses its password.

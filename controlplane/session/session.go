@@ -33,7 +33,14 @@ type Session struct {
 	ctx      context.Context
 	cancel   context.CancelCauseFunc
 	lastSeen atomic.Int64
+	epoch    atomic.Int64
 }
+
+// SetEpoch records the epoch of the cluster's claim on this stream.
+func (s *Session) SetEpoch(e int64) { s.epoch.Store(e) }
+
+// Epoch is the cluster's epoch of this stream; 0 until it is claimed.
+func (s *Session) Epoch() int64 { return s.epoch.Load() }
 
 // Send queues msg for the agent without blocking. If the queue is full the
 // session is closed with ErrSlow.
@@ -111,6 +118,19 @@ func (r *Registry) Unregister(s *Session) bool {
 		return false
 	}
 	delete(r.sessions, s.Identity.ID)
+	return true
+}
+
+// CloseOlder closes id's session with ErrReplaced if it was claimed with
+// an epoch below epoch (a newer stream of the agent is on another
+// replica), and reports whether it did. A session not yet claimed is
+// left alone: its claim settles which stream is newer.
+func (r *Registry) CloseOlder(id string, epoch int64) bool {
+	s := r.Get(id)
+	if s == nil || s.Epoch() == 0 || s.Epoch() >= epoch {
+		return false
+	}
+	s.Close(ErrReplaced)
 	return true
 }
 

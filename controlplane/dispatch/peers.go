@@ -1,0 +1,84 @@
+package dispatch
+
+import (
+	"context"
+
+	"github.com/molecule-ai/tenant-agent/controlplane/store"
+	controlplanev1 "github.com/molecule-ai/tenant-agent/gen/controlplane/v1"
+	tenantagentv1 "github.com/molecule-ai/tenant-agent/gen/tenantagent/v1"
+)
+
+// What other replicas ask of this one (cluster.Handler, through the
+// server). Each re-reads the store: the request is only a hint.
+
+// DeliverPending sends agent's PENDING commands if its stream is here:
+// another replica journaled them, or a doorbell was lost and the sweep
+// found them.
+func (d *Dispatcher) DeliverPending(ctx context.Context, agent string) {
+	s := d.cfg.Sessions.Get(agent)
+	if s == nil {
+		return
+	}
+	pending, err := d.cfg.Store.ListCommands(ctx, store.CommandFilter{Agent: agent,
+		States: []controlplanev1.CommandState{controlplanev1.CommandState_COMMAND_STATE_PENDING}, Oldest: true})
+	if err != nil {
+		d.cfg.Logger.Error("cannot read pending commands", "agent", agent, "error", err)
+		return
+	}
+	var sent []string
+	for _, c := range pending {
+		if err := s.Send(ControlMessage(c)); err != nil {
+			d.cfg.Logger.Warn("command not sent; it stays pending", "command", c.ID, "agent", agent, "error", err)
+			break
+		}
+		sent = append(sent, c.ID)
+	}
+	d.markSent(ctx, sent, "sent on the agent's stream")
+}
+
+// CancelHere sends agent a CancelCommand for a command another replica
+// ended (expired) or was asked to cancel, if the agent's stream is here
+// and the command is the agent's and has no result yet.
+func (d *Dispatcher) CancelHere(ctx context.Context, agent, id string) {
+	s := d.cfg.Sessions.Get(agent)
+	if s == nil {
+		return
+	}
+	c, err := d.cfg.Store.GetCommand(ctx, id)
+	if err != nil || c.Agent != agent || c.Result != nil {
+		return
+	}
+	reason := "canceled"
+	if c.State == controlplanev1.CommandState_COMMAND_STATE_EXPIRED {
+		reason = "expired"
+	}
+	_ = s.Send(cancelMessage(id, reason))
+}
+
+// Reread re-reads commands another replica changed, for the watchers
+// here; nil ids means every watched command.
+func (d *Dispatcher) Reread(ctx context.Context, ids []string) {
+	if ids == nil {
+		ids = d.updates.Keys()
+	}
+	for _, id := range ids {
+		if !d.updates.Watched(id) {
+			continue
+		}
+		c, err := d.cfg.Store.GetCommand(ctx, id)
+		if err != nil {
+			continue
+		}
+		d.updates.Publish(id, Update{Command: c})
+	}
+}
+
+// ForwardProgress passes another replica's progress report to the
+// watchers here.
+func (d *Dispatcher) ForwardProgress(p *tenantagentv1.CommandProgress) {
+	d.updates.Publish(p.GetCommandId(), Update{Progress: p})
+}
+
+func cancelMessage(id, reason string) *tenantagentv1.ControlMessage {
+	return &tenantagentv1.ControlMessage{Body: &tenantagentv1.ControlMessage_Cancel{Cancel: &tenantagentv1.CancelCommand{CommandId: id, Reason: reason}}}
+}
