@@ -30,17 +30,28 @@ var migrations embed.FS
 
 // Store is a store.Store on a SQLite file.
 type Store struct {
-	db *sql.DB
+	db   *sql.DB
+	lock *storeLock
 }
 
 var _ store.Store = (*Store)(nil)
 
 // Open opens (creating if needed) the database at path and applies any
-// migration it has not seen.
-func Open(ctx context.Context, path string) (*Store, error) {
+// migration it has not seen. It fails at once if another control plane
+// (or another Open in this process) has the store open: see lock.go.
+func Open(ctx context.Context, path string) (_ *Store, err error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, fmt.Errorf("store directory: %w", err)
 	}
+	lock, err := lockStore(path)
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			lock.release()
+		}
+	}()
 	// The journal names every tenant and command: readable by the control
 	// plane's user only. SQLite gives its -wal and -shm files the
 	// database file's mode, so creating the file first covers all three.
@@ -57,7 +68,7 @@ func Open(ctx context.Context, path string) (*Store, error) {
 	// One connection: SQLite has one writer anyway, and this keeps every
 	// transaction free of SQLITE_BUSY.
 	db.SetMaxOpenConns(1)
-	s := &Store{db: db}
+	s := &Store{db: db, lock: lock}
 	if err := s.migrate(ctx); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("migrate %s: %w", path, err)
@@ -65,8 +76,14 @@ func Open(ctx context.Context, path string) (*Store, error) {
 	return s, nil
 }
 
-// Close closes the database.
-func (s *Store) Close() error { return s.db.Close() }
+// Close closes the database and releases the store's lock. A nil Store
+// (a failed Open's, inside a store.Store) closes nothing.
+func (s *Store) Close() error {
+	if s == nil {
+		return nil
+	}
+	return errors.Join(s.db.Close(), s.lock.release())
+}
 
 func (s *Store) migrate(ctx context.Context) error {
 	if _, err := s.db.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)`); err != nil {
