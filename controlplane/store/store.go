@@ -17,6 +17,17 @@ import (
 // ErrNotFound is returned when a record does not exist.
 var ErrNotFound = errors.New("not found")
 
+// ErrLeaseLost is returned by a fenced rollout write when the rollout's
+// (owner, epoch) is no longer the writer's: another replica claimed it,
+// and the writer must stop running it.
+var ErrLeaseLost = errors.New("rollout lease is held by another replica")
+
+// ErrConflict is returned when a write collides with a concurrent one on
+// a unique rule (e.g. a rollout's second command of a kind for an agent,
+// journaled by another replica meanwhile): the caller re-reads what won
+// instead of retrying blindly.
+var ErrConflict = errors.New("conflict with a concurrent write")
+
 // Pin is the image a runtime must run (one row of runtime_image_pins).
 type Pin struct {
 	Runtime      string
@@ -196,6 +207,13 @@ type Rollout struct {
 	CreatedAt   time.Time
 	UpdatedAt   time.Time
 	Message     string
+	// Owner is the replica running the rollout, and Epoch counts its
+	// claims: every write while it runs is fenced by both, so a replica
+	// that lost the rollout can write nothing. The owner holds it until
+	// LeaseUntil, and renews the lease while it runs.
+	Owner      string
+	Epoch      int64
+	LeaseUntil time.Time
 }
 
 // Store is the control plane's persistence. Implementations are safe for
@@ -241,6 +259,9 @@ type Store interface {
 	PutAgents(ctx context.Context, agents []Agent) error
 	// ListAgents returns every agent, ordered by tenant and identity.
 	ListAgents(ctx context.Context) ([]Agent, error)
+	// GetAgents returns the records of those identities that exist,
+	// ordered by tenant and identity.
+	GetAgents(ctx context.Context, ids []string) ([]Agent, error)
 
 	// PutHold, DeleteHold and ListHolds manage tenant holds.
 	PutHold(ctx context.Context, h Hold) error
@@ -252,8 +273,23 @@ type Store interface {
 	DeleteDenial(ctx context.Context, kind DenialKind, value string) (bool, error)
 	ListDenials(ctx context.Context) ([]Denial, error)
 
-	// PutRollout creates or replaces a rollout.
+	// PutRollout creates a rollout, or replaces its state, message, times
+	// and lease. It is not fenced: a running rollout is written with
+	// UpdateRollout.
 	PutRollout(ctx context.Context, r Rollout) error
+	// GetRollout returns a rollout or ErrNotFound.
+	GetRollout(ctx context.Context, id string) (Rollout, error)
+	// ClaimRollouts makes owner the owner of every RUNNING rollout whose
+	// lease ended before now, or that owner already owns and is not in
+	// except (the ones it runs: a restarted replica takes its own back at
+	// once), with epoch+1 and a lease until until. It returns them as
+	// stored, oldest first. Each row is claimed in one conditional write,
+	// so of replicas claiming at once exactly one gets a rollout.
+	ClaimRollouts(ctx context.Context, owner string, now, until time.Time, except []string) ([]Rollout, error)
+	// UpdateRollout writes r's State, Message, UpdatedAt and LeaseUntil
+	// if r.Owner at r.Epoch still owns it, else returns ErrLeaseLost.
+	// Renewing the lease is an UpdateRollout with a later LeaseUntil.
+	UpdateRollout(ctx context.Context, r Rollout) error
 	// ListRollouts returns rollouts, newest first; a non-empty state
 	// filters.
 	ListRollouts(ctx context.Context, runtime string, state RolloutState) ([]Rollout, error)

@@ -2,6 +2,8 @@ package postgres
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -21,7 +23,7 @@ func (s *Store) PutAgents(ctx context.Context, agents []store.Agent) error {
 			if err != nil {
 				return err
 			}
-			if _, err := tx.Exec(ctx, `INSERT INTO agents (identity, tenant, name, connected_at, last_seen, hostname, agent_version, docker_version, docker_reachable, runtimes)
+			if _, err := tx.Exec(ctx, `INSERT INTO agents (`+sqlrow.AgentColumns+`)
 				VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
 				ON CONFLICT (identity) DO UPDATE SET tenant = excluded.tenant, name = excluded.name, connected_at = excluded.connected_at,
 					last_seen = excluded.last_seen, hostname = excluded.hostname, agent_version = excluded.agent_version,
@@ -35,23 +37,14 @@ func (s *Store) PutAgents(ctx context.Context, agents []store.Agent) error {
 }
 
 func (s *Store) ListAgents(ctx context.Context) ([]store.Agent, error) {
-	return queryAll(ctx, s.pool, scanAgent, `SELECT identity, tenant, name, connected_at, last_seen, hostname, agent_version, docker_version, docker_reachable, runtimes FROM agents ORDER BY tenant, identity`)
+	return queryAll(ctx, s.pool, sqlrow.ScanAgent, `SELECT `+sqlrow.AgentColumns+` FROM agents ORDER BY tenant, identity`)
 }
 
-func scanAgent(r sqlrow.Scanner) (store.Agent, error) {
-	var a store.Agent
-	var connected, seen int64
-	var runtimes []byte
-	if err := r.Scan(&a.Identity, &a.Tenant, &a.Name, &connected, &seen, &a.Hostname, &a.AgentVersion, &a.DockerVersion, &a.DockerReachable, &runtimes); err != nil {
-		return a, err
+func (s *Store) GetAgents(ctx context.Context, ids []string) ([]store.Agent, error) {
+	if len(ids) == 0 {
+		return nil, nil
 	}
-	a.ConnectedAt, a.LastSeen = time.Unix(0, connected), time.Unix(0, seen)
-	var report tenantagentv1.HealthReport
-	if err := proto.Unmarshal(runtimes, &report); err != nil {
-		return a, err
-	}
-	a.Runtimes = report.Runtimes
-	return a, nil
+	return queryAll(ctx, s.pool, sqlrow.ScanAgent, `SELECT `+sqlrow.AgentColumns+` FROM agents WHERE identity = ANY($1) ORDER BY tenant, identity`, ids)
 }
 
 // --- holds and denials
@@ -108,13 +101,47 @@ func (s *Store) PutRollout(ctx context.Context, r store.Rollout) error {
 	if err != nil {
 		return err
 	}
-	_, err = s.pool.Exec(ctx, `INSERT INTO rollouts (`+sqlrow.RolloutColumns+`) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
-		ON CONFLICT (id) DO UPDATE SET state = excluded.state, updated_at = excluded.updated_at, message = excluded.message`,
-		r.ID, r.Runtime, r.Repository, r.Digest, options, string(r.State), r.RequestedBy, r.CreatedAt.UnixNano(), r.UpdatedAt.UnixNano(), r.Message)
+	_, err = s.pool.Exec(ctx, `INSERT INTO rollouts (`+sqlrow.RolloutColumns+`) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+		ON CONFLICT (id) DO UPDATE SET state = excluded.state, updated_at = excluded.updated_at, message = excluded.message,
+			owner = excluded.owner, epoch = excluded.epoch, lease_until = excluded.lease_until`,
+		r.ID, r.Runtime, r.Repository, r.Digest, options, string(r.State), r.RequestedBy, r.CreatedAt.UnixNano(), r.UpdatedAt.UnixNano(), r.Message,
+		r.Owner, r.Epoch, sqlrow.LeaseNanos(r.LeaseUntil))
 	return err
+}
+
+func (s *Store) GetRollout(ctx context.Context, id string) (store.Rollout, error) {
+	r, err := sqlrow.ScanRollout(s.pool.QueryRow(ctx, `SELECT `+sqlrow.RolloutColumns+` FROM rollouts WHERE id = $1`, id))
+	if errors.Is(err, pgx.ErrNoRows) {
+		return r, fmt.Errorf("rollout %q: %w", id, store.ErrNotFound)
+	}
+	return r, err
 }
 
 func (s *Store) ListRollouts(ctx context.Context, runtime string, state store.RolloutState) ([]store.Rollout, error) {
 	q := `SELECT ` + sqlrow.RolloutColumns + ` FROM rollouts WHERE ($1 = '' OR runtime = $1) AND ($2 = '' OR state = $2) ORDER BY seq DESC`
 	return queryAll(ctx, s.pool, sqlrow.ScanRollout, q, runtime, string(state))
+}
+
+func (s *Store) ClaimRollouts(ctx context.Context, owner string, now, until time.Time, except []string) ([]store.Rollout, error) {
+	// One statement under READ COMMITTED: a replica claiming the same row
+	// at once waits for its lock, then re-checks the WHERE on the row as
+	// the winner left it (lease renewed, another owner) and skips it.
+	if except == nil {
+		except = []string{} // NULL would make NOT (id = ANY(NULL)) NULL, and skip every own row
+	}
+	rs, err := queryAll(ctx, s.pool, sqlrow.ScanRollout, `UPDATE rollouts SET owner = $1, epoch = epoch + 1, lease_until = $2
+		WHERE state = $3 AND (lease_until < $4 OR (owner = $1 AND NOT (id = ANY($5))))
+		RETURNING `+sqlrow.RolloutColumns,
+		owner, until.UnixNano(), string(store.RolloutRunning), now.UnixNano(), except)
+	sqlrow.SortRollouts(rs)
+	return rs, err
+}
+
+func (s *Store) UpdateRollout(ctx context.Context, r store.Rollout) error {
+	tag, err := s.pool.Exec(ctx, `UPDATE rollouts SET state = $1, message = $2, updated_at = $3, lease_until = $4 WHERE id = $5 AND owner = $6 AND epoch = $7`,
+		string(r.State), r.Message, r.UpdatedAt.UnixNano(), sqlrow.LeaseNanos(r.LeaseUntil), r.ID, r.Owner, r.Epoch)
+	if err != nil || tag.RowsAffected() > 0 {
+		return err
+	}
+	return fmt.Errorf("rollout %s (owner %s, epoch %d): %w", r.ID, r.Owner, r.Epoch, store.ErrLeaseLost)
 }

@@ -6,6 +6,7 @@ import (
 	"context"
 	"database/sql"
 	"embed"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -17,7 +18,8 @@ import (
 	"time"
 
 	"google.golang.org/protobuf/proto"
-	_ "modernc.org/sqlite" // registers the "sqlite" driver
+	msqlite "modernc.org/sqlite" // also registers the "sqlite" driver
+	sqlite3 "modernc.org/sqlite/lib"
 
 	"github.com/molecule-ai/tenant-agent/controlplane/store"
 	"github.com/molecule-ai/tenant-agent/controlplane/store/sqlrow"
@@ -197,6 +199,9 @@ func (s *Store) InsertCommands(ctx context.Context, cmds []*store.Command) ([]st
 				return err
 			}
 			res, err := insert.ExecContext(ctx, c.ID, c.Agent, c.Tenant, int32(c.Kind), c.Runtime, c.Repository, c.Digest, options, int32(c.State), c.RequestedBy, c.RolloutID, c.CreatedAt.UnixNano(), c.UpdatedAt.UnixNano(), c.Deadline.UnixNano())
+			if isRolloutCommandConflict(err) {
+				return fmt.Errorf("insert command %s: rollout %s already has a command of this kind for %s: %w", c.ID, c.RolloutID, c.Agent, store.ErrConflict)
+			}
 			if err != nil {
 				return fmt.Errorf("insert command %s: %w", c.ID, err)
 			}
@@ -210,6 +215,15 @@ func (s *Store) InsertCommands(ctx context.Context, cmds []*store.Command) ([]st
 		return nil
 	})
 	return superseded, err
+}
+
+// isRolloutCommandConflict reports whether err is a violation of
+// commands_one_per_rollout_agent. SQLite names the index's columns, not
+// the index, in the message; a duplicate command ID names commands.id.
+func isRolloutCommandConflict(err error) bool {
+	var se *msqlite.Error
+	return errors.As(err, &se) && se.Code() == sqlite3.SQLITE_CONSTRAINT_UNIQUE &&
+		strings.Contains(se.Error(), "commands.rollout_id, commands.agent, commands.kind")
 }
 
 // supersede marks PENDING refreshes for the command's agent and runtime as
@@ -457,7 +471,7 @@ func (s *Store) ListEvents(ctx context.Context, commandID string) ([]store.Event
 
 func (s *Store) PutAgents(ctx context.Context, agents []store.Agent) error {
 	return s.tx(ctx, func(tx *sql.Tx) error {
-		put, err := tx.PrepareContext(ctx, `INSERT OR REPLACE INTO agents (identity, tenant, name, connected_at, last_seen, hostname, agent_version, docker_version, docker_reachable, runtimes) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`)
+		put, err := tx.PrepareContext(ctx, `INSERT OR REPLACE INTO agents (`+sqlrow.AgentColumns+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`)
 		if err != nil {
 			return err
 		}
@@ -476,21 +490,19 @@ func (s *Store) PutAgents(ctx context.Context, agents []store.Agent) error {
 }
 
 func (s *Store) ListAgents(ctx context.Context) ([]store.Agent, error) {
-	return queryAll(ctx, s.db, func(r sqlrow.Scanner) (store.Agent, error) {
-		var a store.Agent
-		var connected, seen int64
-		var runtimes []byte
-		if err := r.Scan(&a.Identity, &a.Tenant, &a.Name, &connected, &seen, &a.Hostname, &a.AgentVersion, &a.DockerVersion, &a.DockerReachable, &runtimes); err != nil {
-			return a, err
-		}
-		a.ConnectedAt, a.LastSeen = time.Unix(0, connected), time.Unix(0, seen)
-		var report tenantagentv1.HealthReport
-		if err := proto.Unmarshal(runtimes, &report); err != nil {
-			return a, err
-		}
-		a.Runtimes = report.Runtimes
-		return a, nil
-	}, `SELECT identity, tenant, name, connected_at, last_seen, hostname, agent_version, docker_version, docker_reachable, runtimes FROM agents ORDER BY tenant, identity`)
+	return queryAll(ctx, s.db, sqlrow.ScanAgent, `SELECT `+sqlrow.AgentColumns+` FROM agents ORDER BY tenant, identity`)
+}
+
+func (s *Store) GetAgents(ctx context.Context, ids []string) ([]store.Agent, error) {
+	if len(ids) == 0 {
+		return nil, nil
+	}
+	// A JSON array: any number of identities in one parameter.
+	list, err := json.Marshal(ids)
+	if err != nil {
+		return nil, err
+	}
+	return queryAll(ctx, s.db, sqlrow.ScanAgent, `SELECT `+sqlrow.AgentColumns+` FROM agents WHERE identity IN (SELECT value FROM json_each(?)) ORDER BY tenant, identity`, string(list))
 }
 
 // --- holds and denials
@@ -541,15 +553,50 @@ func (s *Store) PutRollout(ctx context.Context, r store.Rollout) error {
 	if err != nil {
 		return err
 	}
-	_, err = s.db.ExecContext(ctx, `INSERT INTO rollouts (`+sqlrow.RolloutColumns+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-		ON CONFLICT (id) DO UPDATE SET state = excluded.state, updated_at = excluded.updated_at, message = excluded.message`,
-		r.ID, r.Runtime, r.Repository, r.Digest, options, string(r.State), r.RequestedBy, r.CreatedAt.UnixNano(), r.UpdatedAt.UnixNano(), r.Message)
+	_, err = s.db.ExecContext(ctx, `INSERT INTO rollouts (`+sqlrow.RolloutColumns+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+		ON CONFLICT (id) DO UPDATE SET state = excluded.state, updated_at = excluded.updated_at, message = excluded.message,
+			owner = excluded.owner, epoch = excluded.epoch, lease_until = excluded.lease_until`,
+		r.ID, r.Runtime, r.Repository, r.Digest, options, string(r.State), r.RequestedBy, r.CreatedAt.UnixNano(), r.UpdatedAt.UnixNano(), r.Message,
+		r.Owner, r.Epoch, sqlrow.LeaseNanos(r.LeaseUntil))
 	return err
+}
+
+func (s *Store) GetRollout(ctx context.Context, id string) (store.Rollout, error) {
+	r, err := sqlrow.ScanRollout(s.db.QueryRowContext(ctx, `SELECT `+sqlrow.RolloutColumns+` FROM rollouts WHERE id = ?`, id))
+	if errors.Is(err, sql.ErrNoRows) {
+		return r, fmt.Errorf("rollout %q: %w", id, store.ErrNotFound)
+	}
+	return r, err
 }
 
 func (s *Store) ListRollouts(ctx context.Context, runtime string, state store.RolloutState) ([]store.Rollout, error) {
 	q := `SELECT ` + sqlrow.RolloutColumns + ` FROM rollouts WHERE (? = '' OR runtime = ?) AND (? = '' OR state = ?) ORDER BY seq DESC`
 	return queryAll(ctx, s.db, sqlrow.ScanRollout, q, runtime, runtime, string(state), string(state))
+}
+
+func (s *Store) ClaimRollouts(ctx context.Context, owner string, now, until time.Time, except []string) ([]store.Rollout, error) {
+	// One statement: SQLite's single writer makes it atomic, so a row
+	// another process's claim just renewed is no longer expired here.
+	// except is a JSON array: any number of IDs in one parameter.
+	skip, err := json.Marshal(append([]string{}, except...))
+	if err != nil {
+		return nil, err
+	}
+	rs, err := queryAll(ctx, s.db, sqlrow.ScanRollout, `UPDATE rollouts SET owner = ?, epoch = epoch + 1, lease_until = ?
+		WHERE state = ? AND (lease_until < ? OR (owner = ? AND id NOT IN (SELECT value FROM json_each(?))))
+		RETURNING `+sqlrow.RolloutColumns,
+		owner, until.UnixNano(), string(store.RolloutRunning), now.UnixNano(), owner, string(skip))
+	sqlrow.SortRollouts(rs)
+	return rs, err
+}
+
+func (s *Store) UpdateRollout(ctx context.Context, r store.Rollout) error {
+	res, err := s.db.ExecContext(ctx, `UPDATE rollouts SET state = ?, message = ?, updated_at = ?, lease_until = ? WHERE id = ? AND owner = ? AND epoch = ?`,
+		string(r.State), r.Message, r.UpdatedAt.UnixNano(), sqlrow.LeaseNanos(r.LeaseUntil), r.ID, r.Owner, r.Epoch)
+	if ok, err := deleted(res, err); err != nil || ok {
+		return err
+	}
+	return fmt.Errorf("rollout %s (owner %s, epoch %d): %w", r.ID, r.Owner, r.Epoch, store.ErrLeaseLost)
 }
 
 // --- helpers

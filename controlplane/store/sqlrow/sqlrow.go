@@ -5,7 +5,10 @@
 package sqlrow
 
 import (
+	"cmp"
 	"fmt"
+	"slices"
+	"strings"
 	"time"
 
 	"google.golang.org/protobuf/proto"
@@ -22,7 +25,8 @@ type Scanner interface{ Scan(dest ...any) error }
 const (
 	PinColumns     = `runtime, template_name, image_repository, image_digest, git_sha, promoted_at, promoted_by, notes`
 	CommandColumns = `seq, id, agent, tenant, kind, runtime, image_repository, image_digest, options, state, requested_by, rollout_id, created_at, updated_at, deadline, error, result`
-	RolloutColumns = `id, runtime, image_repository, image_digest, options, state, requested_by, created_at, updated_at, message`
+	RolloutColumns = `id, runtime, image_repository, image_digest, options, state, requested_by, created_at, updated_at, message, owner, epoch, lease_until`
+	AgentColumns   = `identity, tenant, name, connected_at, last_seen, hostname, agent_version, docker_version, docker_reachable, runtimes`
 )
 
 // ScanPin reads a row of PinColumns.
@@ -67,11 +71,15 @@ func ScanRollout(row Scanner) (store.Rollout, error) {
 	var ro store.Rollout
 	var options []byte
 	var state string
-	var created, updated int64
-	if err := row.Scan(&ro.ID, &ro.Runtime, &ro.Repository, &ro.Digest, &options, &state, &ro.RequestedBy, &created, &updated, &ro.Message); err != nil {
+	var created, updated, leaseUntil int64
+	if err := row.Scan(&ro.ID, &ro.Runtime, &ro.Repository, &ro.Digest, &options, &state, &ro.RequestedBy, &created, &updated, &ro.Message,
+		&ro.Owner, &ro.Epoch, &leaseUntil); err != nil {
 		return ro, err
 	}
 	ro.State, ro.CreatedAt, ro.UpdatedAt = store.RolloutState(state), time.Unix(0, created), time.Unix(0, updated)
+	if leaseUntil != 0 {
+		ro.LeaseUntil = time.Unix(0, leaseUntil)
+	}
 	var o controlplanev1.RolloutOptions
 	if err := proto.Unmarshal(options, &o); err != nil {
 		return ro, err
@@ -79,6 +87,41 @@ func ScanRollout(row Scanner) (store.Rollout, error) {
 	ro.Options = store.RolloutOptions{Prefetch: o.GetPrefetch(), CanaryTenants: o.GetCanaryTenants(),
 		MaxParallelTenants: o.GetMaxParallelTenants(), HaltAfterFailures: o.GetHaltAfterFailures()}
 	return ro, nil
+}
+
+// LeaseNanos is a lease end's column value: 0 (never held, expired) for
+// the zero time, whose UnixNano is out of range.
+func LeaseNanos(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.UnixNano()
+}
+
+// SortRollouts orders rollouts oldest first (by creation, then ID): the
+// order ClaimRollouts returns them in, whatever order RETURNING gave.
+func SortRollouts(rs []store.Rollout) {
+	slices.SortFunc(rs, func(a, b store.Rollout) int {
+		return cmp.Or(a.CreatedAt.Compare(b.CreatedAt), strings.Compare(a.ID, b.ID))
+	})
+}
+
+// ScanAgent reads a row of AgentColumns. The runtimes column is a
+// HealthReport holding them.
+func ScanAgent(row Scanner) (store.Agent, error) {
+	var a store.Agent
+	var connected, seen int64
+	var runtimes []byte
+	if err := row.Scan(&a.Identity, &a.Tenant, &a.Name, &connected, &seen, &a.Hostname, &a.AgentVersion, &a.DockerVersion, &a.DockerReachable, &runtimes); err != nil {
+		return a, err
+	}
+	a.ConnectedAt, a.LastSeen = time.Unix(0, connected), time.Unix(0, seen)
+	var report tenantagentv1.HealthReport
+	if err := proto.Unmarshal(runtimes, &report); err != nil {
+		return a, err
+	}
+	a.Runtimes = report.Runtimes
+	return a, nil
 }
 
 // RolloutOptions encodes a rollout's options for its column. The column

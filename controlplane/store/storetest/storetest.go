@@ -7,6 +7,8 @@ import (
 	"context"
 	"errors"
 	"slices"
+	"strconv"
+	"sync"
 	"testing"
 	"time"
 
@@ -44,6 +46,11 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"Agents", testAgents},
 		{"HoldsAndDenials", testHoldsAndDenials},
 		{"Rollouts", testRollouts},
+		{"ClaimRollouts", testClaimRollouts},
+		{"ConcurrentClaimsTakeARolloutOnce", testConcurrentClaims},
+		{"UpdateRolloutIsFenced", testUpdateRollout},
+		{"GetAgents", testGetAgents},
+		{"OneCommandPerRolloutAgentAndKind", testRolloutCommandConflict},
 	} {
 		t.Run(tc.name, func(t *testing.T) { tc.fn(t, open(t)) })
 	}
@@ -458,7 +465,14 @@ func testRollouts(t *testing.T, s store.Store) {
 			t.Fatal(err)
 		}
 	}
+	if g, err := s.GetRollout(ctx, "r1"); err != nil || g.Owner != "" || g.Epoch != 0 || !g.LeaseUntil.IsZero() {
+		t.Fatalf("GetRollout(r1) = %+v, %v; want no owner, epoch 0, no lease", g, err)
+	}
+	if _, err := s.GetRollout(ctx, "nope"); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("GetRollout(nope) = %v; want ErrNotFound", err)
+	}
 	r.State, r.UpdatedAt, r.Message, r.Digest = store.RolloutHalted, at(9), "2 failed", "sha256:ignored"
+	r.Owner, r.Epoch, r.LeaseUntil = "replica-a", 4, at(20)
 	if err := s.PutRollout(ctx, r); err != nil {
 		t.Fatal(err)
 	}
@@ -468,8 +482,9 @@ func testRollouts(t *testing.T, s store.Store) {
 	}
 	g := got[0]
 	if g.ID != "r1" || g.Message != "2 failed" || !g.UpdatedAt.Equal(at(9)) || !g.CreatedAt.Equal(at(1)) || g.Digest != "sha256:a" ||
+		g.Owner != "replica-a" || g.Epoch != 4 || !g.LeaseUntil.Equal(at(20)) ||
 		!g.Options.Prefetch || g.Options.MaxParallelTenants != 3 || g.Options.HaltAfterFailures != 2 || !slices.Equal(g.Options.CanaryTenants, []string{"acme", "zeta"}) {
-		t.Errorf("r1 = %+v; want state, time and message replaced, the rest as created", g)
+		t.Errorf("r1 = %+v; want state, time, message and lease replaced, the rest as created", g)
 	}
 	for _, tc := range []struct {
 		runtime string
@@ -489,5 +504,212 @@ func testRollouts(t *testing.T, s store.Store) {
 		if err != nil || !slices.Equal(names, tc.want) {
 			t.Errorf("ListRollouts(%q, %q) = %v, %v; want %v", tc.runtime, tc.state, names, err, tc.want)
 		}
+	}
+}
+
+// putRollouts creates running rollouts with the given owner and lease end,
+// created in the order given.
+func putRollouts(t *testing.T, s store.Store, owner string, leaseUntil time.Time, ids ...string) {
+	t.Helper()
+	for _, id := range ids {
+		r := store.Rollout{ID: id, Runtime: "codex", State: store.RolloutRunning, CreatedAt: time.Now(), Owner: owner, Epoch: 1, LeaseUntil: leaseUntil}
+		if err := s.PutRollout(context.Background(), r); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func rolloutIDs(rs []store.Rollout) []string {
+	out := []string{}
+	for _, r := range rs {
+		out = append(out, r.ID)
+	}
+	return out
+}
+
+func testClaimRollouts(t *testing.T, s store.Store) {
+	ctx := context.Background()
+	now := at(100)
+	putRollouts(t, s, "a", at(99), "expired-a")
+	putRollouts(t, s, "b", at(101), "live-b")
+	putRollouts(t, s, "c", at(50), "expired-c")
+	putRollouts(t, s, "mine", at(200), "mine-live", "mine-running")
+	// As migrated from before leases: no owner, epoch 0, no lease.
+	if err := s.PutRollout(ctx, store.Rollout{ID: "never-owned", Runtime: "codex", State: store.RolloutRunning, CreatedAt: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range []string{"done", "halted"} {
+		state := store.RolloutCompleted
+		if id == "halted" {
+			state = store.RolloutHalted
+		}
+		if err := s.PutRollout(ctx, store.Rollout{ID: id, Runtime: "codex", State: state, CreatedAt: time.Now(), Owner: "a", LeaseUntil: at(1)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got, err := s.ClaimRollouts(ctx, "mine", now, at(130), []string{"mine-running", "not-a-rollout"})
+	want := []string{"expired-a", "expired-c", "mine-live", "never-owned"}
+	if err != nil || !slices.Equal(rolloutIDs(got), want) {
+		t.Fatalf("ClaimRollouts = %v, %v; want %v (expired, own not running here, never owned; oldest first)", rolloutIDs(got), err, want)
+	}
+	for _, r := range got {
+		stored, err := s.GetRollout(ctx, r.ID)
+		if err != nil || r.Owner != "mine" || !r.LeaseUntil.Equal(at(130)) || r.State != store.RolloutRunning || r.Runtime != "codex" ||
+			stored.Owner != r.Owner || stored.Epoch != r.Epoch || !stored.LeaseUntil.Equal(r.LeaseUntil) {
+			t.Errorf("claimed %+v, stored %+v, %v; want owner mine, lease until 130, as stored", r, stored, err)
+		}
+	}
+	if got[0].Epoch != 2 || got[3].Epoch != 1 {
+		t.Errorf("epochs %d, %d; want each one more than before (2, 1)", got[0].Epoch, got[3].Epoch)
+	}
+	for id, owner := range map[string]string{"live-b": "b", "mine-running": "mine", "done": "a", "halted": "a"} {
+		if r, _ := s.GetRollout(ctx, id); r.Owner != owner || r.Epoch != map[bool]int64{true: 0, false: 1}[id == "done" || id == "halted"] {
+			t.Errorf("%s = owner %q epoch %d; want untouched (owner %q)", id, r.Owner, r.Epoch, owner)
+		}
+	}
+	// Nothing left to claim for another replica: every lease is live.
+	if got, err := s.ClaimRollouts(ctx, "other", now, at(140), nil); err != nil || len(got) != 0 {
+		t.Errorf("second claim = %v, %v; want none", rolloutIDs(got), err)
+	}
+	// A restarted replica takes its own back at once, even on a live lease.
+	if got, err := s.ClaimRollouts(ctx, "b", now, at(140), nil); err != nil || !slices.Equal(rolloutIDs(got), []string{"live-b"}) || got[0].Epoch != 2 {
+		t.Errorf("own claim = %+v, %v; want live-b at epoch 2", got, err)
+	}
+}
+
+// Replicas claiming at once: each expired rollout goes to exactly one.
+func testConcurrentClaims(t *testing.T, s store.Store) {
+	ctx := context.Background()
+	ids := []string{"r1", "r2", "r3"}
+	putRollouts(t, s, "dead", at(1), ids...)
+	var mu sync.Mutex
+	owners := map[string][]string{}
+	var wg sync.WaitGroup
+	start := make(chan struct{})
+	for i := range 8 {
+		owner := "replica-" + strconv.Itoa(i)
+		wg.Go(func() {
+			<-start
+			got, err := s.ClaimRollouts(ctx, owner, at(100), at(200), nil)
+			if err != nil {
+				t.Errorf("%s: ClaimRollouts: %v", owner, err)
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			for _, r := range got {
+				owners[r.ID] = append(owners[r.ID], owner)
+			}
+		})
+	}
+	close(start)
+	wg.Wait()
+	for _, id := range ids {
+		r, err := s.GetRollout(ctx, id)
+		if err != nil || len(owners[id]) != 1 || r.Owner != owners[id][0] || r.Epoch != 2 {
+			t.Errorf("%s claimed by %v; stored owner %q epoch %d, %v; want exactly one claimer, epoch 2", id, owners[id], r.Owner, r.Epoch, err)
+		}
+	}
+}
+
+func testUpdateRollout(t *testing.T, s store.Store) {
+	ctx := context.Background()
+	putRollouts(t, s, "a", at(10), "r1")
+	r, _ := s.GetRollout(ctx, "r1")
+	r.LeaseUntil = at(20)
+	if err := s.UpdateRollout(ctx, r); err != nil {
+		t.Fatalf("renewal by the owner: %v", err)
+	}
+	// b takes it over; a's writes at its epoch are refused and change nothing.
+	claimed, err := s.ClaimRollouts(ctx, "b", at(30), at(40), nil)
+	if err != nil || len(claimed) != 1 || claimed[0].Epoch != 2 {
+		t.Fatalf("claim = %+v, %v", claimed, err)
+	}
+	stale := r
+	stale.State, stale.Message, stale.UpdatedAt, stale.LeaseUntil = store.RolloutCompleted, "zombie", at(31), at(50)
+	if err := s.UpdateRollout(ctx, stale); !errors.Is(err, store.ErrLeaseLost) {
+		t.Fatalf("stale epoch write = %v; want ErrLeaseLost", err)
+	}
+	stale.Owner, stale.Epoch = "b", 1 // b's name at an old epoch is just as stale
+	if err := s.UpdateRollout(ctx, stale); !errors.Is(err, store.ErrLeaseLost) {
+		t.Fatalf("old epoch under the new owner's name = %v; want ErrLeaseLost", err)
+	}
+	if got, _ := s.GetRollout(ctx, "r1"); got.State != store.RolloutRunning || got.Message != "" || got.Owner != "b" || got.Epoch != 2 || !got.LeaseUntil.Equal(at(40)) {
+		t.Fatalf("after refused writes r1 = %+v; want b's claim untouched", got)
+	}
+	b := claimed[0]
+	b.State, b.Message, b.UpdatedAt, b.LeaseUntil = store.RolloutCompleted, "done", at(35), at(36)
+	b.Digest, b.RequestedBy = "sha256:ignored", "ignored"
+	if err := s.UpdateRollout(ctx, b); err != nil {
+		t.Fatalf("owner's end: %v", err)
+	}
+	got, _ := s.GetRollout(ctx, "r1")
+	if got.State != store.RolloutCompleted || got.Message != "done" || !got.UpdatedAt.Equal(at(35)) || !got.LeaseUntil.Equal(at(36)) || got.Digest != "" || got.RequestedBy != "" {
+		t.Errorf("r1 = %+v; want state, message, updated_at and lease written, nothing else", got)
+	}
+	if err := s.UpdateRollout(ctx, store.Rollout{ID: "nope", Owner: "b", Epoch: 2}); !errors.Is(err, store.ErrLeaseLost) {
+		t.Errorf("UpdateRollout(nope) = %v; want ErrLeaseLost", err)
+	}
+}
+
+func testGetAgents(t *testing.T, s store.Store) {
+	ctx := context.Background()
+	agents := []store.Agent{{Identity: "z1", Tenant: "zeta", LastSeen: at(3)}, {Identity: "a2", Tenant: "acme"}, {Identity: "a1", Tenant: "acme"}, {Identity: "b1", Tenant: "beta"},
+		{Identity: "a3", Tenant: "acme", Runtimes: []*tenantagentv1.RuntimeStatus{{Runtime: "codex"}}}}
+	if err := s.PutAgents(ctx, agents); err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.GetAgents(ctx, []string{"z1", "a3", "missing", "a1"})
+	var names []string
+	for _, a := range got {
+		names = append(names, a.Identity)
+	}
+	if err != nil || !slices.Equal(names, []string{"a1", "a3", "z1"}) {
+		t.Fatalf("GetAgents = %v, %v; want a1, a3, z1 (existing ones, by tenant and identity)", names, err)
+	}
+	if !got[2].LastSeen.Equal(at(3)) || len(got[1].Runtimes) != 1 || got[1].Runtimes[0].GetRuntime() != "codex" {
+		t.Errorf("records = %+v; want them whole", got)
+	}
+	if got, err := s.GetAgents(ctx, nil); err != nil || len(got) != 0 {
+		t.Errorf("GetAgents(nil) = %v, %v; want none", got, err)
+	}
+}
+
+// A rollout journals at most one command of a kind per agent: a second,
+// e.g. from a replica that lost the rollout, fails with ErrConflict and
+// stores nothing of its batch.
+func testRolloutCommandConflict(t *testing.T, s store.Store) {
+	ctx := context.Background()
+	first := Cmd("c1", "a", "codex")
+	first.RolloutID = "r1"
+	pf := Cmd("p1", "a", "codex")
+	pf.RolloutID, pf.Kind = "r1", prefetch
+	// Another kind, another rollout, or none: allowed for the same agent
+	// (on another runtime, so they do not supersede c1).
+	other := Cmd("o1", "a", "hermes")
+	other.RolloutID = "r2"
+	insert(t, s, first, pf, other, Cmd("n1", "a", "hermes"))
+	dup := Cmd("c2", "a", "codex")
+	dup.RolloutID = "r1"
+	_, err := s.InsertCommands(ctx, []*store.Command{Cmd("z1", "b", "codex"), dup})
+	if !errors.Is(err, store.ErrConflict) {
+		t.Fatalf("second refresh of r1 for agent a = %v; want ErrConflict", err)
+	}
+	for _, id := range []string{"z1", "c2"} {
+		if _, err := s.GetCommand(ctx, id); !errors.Is(err, store.ErrNotFound) {
+			t.Errorf("%s of the failed batch stored: %v", id, err)
+		}
+	}
+	if c, _ := s.GetCommand(ctx, "c1"); c.State != pending {
+		t.Errorf("c1 = %v after the failed batch; want still pending (its supersede rolled back)", c.State)
+	}
+	// A finished command still counts: a rollout never refreshes an agent twice.
+	update(t, s, "c1", func(c *store.Command) bool { c.State = succeeded; return true }, nil)
+	if _, err := s.InsertCommands(ctx, []*store.Command{dup}); !errors.Is(err, store.ErrConflict) {
+		t.Errorf("after c1 ended: %v; want ErrConflict", err)
+	}
+	// A duplicate ID is an error, but not this conflict.
+	again := Cmd("n1", "x", "codex")
+	if _, err := s.InsertCommands(ctx, []*store.Command{again}); err == nil || errors.Is(err, store.ErrConflict) {
+		t.Errorf("duplicate ID = %v; want an error other than ErrConflict", err)
 	}
 }
