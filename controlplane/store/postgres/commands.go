@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/molecule-ai/tenant-agent/controlplane/store"
@@ -19,10 +20,35 @@ import (
 	tenantagentv1 "github.com/molecule-ai/tenant-agent/gen/tenantagent/v1"
 )
 
+// Unique indexes InsertCommands may run into when another replica
+// journals at the same moment (migrations 0001 and 0002).
+const (
+	onePendingRefresh   = "commands_one_pending_refresh"
+	onePerRolloutAgent  = "commands_one_per_rollout_agent"
+	uniqueViolationCode = "23505"
+)
+
 func (s *Store) InsertCommands(ctx context.Context, cmds []*store.Command) ([]string, error) {
+	superseded, err := s.insertCommands(ctx, cmds)
+	if violated(err, onePendingRefresh) {
+		// Another replica journaled a pending refresh for one of these
+		// agents and runtimes between our supersede and our insert. It
+		// has committed (the index waited for it), so a second attempt
+		// supersedes it, as a single writer would have.
+		superseded, err = s.insertCommands(ctx, cmds)
+	}
+	if violated(err, onePerRolloutAgent) {
+		return nil, fmt.Errorf("%w: %w", store.ErrConflict, err)
+	}
+	return superseded, err
+}
+
+func (s *Store) insertCommands(ctx context.Context, cmds []*store.Command) ([]string, error) {
 	var superseded []string
 	err := s.tx(ctx, func(tx pgx.Tx) error {
 		superseded = nil // BeginFunc does not retry, but a reused slice would lie
+		var agents []string
+		seen := map[string]bool{}
 		for _, c := range cmds {
 			if c.Kind == controlplanev1.CommandKind_COMMAND_KIND_REFRESH {
 				ids, err := supersede(ctx, tx, c)
@@ -34,10 +60,33 @@ func (s *Store) InsertCommands(ctx context.Context, cmds []*store.Command) ([]st
 			if err := insertCommand(ctx, tx, c); err != nil {
 				return err
 			}
+			if !seen[c.Agent] {
+				seen[c.Agent] = true
+				agents = append(agents, c.Agent)
+			}
 		}
-		return nil
+		return s.ringHolders(ctx, tx, agents)
 	})
 	return superseded, err
+}
+
+// ringHolders wakes the replicas holding the agents' streams (other than
+// this one, which sends to its own agents itself) with pgcluster's
+// "d <identity>" on their ta_r_<replica> channel. In the transaction: a
+// notification is delivered at commit, so an uncommitted command never
+// rings, and a rolled-back one never does. An identity too long for a
+// payload (pgcluster's bound) is left to the sweep rather than failing
+// the journal write.
+func (s *Store) ringHolders(ctx context.Context, tx pgx.Tx, agents []string) error {
+	_, err := tx.Exec(ctx, `SELECT pg_notify('ta_r_' || replica, 'd ' || identity) FROM agent_sessions
+		WHERE identity = ANY($1) AND replica <> '' AND replica <> $2 AND octet_length(identity) <= 2048`, agents, s.replica)
+	return err
+}
+
+// violated reports whether err is a unique violation of index.
+func violated(err error, index string) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && pgErr.Code == uniqueViolationCode && pgErr.ConstraintName == index
 }
 
 func insertCommand(ctx context.Context, tx pgx.Tx, c *store.Command) error {

@@ -35,19 +35,35 @@ const migrationLock = 0x74656e616e742d61
 // Store is a store.Store on a PostgreSQL database.
 type Store struct {
 	pool *pgxpool.Pool
+	// replica is the control plane replica using the store (Replica);
+	// "" for none.
+	replica string
 }
 
 var _ store.Store = (*Store)(nil)
 
+// Option configures Open.
+type Option func(*Store)
+
+// Replica names the control plane replica using the store (its
+// pgcluster ID). InsertCommands then rings the doorbell of every other
+// replica holding a stream of an agent it journals a command for, in the
+// same transaction; the replica sends to its own agents itself. Without
+// it, every holder is rung.
+func Replica(id string) Option { return func(s *Store) { s.replica = id } }
+
 // Open connects to the database at dsn (a postgres:// URL or keyword=value
 // string) and applies any migration it has not seen.
-func Open(ctx context.Context, dsn string) (*Store, error) {
+func Open(ctx context.Context, dsn string, opts ...Option) (*Store, error) {
 	pool, err := pgxpool.New(ctx, dsn)
 	if err != nil {
 		// Not %w: pgx's parse errors may quote the DSN, password included.
 		return nil, errors.New("postgres store: invalid DSN")
 	}
 	s := &Store{pool: pool}
+	for _, o := range opts {
+		o(s)
+	}
 	if err := s.migrate(ctx); err != nil {
 		pool.Close()
 		return nil, fmt.Errorf("postgres store: migrate: %w", err)
