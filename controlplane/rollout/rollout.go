@@ -4,6 +4,15 @@
 // rollout runs on the control plane's lifetime, not the caller's: it goes
 // on when the caller disconnects and resumes after a restart, reusing the
 // commands it already issued.
+//
+// Replicas sharing a store run each rollout once: the replica running it
+// holds a lease on its row (owner, epoch, lease end) and renews it; every
+// write of the rollout is fenced by (owner, epoch). When the owner stops
+// renewing (it died, or lost the store), another replica claims the
+// rollout once the lease ends and resumes it with the same commands; the
+// old owner, if alive, stops as soon as it learns, writing nothing. The
+// store's one command of a kind per rollout and agent keeps two owners
+// from ever refreshing a tenant twice in between.
 package rollout
 
 import (
@@ -12,6 +21,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"path"
 	"slices"
 	"sort"
@@ -40,12 +50,13 @@ const recheckEvery = 30 * time.Second
 // by: a fleet of thousands sends a burst of several events per tenant.
 const rolloutEventBuffer = 1 << 16
 
-// Store is what a rollout keeps: its pin, its own record and its
-// commands.
+// Store is what a rollout keeps: its pin, its own record (created with
+// PutRollout, claimed, then written fenced by its lease) and its commands.
 type Store interface {
 	RecordPin(ctx context.Context, p store.Pin) error
 	PutRollout(ctx context.Context, r store.Rollout) error
-	ListRollouts(ctx context.Context, runtime string, state store.RolloutState) ([]store.Rollout, error)
+	ClaimRollouts(ctx context.Context, owner string, now, until time.Time, except []string) ([]store.Rollout, error)
+	UpdateRollout(ctx context.Context, r store.Rollout) error
 	ListCommands(ctx context.Context, f store.CommandFilter) ([]*store.Command, error)
 	GetCommand(ctx context.Context, id string) (*store.Command, error)
 }
@@ -85,6 +96,15 @@ type Config struct {
 	// After is the clock await re-reads a quiet command by (time.After);
 	// tests fire it at will.
 	After func(time.Duration) <-chan time.Time
+	// Replica names this control plane among those sharing the store: the
+	// owner of the rollouts it runs. A restarted replica with the same
+	// name takes its rollouts back at once; others wait for their lease
+	// to end. Default "local", for a store only this process uses.
+	Replica string
+	// Lease is how long a rollout stays this replica's without a renewal.
+	// It is renewed, and other replicas' expired rollouts are looked for,
+	// every Lease/3. Default 15s.
+	Lease time.Duration
 }
 
 // CheckAndSetDefaults validates the config and fills in defaults.
@@ -105,8 +125,18 @@ func (c *Config) CheckAndSetDefaults() error {
 	if c.After == nil {
 		c.After = time.After
 	}
+	if c.Replica == "" {
+		c.Replica = "local"
+	}
+	if c.Lease <= 0 {
+		c.Lease = 15 * time.Second
+	}
 	return nil
 }
+
+// renewEvery is how often a lease is renewed and expired ones are looked
+// for: a third of the lease, so two renewals may fail before it ends.
+func (c *Config) renewEvery() time.Duration { return max(c.Lease/3, time.Millisecond) }
 
 // Request is a promote: the pin to record and how to roll it out.
 type Request struct {
@@ -142,10 +172,17 @@ type Event struct {
 
 // Rollouts starts and runs rollouts.
 type Rollouts struct {
-	cfg    Config
-	events *pubsub.Hub[string, Event]
-	ctx    context.Context
-	wg     sync.WaitGroup
+	cfg       Config
+	events    *pubsub.Hub[string, Event]
+	ctx       context.Context
+	wg        sync.WaitGroup
+	claimLoop sync.Once
+
+	// claiming is held across a claim and across Promote's create, so a
+	// claim never takes a rollout this process is starting: its except
+	// list (running) is then complete.
+	claiming sync.Mutex
+	running  map[string]bool // rollout IDs with a run in this process
 }
 
 // New returns Rollouts whose rollouts run until ctx ends.
@@ -153,7 +190,7 @@ func New(ctx context.Context, cfg Config) (*Rollouts, error) {
 	if err := cfg.CheckAndSetDefaults(); err != nil {
 		return nil, err
 	}
-	return &Rollouts{cfg: cfg, events: pubsub.NewHub[string, Event](rolloutEventBuffer), ctx: ctx}, nil
+	return &Rollouts{cfg: cfg, events: pubsub.NewHub[string, Event](rolloutEventBuffer), ctx: ctx, running: map[string]bool{}}, nil
 }
 
 // Wait waits for running rollouts to return after the lifetime ended.
@@ -183,8 +220,15 @@ func (r *Rollouts) Promote(ctx context.Context, caller identity.Identity, req Re
 	ro := store.Rollout{
 		ID: "r-" + strings.ToLower(rand.Text()), Runtime: pin.Runtime, Repository: pin.Repository, Digest: pin.Digest,
 		Options: req.Options, State: store.RolloutRunning, RequestedBy: caller.ID, CreatedAt: now, UpdatedAt: now,
+		Owner: r.cfg.Replica, Epoch: 1, LeaseUntil: now.Add(r.cfg.Lease),
 	}
-	if err := r.cfg.Store.PutRollout(ctx, ro); err != nil {
+	r.claiming.Lock()
+	err = r.cfg.Store.PutRollout(ctx, ro)
+	if err == nil {
+		r.running[ro.ID] = true
+	}
+	r.claiming.Unlock()
+	if err != nil {
 		return store.Rollout{}, nil, fmt.Errorf("record rollout: %w", err)
 	}
 	r.cfg.Fleet.SetPin(pin)
@@ -216,26 +260,71 @@ func validate(req Request) (imageref.Ref, error) {
 	return ref, nil
 }
 
-// Resume restarts rollouts a previous run of the control plane left running.
+// Resume takes over the rollouts no replica runs: at once those a
+// previous run of this replica left running, and those of any replica
+// once their lease ends without a renewal. It claims once before it
+// returns, then every Lease/3 until the lifetime ends.
 func (r *Rollouts) Resume(ctx context.Context) error {
-	running, err := r.cfg.Store.ListRollouts(ctx, "", store.RolloutRunning)
+	if err := r.claim(ctx); err != nil {
+		return err
+	}
+	r.claimLoop.Do(func() {
+		r.wg.Go(func() {
+			tick := time.NewTicker(r.cfg.renewEvery())
+			defer tick.Stop()
+			for {
+				select {
+				case <-r.ctx.Done():
+					return
+				case <-tick.C:
+					if err := r.claim(r.ctx); err != nil && r.ctx.Err() == nil {
+						r.cfg.Logger.Warn("cannot claim rollouts; trying again", "error", err)
+					}
+				}
+			}
+		})
+	})
+	return nil
+}
+
+// claim claims the rollouts this replica may take and starts a run for
+// each; the ones it runs already are not claimed again (that would bump
+// their epoch under their feet).
+func (r *Rollouts) claim(ctx context.Context) error {
+	if r.ctx.Err() != nil {
+		return nil // shutting down: a claim now would only hold others off for a lease
+	}
+	r.claiming.Lock()
+	defer r.claiming.Unlock()
+	now := r.cfg.Now()
+	claimed, err := r.cfg.Store.ClaimRollouts(ctx, r.cfg.Replica, now, now.Add(r.cfg.Lease), slices.Collect(maps.Keys(r.running)))
 	if err != nil {
 		return err
 	}
-	for _, ro := range running {
-		r.cfg.Logger.Info("resuming rollout", "rollout", ro.ID, "runtime", ro.Runtime, "digest", ro.Digest)
+	for _, ro := range claimed {
+		r.cfg.Logger.Info("resuming rollout", "rollout", ro.ID, "runtime", ro.Runtime, "digest", ro.Digest, "epoch", ro.Epoch)
+		r.running[ro.ID] = true
 		r.start(ro, nil)
 	}
 	return nil
 }
 
+// start runs a rollout this replica owns (it is in running) on a context
+// of its own, with a goroutine holding its lease; losing the lease cancels
+// the context.
 func (r *Rollouts) start(ro store.Rollout, pin *store.Pin) {
-	r.wg.Add(1)
-	go func() {
-		defer r.wg.Done()
-		run := &run{Rollouts: r, ro: ro}
-		run.execute(pin)
-	}()
+	ctx, cancel := context.WithCancel(r.ctx)
+	x := &run{Rollouts: r, ro: ro, cancel: cancel}
+	r.wg.Go(func() { x.hold(ctx) })
+	r.wg.Go(func() {
+		defer func() {
+			cancel() // ends hold
+			r.claiming.Lock()
+			delete(r.running, ro.ID)
+			r.claiming.Unlock()
+		}()
+		x.execute(ctx, pin)
+	})
 }
 
 // targets returns, by tenant, the agents that report the runtime; a
@@ -251,10 +340,92 @@ func (r *Rollouts) targets(runtime, tenant string) map[string][]store.Agent {
 // run is one execution of a rollout.
 type run struct {
 	*Rollouts
-	ro store.Rollout
+	cancel context.CancelFunc
+
+	// lease guards ro's changing fields (state, message, updated_at,
+	// lease_until; the others never change) and ended, and is held across
+	// each write of them, so a renewal can never land after the end and
+	// put the rollout back to running.
+	lease sync.Mutex
+	ro    store.Rollout
+	ended bool
 
 	mu     sync.Mutex
 	counts Counts
+}
+
+// hold renews the run's lease every Lease/3 until ctx ends. It stops the
+// run when the lease is lost (another replica claimed the rollout) or
+// ends without a renewal (this replica cannot reach the store, and
+// another one may take the rollout over): either way the run must not go
+// on issuing commands.
+func (x *run) hold(ctx context.Context) {
+	tick := time.NewTicker(x.cfg.renewEvery())
+	defer tick.Stop()
+	expiry := time.NewTimer(x.leaseLeft())
+	defer expiry.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-expiry.C:
+			x.cfg.Logger.Warn("rollout lease ended without a renewal: stopping it here; a replica that reaches the store takes it over",
+				"rollout", x.ro.ID, "replica", x.cfg.Replica)
+			x.cancel()
+			return
+		case <-tick.C:
+			err := x.renew(ctx)
+			switch {
+			case err == nil:
+				expiry.Reset(x.leaseLeft())
+			case errors.Is(err, store.ErrLeaseLost):
+				x.cfg.Logger.Warn("rollout taken over by another replica: stopping it here", "rollout", x.ro.ID, "replica", x.cfg.Replica, "error", err)
+				x.cancel()
+				return
+			case ctx.Err() == nil:
+				x.cfg.Logger.Warn("cannot renew rollout lease; trying again", "rollout", x.ro.ID, "error", err)
+			}
+		}
+	}
+}
+
+func (x *run) leaseLeft() time.Duration {
+	x.lease.Lock()
+	defer x.lease.Unlock()
+	return x.ro.LeaseUntil.Sub(x.cfg.Now())
+}
+
+// renew extends the lease by Lease from now. The write may take no longer
+// than the lease has left: past it, the lease is not this replica's.
+func (x *run) renew(ctx context.Context) error {
+	x.lease.Lock()
+	defer x.lease.Unlock()
+	if x.ended {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, x.ro.LeaseUntil.Sub(x.cfg.Now()))
+	defer cancel()
+	ro := x.ro
+	ro.LeaseUntil = x.cfg.Now().Add(x.cfg.Lease)
+	if err := x.cfg.Store.UpdateRollout(ctx, ro); err != nil {
+		return err
+	}
+	x.ro.LeaseUntil = ro.LeaseUntil
+	return nil
+}
+
+// finish records the rollout's end, fenced by its lease.
+func (x *run) finish(ctx context.Context, state store.RolloutState, message string) error {
+	x.lease.Lock()
+	defer x.lease.Unlock()
+	ro := x.ro
+	ro.State, ro.Message, ro.UpdatedAt = state, message, x.cfg.Now()
+	if err := x.cfg.Store.UpdateRollout(ctx, ro); err != nil {
+		return err
+	}
+	// Only the fields that change: the rest are read unlocked.
+	x.ro.State, x.ro.Message, x.ro.UpdatedAt, x.ended = ro.State, ro.Message, ro.UpdatedAt, true
+	return nil
 }
 
 type outcome int
@@ -290,8 +461,9 @@ func (x *run) count(o outcome) {
 	}
 }
 
-func (x *run) execute(pin *store.Pin) {
-	ctx := x.ctx
+// execute runs the rollout until it ends or ctx does; ctx ends when the
+// lifetime does or the lease is lost, and then nothing more is written.
+func (x *run) execute(ctx context.Context, pin *store.Pin) {
 	opts := x.ro.Options
 	if pin != nil {
 		ev := Event{Time: x.cfg.Now(), RolloutID: x.ro.ID, Kind: controlplanev1.RolloutEventKind_ROLLOUT_EVENT_KIND_PIN_RECORDED,
@@ -380,26 +552,36 @@ func (x *run) execute(pin *store.Pin) {
 			halted = fmt.Sprintf("%d tenants failed (halt after %d)", failures, limit)
 		}
 		for _, t := range rest[started:] {
+			if ctx.Err() != nil {
+				break // stopped, not halted: another run goes on with them
+			}
 			x.count(skipped)
 			x.emit(controlplanev1.RolloutEventKind_ROLLOUT_EVENT_KIND_TENANT_SKIPPED, phase, t, nil, "not started: rollout halted")
 		}
 	}
 	if ctx.Err() != nil {
-		return // shutting down: the rollout stays RUNNING and resumes
+		// Shutting down or lost the lease: the rollout stays RUNNING and
+		// this replica or another resumes it.
+		return
 	}
 
-	x.ro.UpdatedAt = x.cfg.Now()
-	kind := controlplanev1.RolloutEventKind_ROLLOUT_EVENT_KIND_COMPLETED
-	x.ro.State, x.ro.Message = store.RolloutCompleted, x.summary()
+	kind, state, message := controlplanev1.RolloutEventKind_ROLLOUT_EVENT_KIND_COMPLETED, store.RolloutCompleted, x.summary()
 	if halted != "" {
-		kind = controlplanev1.RolloutEventKind_ROLLOUT_EVENT_KIND_HALTED
-		x.ro.State, x.ro.Message = store.RolloutHalted, "halted: "+halted+"; "+x.summary()
+		kind, state, message = controlplanev1.RolloutEventKind_ROLLOUT_EVENT_KIND_HALTED, store.RolloutHalted, "halted: "+halted+"; "+x.summary()
 	}
-	if err := x.cfg.Store.PutRollout(ctx, x.ro); err != nil {
-		x.cfg.Logger.Error("cannot record rollout end", "rollout", x.ro.ID, "error", err)
+	if err := x.finish(ctx, state, message); err != nil {
+		// Unrecorded, the rollout stays RUNNING: the replica that owns it
+		// next (another one, or this one once this run is gone) resumes it,
+		// finds every command done and records the end.
+		if errors.Is(err, store.ErrLeaseLost) {
+			x.cfg.Logger.Warn("rollout taken over by another replica before its end was recorded; that replica finishes it", "rollout", x.ro.ID, "replica", x.cfg.Replica)
+		} else {
+			x.cfg.Logger.Error("cannot record rollout end; it will be resumed to record it", "rollout", x.ro.ID, "error", err)
+		}
+		return
 	}
-	x.cfg.Logger.Info("rollout ended", "rollout", x.ro.ID, "runtime", x.ro.Runtime, "state", x.ro.State, "message", x.ro.Message)
-	x.emit(kind, 0, "", nil, x.ro.Message)
+	x.cfg.Logger.Info("rollout ended", "rollout", x.ro.ID, "runtime", x.ro.Runtime, "state", state, "message", message)
+	x.emit(kind, 0, "", nil, message)
 }
 
 func (x *run) summary() string {
@@ -457,7 +639,11 @@ func (x *run) preissue(ctx context.Context, phase controlplanev1.RolloutPhase, k
 		return
 	}
 	if err := x.cfg.Dispatcher.Issue(ctx, fresh); err != nil {
-		x.cfg.Logger.Error("cannot issue the first window; tenants will issue one by one", "rollout", x.ro.ID, "error", err)
+		level := slog.LevelError
+		if errors.Is(err, store.ErrConflict) || ctx.Err() != nil {
+			level = slog.LevelInfo // another owner of the rollout issued some meanwhile; tenants find them
+		}
+		x.cfg.Logger.Log(ctx, level, "cannot issue the first window; tenants will issue one by one", "rollout", x.ro.ID, "error", err)
 		return
 	}
 	for _, c := range fresh {
@@ -489,29 +675,53 @@ func (x *run) plan(existing []*store.Command, kind controlplanev1.CommandKind, t
 // reports the runtime, reusing commands this rollout already issued, and
 // waits for them unless the agent is offline.
 func (x *run) tenant(ctx context.Context, phase controlplanev1.RolloutPhase, kind controlplanev1.CommandKind, tenant string, agents []store.Agent) outcome {
-	existing, err := x.cfg.Store.ListCommands(ctx, store.CommandFilter{RolloutID: x.ro.ID, Tenant: tenant, Kind: kind})
-	if err != nil {
-		x.emit(controlplanev1.RolloutEventKind_ROLLOUT_EVENT_KIND_COMMAND_UPDATED, phase, tenant, nil, "cannot read commands: "+err.Error())
-		return failedOutcome
-	}
-	cmds, fresh, err := x.plan(existing, kind, tenant, agents)
-	if err != nil {
-		x.emit(controlplanev1.RolloutEventKind_ROLLOUT_EVENT_KIND_COMMAND_UPDATED, phase, tenant, nil, "cannot build commands: "+err.Error())
-		return failedOutcome
-	}
-	// Subscribe before issuing, so no update is missed.
-	subs := make([]*pubsub.Subscription[dispatch.Update], len(cmds))
-	for i, c := range cmds {
-		subs[i] = x.cfg.Dispatcher.Watch(c.ID)
-		defer subs[i].Close()
-	}
-	if len(fresh) > 0 {
-		if err := x.cfg.Dispatcher.Issue(ctx, fresh); err != nil {
-			x.emit(controlplanev1.RolloutEventKind_ROLLOUT_EVENT_KIND_COMMAND_UPDATED, phase, tenant, nil, "cannot issue: "+err.Error())
+	var cmds []*store.Command
+	var subs []*pubsub.Subscription[dispatch.Update]
+	defer func() {
+		for _, s := range subs {
+			s.Close()
+		}
+	}()
+	for attempt := 1; ; attempt++ {
+		existing, err := x.cfg.Store.ListCommands(ctx, store.CommandFilter{RolloutID: x.ro.ID, Tenant: tenant, Kind: kind})
+		if err != nil {
+			x.emit(controlplanev1.RolloutEventKind_ROLLOUT_EVENT_KIND_COMMAND_UPDATED, phase, tenant, nil, "cannot read commands: "+err.Error())
 			return failedOutcome
 		}
-		for _, c := range fresh {
-			x.emit(controlplanev1.RolloutEventKind_ROLLOUT_EVENT_KIND_COMMAND_ISSUED, phase, tenant, c, "issued to "+c.Agent)
+		var fresh []*store.Command
+		cmds, fresh, err = x.plan(existing, kind, tenant, agents)
+		if err != nil {
+			x.emit(controlplanev1.RolloutEventKind_ROLLOUT_EVENT_KIND_COMMAND_UPDATED, phase, tenant, nil, "cannot build commands: "+err.Error())
+			return failedOutcome
+		}
+		// Subscribe before issuing, so no update is missed.
+		for _, s := range subs {
+			s.Close()
+		}
+		subs = subs[:0]
+		for _, c := range cmds {
+			subs = append(subs, x.cfg.Dispatcher.Watch(c.ID))
+		}
+		if len(fresh) == 0 {
+			break
+		}
+		err = x.cfg.Dispatcher.Issue(ctx, fresh)
+		if err == nil {
+			for _, c := range fresh {
+				x.emit(controlplanev1.RolloutEventKind_ROLLOUT_EVENT_KIND_COMMAND_ISSUED, phase, tenant, c, "issued to "+c.Agent)
+			}
+			break
+		}
+		// A conflict is another owner of this rollout (one that held it
+		// before, or still thinks it does) having journaled a command for
+		// one of these agents meanwhile: read again and follow that one.
+		// A few times at most: each conflict means a command now exists.
+		if ctx.Err() != nil {
+			return pending // stopped: whoever runs the rollout next follows up
+		}
+		if !errors.Is(err, store.ErrConflict) || attempt == 3 {
+			x.emit(controlplanev1.RolloutEventKind_ROLLOUT_EVENT_KIND_COMMAND_UPDATED, phase, tenant, nil, "cannot issue: "+err.Error())
+			return failedOutcome
 		}
 	}
 	result := succeeded

@@ -35,6 +35,8 @@ type fakeDispatcher struct {
 	agents  []store.Agent
 	outcome map[string]controlplanev1.CommandState
 	hub     *pubsub.Hub[string, dispatch.Update]
+	// beforeIssue, if set, runs before Issue journals anything.
+	beforeIssue func([]*store.Command)
 
 	mu     sync.Mutex
 	issued []string // tenants, in issue order
@@ -56,6 +58,9 @@ func (f *fakeDispatcher) Command(req dispatch.Request, a store.Agent) (*store.Co
 }
 
 func (f *fakeDispatcher) Issue(ctx context.Context, cmds []*store.Command) error {
+	if f.beforeIssue != nil {
+		f.beforeIssue(cmds)
+	}
 	for _, c := range cmds {
 		c.State = stPending
 	}
