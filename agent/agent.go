@@ -26,10 +26,14 @@ import (
 // Config is the agent's configuration; the binary fills it from flags and
 // TENANT_AGENT_* variables.
 type Config struct {
-	// ControlPlane is the control plane's agent address, host:port.
+	// ControlPlane is the control plane's agent address, host:port, or
+	// several separated by commas (replicas; at most channel.MaxAddrs).
+	// Each attempt takes the next in a shuffled order; a host is resolved
+	// at each attempt and all its addresses count.
 	ControlPlane string
 	// ServerName is the name the control plane's certificate must carry;
-	// empty means the host of ControlPlane.
+	// empty means the host of the ControlPlane address being dialed, as
+	// written (never an IP it resolved to).
 	ServerName string
 	// ControlPlaneID, if set, is the SPIFFE ID the control plane's
 	// certificate must carry (besides the CA and ServerName checks).
@@ -91,12 +95,8 @@ func Defaults() Config {
 // CheckAndSetDefaults validates everything once, at start.
 func (c *Config) CheckAndSetDefaults() error {
 	var errs []error
-	host, _, err := net.SplitHostPort(c.ControlPlane)
-	if err != nil {
-		errs = append(errs, fmt.Errorf("--control-plane %q: want host:port", c.ControlPlane))
-	}
-	if c.ServerName == "" {
-		c.ServerName = host
+	if _, err := channel.ParseAddrs(c.ControlPlane); err != nil {
+		errs = append(errs, fmt.Errorf("--control-plane: %w", err))
 	}
 	if c.ControlPlaneID != "" {
 		if err := mtls.CheckServerID(c.ControlPlaneID); err != nil {

@@ -3,6 +3,8 @@
 // second of a Docker change), hands commands to the runner, and redials
 // with exponential backoff and full jitter when the stream drops, so a
 // control plane restart does not bring the whole fleet back in one second.
+// With several control plane addresses, each attempt takes the next of
+// them in a shuffled order (see picker).
 package channel
 
 import (
@@ -19,6 +21,9 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/resolver"
+	"google.golang.org/grpc/resolver/manual"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -32,7 +37,11 @@ type Inventory func(ctx context.Context) ([]*tenantagentv1.RuntimeStatus, error)
 
 // Config configures the channel.
 type Config struct {
-	// Addr is the control plane's agent address, host:port.
+	// Addr is the control plane's agent address, host:port, or several
+	// separated by commas (see ParseAddrs). A host is resolved at each
+	// attempt, and its addresses are tried in a random order; the
+	// certificate is verified against the host as written (or the
+	// credentials' own server name), never against an IP it resolved to.
 	Addr  string
 	Creds credentials.TransportCredentials
 	// Tenant is the agent's own tenant, from its certificate.
@@ -58,7 +67,10 @@ type Config struct {
 	Observer Observer
 	Logger   *slog.Logger
 
-	trim *trimmer
+	trim  *trimmer
+	addrs []string
+	// lookup resolves a host; nil is net.DefaultResolver (tests set it).
+	lookup Lookup
 }
 
 // Observer follows the stream to the control plane; calls must not block.
@@ -79,6 +91,11 @@ func (c *Config) CheckAndSetDefaults() error {
 	if c.Addr == "" || c.Creds == nil || c.Inventory == nil || c.Runner == nil {
 		return errors.New("channel: Addr, Creds, Inventory and Runner are required")
 	}
+	addrs, err := ParseAddrs(c.Addr)
+	if err != nil {
+		return fmt.Errorf("channel: control plane address: %w", err)
+	}
+	c.addrs = addrs
 	if c.HeartbeatInterval <= 0 {
 		c.HeartbeatInterval = 15 * time.Second
 	}
@@ -113,27 +130,24 @@ func Run(ctx context.Context, cfg Config) error {
 	if err := cfg.CheckAndSetDefaults(); err != nil {
 		return err
 	}
-	creds := watchHandshakes(cfg.Creds)
-	conn, err := grpc.NewClient(cfg.Addr, grpc.WithTransportCredentials(creds),
-		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: cfg.KeepaliveTime, Timeout: cfg.KeepaliveTimeout, PermitWithoutStream: true}))
-	if err != nil {
-		return fmt.Errorf("control plane address %q: %w", cfg.Addr, err)
-	}
-	defer conn.Close()
-	client := tenantagentv1.NewAgentServiceClient(conn)
+	pick := newPicker(cfg.addrs, cfg.lookup)
 	failures := 0
 	redial := &redials{logger: cfg.Logger}
 	for ctx.Err() == nil {
-		welcomed, err := session(ctx, cfg, client)
+		// One attempt: the next address, resolved now, one connection.
+		addr := pick.next()
+		creds := watchHandshakes(cfg.Creds) // this attempt's handshakes only
+		welcomed, err := dialAttempt(ctx, cfg, pick, addr, creds)
 		if welcomed {
 			cfg.Observer.Connected(false)
 		}
 		var rc *reconnectError
+		var unresolved *resolveError
 		switch {
 		case ctx.Err() != nil:
 			return nil
 		case errors.As(err, &rc):
-			cfg.Logger.Info("control plane asked to reconnect", "after", rc.after, "reason", rc.reason)
+			cfg.Logger.Info("control plane asked to reconnect", "address", addr, "after", rc.after, "reason", rc.reason)
 			failures = 0
 			redial.worked()
 			sleep(ctx, rc.after)
@@ -149,13 +163,57 @@ func Run(ctx context.Context, cfg Config) error {
 			// asked would only be refused again. The hint spaces these
 			// lines out already.
 			wait = max(wait, hintedWait(hint, cfg.BackoffMax))
-			cfg.Logger.Warn("control plane asked the agent to wait before redialing", "error", err, "retry_delay", hint, "in", wait.Round(time.Millisecond))
+			cfg.Logger.Warn("control plane asked the agent to wait before redialing", "address", addr, "error", err, "retry_delay", hint, "in", wait.Round(time.Millisecond))
+		} else if errors.As(err, &unresolved) {
+			redial.failed(addr, "cannot resolve the control plane address; redialing", err.Error(), "address", addr, "in", wait.Round(time.Millisecond))
 		} else {
-			redial.failed("stream to the control plane ended; redialing", Describe(err, creds.lastError(), cfg.CA), "in", wait.Round(time.Millisecond))
+			redial.failed(addr, "stream to the control plane ended; redialing", Describe(err, creds.lastError(), cfg.CA), "address", addr, "in", wait.Round(time.Millisecond))
 		}
 		sleep(ctx, wait)
 	}
 	return nil
+}
+
+// dialAttempt is one attempt on one control plane address: it resolves
+// the host, connects to one of its addresses (gRPC tries them in the
+// order given until one answers) and runs a session on that connection,
+// which it closes after. It reports whether Welcome arrived.
+func dialAttempt(ctx context.Context, cfg Config, pick *picker, addr string, creds *handshakes) (bool, error) {
+	addrs, err := pick.resolve(ctx, addr)
+	if err != nil {
+		return false, err
+	}
+	conn, err := clientFor(addr, addrs, creds, grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: cfg.KeepaliveTime, Timeout: cfg.KeepaliveTimeout, PermitWithoutStream: true}))
+	if err != nil {
+		return false, err
+	}
+	defer conn.Close()
+	cfg.Logger.Debug("dialing the control plane", "address", addr, "resolved", addrList(addrs))
+	at := &target{addr: addr}
+	welcomed, err := session(ctx, cfg, tenantagentv1.NewAgentServiceClient(conn), at)
+	if welcomed {
+		pick.left(at.peer)
+	}
+	return welcomed, err
+}
+
+// clientFor is a connection to the control plane address addr (host:port
+// as written, the connection's authority) over the addresses it resolved
+// to.
+func clientFor(addr string, addrs []resolver.Address, creds credentials.TransportCredentials, opts ...grpc.DialOption) (*grpc.ClientConn, error) {
+	r := manual.NewBuilderWithScheme(resolverScheme)
+	r.InitialState(resolver.State{Addresses: addrs})
+	conn, err := grpc.NewClient(resolverScheme+":///"+addr, append([]grpc.DialOption{grpc.WithResolvers(r), grpc.WithTransportCredentials(creds)}, opts...)...)
+	if err != nil {
+		return nil, fmt.Errorf("control plane address %s: %w", limits.Quoted(addr), err)
+	}
+	return conn, nil
+}
+
+// target is the address of one attempt, as written, and once welcomed
+// the peer's IP:port.
+type target struct {
+	addr, peer string
 }
 
 // backoff is full jitter: uniform in [0, min(max, base * 2^(n-1))].
@@ -208,10 +266,10 @@ type reconnectError struct {
 func (e *reconnectError) Error() string { return "reconnect requested: " + e.reason }
 
 // session runs one stream; it reports whether Welcome arrived.
-func session(ctx context.Context, cfg Config, client tenantagentv1.AgentServiceClient) (bool, error) {
+func session(ctx context.Context, cfg Config, client tenantagentv1.AgentServiceClient, at *target) (bool, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	stream, interval, err := handshake(ctx, cfg, client)
+	stream, interval, err := handshake(ctx, cfg, client, at)
 	if err != nil {
 		return false, err
 	}
@@ -227,7 +285,7 @@ func session(ctx context.Context, cfg Config, client tenantagentv1.AgentServiceC
 
 // handshake opens the stream, says Hello and waits for Welcome; it
 // returns the heartbeat interval to keep, Welcome's or the configured one.
-func handshake(ctx context.Context, cfg Config, client tenantagentv1.AgentServiceClient) (tenantagentv1.AgentService_ConnectClient, time.Duration, error) {
+func handshake(ctx context.Context, cfg Config, client tenantagentv1.AgentServiceClient, at *target) (tenantagentv1.AgentService_ConnectClient, time.Duration, error) {
 	stream, err := client.Connect(ctx)
 	if err != nil {
 		return nil, 0, err
@@ -247,7 +305,10 @@ func handshake(ctx context.Context, cfg Config, client tenantagentv1.AgentServic
 	if d := welcome.GetHeartbeatInterval().AsDuration(); d > 0 {
 		interval = d
 	}
-	cfg.Logger.Info("connected to the control plane", "identity", welcome.GetIdentity(), "heartbeat", interval, "control_plane_version", welcome.GetControlPlaneVersion())
+	if p, ok := peer.FromContext(stream.Context()); ok && p.Addr != nil {
+		at.peer = p.Addr.String()
+	}
+	cfg.Logger.Info("connected to the control plane", "address", at.addr, "peer", at.peer, "identity", welcome.GetIdentity(), "heartbeat", interval, "control_plane_version", welcome.GetControlPlaneVersion())
 	cfg.Observer.Connected(true)
 	cfg.Observer.Heartbeat() // Hello was the first report
 	return stream, interval, nil

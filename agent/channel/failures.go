@@ -88,28 +88,43 @@ func Describe(err, handshakeErr error, ca string) string {
 }
 
 // redials logs why the stream to the control plane failed without
-// flooding: the first failure with a given reason at warn, then at warn
-// again only when the count of consecutive failures reaches a power of two
-// (once per doubling of the backoff, then ever more rarely at its cap), and
-// at debug in between.
+// flooding: per control plane address, the first failure with a given
+// reason at warn, then at warn again only when the count of consecutive
+// failures reaches a power of two (once per doubling of the backoff, then
+// ever more rarely at its cap), and at debug in between. Counting per
+// address keeps two dead replicas failing in turn (each with its own
+// reason) from warning at every attempt.
 type redials struct {
 	logger *slog.Logger
+	// byAddr holds at most one entry per configured address.
+	byAddr map[string]*redialCount
+}
+
+type redialCount struct {
 	reason string
 	n      int
 }
 
-// failed logs one failed attempt; wait is how long until the next.
-func (r *redials) failed(msg, reason string, args ...any) {
-	if reason != r.reason {
-		r.reason, r.n = reason, 0
+// failed logs one failed attempt on addr.
+func (r *redials) failed(addr, msg, reason string, args ...any) {
+	if r.byAddr == nil {
+		r.byAddr = map[string]*redialCount{}
 	}
-	r.n++
+	c := r.byAddr[addr]
+	if c == nil {
+		c = &redialCount{}
+		r.byAddr[addr] = c
+	}
+	if reason != c.reason {
+		c.reason, c.n = reason, 0
+	}
+	c.n++
 	level := slog.LevelDebug
-	if bits.OnesCount(uint(r.n)) == 1 {
+	if bits.OnesCount(uint(c.n)) == 1 {
 		level = slog.LevelWarn
 	}
-	r.logger.Log(context.Background(), level, msg, append([]any{"reason", reason, "failures", r.n}, args...)...)
+	r.logger.Log(context.Background(), level, msg, append([]any{"reason", reason, "failures", c.n}, args...)...)
 }
 
 // worked forgets the failures: the stream came up.
-func (r *redials) worked() { r.reason, r.n = "", 0 }
+func (r *redials) worked() { r.byAddr = nil }

@@ -40,7 +40,12 @@ func parseFlags(args []string, stdout io.Writer) (agent.Config, error) {
 	cfg := agent.Defaults()
 	cmd := cliflag.Command{Name: "tenant-agent", Summary: summary, EnvPrefix: "TENANT_AGENT", Version: version.String()}
 	fs := flag.NewFlagSet(cmd.Name, flag.ContinueOnError)
-	fs.StringVar(&cfg.ControlPlane, "control-plane", cfg.ControlPlane, "the control plane's agent address, host:port")
+	fs.StringVar(&cfg.ControlPlane, "control-plane", cfg.ControlPlane, "the control plane's agent address, host:port, or up to 16 separated by commas (replicas:\n"+
+		"cp-a.example:7443,cp-b.example:7443). Each connection attempt takes the next address in a shuffled order, so\n"+
+		"a fleet spreads over the replicas and a dead one costs one backoff step; a host is resolved at every attempt\n"+
+		"and its DNS addresses are tried in random order. The certificate is checked against the host as written\n"+
+		"(or --server-name), never an IP it resolved to. Told to reconnect, the agent picks another address if it\n"+
+		"has one")
 	fs.StringVar(&cfg.ServerName, "server-name", "", "name the control plane's certificate must carry (default: the host of --control-plane)")
 	fs.StringVar(&cfg.ControlPlaneID, "control-plane-id", "", "SPIFFE ID the control plane's certificate must carry, e.g. spiffe://molecule.local/controlplane/prod\n(default: any; the CA and --server-name are checked either way)")
 	fs.StringVar(&cfg.TLS.Cert, "cert", cfg.TLS.Cert, "agent certificate (PEM); re-read when it changes")
