@@ -9,7 +9,7 @@ LDFLAGS := -X github.com/molecule-ai/tenant-agent/pkg/version.Version=$(VERSION)
 BREAKING_AGAINST ?= HEAD~1
 
 .DEFAULT_GOAL := help
-.PHONY: help generate lint test build check-generated breaking certs run demo images bench clean
+.PHONY: help generate lint test build check-generated breaking certs run demo demo-ha images bench clean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -26,8 +26,9 @@ lint: ## buf format check, buf lint, gofmt, go vet and go mod tidy
 	$(GO) vet ./...
 	@$(GO) mod tidy -diff || { echo "go.mod/go.sum are not tidy; run go mod tidy"; exit 1; }
 
-test: ## Run every test with the race detector (needs Docker for the Docker tests)
+test: ## Run every test with the race detector (needs Docker for the Docker tests), then the control plane's server tests again on PostgreSQL
 	$(GO) test -race -count=1 ./...
+	TENANT_AGENT_TEST_STORE=postgres $(GO) test -race -count=1 ./controlplane/server/...
 
 build: ## Build tenant-agent and controlplane into bin/
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/tenant-agent ./agent/cmd/tenant-agent
@@ -68,6 +69,9 @@ run: build ## Run the control plane (SQLite in var/) and one agent for tenant $(
 
 demo: build ## The whole story on this machine: registry, v1 workspaces, control plane, agent, promote v2 via grpcurl
 	$(GO) run ./e2e/demo
+
+demo-ha: build ## Replicas on PostgreSQL: 3 control planes, 4 tenants' agents, promote v2, SIGKILL the rollout's owner mid-way, another finishes it
+	$(GO) run ./e2e/demoha
 
 images: build ## Build the Docker images of both binaries (empty base; no registry needed)
 	docker build --build-arg VERSION=$(VERSION) -f deploy/controlplane.Dockerfile -t tenant-agent/controlplane:dev .

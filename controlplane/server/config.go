@@ -78,6 +78,14 @@ type Config struct {
 	// spreads the agents' reconnects over this long.
 	ShutdownGrace    time.Duration
 	ReconnectStagger time.Duration
+	// ClusterSweep is how often a replica on PostgreSQL re-reads the store
+	// for what a lost doorbell would have told it (pending commands for its
+	// agents, who holds which stream); ReplicaTTL is how long a replica
+	// that stopped checking in counts as alive; RolloutLease is how long a
+	// rollout's owner may go silent before another replica takes it over.
+	ClusterSweep time.Duration
+	ReplicaTTL   time.Duration
+	RolloutLease time.Duration
 	// Pprof serves net/http/pprof on the HTTP address, for profiling.
 	Pprof bool
 
@@ -99,6 +107,7 @@ func Defaults() Config {
 		HandshakeTimeout: 10 * time.Second, MaxAgentConns: 25000, MaxStreamsPerConn: 4, AgentIdleTimeout: 5 * time.Minute,
 		ReconnectBurst: 5, ReconnectInterval: 10 * time.Second,
 		ShutdownGrace: 10 * time.Second, ReconnectStagger: 30 * time.Second,
+		ClusterSweep: 3 * time.Second, ReplicaTTL: 30 * time.Second, RolloutLease: 15 * time.Second,
 	}
 }
 
@@ -140,6 +149,9 @@ func (c *Config) CheckAndSetDefaults() error {
 		{"handshake-timeout", &c.HandshakeTimeout, d.HandshakeTimeout},
 		{"agent-idle-timeout", &c.AgentIdleTimeout, d.AgentIdleTimeout},
 		{"reconnect-interval", &c.ReconnectInterval, d.ReconnectInterval},
+		{"cluster-sweep", &c.ClusterSweep, d.ClusterSweep},
+		{"replica-ttl", &c.ReplicaTTL, d.ReplicaTTL},
+		{"rollout-lease", &c.RolloutLease, d.RolloutLease},
 	}
 	for _, p := range positive {
 		switch {
@@ -148,6 +160,9 @@ func (c *Config) CheckAndSetDefaults() error {
 		case *p.v == 0:
 			*p.v = p.def
 		}
+	}
+	if c.ReplicaTTL < 2*c.ClusterSweep {
+		errs = append(errs, fmt.Errorf("--replica-ttl %s must be at least twice --cluster-sweep %s: a live replica checks in once per sweep", c.ReplicaTTL, c.ClusterSweep))
 	}
 	if c.KeepaliveMinTime > 30*time.Second {
 		errs = append(errs, fmt.Errorf("--keepalive-min-time %s would refuse the agents' 30s pings", c.KeepaliveMinTime))

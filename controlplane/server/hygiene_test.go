@@ -3,7 +3,6 @@ package server
 import (
 	"context"
 	"net"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -22,7 +21,7 @@ import (
 )
 
 func newHarnessWith(t *testing.T, mutate func(*Config), tenants ...string) *harness {
-	h := &harness{t: t, pki: pkitest.New(t, tenants...), storePath: filepath.Join(t.TempDir(), "cp.db"), logs: &testlog.Buffer{}}
+	h := &harness{t: t, pki: pkitest.New(t, tenants...), storePath: testStore(t), logs: &testlog.Buffer{}}
 	h.start(mutate)
 	return h
 }

@@ -136,7 +136,7 @@ func (s *Server) newServices() (tenantagentv1.AgentServiceServer, controlplanev1
 	if err != nil {
 		return nil, nil, err
 	}
-	if s.rollouts, err = rollout.New(s.lifetime, rollout.Config{Store: s.store, Fleet: s.fleet, Dispatcher: s.dispatcher, Presence: s.cluster,
+	if s.rollouts, err = rollout.New(s.lifetime, rollout.Config{Store: s.store, Fleet: s.fleet, Dispatcher: s.dispatcher, Presence: s.cluster, Replica: s.cluster.Replica(), Lease: cfg.RolloutLease,
 		Logger: logger, DefaultParallel: cfg.DefaultParallelTenants}); err != nil {
 		return nil, nil, err
 	}
