@@ -4,16 +4,15 @@ import (
 	"context"
 	"io"
 	"log/slog"
-	"path/filepath"
 	"testing"
 	"time"
 
 	"github.com/molecule-ai/tenant-agent/controlplane/cperr"
 	"github.com/molecule-ai/tenant-agent/controlplane/session"
 	"github.com/molecule-ai/tenant-agent/controlplane/store"
-	"github.com/molecule-ai/tenant-agent/controlplane/store/sqlite"
 	controlplanev1 "github.com/molecule-ai/tenant-agent/gen/controlplane/v1"
 	tenantagentv1 "github.com/molecule-ai/tenant-agent/gen/tenantagent/v1"
+	"github.com/molecule-ai/tenant-agent/internal/teststore"
 	"github.com/molecule-ai/tenant-agent/pkg/identity"
 )
 
@@ -45,19 +44,16 @@ func agent(tenant, name, reportedRepo string, runtimes ...string) store.Agent {
 
 type env struct {
 	d        *Dispatcher
-	st       *sqlite.Store
+	st       store.Store
 	sessions *session.Registry
 	now      time.Time
 }
 
 func newEnv(t *testing.T, fleet agents) *env {
 	t.Helper()
-	st, err := sqlite.Open(context.Background(), filepath.Join(t.TempDir(), "cp.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
+	st := teststore.Open(t)
 	e := &env{st: st, sessions: session.NewRegistry(16), now: time.Unix(1_000_000, 0)}
+	var err error
 	e.d, err = New(Config{Store: st, Sessions: e.sessions, Agents: fleet, CommandTTL: ttl,
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Now: func() time.Time { return e.now }})
 	if err != nil {

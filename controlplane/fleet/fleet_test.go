@@ -4,7 +4,6 @@ import (
 	"context"
 	"io"
 	"log/slog"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -12,19 +11,19 @@ import (
 	"github.com/molecule-ai/tenant-agent/controlplane/auth"
 	"github.com/molecule-ai/tenant-agent/controlplane/session"
 	"github.com/molecule-ai/tenant-agent/controlplane/store"
-	"github.com/molecule-ai/tenant-agent/controlplane/store/sqlite"
 	tenantagentv1 "github.com/molecule-ai/tenant-agent/gen/tenantagent/v1"
+	"github.com/molecule-ai/tenant-agent/internal/teststore"
 	"github.com/molecule-ai/tenant-agent/pkg/identity"
 )
 
 type env struct {
 	f        *Fleet
-	st       *sqlite.Store
+	st       store.Store
 	sessions *session.Registry
 	deny     *auth.DenyList
 }
 
-func newEnv(t *testing.T, st *sqlite.Store) *env {
+func newEnv(t *testing.T, st store.Store) *env {
 	t.Helper()
 	e := &env{st: st, sessions: session.NewRegistry(8), deny: auth.NewDenyList()}
 	var err error
@@ -36,13 +35,9 @@ func newEnv(t *testing.T, st *sqlite.Store) *env {
 	return e
 }
 
-func openStore(t *testing.T) *sqlite.Store {
+func openStore(t *testing.T) store.Store {
 	t.Helper()
-	st, err := sqlite.Open(context.Background(), filepath.Join(t.TempDir(), "cp.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
+	st := teststore.Open(t)
 	return st
 }
 

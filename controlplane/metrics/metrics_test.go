@@ -2,7 +2,6 @@ package metrics
 
 import (
 	"context"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -13,17 +12,13 @@ import (
 	"github.com/molecule-ai/tenant-agent/controlplane/fleet"
 	"github.com/molecule-ai/tenant-agent/controlplane/session"
 	"github.com/molecule-ai/tenant-agent/controlplane/store"
-	"github.com/molecule-ai/tenant-agent/controlplane/store/sqlite"
 	controlplanev1 "github.com/molecule-ai/tenant-agent/gen/controlplane/v1"
 	tenantagentv1 "github.com/molecule-ai/tenant-agent/gen/tenantagent/v1"
+	"github.com/molecule-ai/tenant-agent/internal/teststore"
 )
 
 func newMetrics(t *testing.T) *Metrics {
-	st, err := sqlite.Open(context.Background(), filepath.Join(t.TempDir(), "cp.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
+	st := teststore.Open(t)
 	sessions := session.NewRegistry(8)
 	f, err := fleet.New(context.Background(), fleet.Config{Store: st, Sessions: sessions, Deny: auth.NewDenyList()})
 	if err != nil {

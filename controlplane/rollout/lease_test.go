@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"log/slog"
-	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -16,9 +15,9 @@ import (
 	"github.com/molecule-ai/tenant-agent/controlplane/dispatch"
 	"github.com/molecule-ai/tenant-agent/controlplane/pubsub"
 	"github.com/molecule-ai/tenant-agent/controlplane/store"
-	"github.com/molecule-ai/tenant-agent/controlplane/store/sqlite"
 	controlplanev1 "github.com/molecule-ai/tenant-agent/gen/controlplane/v1"
 	tenantagentv1 "github.com/molecule-ai/tenant-agent/gen/tenantagent/v1"
+	"github.com/molecule-ai/tenant-agent/internal/teststore"
 	"github.com/molecule-ai/tenant-agent/pkg/identity"
 )
 
@@ -87,17 +86,10 @@ func (s cutStore) UpdateRollout(ctx context.Context, r store.Rollout) error {
 	return s.Store.UpdateRollout(ctx, r)
 }
 
-func openStore(t *testing.T) *sqlite.Store {
-	t.Helper()
-	st, err := sqlite.Open(context.Background(), filepath.Join(t.TempDir(), "cp.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() }) // after every replica's cleanup: registered first
-	return st
-}
+// openStore's cleanup runs after every replica's: it is registered first.
+func openStore(t *testing.T) store.Store { return teststore.Open(t) }
 
-func newReplica(t *testing.T, st *sqlite.Store, name string, tenants []string, o replicaOpts) *replica {
+func newReplica(t *testing.T, st store.Store, name string, tenants []string, o replicaOpts) *replica {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	var agents []store.Agent
@@ -151,7 +143,7 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 	}
 }
 
-func getRollout(t *testing.T, st *sqlite.Store, id string) store.Rollout {
+func getRollout(t *testing.T, st store.Store, id string) store.Rollout {
 	t.Helper()
 	ro, err := st.GetRollout(context.Background(), id)
 	if err != nil {
@@ -161,7 +153,7 @@ func getRollout(t *testing.T, st *sqlite.Store, id string) store.Rollout {
 }
 
 // commandsByTenant returns the rollout's commands by tenant.
-func commandsByTenant(t *testing.T, st *sqlite.Store, rolloutID string) map[string][]*store.Command {
+func commandsByTenant(t *testing.T, st store.Store, rolloutID string) map[string][]*store.Command {
 	t.Helper()
 	cs, err := st.ListCommands(context.Background(), store.CommandFilter{RolloutID: rolloutID})
 	if err != nil {
@@ -175,7 +167,7 @@ func commandsByTenant(t *testing.T, st *sqlite.Store, rolloutID string) map[stri
 }
 
 // succeed ends a command as its agent would.
-func succeed(t *testing.T, st *sqlite.Store, id string) {
+func succeed(t *testing.T, st store.Store, id string) {
 	t.Helper()
 	if _, err := st.UpdateCommands(context.Background(), []store.CommandUpdate{{ID: id, Fn: func(c *store.Command) bool { c.State = stSucceeded; return true }}}); err != nil {
 		t.Fatal(err)
@@ -184,7 +176,7 @@ func succeed(t *testing.T, st *sqlite.Store, id string) {
 
 // assertOneCommandEach checks every tenant got exactly one refresh from
 // the rollout.
-func assertOneCommandEach(t *testing.T, st *sqlite.Store, rolloutID string, tenants []string) map[string][]*store.Command {
+func assertOneCommandEach(t *testing.T, st store.Store, rolloutID string, tenants []string) map[string][]*store.Command {
 	t.Helper()
 	byTenant := commandsByTenant(t, st, rolloutID)
 	for _, tn := range tenants {

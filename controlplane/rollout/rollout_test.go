@@ -4,7 +4,6 @@ import (
 	"context"
 	"io"
 	"log/slog"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -13,9 +12,9 @@ import (
 	"github.com/molecule-ai/tenant-agent/controlplane/dispatch"
 	"github.com/molecule-ai/tenant-agent/controlplane/pubsub"
 	"github.com/molecule-ai/tenant-agent/controlplane/store"
-	"github.com/molecule-ai/tenant-agent/controlplane/store/sqlite"
 	controlplanev1 "github.com/molecule-ai/tenant-agent/gen/controlplane/v1"
 	tenantagentv1 "github.com/molecule-ai/tenant-agent/gen/tenantagent/v1"
+	"github.com/molecule-ai/tenant-agent/internal/teststore"
 	"github.com/molecule-ai/tenant-agent/pkg/identity"
 )
 
@@ -31,7 +30,7 @@ const (
 // fakeDispatcher finishes each command it is given with the outcome set
 // for its tenant; a tenant with none is left PENDING.
 type fakeDispatcher struct {
-	st      *sqlite.Store
+	st      store.Store
 	agents  []store.Agent
 	outcome map[string]controlplanev1.CommandState
 	hub     *pubsub.Hub[string, dispatch.Update]
@@ -118,7 +117,7 @@ func (p *presence) setOffline(agent string) {
 
 type env struct {
 	r        *Rollouts
-	st       *sqlite.Store
+	st       store.Store
 	d        *fakeDispatcher
 	presence *presence
 	// ticks is the clock await waits on between re-reads; waiting gets
@@ -130,10 +129,7 @@ type env struct {
 func newEnv(t *testing.T, tenants []string, outcome map[string]controlplanev1.CommandState, held map[string]store.Hold) *env {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	st, err := sqlite.Open(ctx, filepath.Join(t.TempDir(), "cp.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	st := teststore.Open(t)
 	var agents []store.Agent
 	for _, tn := range tenants {
 		agents = append(agents, store.Agent{Identity: "spiffe://td/tenant/" + tn, Tenant: tn,
@@ -141,6 +137,7 @@ func newEnv(t *testing.T, tenants []string, outcome map[string]controlplanev1.Co
 	}
 	e := &env{st: st, d: &fakeDispatcher{st: st, agents: agents, outcome: outcome, hub: pubsub.NewHub[string, dispatch.Update](64)},
 		presence: &presence{offline: map[string]bool{}}, ticks: make(chan time.Time), waiting: make(chan struct{}, 16)}
+	var err error
 	e.r, err = New(ctx, Config{Store: st, Fleet: fakeFleet{held: held}, Dispatcher: e.d, Presence: e.presence,
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
 		After: func(time.Duration) <-chan time.Time {
@@ -150,7 +147,7 @@ func newEnv(t *testing.T, tenants []string, outcome map[string]controlplanev1.Co
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { cancel(); e.r.Wait(); st.Close() })
+	t.Cleanup(func() { cancel(); e.r.Wait() })
 	return e
 }
 

@@ -2,8 +2,6 @@ package server
 
 import (
 	"context"
-	"os"
-	"path/filepath"
 	"testing"
 	"time"
 
@@ -13,8 +11,8 @@ import (
 	"github.com/molecule-ai/tenant-agent/controlplane/cptest"
 	controlplanev1 "github.com/molecule-ai/tenant-agent/gen/controlplane/v1"
 	tenantagentv1 "github.com/molecule-ai/tenant-agent/gen/tenantagent/v1"
-	"github.com/molecule-ai/tenant-agent/internal/pgtest"
 	"github.com/molecule-ai/tenant-agent/internal/testlog"
+	"github.com/molecule-ai/tenant-agent/internal/teststore"
 	"github.com/molecule-ai/tenant-agent/pkg/mtls"
 )
 
@@ -37,21 +35,8 @@ type harness struct {
 	logs      *testlog.Buffer
 }
 
-// EnvStore set to "postgres" runs every harness on a fresh PostgreSQL
-// database instead of a SQLite file (make test runs the package both ways).
-const EnvStore = "TENANT_AGENT_TEST_STORE"
-
-// testStore is the --store of a new harness: a SQLite file, or a
-// PostgreSQL database when EnvStore says so.
-func testStore(t *testing.T) string {
-	if os.Getenv(EnvStore) == "postgres" {
-		return pgtest.DSN(t)
-	}
-	return filepath.Join(t.TempDir(), "cp.db")
-}
-
 func newHarness(t *testing.T, tenants ...string) *harness {
-	h := &harness{t: t, pki: pkitest.New(t, tenants...), storePath: testStore(t), logs: &testlog.Buffer{}}
+	h := &harness{t: t, pki: pkitest.New(t, tenants...), storePath: teststore.Spec(t), logs: &testlog.Buffer{}}
 	h.start(nil)
 	return h
 }

@@ -17,11 +17,12 @@ import (
 	"github.com/molecule-ai/tenant-agent/controlplane/cptest"
 	tenantagentv1 "github.com/molecule-ai/tenant-agent/gen/tenantagent/v1"
 	"github.com/molecule-ai/tenant-agent/internal/testlog"
+	"github.com/molecule-ai/tenant-agent/internal/teststore"
 	"github.com/molecule-ai/tenant-agent/pkg/mtls"
 )
 
 func newHarnessWith(t *testing.T, mutate func(*Config), tenants ...string) *harness {
-	h := &harness{t: t, pki: pkitest.New(t, tenants...), storePath: testStore(t), logs: &testlog.Buffer{}}
+	h := &harness{t: t, pki: pkitest.New(t, tenants...), storePath: teststore.Spec(t), logs: &testlog.Buffer{}}
 	h.start(mutate)
 	return h
 }
