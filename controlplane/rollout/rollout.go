@@ -319,6 +319,7 @@ func (r *Rollouts) start(ro store.Rollout, pin *store.Pin) {
 	r.wg.Go(func() {
 		defer func() {
 			cancel() // ends hold
+			x.release()
 			r.claiming.Lock()
 			delete(r.running, ro.ID)
 			r.claiming.Unlock()
@@ -412,6 +413,25 @@ func (x *run) renew(ctx context.Context) error {
 	}
 	x.ro.LeaseUntil = ro.LeaseUntil
 	return nil
+}
+
+// release gives up the lease of a run that stopped before the end (this
+// replica is shutting down), so another replica takes the rollout over at
+// its next claim instead of a lease later. Fenced: a lease already lost
+// stays with its new owner.
+func (x *run) release() {
+	x.lease.Lock()
+	defer x.lease.Unlock()
+	if x.ended {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	ro := x.ro
+	ro.LeaseUntil = time.Time{}
+	if err := x.cfg.Store.UpdateRollout(ctx, ro); err == nil {
+		x.ro.LeaseUntil = ro.LeaseUntil
+	}
 }
 
 // finish records the rollout's end, fenced by its lease.
