@@ -108,6 +108,7 @@ func (s *service) Connect(stream tenantagentv1.AgentService_ConnectServer) error
 	// replica holding an older one closes it.
 	epoch, err := s.cfg.Cluster.Claim(ctx, id.ID)
 	if err != nil {
+		s.cfg.Sessions.Unregister(sess)
 		log.Error("cannot record the agent's stream; refused", "error", err)
 		return status.Error(codes.Unavailable, "the control plane cannot record this stream now; reconnect later")
 	}

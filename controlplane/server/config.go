@@ -161,8 +161,8 @@ func (c *Config) CheckAndSetDefaults() error {
 			*p.v = p.def
 		}
 	}
-	if c.ReplicaTTL < 2*c.ClusterSweep {
-		errs = append(errs, fmt.Errorf("--replica-ttl %s must be at least twice --cluster-sweep %s: a live replica checks in once per sweep", c.ReplicaTTL, c.ClusterSweep))
+	if c.ReplicaTTL < 3*c.ClusterSweep {
+		errs = append(errs, fmt.Errorf("--replica-ttl %s must be at least 3 × --cluster-sweep %s: a live replica checks in once per sweep", c.ReplicaTTL, c.ClusterSweep))
 	}
 	if c.KeepaliveMinTime > 30*time.Second {
 		errs = append(errs, fmt.Errorf("--keepalive-min-time %s would refuse the agents' 30s pings", c.KeepaliveMinTime))

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"net"
 	"net/http"
@@ -107,12 +108,13 @@ func New(cfg Config) (_ *Server, err error) {
 // openState opens the store and loads what the control plane knows from
 // it: the fleet (agents, pins, holds) and the deny list.
 func (s *Server) openState() (err error) {
-	if s.store, err = openStore(s.lifetime, s.cfg.StorePath); err != nil {
+	replica := replicaID(s.cfg.StorePath)
+	if s.store, err = openStore(s.lifetime, s.cfg.StorePath, replica); err != nil {
 		return fmt.Errorf("open store: %w", err)
 	}
 	s.deny = auth.NewDenyList()
 	s.sessions = session.NewRegistry(s.cfg.SendQueue)
-	if s.cluster, err = openCluster(s.lifetime, s.cfg, s.sessions); err != nil {
+	if s.cluster, err = openCluster(s.lifetime, s.cfg, replica, s.sessions); err != nil {
 		return fmt.Errorf("join the cluster: %w", err)
 	}
 	if s.fleet, err = fleet.New(s.lifetime, fleet.Config{Store: s.store, Sessions: s.sessions, Deny: s.deny, Cluster: s.cluster, Logger: s.cfg.Logger}); err != nil {
@@ -328,6 +330,10 @@ func (s *Server) close() {
 		if l != nil {
 			l.Close()
 		}
+	}
+	// The cluster (its doorbell connections) closes before the store.
+	if c, ok := s.cluster.(io.Closer); ok {
+		c.Close()
 	}
 	if s.store != nil {
 		s.store.Close()
