@@ -201,7 +201,7 @@ func demo(ctx context.Context, d *registrytest.Standalone) int {
 	wctx, stopWatching := context.WithCancel(ctx)
 	defer stopWatching()
 	watchers := &demokit.Watchers{Ctx: wctx, G: g, Addr: rs[1].adminAddr}
-	rolloutID := ""
+	rolloutID, midwayCommand := "", ""
 	var killedAt time.Time
 	watched := map[string]bool{} // commands the promote's stream announced (and Promote watches)
 	request := `{"runtime":"` + runtime + `","image_ref":"` + repo + "@" + v2 + `","notes":"make demo-ha","options":{"max_parallel_tenants":1}}`
@@ -212,10 +212,14 @@ func demo(ctx context.Context, d *registrytest.Standalone) int {
 		if ev.CommandId != "" {
 			watched[ev.CommandId] = true
 		}
-		if ev.Kind != "ROLLOUT_EVENT_KIND_COMMAND_ISSUED" || ev.Tenant != tenants[midway].name || !killedAt.IsZero() {
+		if ev.Kind == "ROLLOUT_EVENT_KIND_COMMAND_ISSUED" && ev.Tenant == tenants[midway].name {
+			midwayCommand = ev.CommandId
+		}
+		// Once the agent runs the refresh, let it get into it, then kill
+		// the owner.
+		if ev.CommandId == "" || ev.CommandId != midwayCommand || ev.State != "COMMAND_STATE_RUNNING" || !killedAt.IsZero() {
 			return
 		}
-		// Let the agent get into the refresh, then kill the owner.
 		time.Sleep(time.Second)
 		owner := rolloutRow(ctx, d, db, rolloutID).owner
 		if owner != rs[0].id {
@@ -231,9 +235,9 @@ func demo(ctx context.Context, d *registrytest.Standalone) int {
 	}
 	switch {
 	case killedAt.IsZero() && completed:
-		d.Fatal("the rollout completed before tenant " + tenants[midway].name + "'s refresh was issued: replica 1 was never killed mid-way")
+		d.Fatal("the rollout completed before tenant " + tenants[midway].name + "'s refresh was running: replica 1 was never killed mid-way")
 	case killedAt.IsZero():
-		d.Fatalf("the promote stream ended (%v) before tenant %s's refresh was issued; replica 1 was never killed", err, tenants[midway].name)
+		d.Fatalf("the promote stream ended (%v) before tenant %s's refresh was running; replica 1 was never killed", err, tenants[midway].name)
 	case rolloutID == "":
 		d.Fatal("the promote stream named no rollout ID")
 	}
@@ -259,6 +263,13 @@ func demo(ctx context.Context, d *registrytest.Standalone) int {
 	demokit.Step("checks")
 	var failures []string
 	fmt.Printf("  rollout %s: state %s, owner %s, message %q\n", rolloutID, final.state, nameOf(rs, final.owner), final.message)
+	for _, r := range rs[1:] {
+		for _, l := range strings.Split(r.proc.Log(), "\n") {
+			if strings.Contains(l, "rollout="+rolloutID) {
+				fmt.Printf("    replica %d's log: %s\n", r.n, l)
+			}
+		}
+	}
 	if final.owner == rs[0].id || final.owner == "" {
 		failures = append(failures, fmt.Sprintf("the completed rollout's owner is %q, not a surviving replica", final.owner))
 	}
