@@ -113,12 +113,15 @@ func (s *service) Connect(stream tenantagentv1.AgentService_ConnectServer) error
 		return status.Error(codes.Unavailable, "the control plane cannot record this stream now; reconnect later")
 	}
 	sess.SetEpoch(epoch)
-	defer s.cfg.Cluster.Release(context.WithoutCancel(ctx), id.ID, epoch)
 	log.Info("agent connected", "epoch", epoch, "hostname", hello.GetHostname(), "version", hello.GetAgentVersion(), "docker", hello.GetDockerVersion())
 	defer func() {
+		unregistered := s.cfg.Sessions.Unregister(sess)
+		// Released before the record says disconnected, so every replica
+		// (this one too) sees the agent offline when it reads the record.
+		s.cfg.Cluster.Release(context.WithoutCancel(ctx), id.ID, epoch)
 		// A stream replaced by a newer one (here or on another replica)
 		// leaves the agent's record to the newer one.
-		if s.cfg.Sessions.Unregister(sess) && !errors.Is(sess.Err(), session.ErrReplaced) {
+		if unregistered && !errors.Is(sess.Err(), session.ErrReplaced) {
 			s.cfg.Fleet.Disconnected(sess)
 		}
 		log.Info("agent disconnected", "cause", sess.Err())
