@@ -80,6 +80,13 @@ type Fleet struct {
 	// deniedTenants are the tenant denials last read from the store, so a
 	// reload knows which were lifted.
 	deniedTenants map[string]bool
+	// stateGen counts this replica's own changes of pins, holds and
+	// denials, so a reload that read the store before one of them does not
+	// put the older state back (ReloadState); denials applies a reload's
+	// denials and this replica's own one at a time, so a stale reload can
+	// never deny again a tenant allowed meanwhile.
+	stateGen uint64
+	denials  sync.Mutex
 }
 
 // New loads the fleet's state from the store and fills the deny list.
@@ -261,6 +268,7 @@ func (f *Fleet) Pin(runtime string) (store.Pin, bool) {
 func (f *Fleet) SetPin(p store.Pin) {
 	f.mu.Lock()
 	f.pins[p.Runtime] = p
+	f.stateGen++
 	f.mu.Unlock()
 	f.cfg.Cluster.StateChanged()
 }
@@ -280,6 +288,7 @@ func (f *Fleet) Hold(ctx context.Context, h store.Hold) error {
 	}
 	f.mu.Lock()
 	f.holds[h.Tenant] = h
+	f.stateGen++
 	f.mu.Unlock()
 	f.cfg.Cluster.StateChanged()
 	f.cfg.Logger.Info("tenant held", "tenant", h.Tenant, "by", h.HeldBy, "reason", h.Reason)
@@ -294,6 +303,7 @@ func (f *Fleet) Release(ctx context.Context, tenant string) (bool, error) {
 	}
 	f.mu.Lock()
 	delete(f.holds, tenant)
+	f.stateGen++
 	f.mu.Unlock()
 	f.cfg.Cluster.StateChanged()
 	f.cfg.Logger.Info("tenant released", "tenant", tenant)
@@ -306,10 +316,19 @@ func (f *Fleet) Deny(ctx context.Context, d store.Denial) (int, error) {
 	if err := f.cfg.Store.PutDenial(ctx, d); err != nil {
 		return 0, err
 	}
+	f.denials.Lock()
 	n := f.enforce(d)
+	f.bumpState()
+	f.denials.Unlock()
 	f.cfg.Cluster.StateChanged()
 	f.cfg.Logger.Warn("denied", "kind", d.Kind, "value", d.Value, "by", d.DeniedBy, "reason", d.Reason, "disconnected", n)
 	return n, nil
+}
+
+func (f *Fleet) bumpState() {
+	f.mu.Lock()
+	f.stateGen++
+	f.mu.Unlock()
 }
 
 // enforce applies a denial to new handshakes and calls and closes the
@@ -327,7 +346,10 @@ func (f *Fleet) Allow(ctx context.Context, tenant string) (bool, error) {
 	if err != nil {
 		return false, err
 	}
+	f.denials.Lock()
 	f.cfg.Deny.AllowTenant(tenant)
+	f.bumpState()
+	f.denials.Unlock()
 	f.cfg.Cluster.StateChanged()
 	f.cfg.Logger.Info("tenant allowed", "tenant", tenant)
 	return ok, nil

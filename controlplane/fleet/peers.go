@@ -14,19 +14,40 @@ import (
 // them. A new denial closes the matching streams here too; a lifted
 // tenant denial is lifted here.
 func (f *Fleet) ReloadState(ctx context.Context) error {
-	pins, err := f.cfg.Store.ListPins(ctx)
-	if err != nil {
-		return err
+	// A change made here while the store was read is not in what was
+	// read: read again (the change is stored before it is made here).
+	for {
+		f.mu.RLock()
+		gen := f.stateGen
+		f.mu.RUnlock()
+		pins, err := f.cfg.Store.ListPins(ctx)
+		if err != nil {
+			return err
+		}
+		holds, err := f.cfg.Store.ListHolds(ctx)
+		if err != nil {
+			return err
+		}
+		denials, err := f.cfg.Store.ListDenials(ctx)
+		if err != nil {
+			return err
+		}
+		if f.applyState(gen, pins, holds, denials) {
+			return nil
+		}
 	}
-	holds, err := f.cfg.Store.ListHolds(ctx)
-	if err != nil {
-		return err
-	}
-	denials, err := f.cfg.Store.ListDenials(ctx)
-	if err != nil {
-		return err
-	}
+}
+
+// applyState replaces pins, holds and denials with what was read, unless
+// this replica changed them since gen; it reports whether it did.
+func (f *Fleet) applyState(gen uint64, pins []store.Pin, holds []store.Hold, denials []store.Denial) bool {
+	f.denials.Lock()
+	defer f.denials.Unlock()
 	f.mu.Lock()
+	if f.stateGen != gen {
+		f.mu.Unlock()
+		return false
+	}
 	f.pins = make(map[string]store.Pin, len(pins))
 	for _, p := range pins {
 		f.pins[p.Runtime] = p
@@ -52,7 +73,7 @@ func (f *Fleet) ReloadState(ctx context.Context) error {
 	for tenant := range lifted {
 		f.cfg.Deny.AllowTenant(tenant)
 	}
-	return nil
+	return true
 }
 
 // ReloadAgents re-reads agent records another replica stored (all of
