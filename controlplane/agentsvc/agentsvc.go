@@ -241,7 +241,7 @@ func closeStatus(cause error) error {
 		return status.Error(codes.ResourceExhausted, cause.Error())
 	case errors.Is(cause, session.ErrReplaced):
 		return status.Error(codes.Aborted, cause.Error())
-	case errors.Is(cause, ErrShuttingDown):
+	case errors.Is(cause, ErrShuttingDown), errors.Is(cause, dispatch.ErrNotRecorded):
 		return status.Error(codes.Unavailable, cause.Error())
 	}
 	return status.Error(codes.PermissionDenied, cause.Error())

@@ -346,8 +346,20 @@ func (d *Dispatcher) apply(ctx context.Context, reports []report) {
 			}}
 	}
 	out, err := d.cfg.Store.UpdateCommands(ctx, updates)
+	if err != nil && ctx.Err() == nil {
+		// Once more, on a fresh connection: a database restart or failover
+		// fails each pooled connection's next query once.
+		d.cfg.Logger.Warn("cannot record agent reports; trying once more", "reports", len(reports), "error", err)
+		time.Sleep(100 * time.Millisecond)
+		out, err = d.cfg.Store.UpdateCommands(ctx, updates)
+	}
 	if err != nil {
-		d.cfg.Logger.Error("cannot record agent reports; the agents will send them again", "reports", len(reports), "error", err)
+		// Unconfirmed, an agent keeps its results and sends them again
+		// on its next stream: end these streams so that comes soon.
+		d.cfg.Logger.Error("cannot record agent reports; their streams are ended so the agents send them again", "reports", len(reports), "error", err)
+		for _, r := range reports {
+			r.from.Close(ErrNotRecorded)
+		}
 		return
 	}
 	for i, r := range reports {
@@ -510,6 +522,11 @@ func stateOf(o tenantagentv1.CommandOutcome) controlplanev1.CommandState {
 }
 
 var errNotOwner = errors.New("the command belongs to another agent")
+
+// ErrNotRecorded ends a stream whose acks or results the store did not
+// take (the database is unreachable): the agent reconnects and sends
+// them again.
+var ErrNotRecorded = errors.New("the control plane could not record this agent's reports; reconnect and send them again")
 
 // owned returns the command if it exists and belongs to the agent; it logs
 // and refuses anything else.

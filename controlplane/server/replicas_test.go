@@ -276,3 +276,34 @@ func TestRolloutResumesOnAnotherReplicaWhenItsOwnerStops(t *testing.T) {
 		}
 	}
 }
+
+func TestReplicasCarryOnAfterPostgresRestarts(t *testing.T) {
+	rs := newReplicas(t, 2, "alpha", "bravo")
+	release := make(chan struct{})
+	bravo := rs[1].agent("bravo", cptest.Options{Runtimes: codex(digestV1).Runtimes, Executor: func(cmd *tenantagentv1.RefreshRuntimeImage) *tenantagentv1.CommandResult {
+		<-release
+		return cptest.Succeed(cmd)
+	}})
+	alpha := rs[0].agent("alpha", codex(digestV1))
+	rs[0].waitSees("alpha", "bravo")
+	running := refresh(t, rs[0].operator(), "bravo", digestV2)
+	rs[0].waitState(running, controlplanev1.CommandState_COMMAND_STATE_RUNNING)
+
+	pgtest.Restart(t) // every connection of both replicas is cut
+
+	// The command that ran through the restart finishes and is recorded.
+	// (A pooled connection cut by the restart fails its next query once:
+	// read until the replica's pool has fresh ones.)
+	close(release)
+	eventually(t, "the command that ran through the restart recorded SUCCEEDED", func() bool {
+		c, err := rs[0].srv.store.GetCommand(ctx(t), running)
+		return err == nil && c.State == stateSucceeded
+	})
+	// Doorbells ring again: a refresh through replica 2 reaches the agent
+	// on replica 1 without waiting for a sweep to find it.
+	id := refresh(t, rs[1].operator(), "alpha", digestV2)
+	rs[1].waitState(id, stateSucceeded)
+	if len(alpha.Refreshes()) != 1 || len(bravo.Refreshes()) != 1 {
+		t.Errorf("refreshes received: alpha %d, bravo %d; want one each", len(alpha.Refreshes()), len(bravo.Refreshes()))
+	}
+}

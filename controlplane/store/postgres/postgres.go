@@ -15,9 +15,11 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/molecule-ai/tenant-agent/controlplane/store"
@@ -35,6 +37,8 @@ const migrationLock = 0x74656e616e742d61
 // Store is a store.Store on a PostgreSQL database.
 type Store struct {
 	pool *pgxpool.Pool
+	// suspectUntil (Unix ns) is when pinging every connection stops.
+	suspectUntil atomic.Int64
 	// replica is the control plane replica using the store (Replica);
 	// "" for none.
 	replica string
@@ -55,12 +59,18 @@ func Replica(id string) Option { return func(s *Store) { s.replica = id } }
 // Open connects to the database at dsn (a postgres:// URL or keyword=value
 // string) and applies any migration it has not seen.
 func Open(ctx context.Context, dsn string, opts ...Option) (*Store, error) {
-	pool, err := pgxpool.New(ctx, dsn)
+	cfg, err := pgxpool.ParseConfig(dsn)
 	if err != nil {
 		// Not %w: pgx's parse errors may quote the DSN, password included.
 		return nil, errors.New("postgres store: invalid DSN")
 	}
-	s := &Store{pool: pool}
+	s := &Store{}
+	s.pingAfterFatal(cfg)
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		return nil, errors.New("postgres store: invalid pool configuration")
+	}
+	s.pool = pool
 	for _, o := range opts {
 		o(s)
 	}
@@ -69,6 +79,28 @@ func Open(ctx context.Context, dsn string, opts ...Option) (*Store, error) {
 		return nil, fmt.Errorf("postgres store: migrate: %w", err)
 	}
 	return s, nil
+}
+
+// suspectFor is how long after a FATAL error from the server (a restart,
+// a failover, an administrator ending connections) every pooled
+// connection is pinged before use.
+const suspectFor = 10 * time.Second
+
+// pingAfterFatal makes the pool check its connections for a while after
+// one of them got a FATAL error: the server that sent it usually ended
+// the others too, and each would otherwise fail its next query once.
+// Otherwise pgx pings only connections idle for over a second.
+func (s *Store) pingAfterFatal(cfg *pgxpool.Config) {
+	onError := cfg.ConnConfig.OnPgError
+	cfg.ConnConfig.OnPgError = func(c *pgconn.PgConn, e *pgconn.PgError) bool {
+		if strings.EqualFold(e.Severity, "FATAL") {
+			s.suspectUntil.Store(time.Now().Add(suspectFor).UnixNano())
+		}
+		return onError(c, e)
+	}
+	cfg.ShouldPing = func(_ context.Context, p pgxpool.ShouldPingParams) bool {
+		return p.IdleDuration > time.Second || time.Now().UnixNano() < s.suspectUntil.Load()
+	}
 }
 
 // Close closes the pool.
