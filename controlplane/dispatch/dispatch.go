@@ -90,6 +90,9 @@ type Dispatcher struct {
 	cfg       Config
 	updates   *pubsub.Hub[string, Update]
 	lastPhase sync.Map // command ID -> phase
+	// reread is the version of each command another replica changed that
+	// watchers here were last told of (Reread).
+	reread sync.Map // command ID -> commandVersion
 	// reports queue acks and results for Run, which records each burst in
 	// one transaction, in arrival order.
 	reports chan report

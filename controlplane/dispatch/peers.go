@@ -63,14 +63,35 @@ func (d *Dispatcher) Reread(ctx context.Context, ids []string) {
 	}
 	for _, id := range ids {
 		if !d.updates.Watched(id) {
+			d.reread.Delete(id)
 			continue
 		}
 		c, err := d.cfg.Store.GetCommand(ctx, id)
 		if err != nil {
 			continue
 		}
+		// Several doorbells may ring for one change: tell watchers of a
+		// change once.
+		if last, ok := d.reread.Load(id); ok && last.(commandVersion) == versionOf(c) {
+			continue
+		}
+		if store.Terminal(c.State) {
+			d.reread.Delete(id)
+		} else {
+			d.reread.Store(id, versionOf(c))
+		}
 		d.updates.Publish(id, Update{Command: c})
 	}
+}
+
+// commandVersion tells one stored change of a command from the next.
+type commandVersion struct {
+	state   controlplanev1.CommandState
+	updated int64
+}
+
+func versionOf(c *store.Command) commandVersion {
+	return commandVersion{c.State, c.UpdatedAt.UnixNano()}
 }
 
 // ForwardProgress passes another replica's progress report to the

@@ -46,7 +46,14 @@ type idBatch struct {
 // progressSlot is one command's latest report, dirty until sent.
 type progressSlot struct {
 	payload string
+	step    step
 	dirty   bool
+}
+
+// step is where a command is; within one, reports only count bytes.
+type step struct {
+	phase     tenantagentv1.CommandPhase
+	container string
 }
 
 type notice struct{ channel, payload string }
@@ -130,16 +137,23 @@ func (o *outbox) addProgress(p *tenantagentv1.CommandProgress) {
 		o.c.log.Debug("progress report not broadcast: too large for a notification", "command", id, "error", err)
 		return
 	}
+	now := step{p.GetPhase(), p.GetContainer()}
 	o.mu.Lock()
 	s := o.progress[id]
 	if s == nil {
-		o.progress[id] = &progressSlot{payload: payload, dirty: true}
+		o.progress[id] = &progressSlot{payload: payload, step: now, dirty: true}
 		heap.Push(&o.due, dueEntry{at: time.Now(), id: id})
 		o.mu.Unlock()
 		o.wake()
 		return
 	}
-	s.payload, s.dirty = payload, true
+	if s.dirty && s.step != now {
+		// Only byte counts are coalesced: the last report of a step goes
+		// out now, so watchers elsewhere see every step.
+		o.doorbells = append(o.doorbells, notice{channelAll, s.payload})
+		defer o.wake()
+	}
+	s.payload, s.step, s.dirty = payload, now, true
 	o.mu.Unlock()
 }
 

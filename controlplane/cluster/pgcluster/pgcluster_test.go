@@ -204,6 +204,36 @@ func TestProgressCoalesced(t *testing.T) {
 	}
 }
 
+// Byte counts are coalesced, steps are not: each step's last report
+// reaches the other replica, in order, however fast they come.
+func TestProgressKeepsEveryStep(t *testing.T) {
+	dsn := database(t)
+	a, b := start(t, dsn, "a", noSweep), start(t, dsn, "b", noSweep)
+	phases := []tenantagentv1.CommandPhase{tenantagentv1.CommandPhase_COMMAND_PHASE_PULLING, tenantagentv1.CommandPhase_COMMAND_PHASE_CREATING,
+		tenantagentv1.CommandPhase_COMMAND_PHASE_STARTING, tenantagentv1.CommandPhase_COMMAND_PHASE_HEALTH_GATE}
+	for _, ph := range phases {
+		for i := range 20 {
+			a.Progress(&tenantagentv1.CommandProgress{CommandId: "cmd-1", Phase: ph, CurrentBytes: uint64(i)})
+		}
+	}
+	var seen []tenantagentv1.CommandPhase
+	eventually(t, 2*time.Second, "every step arrives", func() bool {
+		_, _, progress, _ := b.rec.snapshot()
+		seen = seen[:0]
+		for _, p := range progress {
+			if len(seen) == 0 || seen[len(seen)-1] != p.GetPhase() {
+				seen = append(seen, p.GetPhase())
+			}
+		}
+		return len(seen) == len(phases)
+	})
+	for i, ph := range phases {
+		if seen[i] != ph {
+			t.Fatalf("steps arrived as %v, want %v", seen, phases)
+		}
+	}
+}
+
 // A command journaled on a for an agent whose stream is on b rings b's
 // doorbell: b delivers within a second (no sweep would in this test), a
 // does not.
