@@ -307,3 +307,78 @@ func TestReplicasCarryOnAfterPostgresRestarts(t *testing.T) {
 		t.Errorf("refreshes received: alpha %d, bravo %d; want one each", len(alpha.Refreshes()), len(bravo.Refreshes()))
 	}
 }
+
+func TestWatchAgentsOnOneReplicaSeesAgentsOfAnother(t *testing.T) {
+	rs := newReplicas(t, 2, "elsewhere")
+	watch, err := rs[0].operator().WatchAgents(ctx(t), &controlplanev1.WatchAgentsRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	next := func(want controlplanev1.AgentEventKind) *controlplanev1.WatchAgentsResponse {
+		t.Helper()
+		for {
+			resp, err := watch.Recv()
+			if err != nil {
+				t.Fatalf("waiting for %v: %v", want, err)
+			}
+			if resp.GetKind() == want {
+				return resp
+			}
+		}
+	}
+	next(controlplanev1.AgentEventKind_AGENT_EVENT_KIND_SYNCED)
+	a := rs[1].agent("elsewhere", codex(digestV1))
+	if ev := next(controlplanev1.AgentEventKind_AGENT_EVENT_KIND_CONNECTED); ev.GetAgent().GetTenant() != "elsewhere" || !ev.GetAgent().GetConnected() || len(ev.GetAgent().GetRuntimes()) != 1 {
+		t.Fatalf("event %v, want elsewhere CONNECTED with its runtime", ev)
+	}
+	a.Close()
+	if ev := next(controlplanev1.AgentEventKind_AGENT_EVENT_KIND_DISCONNECTED); ev.GetAgent().GetTenant() != "elsewhere" || ev.GetAgent().GetConnected() {
+		t.Fatalf("event %v, want elsewhere DISCONNECTED", ev)
+	}
+}
+
+func TestExpiryRunsOnceWhicheverReplicasRunIt(t *testing.T) {
+	dsn := pgtest.DSN(t)
+	if !isPostgres(dsn) {
+		t.Skipf("%s is not a postgres:// URL, which --store needs", pgtest.EnvDSN)
+	}
+	pki := pkitest.New(t, "gone")
+	var rs replicas
+	for range 3 {
+		h := &harness{t: t, pki: pki, storePath: dsn, logs: &testlog.Buffer{}}
+		h.start(func(c *Config) { fastCluster(c); c.CommandTTL = 300 * time.Millisecond })
+		rs = append(rs, h)
+	}
+	a := rs[0].agent("gone", codex(digestV1))
+	a.Close()
+	rs[0].waitConnected(spiffe("gone"), false)
+	eventually(t, "replica 2 knows the agent", func() bool { _, ok := rs[1].srv.fleet.Agent(spiffe("gone")); return ok })
+	var ids []string
+	for range 5 {
+		id := refresh(t, rs[1].operator(), "gone", digestV2)
+		ids = append(ids, id)
+		time.Sleep(350 * time.Millisecond) // past its deadline
+		// Every replica runs its expiry pass at once.
+		var wg sync.WaitGroup
+		for _, h := range rs {
+			wg.Go(func() { h.srv.dispatcher.ExpireNow(ctx(t)) })
+		}
+		wg.Wait()
+		rs[0].waitState(id, controlplanev1.CommandState_COMMAND_STATE_EXPIRED)
+	}
+	for _, id := range ids {
+		events, err := rs[2].srv.store.ListEvents(ctx(t), id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		expired := 0
+		for _, e := range events {
+			if e.State == controlplanev1.CommandState_COMMAND_STATE_EXPIRED {
+				expired++
+			}
+		}
+		if expired != 1 {
+			t.Errorf("command %s has %d EXPIRED events, want exactly 1 whatever replicas expired it", id, expired)
+		}
+	}
+}
