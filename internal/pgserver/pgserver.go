@@ -1,11 +1,9 @@
-// Package pgserver runs a throwaway PostgreSQL server for programs (make
-// demo-ha) from the machine's server binaries: initdb into a temporary
-// directory, pg_ctl start on a free loopback port with trust
-// authentication and no fsync, and Stop removes it all. PostgreSQL refuses
-// to run as root, so as root the server runs as the postgres user.
-//
-// It is internal/pgtest's way of starting a server, for callers that are
-// not tests.
+// Package pgserver runs a throwaway PostgreSQL server from the machine's
+// server binaries, for programs (make demo-ha, bench/fleetsim) and tests
+// (internal/pgtest): initdb into a temporary directory, pg_ctl start on a
+// free loopback port with trust authentication and no fsync, and Stop
+// removes it all. PostgreSQL refuses to run as root, so as root the
+// server runs as the postgres user.
 package pgserver
 
 import (
@@ -146,6 +144,18 @@ func (s *Server) CreateDatabase(ctx context.Context, name string) (string, error
 		return "", err
 	}
 	return s.DSN(name), nil
+}
+
+// Restart stops the server (fast: every connection is cut, as a failover
+// or a restart cuts them) and starts it again on the same port and data;
+// pg_ctl restart reuses the options of the last start (postmaster.opts).
+func (s *Server) Restart() error {
+	err := s.run("pg_ctl", "-D", filepath.Join(s.Dir, "data"), "-l", s.LogPath(), "-m", "fast", "-w", "restart")
+	if err != nil {
+		log, _ := os.ReadFile(s.LogPath())
+		return fmt.Errorf("%w\n%s", err, log)
+	}
+	return nil
 }
 
 // Stop stops the server at once (the data is thrown away) and removes its

@@ -23,6 +23,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/molecule-ai/tenant-agent/internal/pgserver"
 )
 
 // EnvDSN names the variable holding an existing server's DSN.
@@ -31,8 +33,8 @@ const EnvDSN = "TENANT_AGENT_TEST_POSTGRES_DSN"
 var (
 	mainCalled atomic.Bool
 	once       sync.Once
-	local      *server // the started server, nil when EnvDSN is used
-	adminDSN   string  // a DSN with rights to CREATE DATABASE
+	local      *pgserver.Server // the started server, nil when EnvDSN is used
+	adminDSN   string           // a DSN with rights to CREATE DATABASE
 	startErr   error
 	skipReason string // set when there is no server and none can start
 	dbCount    atomic.Int64
@@ -43,7 +45,7 @@ func Main(m *testing.M) int {
 	mainCalled.Store(true)
 	code := m.Run()
 	if local != nil {
-		if err := local.stop(); err != nil {
+		if err := local.Stop(); err != nil {
 			fmt.Fprintln(os.Stderr, "pgtest:", err)
 		}
 	}
@@ -94,14 +96,14 @@ func setup() {
 		startErr = fmt.Errorf("call pgtest.Main from TestMain, so the server it starts is stopped")
 		return
 	}
-	bin, err := findBin()
+	bin, err := pgserver.FindBin()
 	if err != nil {
 		skipReason = err.Error() + "; install PostgreSQL or set " + EnvDSN
 		return
 	}
-	local, startErr = start(bin)
+	local, startErr = pgserver.Start(bin)
 	if startErr == nil {
-		adminDSN = local.dsn()
+		adminDSN = local.DSN("postgres")
 	}
 }
 

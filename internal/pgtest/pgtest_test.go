@@ -3,7 +3,6 @@ package pgtest
 import (
 	"context"
 	"os"
-	"path/filepath"
 	"testing"
 
 	"github.com/jackc/pgx/v5"
@@ -46,25 +45,6 @@ func TestDatabaseDroppedAtCleanup(t *testing.T) {
 	var n int
 	if err := c.QueryRow(context.Background(), `SELECT count(*) FROM pg_database WHERE datname = $1`, name).Scan(&n); err != nil || n != 0 {
 		t.Fatalf("database %q still there (%d, %v)", name, n, err)
-	}
-}
-
-func TestNewestPicksTheHighestVersionWithInitdb(t *testing.T) {
-	root := t.TempDir()
-	var dirs []string
-	for _, v := range []string{"9.6", "15", "13", "17"} {
-		d := filepath.Join(root, v, "bin")
-		os.MkdirAll(d, 0o755)
-		if v != "17" { // 17 has no initdb: not a server install
-			os.WriteFile(filepath.Join(d, "initdb"), nil, 0o755)
-		}
-		dirs = append(dirs, d)
-	}
-	if got, want := newest(dirs), filepath.Join(root, "15", "bin"); got != want {
-		t.Fatalf("newest = %s; want %s", got, want)
-	}
-	if got := newest(nil); got != "" {
-		t.Fatalf("newest(nil) = %q", got)
 	}
 }
 

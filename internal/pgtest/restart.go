@@ -1,9 +1,6 @@
 package pgtest
 
 import (
-	"fmt"
-	"os"
-	"path/filepath"
 	"testing"
 )
 
@@ -19,18 +16,7 @@ func Restart(t testing.TB) {
 	if local == nil {
 		t.Skip("pgtest: the server is external (" + EnvDSN + "); it is not restarted")
 	}
-	if err := local.restart(); err != nil {
+	if err := local.Restart(); err != nil {
 		t.Fatalf("pgtest: restart: %v", err)
 	}
-}
-
-// restart stops and starts the server; pg_ctl restart reuses the
-// options of the last start (postmaster.opts), so port and socket stay.
-func (s *server) restart() error {
-	err := s.run("pg_ctl", "-D", filepath.Join(s.dir, "data"), "-l", filepath.Join(s.dir, "log"), "-m", "fast", "-w", "restart")
-	if err != nil {
-		log, _ := os.ReadFile(filepath.Join(s.dir, "log"))
-		return fmt.Errorf("%w\n%s", err, log)
-	}
-	return nil
 }
