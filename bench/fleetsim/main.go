@@ -111,25 +111,9 @@ func run(n int, cpBin, work string) (result, error) {
 	}
 	defer os.RemoveAll(dir)
 	certDir := filepath.Join(dir, "certs")
-	if err := devpki.Run([]string{"--out", certDir}, io.Discard); err != nil {
-		return res, err
-	}
-	ca, err := pki.LoadCA(filepath.Join(certDir, "ca.pem"), filepath.Join(certDir, "ca-key.pem"))
+	certs, roots, err := issueCerts(certDir, n)
 	if err != nil {
 		return res, err
-	}
-	roots := x509.NewCertPool()
-	roots.AppendCertsFromPEM(ca.CertPEM)
-	fmt.Fprintf(os.Stderr, "issuing %d agent certificates\n", n)
-	certs := make([]tls.Certificate, n)
-	for i := range certs {
-		issued, err := ca.Issue(pki.Leaf{SPIFFEID: fmt.Sprintf("spiffe://molecule.local/tenant/sim-%05d", i), Client: true})
-		if err != nil {
-			return res, err
-		}
-		if certs[i], err = issued.TLSCertificate(); err != nil {
-			return res, err
-		}
 	}
 
 	addrs := [3]string{freeAddr(), freeAddr(), freeAddr()}
@@ -147,19 +131,9 @@ func run(n int, cpBin, work string) (result, error) {
 	fmt.Fprintf(os.Stderr, "connecting %d agents\n", n)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
 	start := time.Now()
-	for i := range n {
-		j, err := journal.Open(filepath.Join(dir, "agents", strconv.Itoa(i)))
-		if err != nil {
-			return res, err
-		}
-		exec := &instantExecutor{}
-		r := runner.New(runner.Config{Journal: j, Executor: exec, Logger: quiet})
-		r.Start(ctx)
-		creds := credentials.NewTLS(&tls.Config{MinVersion: tls.VersionTLS13, Certificates: []tls.Certificate{certs[i]}, RootCAs: roots, ServerName: "localhost"})
-		go channel.Run(ctx, channel.Config{Addr: addrs[0], Creds: creds, Tenant: fmt.Sprintf("sim-%05d", i), Hostname: "sim", Version: "sim",
-			Inventory: exec.inventory, Runner: r, HeartbeatInterval: 15 * time.Second, Logger: quiet})
+	if _, err := startFleet(ctx, filepath.Join(dir, "agents"), certs, roots, addrs[0]); err != nil {
+		return res, err
 	}
 	if err := waitMetric(metricsURL, "tenantagent_controlplane_connected_agents", float64(n), 5*time.Minute, nil); err != nil {
 		return res, err
@@ -241,6 +215,60 @@ func run(n int, cpBin, work string) (result, error) {
 	res.ReconnectSeconds = time.Since(t1).Seconds()
 	res.PeakReconnectPerSec = peak
 	return res, nil
+}
+
+// issueCerts makes a dev PKI in certDir and issues n agent certificates
+// in process, for tenants sim-00000 on.
+func issueCerts(certDir string, n int) ([]tls.Certificate, *x509.CertPool, error) {
+	if err := devpki.Run([]string{"--out", certDir}, io.Discard); err != nil {
+		return nil, nil, err
+	}
+	ca, err := pki.LoadCA(filepath.Join(certDir, "ca.pem"), filepath.Join(certDir, "ca-key.pem"))
+	if err != nil {
+		return nil, nil, err
+	}
+	roots := x509.NewCertPool()
+	roots.AppendCertsFromPEM(ca.CertPEM)
+	fmt.Fprintf(os.Stderr, "issuing %d agent certificates\n", n)
+	certs := make([]tls.Certificate, n)
+	for i := range certs {
+		issued, err := ca.Issue(pki.Leaf{SPIFFEID: fmt.Sprintf("spiffe://molecule.local/tenant/%s", simTenant(i)), Client: true})
+		if err != nil {
+			return nil, nil, err
+		}
+		if certs[i], err = issued.TLSCertificate(); err != nil {
+			return nil, nil, err
+		}
+	}
+	return certs, roots, nil
+}
+
+func simTenant(i int) string { return fmt.Sprintf("sim-%05d", i) }
+
+// startFleet starts one simulated agent per certificate, journals under
+// dir, each dialing addr (one address or a comma-separated list), until
+// ctx ends. wait returns when every agent has stopped.
+func startFleet(ctx context.Context, dir string, certs []tls.Certificate, roots *x509.CertPool, addr string) (wait func(), err error) {
+	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	var wg sync.WaitGroup
+	for i := range certs {
+		j, err := journal.Open(filepath.Join(dir, strconv.Itoa(i)))
+		if err != nil {
+			return wg.Wait, err
+		}
+		exec := &instantExecutor{}
+		r := runner.New(runner.Config{Journal: j, Executor: exec, Logger: quiet})
+		r.Start(ctx)
+		creds := credentials.NewTLS(&tls.Config{MinVersion: tls.VersionTLS13, Certificates: []tls.Certificate{certs[i]}, RootCAs: roots, ServerName: "localhost"})
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			channel.Run(ctx, channel.Config{Addr: addr, Creds: creds, Tenant: simTenant(i), Hostname: "sim", Version: "sim",
+				Inventory: exec.inventory, Runner: r, HeartbeatInterval: 15 * time.Second, Logger: quiet})
+			r.Wait()
+		}()
+	}
+	return wg.Wait, nil
 }
 
 // instantExecutor answers every command at once and reports its runtime
@@ -338,14 +366,23 @@ func freeAddr() string {
 }
 
 func startCP(bin, dir, certDir string, addrs [3]string) (*exec.Cmd, error) {
-	logFile, err := os.OpenFile(filepath.Join(dir, "controlplane.log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
+	return startCPOn(bin, filepath.Join(dir, "controlplane.log"), certDir, addrs, filepath.Join(dir, "cp.db"))
+}
+
+// startCPOn starts a control plane on store (a SQLite file or a
+// postgres:// URL), logging to logPath, and waits until it is healthy.
+func startCPOn(bin, logPath, certDir string, addrs [3]string, store string) (*exec.Cmd, error) {
+	logFile, err := os.OpenFile(logPath, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
 	if err != nil {
 		return nil, err
 	}
+	defer logFile.Close() // the child holds its own copy
 	cmd := exec.Command(bin, "--agent-addr", addrs[0], "--admin-addr", addrs[1], "--http-addr", addrs[2],
 		"--cert", filepath.Join(certDir, "controlplane.pem"), "--key", filepath.Join(certDir, "controlplane-key.pem"), "--ca", filepath.Join(certDir, "ca.pem"),
-		"--store", filepath.Join(dir, "cp.db"), "--log-level", "warn", "--pprof")
+		"--store", store, "--log-level", "warn", "--pprof")
 	cmd.Stdout, cmd.Stderr = logFile, logFile
+	// The control plane dies with fleetsim, whatever ends it.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		return nil, err
 	}
@@ -359,7 +396,10 @@ func startCP(bin, dir, certDir string, addrs [3]string) (*exec.Cmd, error) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	return nil, fmt.Errorf("control plane did not start; see %s", logFile.Name())
+	cmd.Process.Kill()
+	cmd.Wait()
+	log, _ := os.ReadFile(logPath)
+	return nil, fmt.Errorf("control plane did not start:\n%s", log)
 }
 
 func rss(pid int) int64 {
