@@ -3,11 +3,15 @@
 // channel and runner with an executor that answers at once. It reports
 // connect time, control plane memory per agent, promote fan-out (to
 // delivered and to stored) beside a bare gRPC broadcast over the same kind
-// of streams, and a restart's reconnect storm. make bench runs it.
+// of streams, and a restart's reconnect storm. With -replicas K it
+// instead compares a promote's acks on one replica (SQLite, then
+// PostgreSQL) with K replicas on one PostgreSQL database (replicas.go).
+// make bench runs both.
 package main
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -75,7 +79,23 @@ func main() {
 	cpBin := flag.String("controlplane", "bin/controlplane", "controlplane binary")
 	work := flag.String("workdir", "", "scratch folder (default: a new one under /dev/shm or the temp dir)")
 	jsonOut := flag.Bool("json", false, "print the result as JSON")
+	replicas := flag.Int("replicas", 0, "instead: compare one replica on SQLite, one on PostgreSQL and this many on one PostgreSQL database (internal/pgserver), promoting through the first")
+	promotes := flag.Int("promotes", 3, "with -replicas: promotes per setup")
+	pgStatements := flag.Bool("pg-statements", false, "with -replicas: have PostgreSQL log every statement and count them per promote (slows PostgreSQL; a diagnosis, not a measurement)")
 	flag.Parse()
+	if *replicas > 0 {
+		res, err := runReplicas(*n, *replicas, *promotes, *pgStatements, *cpBin, *work)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "fleetsim:", err)
+			os.Exit(1)
+		}
+		if *jsonOut {
+			json.NewEncoder(os.Stdout).Encode(res)
+			return
+		}
+		printReplicas(res)
+		return
+	}
 	res, err := run(*n, *cpBin, *work)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "fleetsim:", err)
@@ -379,7 +399,7 @@ func startCPOn(bin, logPath, certDir string, addrs [3]string, store string) (*ex
 	defer logFile.Close() // the child holds its own copy
 	cmd := exec.Command(bin, "--agent-addr", addrs[0], "--admin-addr", addrs[1], "--http-addr", addrs[2],
 		"--cert", filepath.Join(certDir, "controlplane.pem"), "--key", filepath.Join(certDir, "controlplane-key.pem"), "--ca", filepath.Join(certDir, "ca.pem"),
-		"--store", store, "--log-level", "warn", "--pprof")
+		"--store", store, "--log-level", cmp.Or(os.Getenv("FLEETSIM_CP_LOG_LEVEL"), "warn"), "--pprof")
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	// The control plane dies with fleetsim, whatever ends it.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
