@@ -27,6 +27,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/molecule-ai/tenant-agent/agent/journal"
 	"github.com/molecule-ai/tenant-agent/controlplane/cluster"
 	"github.com/molecule-ai/tenant-agent/e2e/demokit"
 	controlplanev1 "github.com/molecule-ai/tenant-agent/gen/controlplane/v1"
@@ -291,6 +292,27 @@ func demo(ctx context.Context, d *registrytest.Standalone) int {
 	}
 	if len(counts) != tenantsN {
 		failures = append(failures, fmt.Sprintf("refresh commands went to %d agents; want %d (one per tenant)", len(counts), tenantsN))
+	}
+
+	// The agents' own word: each journal holds one refresh, the store's.
+	fmt.Println("  refreshes in each agent's journal (--state-dir/commands), against the store:")
+	stored := refreshIDs(ctx, d, db)
+	for _, t := range tenants {
+		got, err := journaledRefreshes(varDir + "/agent-" + t.name)
+		if err != nil {
+			failures = append(failures, fmt.Sprintf("tenant %s's journal: %v", t.name, err))
+			continue
+		}
+		var want []string
+		for agent, ids := range stored {
+			if strings.HasSuffix(agent, "/tenant/"+t.name) {
+				want = append(want, ids...)
+			}
+		}
+		fmt.Printf("    %-20s journal %v, store %v\n", t.name, got, want)
+		if len(got) != 1 || len(want) != 1 || got[0] != want[0]+" finished" {
+			failures = append(failures, fmt.Sprintf("tenant %s's agent journaled refreshes %v; the store has %v: want the one stored command, finished, once", t.name, got, want))
+		}
 	}
 
 	fmt.Printf("  %-24s %-73s %-73s %s\n", "workspace", "before", "after", "data kept (/data/history)")
@@ -585,6 +607,46 @@ func refreshCounts(ctx context.Context, d *registrytest.Standalone, db *pgx.Conn
 		d.Fatal("count refresh commands: ", err)
 	}
 	return out
+}
+
+// refreshIDs is each agent's refresh command IDs in the store.
+func refreshIDs(ctx context.Context, d *registrytest.Standalone, db *pgx.Conn) map[string][]string {
+	rows, err := db.Query(ctx, `SELECT agent, id FROM commands WHERE kind = $1 ORDER BY seq`, int32(controlplanev1.CommandKind_COMMAND_KIND_REFRESH))
+	if err != nil {
+		d.Fatal("read refresh commands: ", err)
+	}
+	out := map[string][]string{}
+	for rows.Next() {
+		var agent, id string
+		if err := rows.Scan(&agent, &id); err != nil {
+			d.Fatal(err)
+		}
+		out[agent] = append(out[agent], id)
+	}
+	if err := rows.Err(); err != nil {
+		d.Fatal("read refresh commands: ", err)
+	}
+	return out
+}
+
+// journaledRefreshes lists the refreshes an agent's journal holds, as
+// "<command id> <state>".
+func journaledRefreshes(stateDir string) ([]string, error) {
+	j, err := journal.Open(stateDir)
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, r := range j.List() {
+		m, err := r.Message()
+		if err != nil {
+			return nil, err
+		}
+		if m.GetRefresh() != nil {
+			out = append(out, r.ID+" "+string(r.State))
+		}
+	}
+	return out, nil
 }
 
 // redacted is a DSN fit to print (the demo's has no password anyway).
