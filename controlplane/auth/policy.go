@@ -69,6 +69,11 @@ var Rules = map[string]Rule{
 	controlplanev1.AdminService_DenyTenant_FullMethodName:          adminAPI,
 	controlplanev1.AdminService_AllowTenant_FullMethodName:         adminAPI,
 	controlplanev1.AdminService_DenyCertificate_FullMethodName:     adminAPI,
+	controlplanev1.AdminService_ListRollouts_FullMethodName:        adminAPI,
+	controlplanev1.AdminService_GetRollout_FullMethodName:          adminAPI,
+	controlplanev1.AdminService_WatchRollout_FullMethodName:        adminAPI,
+	controlplanev1.AdminService_AbortRollout_FullMethodName:        adminAPI,
+	controlplanev1.AdminService_ResumeRollout_FullMethodName:       adminAPI,
 
 	grpc_health_v1.Health_Check_FullMethodName:                             infra,
 	grpc_health_v1.Health_List_FullMethodName:                              infra,
@@ -78,11 +83,12 @@ var Rules = map[string]Rule{
 }
 
 // DefaultServiceGrant is what a service identity may call when Grants names
-// no methods for it: rollouts, refreshes and reads; never holds or denials.
+// no methods for it: rollouts, refreshes and reads; never holds, denials,
+// or aborting and resuming rollouts.
 var DefaultServiceGrant = []string{
 	"PromoteRuntimeImage", "RefreshRuntimeImage",
 	"GetRuntimePin", "ListRuntimePins", "ListAgents", "GetCommand", "ListCommands",
-	"WatchCommand", "WatchAgents",
+	"WatchCommand", "WatchAgents", "ListRollouts", "GetRollout", "WatchRollout",
 }
 
 // Grants maps a service name (the <name> of spiffe://td/service/<name>) to

@@ -47,6 +47,10 @@ const (
 	RolloutEventKind_ROLLOUT_EVENT_KIND_HALTED RolloutEventKind = 6
 	// ROLLOUT_EVENT_KIND_COMPLETED means every tenant's command ended.
 	RolloutEventKind_ROLLOUT_EVENT_KIND_COMPLETED RolloutEventKind = 7
+	// ROLLOUT_EVENT_KIND_ABORTED means an operator stopped the rollout.
+	RolloutEventKind_ROLLOUT_EVENT_KIND_ABORTED RolloutEventKind = 8
+	// ROLLOUT_EVENT_KIND_RESUMED means an operator resumed a halted rollout.
+	RolloutEventKind_ROLLOUT_EVENT_KIND_RESUMED RolloutEventKind = 9
 )
 
 // Enum value maps for RolloutEventKind.
@@ -60,6 +64,8 @@ var (
 		5: "ROLLOUT_EVENT_KIND_TENANT_SKIPPED",
 		6: "ROLLOUT_EVENT_KIND_HALTED",
 		7: "ROLLOUT_EVENT_KIND_COMPLETED",
+		8: "ROLLOUT_EVENT_KIND_ABORTED",
+		9: "ROLLOUT_EVENT_KIND_RESUMED",
 	}
 	RolloutEventKind_value = map[string]int32{
 		"ROLLOUT_EVENT_KIND_UNSPECIFIED":     0,
@@ -70,6 +76,8 @@ var (
 		"ROLLOUT_EVENT_KIND_TENANT_SKIPPED":  5,
 		"ROLLOUT_EVENT_KIND_HALTED":          6,
 		"ROLLOUT_EVENT_KIND_COMPLETED":       7,
+		"ROLLOUT_EVENT_KIND_ABORTED":         8,
+		"ROLLOUT_EVENT_KIND_RESUMED":         9,
 	}
 )
 
@@ -364,6 +372,70 @@ func (x AgentEventKind) Number() protoreflect.EnumNumber {
 // Deprecated: Use AgentEventKind.Descriptor instead.
 func (AgentEventKind) EnumDescriptor() ([]byte, []int) {
 	return file_controlplane_v1_admin_service_proto_rawDescGZIP(), []int{4}
+}
+
+// RolloutState is where a rollout is.
+type RolloutState int32
+
+const (
+	// ROLLOUT_STATE_UNSPECIFIED is never sent; as a filter it matches all.
+	RolloutState_ROLLOUT_STATE_UNSPECIFIED RolloutState = 0
+	// ROLLOUT_STATE_RUNNING means the rollout is starting and following
+	// tenants.
+	RolloutState_ROLLOUT_STATE_RUNNING RolloutState = 1
+	// ROLLOUT_STATE_COMPLETED means every tenant's command ended (or waits
+	// for its agent to connect).
+	RolloutState_ROLLOUT_STATE_COMPLETED RolloutState = 2
+	// ROLLOUT_STATE_HALTED means it stopped starting tenants after too many
+	// failures; ResumeRollout or AbortRollout decide what next.
+	RolloutState_ROLLOUT_STATE_HALTED RolloutState = 3
+	// ROLLOUT_STATE_ABORTED means an operator stopped it.
+	RolloutState_ROLLOUT_STATE_ABORTED RolloutState = 4
+)
+
+// Enum value maps for RolloutState.
+var (
+	RolloutState_name = map[int32]string{
+		0: "ROLLOUT_STATE_UNSPECIFIED",
+		1: "ROLLOUT_STATE_RUNNING",
+		2: "ROLLOUT_STATE_COMPLETED",
+		3: "ROLLOUT_STATE_HALTED",
+		4: "ROLLOUT_STATE_ABORTED",
+	}
+	RolloutState_value = map[string]int32{
+		"ROLLOUT_STATE_UNSPECIFIED": 0,
+		"ROLLOUT_STATE_RUNNING":     1,
+		"ROLLOUT_STATE_COMPLETED":   2,
+		"ROLLOUT_STATE_HALTED":      3,
+		"ROLLOUT_STATE_ABORTED":     4,
+	}
+)
+
+func (x RolloutState) Enum() *RolloutState {
+	p := new(RolloutState)
+	*p = x
+	return p
+}
+
+func (x RolloutState) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (RolloutState) Descriptor() protoreflect.EnumDescriptor {
+	return file_controlplane_v1_admin_service_proto_enumTypes[5].Descriptor()
+}
+
+func (RolloutState) Type() protoreflect.EnumType {
+	return &file_controlplane_v1_admin_service_proto_enumTypes[5]
+}
+
+func (x RolloutState) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use RolloutState.Descriptor instead.
+func (RolloutState) EnumDescriptor() ([]byte, []int) {
+	return file_controlplane_v1_admin_service_proto_rawDescGZIP(), []int{5}
 }
 
 // RuntimePin is the image a runtime's workspace containers must run.
@@ -2764,6 +2836,659 @@ func (x *DenyCertificateResponse) GetDisconnected() uint32 {
 	return 0
 }
 
+// Rollout is one promote's roll to the fleet.
+type Rollout struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// rollout_id identifies the rollout; commands it issued carry it.
+	RolloutId string `protobuf:"bytes,1,opt,name=rollout_id,json=rolloutId,proto3" json:"rollout_id,omitempty"`
+	// runtime is the runtime promoted.
+	Runtime string `protobuf:"bytes,2,opt,name=runtime,proto3" json:"runtime,omitempty"`
+	// image_ref is the pin rolled out, repository@digest.
+	ImageRef string `protobuf:"bytes,3,opt,name=image_ref,json=imageRef,proto3" json:"image_ref,omitempty"`
+	// options are the rollout's options.
+	Options *RolloutOptions `protobuf:"bytes,4,opt,name=options,proto3" json:"options,omitempty"`
+	// state is where the rollout is.
+	State RolloutState `protobuf:"varint,5,opt,name=state,proto3,enum=controlplane.v1.RolloutState" json:"state,omitempty"`
+	// requested_by is the SPIFFE ID of the caller that promoted.
+	RequestedBy string `protobuf:"bytes,6,opt,name=requested_by,json=requestedBy,proto3" json:"requested_by,omitempty"`
+	// created_at is when the promote was recorded.
+	CreatedAt *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
+	// updated_at is when the state last changed.
+	UpdatedAt *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=updated_at,json=updatedAt,proto3" json:"updated_at,omitempty"`
+	// message says how it ended, or why it halted or was aborted.
+	Message string `protobuf:"bytes,9,opt,name=message,proto3" json:"message,omitempty"`
+	// counts tallies its tenants from their commands; tenants without a
+	// command yet are not counted.
+	Counts        *RolloutCounts `protobuf:"bytes,10,opt,name=counts,proto3" json:"counts,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Rollout) Reset() {
+	*x = Rollout{}
+	mi := &file_controlplane_v1_admin_service_proto_msgTypes[36]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Rollout) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Rollout) ProtoMessage() {}
+
+func (x *Rollout) ProtoReflect() protoreflect.Message {
+	mi := &file_controlplane_v1_admin_service_proto_msgTypes[36]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Rollout.ProtoReflect.Descriptor instead.
+func (*Rollout) Descriptor() ([]byte, []int) {
+	return file_controlplane_v1_admin_service_proto_rawDescGZIP(), []int{36}
+}
+
+func (x *Rollout) GetRolloutId() string {
+	if x != nil {
+		return x.RolloutId
+	}
+	return ""
+}
+
+func (x *Rollout) GetRuntime() string {
+	if x != nil {
+		return x.Runtime
+	}
+	return ""
+}
+
+func (x *Rollout) GetImageRef() string {
+	if x != nil {
+		return x.ImageRef
+	}
+	return ""
+}
+
+func (x *Rollout) GetOptions() *RolloutOptions {
+	if x != nil {
+		return x.Options
+	}
+	return nil
+}
+
+func (x *Rollout) GetState() RolloutState {
+	if x != nil {
+		return x.State
+	}
+	return RolloutState_ROLLOUT_STATE_UNSPECIFIED
+}
+
+func (x *Rollout) GetRequestedBy() string {
+	if x != nil {
+		return x.RequestedBy
+	}
+	return ""
+}
+
+func (x *Rollout) GetCreatedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreatedAt
+	}
+	return nil
+}
+
+func (x *Rollout) GetUpdatedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.UpdatedAt
+	}
+	return nil
+}
+
+func (x *Rollout) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
+}
+
+func (x *Rollout) GetCounts() *RolloutCounts {
+	if x != nil {
+		return x.Counts
+	}
+	return nil
+}
+
+// ListRolloutsRequest filters and pages rollouts.
+type ListRolloutsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// runtime, if set, selects one runtime's rollouts.
+	Runtime string `protobuf:"bytes,1,opt,name=runtime,proto3" json:"runtime,omitempty"`
+	// state, if set, selects rollouts in that state.
+	State RolloutState `protobuf:"varint,2,opt,name=state,proto3,enum=controlplane.v1.RolloutState" json:"state,omitempty"`
+	// page_size is the most rollouts to return; 0 means 50, at most 500.
+	PageSize uint32 `protobuf:"varint,3,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	// page_token is next_page_token from the previous page; empty for the
+	// first page.
+	PageToken     string `protobuf:"bytes,4,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListRolloutsRequest) Reset() {
+	*x = ListRolloutsRequest{}
+	mi := &file_controlplane_v1_admin_service_proto_msgTypes[37]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListRolloutsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListRolloutsRequest) ProtoMessage() {}
+
+func (x *ListRolloutsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_controlplane_v1_admin_service_proto_msgTypes[37]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListRolloutsRequest.ProtoReflect.Descriptor instead.
+func (*ListRolloutsRequest) Descriptor() ([]byte, []int) {
+	return file_controlplane_v1_admin_service_proto_rawDescGZIP(), []int{37}
+}
+
+func (x *ListRolloutsRequest) GetRuntime() string {
+	if x != nil {
+		return x.Runtime
+	}
+	return ""
+}
+
+func (x *ListRolloutsRequest) GetState() RolloutState {
+	if x != nil {
+		return x.State
+	}
+	return RolloutState_ROLLOUT_STATE_UNSPECIFIED
+}
+
+func (x *ListRolloutsRequest) GetPageSize() uint32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListRolloutsRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
+// ListRolloutsResponse is one page of rollouts.
+type ListRolloutsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// rollouts are newest first.
+	Rollouts []*Rollout `protobuf:"bytes,1,rep,name=rollouts,proto3" json:"rollouts,omitempty"`
+	// next_page_token fetches the next page; empty on the last page.
+	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListRolloutsResponse) Reset() {
+	*x = ListRolloutsResponse{}
+	mi := &file_controlplane_v1_admin_service_proto_msgTypes[38]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListRolloutsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListRolloutsResponse) ProtoMessage() {}
+
+func (x *ListRolloutsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_controlplane_v1_admin_service_proto_msgTypes[38]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListRolloutsResponse.ProtoReflect.Descriptor instead.
+func (*ListRolloutsResponse) Descriptor() ([]byte, []int) {
+	return file_controlplane_v1_admin_service_proto_rawDescGZIP(), []int{38}
+}
+
+func (x *ListRolloutsResponse) GetRollouts() []*Rollout {
+	if x != nil {
+		return x.Rollouts
+	}
+	return nil
+}
+
+func (x *ListRolloutsResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
+}
+
+// GetRolloutRequest names a rollout.
+type GetRolloutRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// rollout_id is the rollout's ID.
+	RolloutId     string `protobuf:"bytes,1,opt,name=rollout_id,json=rolloutId,proto3" json:"rollout_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetRolloutRequest) Reset() {
+	*x = GetRolloutRequest{}
+	mi := &file_controlplane_v1_admin_service_proto_msgTypes[39]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetRolloutRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetRolloutRequest) ProtoMessage() {}
+
+func (x *GetRolloutRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_controlplane_v1_admin_service_proto_msgTypes[39]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetRolloutRequest.ProtoReflect.Descriptor instead.
+func (*GetRolloutRequest) Descriptor() ([]byte, []int) {
+	return file_controlplane_v1_admin_service_proto_rawDescGZIP(), []int{39}
+}
+
+func (x *GetRolloutRequest) GetRolloutId() string {
+	if x != nil {
+		return x.RolloutId
+	}
+	return ""
+}
+
+// GetRolloutResponse is the rollout.
+type GetRolloutResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// rollout is the rollout as stored, with its counts.
+	Rollout       *Rollout `protobuf:"bytes,1,opt,name=rollout,proto3" json:"rollout,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetRolloutResponse) Reset() {
+	*x = GetRolloutResponse{}
+	mi := &file_controlplane_v1_admin_service_proto_msgTypes[40]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetRolloutResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetRolloutResponse) ProtoMessage() {}
+
+func (x *GetRolloutResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_controlplane_v1_admin_service_proto_msgTypes[40]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetRolloutResponse.ProtoReflect.Descriptor instead.
+func (*GetRolloutResponse) Descriptor() ([]byte, []int) {
+	return file_controlplane_v1_admin_service_proto_rawDescGZIP(), []int{40}
+}
+
+func (x *GetRolloutResponse) GetRollout() *Rollout {
+	if x != nil {
+		return x.Rollout
+	}
+	return nil
+}
+
+// WatchRolloutRequest names the rollout to follow.
+type WatchRolloutRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// rollout_id is the rollout's ID.
+	RolloutId     string `protobuf:"bytes,1,opt,name=rollout_id,json=rolloutId,proto3" json:"rollout_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchRolloutRequest) Reset() {
+	*x = WatchRolloutRequest{}
+	mi := &file_controlplane_v1_admin_service_proto_msgTypes[41]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchRolloutRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchRolloutRequest) ProtoMessage() {}
+
+func (x *WatchRolloutRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_controlplane_v1_admin_service_proto_msgTypes[41]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchRolloutRequest.ProtoReflect.Descriptor instead.
+func (*WatchRolloutRequest) Descriptor() ([]byte, []int) {
+	return file_controlplane_v1_admin_service_proto_rawDescGZIP(), []int{41}
+}
+
+func (x *WatchRolloutRequest) GetRolloutId() string {
+	if x != nil {
+		return x.RolloutId
+	}
+	return ""
+}
+
+// WatchRolloutResponse is one event of the rollout.
+type WatchRolloutResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// event is what happened; the first one carries the rollout as stored.
+	Event *RolloutEvent `protobuf:"bytes,1,opt,name=event,proto3" json:"event,omitempty"`
+	// rollout is the rollout as stored, on the first event and on its end.
+	Rollout       *Rollout `protobuf:"bytes,2,opt,name=rollout,proto3" json:"rollout,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchRolloutResponse) Reset() {
+	*x = WatchRolloutResponse{}
+	mi := &file_controlplane_v1_admin_service_proto_msgTypes[42]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchRolloutResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchRolloutResponse) ProtoMessage() {}
+
+func (x *WatchRolloutResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_controlplane_v1_admin_service_proto_msgTypes[42]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchRolloutResponse.ProtoReflect.Descriptor instead.
+func (*WatchRolloutResponse) Descriptor() ([]byte, []int) {
+	return file_controlplane_v1_admin_service_proto_rawDescGZIP(), []int{42}
+}
+
+func (x *WatchRolloutResponse) GetEvent() *RolloutEvent {
+	if x != nil {
+		return x.Event
+	}
+	return nil
+}
+
+func (x *WatchRolloutResponse) GetRollout() *Rollout {
+	if x != nil {
+		return x.Rollout
+	}
+	return nil
+}
+
+// AbortRolloutRequest stops a rollout.
+type AbortRolloutRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// rollout_id is the rollout's ID.
+	RolloutId string `protobuf:"bytes,1,opt,name=rollout_id,json=rolloutId,proto3" json:"rollout_id,omitempty"`
+	// reason is recorded in the rollout's message.
+	Reason        string `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AbortRolloutRequest) Reset() {
+	*x = AbortRolloutRequest{}
+	mi := &file_controlplane_v1_admin_service_proto_msgTypes[43]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AbortRolloutRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AbortRolloutRequest) ProtoMessage() {}
+
+func (x *AbortRolloutRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_controlplane_v1_admin_service_proto_msgTypes[43]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AbortRolloutRequest.ProtoReflect.Descriptor instead.
+func (*AbortRolloutRequest) Descriptor() ([]byte, []int) {
+	return file_controlplane_v1_admin_service_proto_rawDescGZIP(), []int{43}
+}
+
+func (x *AbortRolloutRequest) GetRolloutId() string {
+	if x != nil {
+		return x.RolloutId
+	}
+	return ""
+}
+
+func (x *AbortRolloutRequest) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+// AbortRolloutResponse is the rollout after the abort.
+type AbortRolloutResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// rollout is the rollout as stored.
+	Rollout *Rollout `protobuf:"bytes,1,opt,name=rollout,proto3" json:"rollout,omitempty"`
+	// canceled is how many of its commands were canceled before they were
+	// sent.
+	Canceled      uint32 `protobuf:"varint,2,opt,name=canceled,proto3" json:"canceled,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AbortRolloutResponse) Reset() {
+	*x = AbortRolloutResponse{}
+	mi := &file_controlplane_v1_admin_service_proto_msgTypes[44]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AbortRolloutResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AbortRolloutResponse) ProtoMessage() {}
+
+func (x *AbortRolloutResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_controlplane_v1_admin_service_proto_msgTypes[44]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AbortRolloutResponse.ProtoReflect.Descriptor instead.
+func (*AbortRolloutResponse) Descriptor() ([]byte, []int) {
+	return file_controlplane_v1_admin_service_proto_rawDescGZIP(), []int{44}
+}
+
+func (x *AbortRolloutResponse) GetRollout() *Rollout {
+	if x != nil {
+		return x.Rollout
+	}
+	return nil
+}
+
+func (x *AbortRolloutResponse) GetCanceled() uint32 {
+	if x != nil {
+		return x.Canceled
+	}
+	return 0
+}
+
+// ResumeRolloutRequest goes on with a halted rollout.
+type ResumeRolloutRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// rollout_id is the rollout's ID.
+	RolloutId     string `protobuf:"bytes,1,opt,name=rollout_id,json=rolloutId,proto3" json:"rollout_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ResumeRolloutRequest) Reset() {
+	*x = ResumeRolloutRequest{}
+	mi := &file_controlplane_v1_admin_service_proto_msgTypes[45]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ResumeRolloutRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ResumeRolloutRequest) ProtoMessage() {}
+
+func (x *ResumeRolloutRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_controlplane_v1_admin_service_proto_msgTypes[45]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ResumeRolloutRequest.ProtoReflect.Descriptor instead.
+func (*ResumeRolloutRequest) Descriptor() ([]byte, []int) {
+	return file_controlplane_v1_admin_service_proto_rawDescGZIP(), []int{45}
+}
+
+func (x *ResumeRolloutRequest) GetRolloutId() string {
+	if x != nil {
+		return x.RolloutId
+	}
+	return ""
+}
+
+// ResumeRolloutResponse is the rollout after the resume.
+type ResumeRolloutResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// rollout is the rollout as stored.
+	Rollout       *Rollout `protobuf:"bytes,1,opt,name=rollout,proto3" json:"rollout,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ResumeRolloutResponse) Reset() {
+	*x = ResumeRolloutResponse{}
+	mi := &file_controlplane_v1_admin_service_proto_msgTypes[46]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ResumeRolloutResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ResumeRolloutResponse) ProtoMessage() {}
+
+func (x *ResumeRolloutResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_controlplane_v1_admin_service_proto_msgTypes[46]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ResumeRolloutResponse.ProtoReflect.Descriptor instead.
+func (*ResumeRolloutResponse) Descriptor() ([]byte, []int) {
+	return file_controlplane_v1_admin_service_proto_rawDescGZIP(), []int{46}
+}
+
+func (x *ResumeRolloutResponse) GetRollout() *Rollout {
+	if x != nil {
+		return x.Rollout
+	}
+	return nil
+}
+
 var File_controlplane_v1_admin_service_proto protoreflect.FileDescriptor
 
 const file_controlplane_v1_admin_service_proto_rawDesc = "" +
@@ -2936,7 +3661,54 @@ const file_controlplane_v1_admin_service_proto_rawDesc = "" +
 	"\x06serial\x18\x01 \x01(\tR\x06serial\x12\x16\n" +
 	"\x06reason\x18\x02 \x01(\tR\x06reason\"=\n" +
 	"\x17DenyCertificateResponse\x12\"\n" +
-	"\fdisconnected\x18\x01 \x01(\rR\fdisconnected*\xb8\x02\n" +
+	"\fdisconnected\x18\x01 \x01(\rR\fdisconnected\"\xba\x03\n" +
+	"\aRollout\x12\x1d\n" +
+	"\n" +
+	"rollout_id\x18\x01 \x01(\tR\trolloutId\x12\x18\n" +
+	"\aruntime\x18\x02 \x01(\tR\aruntime\x12\x1b\n" +
+	"\timage_ref\x18\x03 \x01(\tR\bimageRef\x129\n" +
+	"\aoptions\x18\x04 \x01(\v2\x1f.controlplane.v1.RolloutOptionsR\aoptions\x123\n" +
+	"\x05state\x18\x05 \x01(\x0e2\x1d.controlplane.v1.RolloutStateR\x05state\x12!\n" +
+	"\frequested_by\x18\x06 \x01(\tR\vrequestedBy\x129\n" +
+	"\n" +
+	"created_at\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\x129\n" +
+	"\n" +
+	"updated_at\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\tupdatedAt\x12\x18\n" +
+	"\amessage\x18\t \x01(\tR\amessage\x126\n" +
+	"\x06counts\x18\n" +
+	" \x01(\v2\x1e.controlplane.v1.RolloutCountsR\x06counts\"\xa0\x01\n" +
+	"\x13ListRolloutsRequest\x12\x18\n" +
+	"\aruntime\x18\x01 \x01(\tR\aruntime\x123\n" +
+	"\x05state\x18\x02 \x01(\x0e2\x1d.controlplane.v1.RolloutStateR\x05state\x12\x1b\n" +
+	"\tpage_size\x18\x03 \x01(\rR\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x04 \x01(\tR\tpageToken\"t\n" +
+	"\x14ListRolloutsResponse\x124\n" +
+	"\brollouts\x18\x01 \x03(\v2\x18.controlplane.v1.RolloutR\brollouts\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"2\n" +
+	"\x11GetRolloutRequest\x12\x1d\n" +
+	"\n" +
+	"rollout_id\x18\x01 \x01(\tR\trolloutId\"H\n" +
+	"\x12GetRolloutResponse\x122\n" +
+	"\arollout\x18\x01 \x01(\v2\x18.controlplane.v1.RolloutR\arollout\"4\n" +
+	"\x13WatchRolloutRequest\x12\x1d\n" +
+	"\n" +
+	"rollout_id\x18\x01 \x01(\tR\trolloutId\"\x7f\n" +
+	"\x14WatchRolloutResponse\x123\n" +
+	"\x05event\x18\x01 \x01(\v2\x1d.controlplane.v1.RolloutEventR\x05event\x122\n" +
+	"\arollout\x18\x02 \x01(\v2\x18.controlplane.v1.RolloutR\arollout\"L\n" +
+	"\x13AbortRolloutRequest\x12\x1d\n" +
+	"\n" +
+	"rollout_id\x18\x01 \x01(\tR\trolloutId\x12\x16\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\"f\n" +
+	"\x14AbortRolloutResponse\x122\n" +
+	"\arollout\x18\x01 \x01(\v2\x18.controlplane.v1.RolloutR\arollout\x12\x1a\n" +
+	"\bcanceled\x18\x02 \x01(\rR\bcanceled\"5\n" +
+	"\x14ResumeRolloutRequest\x12\x1d\n" +
+	"\n" +
+	"rollout_id\x18\x01 \x01(\tR\trolloutId\"K\n" +
+	"\x15ResumeRolloutResponse\x122\n" +
+	"\arollout\x18\x01 \x01(\v2\x18.controlplane.v1.RolloutR\arollout*\xf8\x02\n" +
 	"\x10RolloutEventKind\x12\"\n" +
 	"\x1eROLLOUT_EVENT_KIND_UNSPECIFIED\x10\x00\x12#\n" +
 	"\x1fROLLOUT_EVENT_KIND_PIN_RECORDED\x10\x01\x12$\n" +
@@ -2945,7 +3717,9 @@ const file_controlplane_v1_admin_service_proto_rawDesc = "" +
 	"\"ROLLOUT_EVENT_KIND_COMMAND_UPDATED\x10\x04\x12%\n" +
 	"!ROLLOUT_EVENT_KIND_TENANT_SKIPPED\x10\x05\x12\x1d\n" +
 	"\x19ROLLOUT_EVENT_KIND_HALTED\x10\x06\x12 \n" +
-	"\x1cROLLOUT_EVENT_KIND_COMPLETED\x10\a*|\n" +
+	"\x1cROLLOUT_EVENT_KIND_COMPLETED\x10\a\x12\x1e\n" +
+	"\x1aROLLOUT_EVENT_KIND_ABORTED\x10\b\x12\x1e\n" +
+	"\x1aROLLOUT_EVENT_KIND_RESUMED\x10\t*|\n" +
 	"\fRolloutPhase\x12\x1d\n" +
 	"\x19ROLLOUT_PHASE_UNSPECIFIED\x10\x00\x12\x1a\n" +
 	"\x16ROLLOUT_PHASE_PREFETCH\x10\x01\x12\x18\n" +
@@ -2975,8 +3749,13 @@ const file_controlplane_v1_admin_service_proto_rawDesc = "" +
 	"\x17AGENT_EVENT_KIND_SYNCED\x10\x02\x12\x1e\n" +
 	"\x1aAGENT_EVENT_KIND_CONNECTED\x10\x03\x12!\n" +
 	"\x1dAGENT_EVENT_KIND_DISCONNECTED\x10\x04\x12\x1b\n" +
-	"\x17AGENT_EVENT_KIND_HEALTH\x10\x052\xd0\n" +
-	"\n" +
+	"\x17AGENT_EVENT_KIND_HEALTH\x10\x05*\x9a\x01\n" +
+	"\fRolloutState\x12\x1d\n" +
+	"\x19ROLLOUT_STATE_UNSPECIFIED\x10\x00\x12\x19\n" +
+	"\x15ROLLOUT_STATE_RUNNING\x10\x01\x12\x1b\n" +
+	"\x17ROLLOUT_STATE_COMPLETED\x10\x02\x12\x18\n" +
+	"\x14ROLLOUT_STATE_HALTED\x10\x03\x12\x19\n" +
+	"\x15ROLLOUT_STATE_ABORTED\x10\x042\xa0\x0e\n" +
 	"\fAdminService\x12r\n" +
 	"\x13PromoteRuntimeImage\x12+.controlplane.v1.PromoteRuntimeImageRequest\x1a,.controlplane.v1.PromoteRuntimeImageResponse0\x01\x12r\n" +
 	"\x13RefreshRuntimeImage\x12+.controlplane.v1.RefreshRuntimeImageRequest\x1a,.controlplane.v1.RefreshRuntimeImageResponse0\x01\x12^\n" +
@@ -2995,7 +3774,13 @@ const file_controlplane_v1_admin_service_proto_rawDesc = "" +
 	"\n" +
 	"DenyTenant\x12\".controlplane.v1.DenyTenantRequest\x1a#.controlplane.v1.DenyTenantResponse\x12X\n" +
 	"\vAllowTenant\x12#.controlplane.v1.AllowTenantRequest\x1a$.controlplane.v1.AllowTenantResponse\x12d\n" +
-	"\x0fDenyCertificate\x12'.controlplane.v1.DenyCertificateRequest\x1a(.controlplane.v1.DenyCertificateResponseBHZFgithub.com/molecule-ai/tenant-agent/gen/controlplane/v1;controlplanev1b\x06proto3"
+	"\x0fDenyCertificate\x12'.controlplane.v1.DenyCertificateRequest\x1a(.controlplane.v1.DenyCertificateResponse\x12[\n" +
+	"\fListRollouts\x12$.controlplane.v1.ListRolloutsRequest\x1a%.controlplane.v1.ListRolloutsResponse\x12U\n" +
+	"\n" +
+	"GetRollout\x12\".controlplane.v1.GetRolloutRequest\x1a#.controlplane.v1.GetRolloutResponse\x12]\n" +
+	"\fWatchRollout\x12$.controlplane.v1.WatchRolloutRequest\x1a%.controlplane.v1.WatchRolloutResponse0\x01\x12[\n" +
+	"\fAbortRollout\x12$.controlplane.v1.AbortRolloutRequest\x1a%.controlplane.v1.AbortRolloutResponse\x12^\n" +
+	"\rResumeRollout\x12%.controlplane.v1.ResumeRolloutRequest\x1a&.controlplane.v1.ResumeRolloutResponseBHZFgithub.com/molecule-ai/tenant-agent/gen/controlplane/v1;controlplanev1b\x06proto3"
 
 var (
 	file_controlplane_v1_admin_service_proto_rawDescOnce sync.Once
@@ -3009,127 +3794,161 @@ func file_controlplane_v1_admin_service_proto_rawDescGZIP() []byte {
 	return file_controlplane_v1_admin_service_proto_rawDescData
 }
 
-var file_controlplane_v1_admin_service_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
-var file_controlplane_v1_admin_service_proto_msgTypes = make([]protoimpl.MessageInfo, 36)
+var file_controlplane_v1_admin_service_proto_enumTypes = make([]protoimpl.EnumInfo, 6)
+var file_controlplane_v1_admin_service_proto_msgTypes = make([]protoimpl.MessageInfo, 47)
 var file_controlplane_v1_admin_service_proto_goTypes = []any{
 	(RolloutEventKind)(0),               // 0: controlplane.v1.RolloutEventKind
 	(RolloutPhase)(0),                   // 1: controlplane.v1.RolloutPhase
 	(CommandKind)(0),                    // 2: controlplane.v1.CommandKind
 	(CommandState)(0),                   // 3: controlplane.v1.CommandState
 	(AgentEventKind)(0),                 // 4: controlplane.v1.AgentEventKind
-	(*RuntimePin)(nil),                  // 5: controlplane.v1.RuntimePin
-	(*RolloutOptions)(nil),              // 6: controlplane.v1.RolloutOptions
-	(*PromoteRuntimeImageRequest)(nil),  // 7: controlplane.v1.PromoteRuntimeImageRequest
-	(*PromoteRuntimeImageResponse)(nil), // 8: controlplane.v1.PromoteRuntimeImageResponse
-	(*RolloutEvent)(nil),                // 9: controlplane.v1.RolloutEvent
-	(*RolloutCounts)(nil),               // 10: controlplane.v1.RolloutCounts
-	(*RefreshRuntimeImageRequest)(nil),  // 11: controlplane.v1.RefreshRuntimeImageRequest
-	(*RefreshRuntimeImageResponse)(nil), // 12: controlplane.v1.RefreshRuntimeImageResponse
-	(*CommandEvent)(nil),                // 13: controlplane.v1.CommandEvent
-	(*Command)(nil),                     // 14: controlplane.v1.Command
-	(*GetRuntimePinRequest)(nil),        // 15: controlplane.v1.GetRuntimePinRequest
-	(*GetRuntimePinResponse)(nil),       // 16: controlplane.v1.GetRuntimePinResponse
-	(*ListRuntimePinsRequest)(nil),      // 17: controlplane.v1.ListRuntimePinsRequest
-	(*ListRuntimePinsResponse)(nil),     // 18: controlplane.v1.ListRuntimePinsResponse
-	(*Agent)(nil),                       // 19: controlplane.v1.Agent
-	(*AgentRuntime)(nil),                // 20: controlplane.v1.AgentRuntime
-	(*ListAgentsRequest)(nil),           // 21: controlplane.v1.ListAgentsRequest
-	(*ListAgentsResponse)(nil),          // 22: controlplane.v1.ListAgentsResponse
-	(*GetCommandRequest)(nil),           // 23: controlplane.v1.GetCommandRequest
-	(*GetCommandResponse)(nil),          // 24: controlplane.v1.GetCommandResponse
-	(*ListCommandsRequest)(nil),         // 25: controlplane.v1.ListCommandsRequest
-	(*ListCommandsResponse)(nil),        // 26: controlplane.v1.ListCommandsResponse
-	(*WatchCommandRequest)(nil),         // 27: controlplane.v1.WatchCommandRequest
-	(*WatchCommandResponse)(nil),        // 28: controlplane.v1.WatchCommandResponse
-	(*WatchAgentsRequest)(nil),          // 29: controlplane.v1.WatchAgentsRequest
-	(*WatchAgentsResponse)(nil),         // 30: controlplane.v1.WatchAgentsResponse
-	(*HoldTenantRequest)(nil),           // 31: controlplane.v1.HoldTenantRequest
-	(*HoldTenantResponse)(nil),          // 32: controlplane.v1.HoldTenantResponse
-	(*ReleaseTenantRequest)(nil),        // 33: controlplane.v1.ReleaseTenantRequest
-	(*ReleaseTenantResponse)(nil),       // 34: controlplane.v1.ReleaseTenantResponse
-	(*DenyTenantRequest)(nil),           // 35: controlplane.v1.DenyTenantRequest
-	(*DenyTenantResponse)(nil),          // 36: controlplane.v1.DenyTenantResponse
-	(*AllowTenantRequest)(nil),          // 37: controlplane.v1.AllowTenantRequest
-	(*AllowTenantResponse)(nil),         // 38: controlplane.v1.AllowTenantResponse
-	(*DenyCertificateRequest)(nil),      // 39: controlplane.v1.DenyCertificateRequest
-	(*DenyCertificateResponse)(nil),     // 40: controlplane.v1.DenyCertificateResponse
-	(*timestamppb.Timestamp)(nil),       // 41: google.protobuf.Timestamp
-	(*v1.RefreshOptions)(nil),           // 42: tenantagent.v1.RefreshOptions
-	(*v1.CommandProgress)(nil),          // 43: tenantagent.v1.CommandProgress
-	(*v1.CommandResult)(nil),            // 44: tenantagent.v1.CommandResult
-	(*v1.RuntimeStatus)(nil),            // 45: tenantagent.v1.RuntimeStatus
+	(RolloutState)(0),                   // 5: controlplane.v1.RolloutState
+	(*RuntimePin)(nil),                  // 6: controlplane.v1.RuntimePin
+	(*RolloutOptions)(nil),              // 7: controlplane.v1.RolloutOptions
+	(*PromoteRuntimeImageRequest)(nil),  // 8: controlplane.v1.PromoteRuntimeImageRequest
+	(*PromoteRuntimeImageResponse)(nil), // 9: controlplane.v1.PromoteRuntimeImageResponse
+	(*RolloutEvent)(nil),                // 10: controlplane.v1.RolloutEvent
+	(*RolloutCounts)(nil),               // 11: controlplane.v1.RolloutCounts
+	(*RefreshRuntimeImageRequest)(nil),  // 12: controlplane.v1.RefreshRuntimeImageRequest
+	(*RefreshRuntimeImageResponse)(nil), // 13: controlplane.v1.RefreshRuntimeImageResponse
+	(*CommandEvent)(nil),                // 14: controlplane.v1.CommandEvent
+	(*Command)(nil),                     // 15: controlplane.v1.Command
+	(*GetRuntimePinRequest)(nil),        // 16: controlplane.v1.GetRuntimePinRequest
+	(*GetRuntimePinResponse)(nil),       // 17: controlplane.v1.GetRuntimePinResponse
+	(*ListRuntimePinsRequest)(nil),      // 18: controlplane.v1.ListRuntimePinsRequest
+	(*ListRuntimePinsResponse)(nil),     // 19: controlplane.v1.ListRuntimePinsResponse
+	(*Agent)(nil),                       // 20: controlplane.v1.Agent
+	(*AgentRuntime)(nil),                // 21: controlplane.v1.AgentRuntime
+	(*ListAgentsRequest)(nil),           // 22: controlplane.v1.ListAgentsRequest
+	(*ListAgentsResponse)(nil),          // 23: controlplane.v1.ListAgentsResponse
+	(*GetCommandRequest)(nil),           // 24: controlplane.v1.GetCommandRequest
+	(*GetCommandResponse)(nil),          // 25: controlplane.v1.GetCommandResponse
+	(*ListCommandsRequest)(nil),         // 26: controlplane.v1.ListCommandsRequest
+	(*ListCommandsResponse)(nil),        // 27: controlplane.v1.ListCommandsResponse
+	(*WatchCommandRequest)(nil),         // 28: controlplane.v1.WatchCommandRequest
+	(*WatchCommandResponse)(nil),        // 29: controlplane.v1.WatchCommandResponse
+	(*WatchAgentsRequest)(nil),          // 30: controlplane.v1.WatchAgentsRequest
+	(*WatchAgentsResponse)(nil),         // 31: controlplane.v1.WatchAgentsResponse
+	(*HoldTenantRequest)(nil),           // 32: controlplane.v1.HoldTenantRequest
+	(*HoldTenantResponse)(nil),          // 33: controlplane.v1.HoldTenantResponse
+	(*ReleaseTenantRequest)(nil),        // 34: controlplane.v1.ReleaseTenantRequest
+	(*ReleaseTenantResponse)(nil),       // 35: controlplane.v1.ReleaseTenantResponse
+	(*DenyTenantRequest)(nil),           // 36: controlplane.v1.DenyTenantRequest
+	(*DenyTenantResponse)(nil),          // 37: controlplane.v1.DenyTenantResponse
+	(*AllowTenantRequest)(nil),          // 38: controlplane.v1.AllowTenantRequest
+	(*AllowTenantResponse)(nil),         // 39: controlplane.v1.AllowTenantResponse
+	(*DenyCertificateRequest)(nil),      // 40: controlplane.v1.DenyCertificateRequest
+	(*DenyCertificateResponse)(nil),     // 41: controlplane.v1.DenyCertificateResponse
+	(*Rollout)(nil),                     // 42: controlplane.v1.Rollout
+	(*ListRolloutsRequest)(nil),         // 43: controlplane.v1.ListRolloutsRequest
+	(*ListRolloutsResponse)(nil),        // 44: controlplane.v1.ListRolloutsResponse
+	(*GetRolloutRequest)(nil),           // 45: controlplane.v1.GetRolloutRequest
+	(*GetRolloutResponse)(nil),          // 46: controlplane.v1.GetRolloutResponse
+	(*WatchRolloutRequest)(nil),         // 47: controlplane.v1.WatchRolloutRequest
+	(*WatchRolloutResponse)(nil),        // 48: controlplane.v1.WatchRolloutResponse
+	(*AbortRolloutRequest)(nil),         // 49: controlplane.v1.AbortRolloutRequest
+	(*AbortRolloutResponse)(nil),        // 50: controlplane.v1.AbortRolloutResponse
+	(*ResumeRolloutRequest)(nil),        // 51: controlplane.v1.ResumeRolloutRequest
+	(*ResumeRolloutResponse)(nil),       // 52: controlplane.v1.ResumeRolloutResponse
+	(*timestamppb.Timestamp)(nil),       // 53: google.protobuf.Timestamp
+	(*v1.RefreshOptions)(nil),           // 54: tenantagent.v1.RefreshOptions
+	(*v1.CommandProgress)(nil),          // 55: tenantagent.v1.CommandProgress
+	(*v1.CommandResult)(nil),            // 56: tenantagent.v1.CommandResult
+	(*v1.RuntimeStatus)(nil),            // 57: tenantagent.v1.RuntimeStatus
 }
 var file_controlplane_v1_admin_service_proto_depIdxs = []int32{
-	41, // 0: controlplane.v1.RuntimePin.promoted_at:type_name -> google.protobuf.Timestamp
-	6,  // 1: controlplane.v1.PromoteRuntimeImageRequest.options:type_name -> controlplane.v1.RolloutOptions
-	9,  // 2: controlplane.v1.PromoteRuntimeImageResponse.event:type_name -> controlplane.v1.RolloutEvent
-	41, // 3: controlplane.v1.RolloutEvent.time:type_name -> google.protobuf.Timestamp
+	53, // 0: controlplane.v1.RuntimePin.promoted_at:type_name -> google.protobuf.Timestamp
+	7,  // 1: controlplane.v1.PromoteRuntimeImageRequest.options:type_name -> controlplane.v1.RolloutOptions
+	10, // 2: controlplane.v1.PromoteRuntimeImageResponse.event:type_name -> controlplane.v1.RolloutEvent
+	53, // 3: controlplane.v1.RolloutEvent.time:type_name -> google.protobuf.Timestamp
 	0,  // 4: controlplane.v1.RolloutEvent.kind:type_name -> controlplane.v1.RolloutEventKind
 	1,  // 5: controlplane.v1.RolloutEvent.phase:type_name -> controlplane.v1.RolloutPhase
 	3,  // 6: controlplane.v1.RolloutEvent.state:type_name -> controlplane.v1.CommandState
-	5,  // 7: controlplane.v1.RolloutEvent.pin:type_name -> controlplane.v1.RuntimePin
-	10, // 8: controlplane.v1.RolloutEvent.counts:type_name -> controlplane.v1.RolloutCounts
-	42, // 9: controlplane.v1.RefreshRuntimeImageRequest.options:type_name -> tenantagent.v1.RefreshOptions
-	13, // 10: controlplane.v1.RefreshRuntimeImageResponse.event:type_name -> controlplane.v1.CommandEvent
-	41, // 11: controlplane.v1.CommandEvent.time:type_name -> google.protobuf.Timestamp
-	14, // 12: controlplane.v1.CommandEvent.command:type_name -> controlplane.v1.Command
-	43, // 13: controlplane.v1.CommandEvent.progress:type_name -> tenantagent.v1.CommandProgress
+	6,  // 7: controlplane.v1.RolloutEvent.pin:type_name -> controlplane.v1.RuntimePin
+	11, // 8: controlplane.v1.RolloutEvent.counts:type_name -> controlplane.v1.RolloutCounts
+	54, // 9: controlplane.v1.RefreshRuntimeImageRequest.options:type_name -> tenantagent.v1.RefreshOptions
+	14, // 10: controlplane.v1.RefreshRuntimeImageResponse.event:type_name -> controlplane.v1.CommandEvent
+	53, // 11: controlplane.v1.CommandEvent.time:type_name -> google.protobuf.Timestamp
+	15, // 12: controlplane.v1.CommandEvent.command:type_name -> controlplane.v1.Command
+	55, // 13: controlplane.v1.CommandEvent.progress:type_name -> tenantagent.v1.CommandProgress
 	3,  // 14: controlplane.v1.CommandEvent.state:type_name -> controlplane.v1.CommandState
 	2,  // 15: controlplane.v1.Command.kind:type_name -> controlplane.v1.CommandKind
 	3,  // 16: controlplane.v1.Command.state:type_name -> controlplane.v1.CommandState
-	41, // 17: controlplane.v1.Command.created_at:type_name -> google.protobuf.Timestamp
-	41, // 18: controlplane.v1.Command.updated_at:type_name -> google.protobuf.Timestamp
-	41, // 19: controlplane.v1.Command.deadline:type_name -> google.protobuf.Timestamp
-	44, // 20: controlplane.v1.Command.result:type_name -> tenantagent.v1.CommandResult
-	5,  // 21: controlplane.v1.GetRuntimePinResponse.pin:type_name -> controlplane.v1.RuntimePin
-	5,  // 22: controlplane.v1.GetRuntimePinResponse.history:type_name -> controlplane.v1.RuntimePin
-	5,  // 23: controlplane.v1.ListRuntimePinsResponse.pins:type_name -> controlplane.v1.RuntimePin
-	41, // 24: controlplane.v1.Agent.connected_at:type_name -> google.protobuf.Timestamp
-	41, // 25: controlplane.v1.Agent.last_seen:type_name -> google.protobuf.Timestamp
-	20, // 26: controlplane.v1.Agent.runtimes:type_name -> controlplane.v1.AgentRuntime
-	45, // 27: controlplane.v1.AgentRuntime.status:type_name -> tenantagent.v1.RuntimeStatus
-	19, // 28: controlplane.v1.ListAgentsResponse.agents:type_name -> controlplane.v1.Agent
-	14, // 29: controlplane.v1.GetCommandResponse.command:type_name -> controlplane.v1.Command
-	13, // 30: controlplane.v1.GetCommandResponse.events:type_name -> controlplane.v1.CommandEvent
+	53, // 17: controlplane.v1.Command.created_at:type_name -> google.protobuf.Timestamp
+	53, // 18: controlplane.v1.Command.updated_at:type_name -> google.protobuf.Timestamp
+	53, // 19: controlplane.v1.Command.deadline:type_name -> google.protobuf.Timestamp
+	56, // 20: controlplane.v1.Command.result:type_name -> tenantagent.v1.CommandResult
+	6,  // 21: controlplane.v1.GetRuntimePinResponse.pin:type_name -> controlplane.v1.RuntimePin
+	6,  // 22: controlplane.v1.GetRuntimePinResponse.history:type_name -> controlplane.v1.RuntimePin
+	6,  // 23: controlplane.v1.ListRuntimePinsResponse.pins:type_name -> controlplane.v1.RuntimePin
+	53, // 24: controlplane.v1.Agent.connected_at:type_name -> google.protobuf.Timestamp
+	53, // 25: controlplane.v1.Agent.last_seen:type_name -> google.protobuf.Timestamp
+	21, // 26: controlplane.v1.Agent.runtimes:type_name -> controlplane.v1.AgentRuntime
+	57, // 27: controlplane.v1.AgentRuntime.status:type_name -> tenantagent.v1.RuntimeStatus
+	20, // 28: controlplane.v1.ListAgentsResponse.agents:type_name -> controlplane.v1.Agent
+	15, // 29: controlplane.v1.GetCommandResponse.command:type_name -> controlplane.v1.Command
+	14, // 30: controlplane.v1.GetCommandResponse.events:type_name -> controlplane.v1.CommandEvent
 	3,  // 31: controlplane.v1.ListCommandsRequest.states:type_name -> controlplane.v1.CommandState
-	14, // 32: controlplane.v1.ListCommandsResponse.commands:type_name -> controlplane.v1.Command
-	13, // 33: controlplane.v1.WatchCommandResponse.event:type_name -> controlplane.v1.CommandEvent
+	15, // 32: controlplane.v1.ListCommandsResponse.commands:type_name -> controlplane.v1.Command
+	14, // 33: controlplane.v1.WatchCommandResponse.event:type_name -> controlplane.v1.CommandEvent
 	4,  // 34: controlplane.v1.WatchAgentsResponse.kind:type_name -> controlplane.v1.AgentEventKind
-	19, // 35: controlplane.v1.WatchAgentsResponse.agent:type_name -> controlplane.v1.Agent
-	41, // 36: controlplane.v1.HoldTenantResponse.held_at:type_name -> google.protobuf.Timestamp
-	7,  // 37: controlplane.v1.AdminService.PromoteRuntimeImage:input_type -> controlplane.v1.PromoteRuntimeImageRequest
-	11, // 38: controlplane.v1.AdminService.RefreshRuntimeImage:input_type -> controlplane.v1.RefreshRuntimeImageRequest
-	15, // 39: controlplane.v1.AdminService.GetRuntimePin:input_type -> controlplane.v1.GetRuntimePinRequest
-	17, // 40: controlplane.v1.AdminService.ListRuntimePins:input_type -> controlplane.v1.ListRuntimePinsRequest
-	21, // 41: controlplane.v1.AdminService.ListAgents:input_type -> controlplane.v1.ListAgentsRequest
-	23, // 42: controlplane.v1.AdminService.GetCommand:input_type -> controlplane.v1.GetCommandRequest
-	25, // 43: controlplane.v1.AdminService.ListCommands:input_type -> controlplane.v1.ListCommandsRequest
-	27, // 44: controlplane.v1.AdminService.WatchCommand:input_type -> controlplane.v1.WatchCommandRequest
-	29, // 45: controlplane.v1.AdminService.WatchAgents:input_type -> controlplane.v1.WatchAgentsRequest
-	31, // 46: controlplane.v1.AdminService.HoldTenant:input_type -> controlplane.v1.HoldTenantRequest
-	33, // 47: controlplane.v1.AdminService.ReleaseTenant:input_type -> controlplane.v1.ReleaseTenantRequest
-	35, // 48: controlplane.v1.AdminService.DenyTenant:input_type -> controlplane.v1.DenyTenantRequest
-	37, // 49: controlplane.v1.AdminService.AllowTenant:input_type -> controlplane.v1.AllowTenantRequest
-	39, // 50: controlplane.v1.AdminService.DenyCertificate:input_type -> controlplane.v1.DenyCertificateRequest
-	8,  // 51: controlplane.v1.AdminService.PromoteRuntimeImage:output_type -> controlplane.v1.PromoteRuntimeImageResponse
-	12, // 52: controlplane.v1.AdminService.RefreshRuntimeImage:output_type -> controlplane.v1.RefreshRuntimeImageResponse
-	16, // 53: controlplane.v1.AdminService.GetRuntimePin:output_type -> controlplane.v1.GetRuntimePinResponse
-	18, // 54: controlplane.v1.AdminService.ListRuntimePins:output_type -> controlplane.v1.ListRuntimePinsResponse
-	22, // 55: controlplane.v1.AdminService.ListAgents:output_type -> controlplane.v1.ListAgentsResponse
-	24, // 56: controlplane.v1.AdminService.GetCommand:output_type -> controlplane.v1.GetCommandResponse
-	26, // 57: controlplane.v1.AdminService.ListCommands:output_type -> controlplane.v1.ListCommandsResponse
-	28, // 58: controlplane.v1.AdminService.WatchCommand:output_type -> controlplane.v1.WatchCommandResponse
-	30, // 59: controlplane.v1.AdminService.WatchAgents:output_type -> controlplane.v1.WatchAgentsResponse
-	32, // 60: controlplane.v1.AdminService.HoldTenant:output_type -> controlplane.v1.HoldTenantResponse
-	34, // 61: controlplane.v1.AdminService.ReleaseTenant:output_type -> controlplane.v1.ReleaseTenantResponse
-	36, // 62: controlplane.v1.AdminService.DenyTenant:output_type -> controlplane.v1.DenyTenantResponse
-	38, // 63: controlplane.v1.AdminService.AllowTenant:output_type -> controlplane.v1.AllowTenantResponse
-	40, // 64: controlplane.v1.AdminService.DenyCertificate:output_type -> controlplane.v1.DenyCertificateResponse
-	51, // [51:65] is the sub-list for method output_type
-	37, // [37:51] is the sub-list for method input_type
-	37, // [37:37] is the sub-list for extension type_name
-	37, // [37:37] is the sub-list for extension extendee
-	0,  // [0:37] is the sub-list for field type_name
+	20, // 35: controlplane.v1.WatchAgentsResponse.agent:type_name -> controlplane.v1.Agent
+	53, // 36: controlplane.v1.HoldTenantResponse.held_at:type_name -> google.protobuf.Timestamp
+	7,  // 37: controlplane.v1.Rollout.options:type_name -> controlplane.v1.RolloutOptions
+	5,  // 38: controlplane.v1.Rollout.state:type_name -> controlplane.v1.RolloutState
+	53, // 39: controlplane.v1.Rollout.created_at:type_name -> google.protobuf.Timestamp
+	53, // 40: controlplane.v1.Rollout.updated_at:type_name -> google.protobuf.Timestamp
+	11, // 41: controlplane.v1.Rollout.counts:type_name -> controlplane.v1.RolloutCounts
+	5,  // 42: controlplane.v1.ListRolloutsRequest.state:type_name -> controlplane.v1.RolloutState
+	42, // 43: controlplane.v1.ListRolloutsResponse.rollouts:type_name -> controlplane.v1.Rollout
+	42, // 44: controlplane.v1.GetRolloutResponse.rollout:type_name -> controlplane.v1.Rollout
+	10, // 45: controlplane.v1.WatchRolloutResponse.event:type_name -> controlplane.v1.RolloutEvent
+	42, // 46: controlplane.v1.WatchRolloutResponse.rollout:type_name -> controlplane.v1.Rollout
+	42, // 47: controlplane.v1.AbortRolloutResponse.rollout:type_name -> controlplane.v1.Rollout
+	42, // 48: controlplane.v1.ResumeRolloutResponse.rollout:type_name -> controlplane.v1.Rollout
+	8,  // 49: controlplane.v1.AdminService.PromoteRuntimeImage:input_type -> controlplane.v1.PromoteRuntimeImageRequest
+	12, // 50: controlplane.v1.AdminService.RefreshRuntimeImage:input_type -> controlplane.v1.RefreshRuntimeImageRequest
+	16, // 51: controlplane.v1.AdminService.GetRuntimePin:input_type -> controlplane.v1.GetRuntimePinRequest
+	18, // 52: controlplane.v1.AdminService.ListRuntimePins:input_type -> controlplane.v1.ListRuntimePinsRequest
+	22, // 53: controlplane.v1.AdminService.ListAgents:input_type -> controlplane.v1.ListAgentsRequest
+	24, // 54: controlplane.v1.AdminService.GetCommand:input_type -> controlplane.v1.GetCommandRequest
+	26, // 55: controlplane.v1.AdminService.ListCommands:input_type -> controlplane.v1.ListCommandsRequest
+	28, // 56: controlplane.v1.AdminService.WatchCommand:input_type -> controlplane.v1.WatchCommandRequest
+	30, // 57: controlplane.v1.AdminService.WatchAgents:input_type -> controlplane.v1.WatchAgentsRequest
+	32, // 58: controlplane.v1.AdminService.HoldTenant:input_type -> controlplane.v1.HoldTenantRequest
+	34, // 59: controlplane.v1.AdminService.ReleaseTenant:input_type -> controlplane.v1.ReleaseTenantRequest
+	36, // 60: controlplane.v1.AdminService.DenyTenant:input_type -> controlplane.v1.DenyTenantRequest
+	38, // 61: controlplane.v1.AdminService.AllowTenant:input_type -> controlplane.v1.AllowTenantRequest
+	40, // 62: controlplane.v1.AdminService.DenyCertificate:input_type -> controlplane.v1.DenyCertificateRequest
+	43, // 63: controlplane.v1.AdminService.ListRollouts:input_type -> controlplane.v1.ListRolloutsRequest
+	45, // 64: controlplane.v1.AdminService.GetRollout:input_type -> controlplane.v1.GetRolloutRequest
+	47, // 65: controlplane.v1.AdminService.WatchRollout:input_type -> controlplane.v1.WatchRolloutRequest
+	49, // 66: controlplane.v1.AdminService.AbortRollout:input_type -> controlplane.v1.AbortRolloutRequest
+	51, // 67: controlplane.v1.AdminService.ResumeRollout:input_type -> controlplane.v1.ResumeRolloutRequest
+	9,  // 68: controlplane.v1.AdminService.PromoteRuntimeImage:output_type -> controlplane.v1.PromoteRuntimeImageResponse
+	13, // 69: controlplane.v1.AdminService.RefreshRuntimeImage:output_type -> controlplane.v1.RefreshRuntimeImageResponse
+	17, // 70: controlplane.v1.AdminService.GetRuntimePin:output_type -> controlplane.v1.GetRuntimePinResponse
+	19, // 71: controlplane.v1.AdminService.ListRuntimePins:output_type -> controlplane.v1.ListRuntimePinsResponse
+	23, // 72: controlplane.v1.AdminService.ListAgents:output_type -> controlplane.v1.ListAgentsResponse
+	25, // 73: controlplane.v1.AdminService.GetCommand:output_type -> controlplane.v1.GetCommandResponse
+	27, // 74: controlplane.v1.AdminService.ListCommands:output_type -> controlplane.v1.ListCommandsResponse
+	29, // 75: controlplane.v1.AdminService.WatchCommand:output_type -> controlplane.v1.WatchCommandResponse
+	31, // 76: controlplane.v1.AdminService.WatchAgents:output_type -> controlplane.v1.WatchAgentsResponse
+	33, // 77: controlplane.v1.AdminService.HoldTenant:output_type -> controlplane.v1.HoldTenantResponse
+	35, // 78: controlplane.v1.AdminService.ReleaseTenant:output_type -> controlplane.v1.ReleaseTenantResponse
+	37, // 79: controlplane.v1.AdminService.DenyTenant:output_type -> controlplane.v1.DenyTenantResponse
+	39, // 80: controlplane.v1.AdminService.AllowTenant:output_type -> controlplane.v1.AllowTenantResponse
+	41, // 81: controlplane.v1.AdminService.DenyCertificate:output_type -> controlplane.v1.DenyCertificateResponse
+	44, // 82: controlplane.v1.AdminService.ListRollouts:output_type -> controlplane.v1.ListRolloutsResponse
+	46, // 83: controlplane.v1.AdminService.GetRollout:output_type -> controlplane.v1.GetRolloutResponse
+	48, // 84: controlplane.v1.AdminService.WatchRollout:output_type -> controlplane.v1.WatchRolloutResponse
+	50, // 85: controlplane.v1.AdminService.AbortRollout:output_type -> controlplane.v1.AbortRolloutResponse
+	52, // 86: controlplane.v1.AdminService.ResumeRollout:output_type -> controlplane.v1.ResumeRolloutResponse
+	68, // [68:87] is the sub-list for method output_type
+	49, // [49:68] is the sub-list for method input_type
+	49, // [49:49] is the sub-list for extension type_name
+	49, // [49:49] is the sub-list for extension extendee
+	0,  // [0:49] is the sub-list for field type_name
 }
 
 func init() { file_controlplane_v1_admin_service_proto_init() }
@@ -3146,8 +3965,8 @@ func file_controlplane_v1_admin_service_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_controlplane_v1_admin_service_proto_rawDesc), len(file_controlplane_v1_admin_service_proto_rawDesc)),
-			NumEnums:      5,
-			NumMessages:   36,
+			NumEnums:      6,
+			NumMessages:   47,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -33,6 +33,11 @@ const (
 	AdminService_DenyTenant_FullMethodName          = "/controlplane.v1.AdminService/DenyTenant"
 	AdminService_AllowTenant_FullMethodName         = "/controlplane.v1.AdminService/AllowTenant"
 	AdminService_DenyCertificate_FullMethodName     = "/controlplane.v1.AdminService/DenyCertificate"
+	AdminService_ListRollouts_FullMethodName        = "/controlplane.v1.AdminService/ListRollouts"
+	AdminService_GetRollout_FullMethodName          = "/controlplane.v1.AdminService/GetRollout"
+	AdminService_WatchRollout_FullMethodName        = "/controlplane.v1.AdminService/WatchRollout"
+	AdminService_AbortRollout_FullMethodName        = "/controlplane.v1.AdminService/AbortRollout"
+	AdminService_ResumeRollout_FullMethodName       = "/controlplane.v1.AdminService/ResumeRollout"
 )
 
 // AdminServiceClient is the client API for AdminService service.
@@ -84,6 +89,22 @@ type AdminServiceClient interface {
 	// DenyCertificate revokes one certificate by serial number: a connection
 	// using it is closed at once and refused on reconnect.
 	DenyCertificate(ctx context.Context, in *DenyCertificateRequest, opts ...grpc.CallOption) (*DenyCertificateResponse, error)
+	// ListRollouts returns rollouts, newest first, one page at a time.
+	ListRollouts(ctx context.Context, in *ListRolloutsRequest, opts ...grpc.CallOption) (*ListRolloutsResponse, error)
+	// GetRollout returns one rollout with its tally of tenants.
+	GetRollout(ctx context.Context, in *GetRolloutRequest, opts ...grpc.CallOption) (*GetRolloutResponse, error)
+	// WatchRollout re-attaches to a rollout: it sends the rollout as stored,
+	// then an event for each change of its commands, until it ends (it
+	// completes, halts or is aborted). It works on any replica.
+	WatchRollout(ctx context.Context, in *WatchRolloutRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchRolloutResponse], error)
+	// AbortRollout stops a running or halted rollout: no tenant is started
+	// any more, its commands not yet sent are canceled, the ones agents hold
+	// run to their end, and reconcile takes the runtime back.
+	AbortRollout(ctx context.Context, in *AbortRolloutRequest, opts ...grpc.CallOption) (*AbortRolloutResponse, error)
+	// ResumeRollout goes on with a halted rollout: tenants not yet refreshed
+	// are started; failures before the resume no longer count towards
+	// halt_after_failures.
+	ResumeRollout(ctx context.Context, in *ResumeRolloutRequest, opts ...grpc.CallOption) (*ResumeRolloutResponse, error)
 }
 
 type adminServiceClient struct {
@@ -270,6 +291,65 @@ func (c *adminServiceClient) DenyCertificate(ctx context.Context, in *DenyCertif
 	return out, nil
 }
 
+func (c *adminServiceClient) ListRollouts(ctx context.Context, in *ListRolloutsRequest, opts ...grpc.CallOption) (*ListRolloutsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListRolloutsResponse)
+	err := c.cc.Invoke(ctx, AdminService_ListRollouts_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) GetRollout(ctx context.Context, in *GetRolloutRequest, opts ...grpc.CallOption) (*GetRolloutResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetRolloutResponse)
+	err := c.cc.Invoke(ctx, AdminService_GetRollout_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) WatchRollout(ctx context.Context, in *WatchRolloutRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchRolloutResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &AdminService_ServiceDesc.Streams[4], AdminService_WatchRollout_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[WatchRolloutRequest, WatchRolloutResponse]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type AdminService_WatchRolloutClient = grpc.ServerStreamingClient[WatchRolloutResponse]
+
+func (c *adminServiceClient) AbortRollout(ctx context.Context, in *AbortRolloutRequest, opts ...grpc.CallOption) (*AbortRolloutResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(AbortRolloutResponse)
+	err := c.cc.Invoke(ctx, AdminService_AbortRollout_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) ResumeRollout(ctx context.Context, in *ResumeRolloutRequest, opts ...grpc.CallOption) (*ResumeRolloutResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ResumeRolloutResponse)
+	err := c.cc.Invoke(ctx, AdminService_ResumeRollout_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AdminServiceServer is the server API for AdminService service.
 // All implementations must embed UnimplementedAdminServiceServer
 // for forward compatibility.
@@ -319,6 +399,22 @@ type AdminServiceServer interface {
 	// DenyCertificate revokes one certificate by serial number: a connection
 	// using it is closed at once and refused on reconnect.
 	DenyCertificate(context.Context, *DenyCertificateRequest) (*DenyCertificateResponse, error)
+	// ListRollouts returns rollouts, newest first, one page at a time.
+	ListRollouts(context.Context, *ListRolloutsRequest) (*ListRolloutsResponse, error)
+	// GetRollout returns one rollout with its tally of tenants.
+	GetRollout(context.Context, *GetRolloutRequest) (*GetRolloutResponse, error)
+	// WatchRollout re-attaches to a rollout: it sends the rollout as stored,
+	// then an event for each change of its commands, until it ends (it
+	// completes, halts or is aborted). It works on any replica.
+	WatchRollout(*WatchRolloutRequest, grpc.ServerStreamingServer[WatchRolloutResponse]) error
+	// AbortRollout stops a running or halted rollout: no tenant is started
+	// any more, its commands not yet sent are canceled, the ones agents hold
+	// run to their end, and reconcile takes the runtime back.
+	AbortRollout(context.Context, *AbortRolloutRequest) (*AbortRolloutResponse, error)
+	// ResumeRollout goes on with a halted rollout: tenants not yet refreshed
+	// are started; failures before the resume no longer count towards
+	// halt_after_failures.
+	ResumeRollout(context.Context, *ResumeRolloutRequest) (*ResumeRolloutResponse, error)
 	mustEmbedUnimplementedAdminServiceServer()
 }
 
@@ -370,6 +466,21 @@ func (UnimplementedAdminServiceServer) AllowTenant(context.Context, *AllowTenant
 }
 func (UnimplementedAdminServiceServer) DenyCertificate(context.Context, *DenyCertificateRequest) (*DenyCertificateResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method DenyCertificate not implemented")
+}
+func (UnimplementedAdminServiceServer) ListRollouts(context.Context, *ListRolloutsRequest) (*ListRolloutsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListRollouts not implemented")
+}
+func (UnimplementedAdminServiceServer) GetRollout(context.Context, *GetRolloutRequest) (*GetRolloutResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetRollout not implemented")
+}
+func (UnimplementedAdminServiceServer) WatchRollout(*WatchRolloutRequest, grpc.ServerStreamingServer[WatchRolloutResponse]) error {
+	return status.Error(codes.Unimplemented, "method WatchRollout not implemented")
+}
+func (UnimplementedAdminServiceServer) AbortRollout(context.Context, *AbortRolloutRequest) (*AbortRolloutResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method AbortRollout not implemented")
+}
+func (UnimplementedAdminServiceServer) ResumeRollout(context.Context, *ResumeRolloutRequest) (*ResumeRolloutResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ResumeRollout not implemented")
 }
 func (UnimplementedAdminServiceServer) mustEmbedUnimplementedAdminServiceServer() {}
 func (UnimplementedAdminServiceServer) testEmbeddedByValue()                      {}
@@ -616,6 +727,89 @@ func _AdminService_DenyCertificate_Handler(srv interface{}, ctx context.Context,
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AdminService_ListRollouts_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListRolloutsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).ListRollouts(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_ListRollouts_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).ListRollouts(ctx, req.(*ListRolloutsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_GetRollout_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetRolloutRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).GetRollout(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_GetRollout_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).GetRollout(ctx, req.(*GetRolloutRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_WatchRollout_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(WatchRolloutRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(AdminServiceServer).WatchRollout(m, &grpc.GenericServerStream[WatchRolloutRequest, WatchRolloutResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type AdminService_WatchRolloutServer = grpc.ServerStreamingServer[WatchRolloutResponse]
+
+func _AdminService_AbortRollout_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(AbortRolloutRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).AbortRollout(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_AbortRollout_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).AbortRollout(ctx, req.(*AbortRolloutRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_ResumeRollout_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ResumeRolloutRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).ResumeRollout(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_ResumeRollout_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).ResumeRollout(ctx, req.(*ResumeRolloutRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // AdminService_ServiceDesc is the grpc.ServiceDesc for AdminService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -663,6 +857,22 @@ var AdminService_ServiceDesc = grpc.ServiceDesc{
 			MethodName: "DenyCertificate",
 			Handler:    _AdminService_DenyCertificate_Handler,
 		},
+		{
+			MethodName: "ListRollouts",
+			Handler:    _AdminService_ListRollouts_Handler,
+		},
+		{
+			MethodName: "GetRollout",
+			Handler:    _AdminService_GetRollout_Handler,
+		},
+		{
+			MethodName: "AbortRollout",
+			Handler:    _AdminService_AbortRollout_Handler,
+		},
+		{
+			MethodName: "ResumeRollout",
+			Handler:    _AdminService_ResumeRollout_Handler,
+		},
 	},
 	Streams: []grpc.StreamDesc{
 		{
@@ -683,6 +893,11 @@ var AdminService_ServiceDesc = grpc.ServiceDesc{
 		{
 			StreamName:    "WatchAgents",
 			Handler:       _AdminService_WatchAgents_Handler,
+			ServerStreams: true,
+		},
+		{
+			StreamName:    "WatchRollout",
+			Handler:       _AdminService_WatchRollout_Handler,
 			ServerStreams: true,
 		},
 	},
