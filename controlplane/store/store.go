@@ -179,6 +179,7 @@ const (
 	RolloutRunning   RolloutState = "running"
 	RolloutCompleted RolloutState = "completed"
 	RolloutHalted    RolloutState = "halted"
+	RolloutAborted   RolloutState = "aborted"
 )
 
 // RolloutOptions say how a rollout goes (controlplane.v1.RolloutOptions,
@@ -214,6 +215,9 @@ type Rollout struct {
 	Owner      string
 	Epoch      int64
 	LeaseUntil time.Time
+	// ResumedAt is when an operator last resumed it after a halt; zero
+	// if never. Failures before it do not count towards a halt.
+	ResumedAt time.Time
 }
 
 // Store is the control plane's persistence. Implementations are safe for
@@ -290,6 +294,12 @@ type Store interface {
 	// if r.Owner at r.Epoch still owns it, else returns ErrLeaseLost.
 	// Renewing the lease is an UpdateRollout with a later LeaseUntil.
 	UpdateRollout(ctx context.Context, r Rollout) error
+	// SetRolloutState is an operator's abort or resume: if the rollout's
+	// state is one of from, it writes r's State, Message, UpdatedAt,
+	// Owner, LeaseUntil and ResumedAt with a new epoch (so the previous
+	// owner's writes fail with ErrLeaseLost) and returns it as stored.
+	// Otherwise ErrNotFound, or ErrConflict naming the state it is in.
+	SetRolloutState(ctx context.Context, r Rollout, from []RolloutState) (Rollout, error)
 	// ListRollouts returns rollouts, newest first; a non-empty state
 	// filters.
 	ListRollouts(ctx context.Context, runtime string, state RolloutState) ([]Rollout, error)

@@ -101,11 +101,11 @@ func (s *Store) PutRollout(ctx context.Context, r store.Rollout) error {
 	if err != nil {
 		return err
 	}
-	_, err = s.pool.Exec(ctx, `INSERT INTO rollouts (`+sqlrow.RolloutColumns+`) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+	_, err = s.pool.Exec(ctx, `INSERT INTO rollouts (`+sqlrow.RolloutColumns+`) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
 		ON CONFLICT (id) DO UPDATE SET state = excluded.state, updated_at = excluded.updated_at, message = excluded.message,
-			owner = excluded.owner, epoch = excluded.epoch, lease_until = excluded.lease_until`,
+			owner = excluded.owner, epoch = excluded.epoch, lease_until = excluded.lease_until, resumed_at = excluded.resumed_at`,
 		r.ID, r.Runtime, r.Repository, r.Digest, options, string(r.State), r.RequestedBy, r.CreatedAt.UnixNano(), r.UpdatedAt.UnixNano(), r.Message,
-		r.Owner, r.Epoch, sqlrow.LeaseNanos(r.LeaseUntil))
+		r.Owner, r.Epoch, sqlrow.LeaseNanos(r.LeaseUntil), sqlrow.LeaseNanos(r.ResumedAt))
 	return err
 }
 
@@ -144,4 +144,16 @@ func (s *Store) UpdateRollout(ctx context.Context, r store.Rollout) error {
 		return err
 	}
 	return fmt.Errorf("rollout %s (owner %s, epoch %d): %w", r.ID, r.Owner, r.Epoch, store.ErrLeaseLost)
+}
+
+func (s *Store) SetRolloutState(ctx context.Context, r store.Rollout, from []store.RolloutState) (store.Rollout, error) {
+	states := make([]string, len(from))
+	for i, st := range from {
+		states[i] = string(st)
+	}
+	rs, err := queryAll(ctx, s.pool, sqlrow.ScanRollout, `UPDATE rollouts SET state = $1, message = $2, updated_at = $3, owner = $4, lease_until = $5, resumed_at = $6, epoch = epoch + 1
+		WHERE id = $7 AND state = ANY($8)
+		RETURNING `+sqlrow.RolloutColumns,
+		string(r.State), r.Message, r.UpdatedAt.UnixNano(), r.Owner, sqlrow.LeaseNanos(r.LeaseUntil), sqlrow.LeaseNanos(r.ResumedAt), r.ID, states)
+	return sqlrow.OneRollout(ctx, s, r.ID, from, rs, err)
 }

@@ -553,11 +553,11 @@ func (s *Store) PutRollout(ctx context.Context, r store.Rollout) error {
 	if err != nil {
 		return err
 	}
-	_, err = s.db.ExecContext(ctx, `INSERT INTO rollouts (`+sqlrow.RolloutColumns+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+	_, err = s.db.ExecContext(ctx, `INSERT INTO rollouts (`+sqlrow.RolloutColumns+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 		ON CONFLICT (id) DO UPDATE SET state = excluded.state, updated_at = excluded.updated_at, message = excluded.message,
-			owner = excluded.owner, epoch = excluded.epoch, lease_until = excluded.lease_until`,
+			owner = excluded.owner, epoch = excluded.epoch, lease_until = excluded.lease_until, resumed_at = excluded.resumed_at`,
 		r.ID, r.Runtime, r.Repository, r.Digest, options, string(r.State), r.RequestedBy, r.CreatedAt.UnixNano(), r.UpdatedAt.UnixNano(), r.Message,
-		r.Owner, r.Epoch, sqlrow.LeaseNanos(r.LeaseUntil))
+		r.Owner, r.Epoch, sqlrow.LeaseNanos(r.LeaseUntil), sqlrow.LeaseNanos(r.ResumedAt))
 	return err
 }
 
@@ -597,6 +597,18 @@ func (s *Store) UpdateRollout(ctx context.Context, r store.Rollout) error {
 		return err
 	}
 	return fmt.Errorf("rollout %s (owner %s, epoch %d): %w", r.ID, r.Owner, r.Epoch, store.ErrLeaseLost)
+}
+
+func (s *Store) SetRolloutState(ctx context.Context, r store.Rollout, from []store.RolloutState) (store.Rollout, error) {
+	states, err := json.Marshal(from)
+	if err != nil {
+		return store.Rollout{}, err
+	}
+	rs, err := queryAll(ctx, s.db, sqlrow.ScanRollout, `UPDATE rollouts SET state = ?, message = ?, updated_at = ?, owner = ?, lease_until = ?, resumed_at = ?, epoch = epoch + 1
+		WHERE id = ? AND state IN (SELECT value FROM json_each(?))
+		RETURNING `+sqlrow.RolloutColumns,
+		string(r.State), r.Message, r.UpdatedAt.UnixNano(), r.Owner, sqlrow.LeaseNanos(r.LeaseUntil), sqlrow.LeaseNanos(r.ResumedAt), r.ID, string(states))
+	return sqlrow.OneRollout(ctx, s, r.ID, from, rs, err)
 }
 
 // --- helpers

@@ -6,6 +6,7 @@ package sqlrow
 
 import (
 	"cmp"
+	"context"
 	"fmt"
 	"slices"
 	"strings"
@@ -25,7 +26,7 @@ type Scanner interface{ Scan(dest ...any) error }
 const (
 	PinColumns     = `runtime, template_name, image_repository, image_digest, git_sha, promoted_at, promoted_by, notes`
 	CommandColumns = `seq, id, agent, tenant, kind, runtime, image_repository, image_digest, options, state, requested_by, rollout_id, created_at, updated_at, deadline, error, result`
-	RolloutColumns = `id, runtime, image_repository, image_digest, options, state, requested_by, created_at, updated_at, message, owner, epoch, lease_until`
+	RolloutColumns = `id, runtime, image_repository, image_digest, options, state, requested_by, created_at, updated_at, message, owner, epoch, lease_until, resumed_at`
 	AgentColumns   = `identity, tenant, name, connected_at, last_seen, hostname, agent_version, docker_version, docker_reachable, runtimes`
 )
 
@@ -71,14 +72,17 @@ func ScanRollout(row Scanner) (store.Rollout, error) {
 	var ro store.Rollout
 	var options []byte
 	var state string
-	var created, updated, leaseUntil int64
+	var created, updated, leaseUntil, resumed int64
 	if err := row.Scan(&ro.ID, &ro.Runtime, &ro.Repository, &ro.Digest, &options, &state, &ro.RequestedBy, &created, &updated, &ro.Message,
-		&ro.Owner, &ro.Epoch, &leaseUntil); err != nil {
+		&ro.Owner, &ro.Epoch, &leaseUntil, &resumed); err != nil {
 		return ro, err
 	}
 	ro.State, ro.CreatedAt, ro.UpdatedAt = store.RolloutState(state), time.Unix(0, created), time.Unix(0, updated)
 	if leaseUntil != 0 {
 		ro.LeaseUntil = time.Unix(0, leaseUntil)
+	}
+	if resumed != 0 {
+		ro.ResumedAt = time.Unix(0, resumed)
 	}
 	var o controlplanev1.RolloutOptions
 	if err := proto.Unmarshal(options, &o); err != nil {
@@ -137,4 +141,23 @@ func MarshalOrNil(m proto.Message) ([]byte, error) {
 		return nil, nil
 	}
 	return proto.Marshal(m)
+}
+
+// OneRollout is SetRolloutState's answer from the rows its conditional
+// update returned: the rollout, or why there was none (ErrNotFound, or
+// ErrConflict naming the state it is in).
+func OneRollout(ctx context.Context, st interface {
+	GetRollout(context.Context, string) (store.Rollout, error)
+}, id string, from []store.RolloutState, rs []store.Rollout, err error) (store.Rollout, error) {
+	if err != nil {
+		return store.Rollout{}, err
+	}
+	if len(rs) == 1 {
+		return rs[0], nil
+	}
+	cur, err := st.GetRollout(ctx, id)
+	if err != nil {
+		return store.Rollout{}, err
+	}
+	return store.Rollout{}, fmt.Errorf("rollout %s is %s, not %v: %w", id, cur.State, from, store.ErrConflict)
 }

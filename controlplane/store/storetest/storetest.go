@@ -8,6 +8,7 @@ import (
 	"errors"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -49,6 +50,7 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"ClaimRollouts", testClaimRollouts},
 		{"ConcurrentClaimsTakeARolloutOnce", testConcurrentClaims},
 		{"UpdateRolloutIsFenced", testUpdateRollout},
+		{"SetRolloutStateMovesOnlyFromTheGivenStates", testSetRolloutState},
 		{"GetAgents", testGetAgents},
 		{"OneCommandPerRolloutAgentAndKind", testRolloutCommandConflict},
 	} {
@@ -648,6 +650,43 @@ func testUpdateRollout(t *testing.T, s store.Store) {
 	}
 	if err := s.UpdateRollout(ctx, store.Rollout{ID: "nope", Owner: "b", Epoch: 2}); !errors.Is(err, store.ErrLeaseLost) {
 		t.Errorf("UpdateRollout(nope) = %v; want ErrLeaseLost", err)
+	}
+}
+
+func testSetRolloutState(t *testing.T, s store.Store) {
+	ctx := context.Background()
+	putRollouts(t, s, "a", at(10), "r1")
+	halted, _ := s.GetRollout(ctx, "r1")
+	halted.State, halted.UpdatedAt = store.RolloutHalted, at(11)
+	if err := s.UpdateRollout(ctx, halted); err != nil {
+		t.Fatal(err)
+	}
+	// Resume: b takes the halted rollout at a new epoch; a's writes fail.
+	want := store.Rollout{ID: "r1", State: store.RolloutRunning, Message: "resumed", UpdatedAt: at(20), Owner: "b", LeaseUntil: at(30), ResumedAt: at(20)}
+	got, err := s.SetRolloutState(ctx, want, []store.RolloutState{store.RolloutHalted})
+	if err != nil || got.State != store.RolloutRunning || got.Owner != "b" || got.Epoch != halted.Epoch+1 || !got.ResumedAt.Equal(at(20)) || !got.LeaseUntil.Equal(at(30)) || got.Message != "resumed" || got.Runtime != "codex" {
+		t.Fatalf("resume = %+v, %v", got, err)
+	}
+	if err := s.UpdateRollout(ctx, halted); !errors.Is(err, store.ErrLeaseLost) {
+		t.Errorf("the old owner's write after a resume = %v; want ErrLeaseLost", err)
+	}
+	// Resuming again is a conflict naming the state; nothing changes.
+	if _, err := s.SetRolloutState(ctx, want, []store.RolloutState{store.RolloutHalted}); !errors.Is(err, store.ErrConflict) || !strings.Contains(err.Error(), "running") {
+		t.Errorf("second resume = %v; want ErrConflict saying it is running", err)
+	}
+	// Abort from running: no owner, no lease.
+	abort := store.Rollout{ID: "r1", State: store.RolloutAborted, Message: "aborted: bad image", UpdatedAt: at(40), ResumedAt: got.ResumedAt}
+	if got, err = s.SetRolloutState(ctx, abort, []store.RolloutState{store.RolloutRunning, store.RolloutHalted}); err != nil || got.State != store.RolloutAborted || got.Owner != "" || !got.LeaseUntil.IsZero() {
+		t.Fatalf("abort = %+v, %v", got, err)
+	}
+	if claimed, err := s.ClaimRollouts(ctx, "c", at(100), at(110), nil); err != nil || len(claimed) != 0 {
+		t.Errorf("claim after abort = %v, %v; want none", rolloutIDs(claimed), err)
+	}
+	if _, err := s.SetRolloutState(ctx, abort, []store.RolloutState{store.RolloutRunning}); !errors.Is(err, store.ErrConflict) {
+		t.Errorf("abort of an aborted rollout = %v; want ErrConflict", err)
+	}
+	if _, err := s.SetRolloutState(ctx, store.Rollout{ID: "nope"}, []store.RolloutState{store.RolloutRunning}); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("SetRolloutState(nope) = %v; want ErrNotFound", err)
 	}
 }
 
