@@ -1,0 +1,148 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"strings"
+	"sync"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+
+	controlplanev1 "github.com/molecule-ai/tenant-agent/gen/controlplane/v1"
+	"github.com/molecule-ai/tenant-agent/pkg/mtls"
+)
+
+// dialer connects to the admin API with the operator's or service's
+// certificate and remembers why the last handshake failed, so that an
+// Unavailable status can say it in one line.
+type dialer struct {
+	addr       string
+	serverName string
+	files      mtls.Files
+
+	mu      sync.Mutex
+	lastErr error
+	conn    *grpc.ClientConn
+}
+
+// client dials (lazily: grpc connects on the first call) and returns the
+// admin API client. Missing or unloadable certificate files are exit 3.
+func (d *dialer) client() (controlplanev1.AdminServiceClient, error) {
+	if d.conn != nil {
+		return controlplanev1.NewAdminServiceClient(d.conn), nil
+	}
+	for _, f := range []struct{ flag, path string }{{"--cert", d.files.Cert}, {"--key", d.files.Key}, {"--ca", d.files.CA}} {
+		if f.path == "" {
+			return nil, connf("%s is not set (flag, TACTL_%s or the config file): tactl needs a client certificate, its key and the CA bundle", f.flag, strings.ToUpper(strings.TrimPrefix(f.flag, "--")))
+		}
+		if _, err := os.Stat(f.path); err != nil {
+			return nil, connf("%s %s: %v", f.flag, f.path, unwrapPathError(err))
+		}
+	}
+	src, err := mtls.NewSource(d.files, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		return nil, connf("cannot load the certificate files: %v", err)
+	}
+	serverName := d.serverName
+	if serverName == "" {
+		host, _, err := net.SplitHostPort(d.addr)
+		if err != nil {
+			return nil, usagef("--addr %q: %v", d.addr, err)
+		}
+		serverName = host
+	}
+	creds := &recordingCreds{TransportCredentials: mtls.ClientCredentials(src, serverName), d: d}
+	conn, err := grpc.NewClient(d.addr, grpc.WithTransportCredentials(creds))
+	if err != nil {
+		return nil, usagef("--addr %q: %v", d.addr, err)
+	}
+	d.conn = conn
+	return controlplanev1.NewAdminServiceClient(conn), nil
+}
+
+func (d *dialer) close() {
+	if d.conn != nil {
+		d.conn.Close()
+	}
+}
+
+func unwrapPathError(err error) error {
+	var pe *os.PathError
+	if errors.As(err, &pe) {
+		return pe.Err
+	}
+	return err
+}
+
+// explainUnavailable turns an Unavailable status into one line: nothing
+// listening, the server's certificate not trusted, ours refused.
+func (d *dialer) explainUnavailable(msg string) string {
+	d.mu.Lock()
+	hs := d.lastErr
+	d.mu.Unlock()
+	if hs != nil {
+		if r, ok := mtls.ServerCertRefusal(hs); ok {
+			switch r.Against {
+			case mtls.AgainstServerName:
+				return fmt.Sprintf("the control plane at %s is not who --server-name says: %s", d.addr, r.Reason)
+			default:
+				return fmt.Sprintf("the control plane's certificate at %s is not trusted by --ca %s: %s", d.addr, d.files.CA, r.Reason)
+			}
+		}
+		if alert := tlsAlert(hs.Error()); alert != "" {
+			return fmt.Sprintf("the control plane at %s refused this client's certificate (%s): %s", d.addr, d.files.Cert, alert)
+		}
+	}
+	if alert := tlsAlert(msg); alert != "" {
+		return fmt.Sprintf("the control plane at %s refused this client's certificate (%s): %s", d.addr, d.files.Cert, alert)
+	}
+	switch {
+	case strings.Contains(msg, "connection refused"):
+		return fmt.Sprintf("cannot reach the control plane at %s: connection refused (is it running, and is --addr its admin address?)", d.addr)
+	case strings.Contains(msg, "no such host"):
+		return fmt.Sprintf("cannot reach the control plane at %s: no such host", d.addr)
+	case strings.Contains(msg, "i/o timeout"):
+		return fmt.Sprintf("cannot reach the control plane at %s: connection timed out", d.addr)
+	}
+	return fmt.Sprintf("the control plane at %s is unavailable: %s", d.addr, msg)
+}
+
+// tlsAlert finds the alert a server sent ("remote error: tls: bad
+// certificate") in an error text.
+func tlsAlert(s string) string {
+	i := strings.Index(s, "remote error: tls: ")
+	if i < 0 {
+		return ""
+	}
+	alert := s[i+len("remote error: "):]
+	if j := strings.IndexAny(alert, "\"\n"); j >= 0 {
+		alert = alert[:j]
+	}
+	return strings.TrimSpace(alert)
+}
+
+// recordingCreds remembers the last client handshake's error.
+type recordingCreds struct {
+	credentials.TransportCredentials
+	d *dialer
+}
+
+func (c *recordingCreds) ClientHandshake(ctx context.Context, authority string, raw net.Conn) (net.Conn, credentials.AuthInfo, error) {
+	conn, info, err := c.TransportCredentials.ClientHandshake(ctx, authority, raw)
+	if err != nil {
+		c.d.mu.Lock()
+		c.d.lastErr = err
+		c.d.mu.Unlock()
+	}
+	return conn, info, err
+}
+
+func (c *recordingCreds) Clone() credentials.TransportCredentials {
+	return &recordingCreds{TransportCredentials: c.TransportCredentials.Clone(), d: c.d}
+}
