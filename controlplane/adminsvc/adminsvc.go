@@ -109,7 +109,9 @@ func (s *service) PromoteRuntimeImage(req *controlplanev1.PromoteRuntimeImageReq
 			if err := stream.Send(&controlplanev1.PromoteRuntimeImageResponse{Event: rolloutEventProto(ev)}); err != nil {
 				return err
 			}
-			if ev.Kind == controlplanev1.RolloutEventKind_ROLLOUT_EVENT_KIND_COMPLETED || ev.Kind == controlplanev1.RolloutEventKind_ROLLOUT_EVENT_KIND_HALTED {
+			switch ev.Kind {
+			case controlplanev1.RolloutEventKind_ROLLOUT_EVENT_KIND_COMPLETED, controlplanev1.RolloutEventKind_ROLLOUT_EVENT_KIND_HALTED,
+				controlplanev1.RolloutEventKind_ROLLOUT_EVENT_KIND_ABORTED:
 				return nil
 			}
 		}
@@ -202,6 +204,7 @@ func (s *service) follow(ctx context.Context, id string, sub *pubsub.Subscriptio
 	if store.Terminal(c.State) {
 		return nil
 	}
+	told := c
 	for {
 		select {
 		case <-ctx.Done():
@@ -209,6 +212,14 @@ func (s *service) follow(ctx context.Context, id string, sub *pubsub.Subscriptio
 		case u, ok := <-sub.C:
 			if !ok {
 				return s.status(cperr.Aborted("%v (command %s goes on)", sub.Err(), id))
+			}
+			// Updates queued before the snapshot was read, or repeated by
+			// several doorbells, are not news: states only move forward.
+			if u.Command != nil {
+				if u.Command.State == told.State || u.Command.UpdatedAt.Before(told.UpdatedAt) {
+					continue
+				}
+				told = u.Command
 			}
 			if err := send(updateEvent(u)); err != nil {
 				return err
@@ -374,6 +385,11 @@ func (s *service) HoldTenant(ctx context.Context, req *controlplanev1.HoldTenant
 	if err := firstErr(checkName("tenant", req.GetTenant()), checkReason(req.GetReason())); err != nil {
 		return nil, s.status(err)
 	}
+	// A typo must not look like a hold: the tenant must be one the
+	// control plane has seen.
+	if !s.cfg.Fleet.KnownTenant(req.GetTenant()) {
+		return nil, s.status(cperr.NotFound("tenant %s: no agent of it ever connected", limits.Quoted(req.GetTenant())))
+	}
 	h := store.Hold{Tenant: req.GetTenant(), Reason: req.GetReason(), HeldBy: caller(ctx).ID, HeldAt: s.cfg.Now()}
 	if err := s.cfg.Fleet.Hold(ctx, h); err != nil {
 		return nil, s.status(err)
@@ -385,14 +401,13 @@ func (s *service) ReleaseTenant(ctx context.Context, req *controlplanev1.Release
 	if err := checkName("tenant", req.GetTenant()); err != nil {
 		return nil, s.status(err)
 	}
-	ok, err := s.cfg.Fleet.Release(ctx, req.GetTenant())
+	// Idempotent, as a hold is: releasing a tenant that is not held
+	// succeeds and says so.
+	released, err := s.cfg.Fleet.Release(ctx, req.GetTenant())
 	if err != nil {
 		return nil, s.status(err)
 	}
-	if !ok {
-		return nil, s.status(cperr.NotFound("tenant %s is not held", limits.Quoted(req.GetTenant())))
-	}
-	return &controlplanev1.ReleaseTenantResponse{}, nil
+	return &controlplanev1.ReleaseTenantResponse{Released: released}, nil
 }
 
 func (s *service) DenyTenant(ctx context.Context, req *controlplanev1.DenyTenantRequest) (*controlplanev1.DenyTenantResponse, error) {

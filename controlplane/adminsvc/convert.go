@@ -97,3 +97,35 @@ func describeState(c *store.Command) string {
 	}
 	return s
 }
+
+func rolloutProto(ro store.Rollout, c rollout.Counts) *controlplanev1.Rollout {
+	state := map[store.RolloutState]controlplanev1.RolloutState{
+		store.RolloutRunning: controlplanev1.RolloutState_ROLLOUT_STATE_RUNNING, store.RolloutCompleted: controlplanev1.RolloutState_ROLLOUT_STATE_COMPLETED,
+		store.RolloutHalted: controlplanev1.RolloutState_ROLLOUT_STATE_HALTED, store.RolloutAborted: controlplanev1.RolloutState_ROLLOUT_STATE_ABORTED,
+	}[ro.State]
+	o := ro.Options
+	return &controlplanev1.Rollout{
+		RolloutId: ro.ID, Runtime: ro.Runtime, ImageRef: ro.Repository + "@" + ro.Digest,
+		Options: &controlplanev1.RolloutOptions{Prefetch: o.Prefetch, CanaryTenants: o.CanaryTenants, MaxParallelTenants: o.MaxParallelTenants, HaltAfterFailures: o.HaltAfterFailures},
+		State:   state, RequestedBy: ro.RequestedBy, CreatedAt: timestamppb.New(ro.CreatedAt), UpdatedAt: timestamppb.New(ro.UpdatedAt), Message: ro.Message,
+		Counts: &controlplanev1.RolloutCounts{Tenants: c.Tenants, Succeeded: c.Succeeded, Failed: c.Failed, Skipped: c.Skipped},
+	}
+}
+
+// rolloutStateOf is a ListRollouts filter in the store's terms; ok is
+// false for a value the API does not define.
+func rolloutStateOf(s controlplanev1.RolloutState) (store.RolloutState, bool) {
+	switch s {
+	case controlplanev1.RolloutState_ROLLOUT_STATE_UNSPECIFIED:
+		return "", true
+	case controlplanev1.RolloutState_ROLLOUT_STATE_RUNNING:
+		return store.RolloutRunning, true
+	case controlplanev1.RolloutState_ROLLOUT_STATE_COMPLETED:
+		return store.RolloutCompleted, true
+	case controlplanev1.RolloutState_ROLLOUT_STATE_HALTED:
+		return store.RolloutHalted, true
+	case controlplanev1.RolloutState_ROLLOUT_STATE_ABORTED:
+		return store.RolloutAborted, true
+	}
+	return "", false
+}

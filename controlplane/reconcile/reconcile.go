@@ -113,7 +113,9 @@ func (r *Reconciler) reconcileRuntime(ctx context.Context, a store.Agent, pin st
 	if err != nil {
 		return err
 	}
-	if len(rollouts) > 0 && rollouts[0].Digest == pin.Digest && rollouts[0].State != store.RolloutCompleted {
+	// A running or halted rollout of the pin is in charge; a completed or
+	// aborted one leaves the runtime to reconcile.
+	if len(rollouts) > 0 && rollouts[0].Digest == pin.Digest && (rollouts[0].State == store.RolloutRunning || rollouts[0].State == store.RolloutHalted) {
 		log.Debug("drift left alone: rollout in charge", "rollout", rollouts[0].ID, "state", rollouts[0].State)
 		return nil
 	}

@@ -57,6 +57,9 @@ type Store interface {
 	PutRollout(ctx context.Context, r store.Rollout) error
 	ClaimRollouts(ctx context.Context, owner string, now, until time.Time, except []string) ([]store.Rollout, error)
 	UpdateRollout(ctx context.Context, r store.Rollout) error
+	GetRollout(ctx context.Context, id string) (store.Rollout, error)
+	ListRollouts(ctx context.Context, runtime string, state store.RolloutState) ([]store.Rollout, error)
+	SetRolloutState(ctx context.Context, r store.Rollout, from []store.RolloutState) (store.Rollout, error)
 	ListCommands(ctx context.Context, f store.CommandFilter) ([]*store.Command, error)
 	GetCommand(ctx context.Context, id string) (*store.Command, error)
 }
@@ -74,6 +77,8 @@ type Dispatcher interface {
 	Command(req dispatch.Request, a store.Agent) (*store.Command, error)
 	Issue(ctx context.Context, cmds []*store.Command) error
 	Watch(commandID string) *pubsub.Subscription[dispatch.Update]
+	// Cancel cancels a command not yet sent at once (an abort's).
+	Cancel(ctx context.Context, id, reason string) error
 }
 
 // Presence tells whether an agent is connected (session.Registry): a
@@ -183,6 +188,9 @@ type Rollouts struct {
 	// list (running) is then complete.
 	claiming sync.Mutex
 	running  map[string]bool // rollout IDs with a run in this process
+	// stops holds each run here, by rollout ID, so an abort stops it at
+	// once (on another replica, the lost lease stops it).
+	stops sync.Map // rollout ID -> *run
 }
 
 // New returns Rollouts whose rollouts run until ctx ends.
@@ -315,10 +323,12 @@ func (r *Rollouts) claim(ctx context.Context) error {
 func (r *Rollouts) start(ro store.Rollout, pin *store.Pin) {
 	ctx, cancel := context.WithCancel(r.ctx)
 	x := &run{Rollouts: r, ro: ro, cancel: cancel}
+	r.stops.Store(ro.ID, x)
 	r.wg.Go(func() { x.hold(ctx) })
 	r.wg.Go(func() {
 		defer func() {
 			cancel() // ends hold
+			r.stops.CompareAndDelete(ro.ID, x)
 			x.release()
 			r.claiming.Lock()
 			delete(r.running, ro.ID)
@@ -455,6 +465,9 @@ const (
 	failedOutcome
 	skipped
 	pending // the agent is offline; its command waits for it
+	// failedBefore is a failure from before an operator resumed the
+	// rollout: counted, but it neither halts it nor stops canaries.
+	failedBefore
 )
 
 func (x *run) emit(kind controlplanev1.RolloutEventKind, phase controlplanev1.RolloutPhase, tenant string, c *store.Command, msg string) {
@@ -474,7 +487,7 @@ func (x *run) count(o outcome) {
 	switch o {
 	case succeeded:
 		x.counts.Succeeded++
-	case failedOutcome:
+	case failedOutcome, failedBefore:
 		x.counts.Failed++
 	case skipped:
 		x.counts.Skipped++
@@ -538,7 +551,7 @@ func (x *run) execute(ctx context.Context, pin *store.Pin) {
 		for _, t := range canaries {
 			o := x.tenant(ctx, phase, controlplanev1.CommandKind_COMMAND_KIND_REFRESH, t, targets[t])
 			x.count(o)
-			if o != succeeded {
+			if o != succeeded && o != failedBefore {
 				halted = "canary tenant " + t + " did not succeed"
 				break
 			}
@@ -750,6 +763,8 @@ func (x *run) tenant(ctx context.Context, phase controlplanev1.RolloutPhase, kin
 		switch {
 		case o == failedOutcome:
 			result = failedOutcome
+		case o == failedBefore && result != failedOutcome:
+			result = failedBefore
 		case o == pending && result == succeeded:
 			result = pending
 		case o == skipped && result == succeeded:
@@ -762,6 +777,7 @@ func (x *run) tenant(ctx context.Context, phase controlplanev1.RolloutPhase, kin
 // await follows a command until it ends; a command whose agent is offline
 // is left waiting for it.
 func (x *run) await(ctx context.Context, phase controlplanev1.RolloutPhase, tenant string, c *store.Command, sub *pubsub.Subscription[dispatch.Update]) outcome {
+	var told controlplanev1.CommandState
 	for {
 		stored, err := x.cfg.Store.GetCommand(ctx, c.ID)
 		if err != nil {
@@ -769,7 +785,11 @@ func (x *run) await(ctx context.Context, phase controlplanev1.RolloutPhase, tena
 		}
 		if store.Terminal(stored.State) {
 			x.emit(controlplanev1.RolloutEventKind_ROLLOUT_EVENT_KIND_COMMAND_UPDATED, phase, tenant, stored, describe(stored))
-			return classify(stored.State)
+			o := classify(stored.State)
+			if o == failedOutcome && stored.UpdatedAt.Before(x.ro.ResumedAt) {
+				o = failedBefore
+			}
+			return o
 		}
 		if stored.State == controlplanev1.CommandState_COMMAND_STATE_PENDING && !x.cfg.Presence.Online(stored.Agent) {
 			x.emit(controlplanev1.RolloutEventKind_ROLLOUT_EVENT_KIND_COMMAND_UPDATED, phase, tenant, stored, "agent offline: the command waits for it to connect")
@@ -784,7 +804,9 @@ func (x *run) await(ctx context.Context, phase controlplanev1.RolloutPhase, tena
 				defer sub.Close()
 				continue
 			}
-			if u.Command != nil && !store.Terminal(u.Command.State) {
+			// A state told once, however many updates repeat it.
+			if u.Command != nil && !store.Terminal(u.Command.State) && u.Command.State != told {
+				told = u.Command.State
 				x.emit(controlplanev1.RolloutEventKind_ROLLOUT_EVENT_KIND_COMMAND_UPDATED, phase, tenant, u.Command, describe(u.Command))
 			}
 		case <-x.cfg.After(recheckEvery):

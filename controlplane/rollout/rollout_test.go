@@ -83,6 +83,17 @@ func (f *fakeDispatcher) Issue(ctx context.Context, cmds []*store.Command) error
 	return nil
 }
 
+func (f *fakeDispatcher) Cancel(ctx context.Context, id, reason string) error {
+	out, err := f.st.UpdateCommands(ctx, []store.CommandUpdate{{ID: id, Fn: func(c *store.Command) bool {
+		c.State, c.Error = controlplanev1.CommandState_COMMAND_STATE_CANCELED, reason
+		return true
+	}}})
+	if err == nil && out[0].Command != nil {
+		f.hub.Publish(id, dispatch.Update{Command: out[0].Command})
+	}
+	return err
+}
+
 func (f *fakeDispatcher) Watch(id string) *pubsub.Subscription[dispatch.Update] {
 	return f.hub.Subscribe(id)
 }

@@ -98,6 +98,11 @@ func TestReconcileBringsLateAgentsToThePinAndBacksOff(t *testing.T) {
 	if last := events[len(events)-1]; last.GetKind() != controlplanev1.RolloutEventKind_ROLLOUT_EVENT_KIND_COMPLETED || last.GetCounts().GetTenants() != 0 {
 		t.Fatalf("empty rollout ended with %v", last)
 	}
+	// paused's agent was seen once (with nothing to refresh): a hold needs
+	// a tenant the control plane knows.
+	seen := h.agent("paused", cptest.Options{})
+	seen.Close()
+	h.waitConnected(spiffe("paused"), false)
 	if _, err := h.operator().HoldTenant(ctx(t), &controlplanev1.HoldTenantRequest{Tenant: "paused"}); err != nil {
 		t.Fatal(err)
 	}

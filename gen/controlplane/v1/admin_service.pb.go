@@ -2515,7 +2515,10 @@ func (x *ReleaseTenantRequest) GetTenant() string {
 
 // ReleaseTenantResponse confirms a release.
 type ReleaseTenantResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// released is false when the tenant was not held (releasing is
+	// idempotent).
+	Released      bool `protobuf:"varint,1,opt,name=released,proto3" json:"released,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2548,6 +2551,13 @@ func (x *ReleaseTenantResponse) ProtoReflect() protoreflect.Message {
 // Deprecated: Use ReleaseTenantResponse.ProtoReflect.Descriptor instead.
 func (*ReleaseTenantResponse) Descriptor() ([]byte, []int) {
 	return file_controlplane_v1_admin_service_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *ReleaseTenantResponse) GetReleased() bool {
+	if x != nil {
+		return x.Released
+	}
+	return false
 }
 
 // DenyTenantRequest denies a tenant.
@@ -3234,7 +3244,8 @@ func (x *WatchRolloutRequest) GetRolloutId() string {
 // WatchRolloutResponse is one event of the rollout.
 type WatchRolloutResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// event is what happened; the first one carries the rollout as stored.
+	// event is what happened; the first response has none and carries the
+	// rollout as stored.
 	Event *RolloutEvent `protobuf:"bytes,1,opt,name=event,proto3" json:"event,omitempty"`
 	// rollout is the rollout as stored, on the first event and on its end.
 	Rollout       *Rollout `protobuf:"bytes,2,opt,name=rollout,proto3" json:"rollout,omitempty"`
@@ -3647,8 +3658,9 @@ const file_controlplane_v1_admin_service_proto_rawDesc = "" +
 	"\x12HoldTenantResponse\x123\n" +
 	"\aheld_at\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x06heldAt\".\n" +
 	"\x14ReleaseTenantRequest\x12\x16\n" +
-	"\x06tenant\x18\x01 \x01(\tR\x06tenant\"\x17\n" +
-	"\x15ReleaseTenantResponse\"C\n" +
+	"\x06tenant\x18\x01 \x01(\tR\x06tenant\"3\n" +
+	"\x15ReleaseTenantResponse\x12\x1a\n" +
+	"\breleased\x18\x01 \x01(\bR\breleased\"C\n" +
 	"\x11DenyTenantRequest\x12\x16\n" +
 	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12\x16\n" +
 	"\x06reason\x18\x02 \x01(\tR\x06reason\"8\n" +
