@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -10,6 +11,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
@@ -26,9 +28,11 @@ type dialer struct {
 	serverName string
 	files      mtls.Files
 
-	mu      sync.Mutex
-	lastErr error
-	conn    *grpc.ClientConn
+	mu         sync.Mutex
+	lastErr    error
+	conn       *grpc.ClientConn
+	src        *mtls.Source
+	serverHost string
 }
 
 // client dials (lazily: grpc connects on the first call) and returns the
@@ -57,6 +61,7 @@ func (d *dialer) client() (controlplanev1.AdminServiceClient, error) {
 		}
 		serverName = host
 	}
+	d.src, d.serverHost = src, serverName
 	creds := &recordingCreds{TransportCredentials: mtls.ClientCredentials(src, serverName), d: d}
 	conn, err := grpc.NewClient(d.addr, grpc.WithTransportCredentials(creds))
 	if err != nil {
@@ -102,6 +107,14 @@ func (d *dialer) explainUnavailable(msg string) string {
 	if alert := tlsAlert(msg); alert != "" {
 		return fmt.Sprintf("the control plane at %s refused this client's certificate (%s): %s", d.addr, d.files.Cert, alert)
 	}
+	if !strings.Contains(msg, "connection refused") && !strings.Contains(msg, "no such host") {
+		// With TLS 1.3 the server judges our certificate after our side
+		// of the handshake: the call only sees the connection end. Ask
+		// once more and read what the server says.
+		if alert := d.probe(); alert != "" {
+			return fmt.Sprintf("the control plane at %s refused this client's certificate (%s): %s", d.addr, d.files.Cert, alert)
+		}
+	}
 	switch {
 	case strings.Contains(msg, "connection refused"):
 		return fmt.Sprintf("cannot reach the control plane at %s: connection refused (is it running, and is --addr its admin address?)", d.addr)
@@ -111,6 +124,33 @@ func (d *dialer) explainUnavailable(msg string) string {
 		return fmt.Sprintf("cannot reach the control plane at %s: connection timed out", d.addr)
 	}
 	return fmt.Sprintf("the control plane at %s is unavailable: %s", d.addr, msg)
+}
+
+// probe completes a TLS handshake with the control plane and reads its
+// first bytes: a server that refuses our certificate sends an alert,
+// which probe returns ("tls: unknown certificate authority").
+func (d *dialer) probe() string {
+	if d.src == nil {
+		return ""
+	}
+	m := d.src.Current()
+	dialer := &net.Dialer{Timeout: 3 * time.Second}
+	conn, err := tls.DialWithDialer(dialer, "tcp", d.addr, &tls.Config{
+		MinVersion: tls.VersionTLS13, Certificates: []tls.Certificate{m.Certificate}, RootCAs: m.Roots,
+		ServerName: d.serverHost, NextProtos: []string{"h2"},
+	})
+	if err != nil {
+		return tlsAlert(err.Error())
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(3 * time.Second))
+	// The client preface, so an accepting server answers with SETTINGS.
+	conn.Write([]byte("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00"))
+	_, err = conn.Read(make([]byte, 1))
+	if err != nil {
+		return tlsAlert(err.Error())
+	}
+	return ""
 }
 
 // tlsAlert finds the alert a server sent ("remote error: tls: bad

@@ -23,6 +23,11 @@ type follower struct {
 	ctx   context.Context
 	board progress.Board
 
+	// byRollout: a rollout's stream says when each command ends (its
+	// order is the order of the result lines); the commands' own watches
+	// only show their progress.
+	byRollout bool
+
 	mu    sync.Mutex
 	views map[string]*cmdView
 	order []*cmdView
@@ -37,7 +42,8 @@ type cmdView struct {
 
 	// guarded by follower.mu
 	state   controlplanev1.CommandState // the last state its stream told
-	final   *controlplanev1.Command     // its snapshot once terminal
+	final   *controlplanev1.Command     // its snapshot once terminal and shown
+	seen    *controlplanev1.Command     // its watch's terminal snapshot (byRollout)
 	last    string                      // what its line says now
 	waiting bool                        // the rollout said its agent is offline
 	ended   bool                        // its item is done
@@ -95,7 +101,8 @@ func (f *follower) watch(v *cmdView) {
 	}()
 }
 
-// event shows one event of a command and reports whether it ended it.
+// event shows one event of a command's own stream and reports whether
+// the command ended.
 func (f *follower) event(v *cmdView, ev *controlplanev1.CommandEvent) bool {
 	switch e := ev.GetEvent().(type) {
 	case *controlplanev1.CommandEvent_Command:
@@ -107,25 +114,27 @@ func (f *follower) event(v *cmdView, ev *controlplanev1.CommandEvent) bool {
 			v.tenant = cmd.GetTenant()
 		}
 		if terminal(cmd.GetState()) {
-			if v.ended {
+			if f.byRollout {
+				v.seen = cmd
 				f.mu.Unlock()
 				return true
 			}
-			v.final, v.ended = cmd, true
 			f.mu.Unlock()
-			if cmd.GetKind() == controlplanev1.CommandKind_COMMAND_KIND_PREFETCH && cmd.GetState() == controlplanev1.CommandState_COMMAND_STATE_SUCCEEDED && f.a.tty() {
-				v.item.Remove()
-				return true
-			}
-			v.item.Done(outcomeOf(cmd), resultText(cmd))
+			f.end(v, cmd)
 			return true
-		}
-		text := stateText(cmd.GetState())
-		if first {
-			text += " (command " + cmd.GetCommandId() + ")"
 		}
 		v.last = stateText(cmd.GetState())
 		f.mu.Unlock()
+		if f.byRollout {
+			if f.a.tty() {
+				v.item.State(stateText(cmd.GetState()))
+			}
+			return false
+		}
+		text := stateText(cmd.GetState())
+		if first && f.a.tty() {
+			text += " (command " + cmd.GetCommandId() + ")"
+		}
 		v.item.State(text)
 	case *controlplanev1.CommandEvent_Progress:
 		step := stepOf(e.Progress)
@@ -135,6 +144,40 @@ func (f *follower) event(v *cmdView, ev *controlplanev1.CommandEvent) bool {
 		v.item.Progress(step)
 	}
 	return false
+}
+
+// end shows a command's result line (once) and stops its watch.
+func (f *follower) end(v *cmdView, cmd *controlplanev1.Command) {
+	f.mu.Lock()
+	if v.ended {
+		f.mu.Unlock()
+		return
+	}
+	v.final, v.ended, v.state = cmd, true, cmd.GetState()
+	if v.cancel != nil {
+		v.cancel()
+	}
+	f.mu.Unlock()
+	if cmd.GetKind() == controlplanev1.CommandKind_COMMAND_KIND_PREFETCH && cmd.GetState() == controlplanev1.CommandState_COMMAND_STATE_SUCCEEDED && f.a.tty() {
+		v.item.Remove()
+		return
+	}
+	v.item.Done(outcomeOf(cmd), resultText(cmd))
+}
+
+// leaveWaiting ends a command the rollout left waiting for its agent.
+func (f *follower) leaveWaiting(v *cmdView) {
+	f.mu.Lock()
+	if v.ended {
+		f.mu.Unlock()
+		return
+	}
+	v.ended, v.waiting = true, true
+	if v.cancel != nil {
+		v.cancel()
+	}
+	f.mu.Unlock()
+	v.item.Done(progress.Neutral, fmt.Sprintf("pending: its agent is offline; the command waits for it (tactl watch %s)", v.id))
 }
 
 // detach ends every item still in flight with a line saying where it was
@@ -154,45 +197,42 @@ func (f *follower) detach(why string) {
 	}
 }
 
-// settle waits for the watches after the work's stream ended: commands an
-// agent holds run to their end; those waiting for an offline agent (or
-// still pending after grace) are left waiting.
+// settle waits, after a rollout's stream ended, for the commands it did
+// not tell the end of: those an agent holds run to their end (their
+// watches tell it); those still pending after grace are left waiting for
+// their agents.
 func (f *follower) settle(grace time.Duration) {
 	deadline := time.Now().Add(grace)
-	for {
+	for f.ctx.Err() == nil {
 		f.mu.Lock()
-		var open []*cmdView
+		var open, seen []*cmdView
 		busy := false
 		for _, v := range f.order {
-			if v.ended {
-				continue
-			}
-			open = append(open, v)
-			waiting := v.waiting || v.state == controlplanev1.CommandState_COMMAND_STATE_PENDING || v.watched == nil
-			if !waiting {
-				busy = true
+			switch {
+			case v.ended:
+			case v.seen != nil:
+				seen = append(seen, v)
+			default:
+				open = append(open, v)
+				if !v.waiting && v.state != controlplanev1.CommandState_COMMAND_STATE_PENDING && v.watched != nil {
+					select {
+					case <-v.watched:
+					default:
+						busy = true
+					}
+				}
 			}
 		}
 		f.mu.Unlock()
-		if len(open) == 0 {
-			return
+		for _, v := range seen {
+			f.end(v, v.seen)
 		}
-		if f.ctx.Err() != nil {
+		if len(open) == 0 {
 			return
 		}
 		if !busy && time.Now().After(deadline) {
 			for _, v := range open {
-				f.mu.Lock()
-				if v.ended {
-					f.mu.Unlock()
-					continue
-				}
-				v.ended = true
-				if v.cancel != nil {
-					v.cancel()
-				}
-				f.mu.Unlock()
-				v.item.Done(progress.Neutral, fmt.Sprintf("%s: waits for its agent to connect (tactl watch %s)", stateWord(v.state), v.id))
+				f.leaveWaiting(v)
 			}
 			return
 		}

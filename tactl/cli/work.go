@@ -180,7 +180,9 @@ type rolloutView struct {
 }
 
 func newRolloutView(a *app, c controlplanev1.AdminServiceClient, ctx context.Context, board progress.Board, id string) *rolloutView {
-	return &rolloutView{follower: newFollower(a, c, ctx, board), id: id}
+	f := newFollower(a, c, ctx, board)
+	f.byRollout = true
+	return &rolloutView{follower: f, id: id}
 }
 
 func (r *rolloutView) label() string {
@@ -217,22 +219,20 @@ func (r *rolloutView) event(ev *controlplanev1.RolloutEvent) {
 	case controlplanev1.RolloutEventKind_ROLLOUT_EVENT_KIND_PHASE_STARTED:
 		r.board.Println(label + ": " + ev.GetMessage())
 	case controlplanev1.RolloutEventKind_ROLLOUT_EVENT_KIND_COMMAND_ISSUED:
-		if v, fresh := r.view(ev.GetCommandId(), ev.GetTenant(), kind); fresh {
-			r.watch(v)
-		}
+		r.command(ev, kind)
 	case controlplanev1.RolloutEventKind_ROLLOUT_EVENT_KIND_COMMAND_UPDATED:
 		if ev.GetCommandId() == "" {
 			r.board.Println(ev.GetTenant() + ": " + ev.GetMessage())
 			return
 		}
-		v, fresh := r.view(ev.GetCommandId(), ev.GetTenant(), kind)
-		if fresh {
-			r.watch(v)
-		}
-		if strings.HasPrefix(ev.GetMessage(), "agent offline") {
-			r.follower.mu.Lock()
-			v.waiting = true
-			r.follower.mu.Unlock()
+		v := r.command(ev, kind)
+		switch {
+		case terminal(ev.GetState()):
+			r.ended(v)
+		case ev.GetState() == controlplanev1.CommandState_COMMAND_STATE_PENDING && strings.HasPrefix(ev.GetMessage(), "agent offline"):
+			r.leaveWaiting(v)
+		case r.a.tty():
+			v.item.State(stateText(ev.GetState()))
 		}
 	case controlplanev1.RolloutEventKind_ROLLOUT_EVENT_KIND_TENANT_SKIPPED:
 		r.board.Println(ev.GetTenant() + " skipped: " + ev.GetMessage())
@@ -243,6 +243,42 @@ func (r *rolloutView) event(ev *controlplanev1.RolloutEvent) {
 		r.end = ev
 		r.mu.Unlock()
 	}
+}
+
+// command returns the view of the event's command, showing it and
+// watching its progress if it is new.
+func (r *rolloutView) command(ev *controlplanev1.RolloutEvent, kind controlplanev1.CommandKind) *cmdView {
+	v, fresh := r.view(ev.GetCommandId(), ev.GetTenant(), kind)
+	if fresh {
+		v.item.State("issued (command " + ev.GetCommandId() + ")")
+		r.watch(v)
+	}
+	return v
+}
+
+// ended shows the result line of a command the rollout says ended, with
+// the command as stored (its watch's last snapshot, or GetCommand).
+func (r *rolloutView) ended(v *cmdView) {
+	r.follower.mu.Lock()
+	cmd, done := v.seen, v.ended
+	r.follower.mu.Unlock()
+	if done {
+		return
+	}
+	if cmd == nil {
+		ctx, cancel := context.WithTimeout(r.ctx, 10*time.Second)
+		resp, err := r.c.GetCommand(ctx, &controlplanev1.GetCommandRequest{CommandId: v.id})
+		cancel()
+		if err != nil {
+			r.follower.mu.Lock()
+			v.ended = true
+			r.follower.mu.Unlock()
+			v.item.Done(progress.Failed, fmt.Sprintf("ended; cannot read its result: %v", err))
+			return
+		}
+		cmd = resp.GetCommand()
+	}
+	r.follower.end(v, cmd)
 }
 
 // endState is how the rollout ended, from its last event or its stored
@@ -554,9 +590,10 @@ func (a *app) watchRollout(ctx context.Context, c controlplanev1.AdminServiceCli
 			continue
 		}
 		if terminal(cmd.GetState()) {
-			r.follower.event(v, &controlplanev1.CommandEvent{Event: &controlplanev1.CommandEvent_Command{Command: cmd}})
+			r.follower.end(v, cmd)
 			continue
 		}
+		v.item.State(stateText(cmd.GetState()) + " (command " + cmd.GetCommandId() + ")")
 		r.watch(v)
 	}
 	r.event(first.GetEvent())
