@@ -157,11 +157,12 @@ func (d *Dispatcher) Issue(ctx context.Context, cmds []*store.Command) error {
 		d.cfg.Logger.Info("command journaled", "command", c.ID, "agent", c.Agent, "kind", c.Kind, "runtime", c.Runtime, "digest", c.Digest, "requested_by", c.RequestedBy)
 		d.changed(c)
 		if s := d.cfg.Sessions.Get(c.Agent); s != nil {
-			if err := s.Send(ControlMessage(c)); err != nil {
+			if ok, err := s.SendCommand(c.ID, ControlMessage(c)); err != nil {
 				d.cfg.Logger.Warn("command not sent; it stays pending", "command", c.ID, "agent", c.Agent, "error", err)
 				continue
+			} else if ok {
+				sent = append(sent, c.ID)
 			}
-			sent = append(sent, c.ID)
 		}
 	}
 	// One transaction records the whole fan-out as sent.
@@ -272,11 +273,12 @@ func (d *Dispatcher) Deliver(ctx context.Context, s *session.Session, hello *ten
 			d.finish(ctx, c.ID, controlplanev1.CommandState_COMMAND_STATE_FAILED, nil,
 				"the agent reconnected without this command: its journal was lost while the command ran")
 		default:
-			if err := s.Send(ControlMessage(c)); err != nil {
+			if ok, err := s.SendCommand(c.ID, ControlMessage(c)); err != nil {
 				d.cfg.Logger.Warn("command not sent; it stays pending", "command", c.ID, "agent", c.Agent, "error", err)
 				break
+			} else if ok {
+				sent = append(sent, c.ID)
 			}
-			sent = append(sent, c.ID)
 		}
 	}
 	d.markSent(ctx, sent, "sent to "+s.Identity.ID+" on connect")

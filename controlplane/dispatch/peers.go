@@ -27,11 +27,14 @@ func (d *Dispatcher) DeliverPending(ctx context.Context, agent string) {
 	}
 	var sent []string
 	for _, c := range pending {
-		if err := s.Send(ControlMessage(c)); err != nil {
+		ok, err := s.SendCommand(c.ID, ControlMessage(c))
+		if err != nil {
 			d.cfg.Logger.Warn("command not sent; it stays pending", "command", c.ID, "agent", agent, "error", err)
 			break
 		}
-		sent = append(sent, c.ID)
+		if ok {
+			sent = append(sent, c.ID)
+		}
 	}
 	d.markSent(ctx, sent, "sent on the agent's stream")
 }

@@ -34,6 +34,34 @@ type Session struct {
 	cancel   context.CancelCauseFunc
 	lastSeen atomic.Int64
 	epoch    atomic.Int64
+
+	sentMu sync.Mutex
+	sent   map[string]struct{} // command IDs this stream carried
+}
+
+// maxRemembered bounds the command IDs a session remembers sending; past
+// it the memory starts again (a repeat costs the agent a dedupe, no more).
+const maxRemembered = 4096
+
+// SendCommand queues the message carrying command id, unless this stream
+// already carried it: the command's journaling replica, a doorbell and
+// the sweep may all try to deliver it at once. sent is false for a
+// repeat.
+func (s *Session) SendCommand(id string, msg *tenantagentv1.ControlMessage) (sent bool, err error) {
+	s.sentMu.Lock()
+	if _, dup := s.sent[id]; dup {
+		s.sentMu.Unlock()
+		return false, nil
+	}
+	if s.sent == nil || len(s.sent) >= maxRemembered {
+		s.sent = map[string]struct{}{}
+	}
+	s.sent[id] = struct{}{}
+	s.sentMu.Unlock()
+	if err := s.Send(msg); err != nil {
+		return false, err
+	}
+	return true, nil
 }
 
 // SetEpoch records the epoch of the cluster's claim on this stream.

@@ -50,3 +50,26 @@ func TestSecondConnectionReplacesFirst(t *testing.T) {
 		t.Fatalf("CloseMatching closed %d", n)
 	}
 }
+
+// A command goes down one stream once, whichever paths try to send it;
+// a new stream of the agent carries it again.
+func TestSendCommandOncePerStream(t *testing.T) {
+	r := NewRegistry(8)
+	s, _ := r.Register(acme, "1", time.Now())
+	msg := &tenantagentv1.ControlMessage{}
+	for i, want := range []bool{true, false, false} {
+		if sent, err := s.SendCommand("c-1", msg); err != nil || sent != want {
+			t.Fatalf("send #%d = %v, %v; want %v", i+1, sent, err, want)
+		}
+	}
+	if sent, _ := s.SendCommand("c-2", msg); !sent {
+		t.Error("another command was not sent")
+	}
+	if len(s.Queue()) != 2 {
+		t.Errorf("%d messages queued, want 2", len(s.Queue()))
+	}
+	next, _ := r.Register(acme, "1", time.Now())
+	if sent, _ := next.SendCommand("c-1", msg); !sent {
+		t.Error("a new stream did not carry the command")
+	}
+}
