@@ -48,14 +48,13 @@ const (
 func newTTY(opts Options) *tty {
 	options := []mpb.ContainerOption{
 		mpb.WithOutput(opts.Out),
-		mpb.WithWidth(barWidth),
 		mpb.WithRefreshRate(opts.RefreshRate),
 		mpb.WithAutoRefresh(),
 	}
 	if f, ok := opts.Out.(*os.File); !ok || !isTerminal(f) {
 		options = append(options, mpb.ForceTTY())
 	}
-	return &tty{opts: opts, p: mpb.New(options...), nextPrio: 1024}
+	return &tty{opts: opts, p: mpb.New(options...), nextPrio: 1024, nameWide: 8}
 }
 
 func isTerminal(f *os.File) bool {
@@ -77,7 +76,7 @@ func (t *tty) Overall(label string, c Counts) {
 		return
 	}
 	if t.overall == nil {
-		t.overall = t.p.New(0, mpb.BarStyle(), mpb.BarPriority(0), mpb.BarNoPop(), mpb.BarRemoveOnComplete(),
+		t.overall = t.p.New(0, mpb.BarStyle(), mpb.BarWidth(barWidth), mpb.BarPriority(0), mpb.BarNoPop(), mpb.BarRemoveOnComplete(),
 			mpb.PrependDecorators(decor.Any(func(decor.Statistics) string {
 				t.dmu.Lock()
 				defer t.dmu.Unlock()
@@ -112,7 +111,7 @@ func (t *tty) Item(key, name string) Item {
 		it.done = true
 		return it
 	}
-	it.bar = t.p.New(0, mpb.BarStyle(), mpb.BarPriority(it.prio), mpb.BarNoPop(), mpb.BarRemoveOnComplete(),
+	it.bar = t.p.New(0, mpb.BarStyle(), mpb.BarWidth(barWidth), mpb.BarPriority(it.prio), mpb.BarNoPop(), mpb.BarRemoveOnComplete(),
 		mpb.PrependDecorators(decor.Any(func(decor.Statistics) string { return it.name }, decor.WCSyncSpaceR)),
 		mpb.AppendDecorators(decor.Any(func(decor.Statistics) string {
 			it.smu.Lock()
@@ -233,7 +232,7 @@ func (it *ttyItem) drawLayers(layers []Layer) {
 			}
 			lb = &layerBar{}
 			it.order++
-			lb.bar = it.board.p.New(0, mpb.BarStyle(), mpb.BarPriority(it.prio+it.order), mpb.BarNoPop(), mpb.BarRemoveOnComplete(),
+			lb.bar = it.board.p.New(0, mpb.BarStyle(), mpb.BarWidth(barWidth), mpb.BarPriority(it.prio+it.order), mpb.BarNoPop(), mpb.BarRemoveOnComplete(),
 				mpb.PrependDecorators(decor.Any(func(decor.Statistics) string { return "  " + id }, decor.WCSyncSpaceR)),
 				mpb.AppendDecorators(decor.Any(func(decor.Statistics) string {
 					it.smu.Lock()
