@@ -30,9 +30,10 @@ test: ## Run every test with the race detector (needs Docker for the Docker test
 	$(GO) test -race -count=1 ./...
 	TENANT_AGENT_TEST_STORE=postgres $(GO) test -race -count=1 ./controlplane/...
 
-build: ## Build tenant-agent and controlplane into bin/
+build: ## Build tenant-agent, controlplane and tactl into bin/
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/tenant-agent ./agent/cmd/tenant-agent
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/controlplane ./controlplane/cmd/controlplane
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/tactl ./tactl/cmd/tactl
 
 check-generated: generate ## Fail if gen/ differs from what proto/ generates
 	@changes=$$(git status --porcelain -- gen); \
