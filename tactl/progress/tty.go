@@ -2,12 +2,14 @@ package progress
 
 import (
 	"fmt"
+	"io"
 	"os"
 	"strings"
 	"sync"
 
 	"github.com/vbauerster/mpb/v8"
 	"github.com/vbauerster/mpb/v8/decor"
+	"golang.org/x/term"
 )
 
 // tty draws with mpb: the overall bar on top, then a bar per item in
@@ -51,10 +53,22 @@ func newTTY(opts Options) *tty {
 		mpb.WithRefreshRate(opts.RefreshRate),
 		mpb.WithAutoRefresh(),
 	}
-	if f, ok := opts.Out.(*os.File); !ok || !isTerminal(f) {
-		options = append(options, mpb.ForceTTY())
+	if f, ok := opts.Out.(*os.File); !ok || !isTerminal(f) || !sized(f) {
+		// Not a terminal (--progress=tty on a pipe), or one that does not
+		// know its size (a pty nobody sized): draw 100 columns.
+		options = append(options, mpb.WithOutput(plainWriter{opts.Out}), mpb.ForceTTY(), mpb.WithWidth(100))
 	}
 	return &tty{opts: opts, p: mpb.New(options...), nextPrio: 1024, nameWide: 8}
+}
+
+// plainWriter hides that a writer is an *os.File, so mpb does not ask
+// the terminal its size.
+type plainWriter struct{ io.Writer }
+
+// sized reports whether the terminal f knows its size.
+func sized(f *os.File) bool {
+	w, h, err := term.GetSize(int(f.Fd()))
+	return err == nil && w > 0 && h > 0
 }
 
 func isTerminal(f *os.File) bool {
