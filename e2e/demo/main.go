@@ -3,8 +3,9 @@
 // containers on v1 of a tenant named for this run only (so the agent can
 // never take over a container the demo did not create), the control plane
 // and the agent
-// as real processes, and a promote of v2 through grpcurl. It prints the
-// rollout as it happens and each container's digest and data before and
+// as real processes, and a promote of v2 through tactl (bars on a
+// terminal), then the fleet with tactl and the pin through grpcurl, the
+// manual path. It prints each container's digest and data before and
 // after, cleans up everything it started (also on failure or Ctrl-C), and
 // exits non-zero unless both containers end on v2 with their data.
 package main
@@ -80,16 +81,30 @@ func demo(ctx context.Context, d *registrytest.Standalone) int {
 		"--repository-pattern", strings.TrimSuffix(repo, runtime)+"{runtime}", "--allow-repos", repo,
 		"--cert", certDir+"/agent-"+tenant+".pem", "--key", certDir+"/agent-"+tenant+"-key.pem", "--ca", certDir+"/ca.pem",
 		"--state-dir", varDir+"/agent", "--stability-window", "2s", "--min-free-disk", "256MiB")
-	g := demokit.Grpcurl{CertDir: certDir}
-	demokit.WaitForAgent(ctx, d, g, adminAddr, tenant, runtime, "var/demo/*.log")
+	tactl := demokit.Tactl{CertDir: certDir, Addr: adminAddr}
+	tactl.WaitForAgent(ctx, d, tenant, runtime, "var/demo/*.log")
 
-	demokit.Step("promote %s to v2 with grpcurl (streamed rollout)", runtime)
-	watchers := &demokit.Watchers{Ctx: ctx, G: g, Addr: adminAddr}
-	ok, err := demokit.Promote(ctx, d, g, adminAddr, `{"runtime":"`+runtime+`","image_ref":"`+repo+"@"+v2+`","notes":"make demo"}`, watchers, nil)
-	if err != nil {
-		d.Fatal("grpcurl PromoteRuntimeImage: ", err)
+	demokit.Step("promote %s to v2 with tactl: bars on a terminal (the overall tally, then the pull and recreate per tenant), status lines elsewhere", runtime)
+	fmt.Println("  (TACTL_ADDR, TACTL_CERT, TACTL_KEY and TACTL_CA point tactl at this control plane as the dev operator)")
+	ok := tactl.Run(ctx, d, "promote", runtime, repo+"@"+v2, "--notes", "make demo") == 0
+	if !ok {
+		fmt.Println("  tactl promote did not succeed")
 	}
-	watchers.Wait()
+
+	demokit.Step("the fleet and the rollout with tactl")
+	tactl.WaitOnPin(ctx, tenant, runtime, len(workspaces))
+	tactl.Run(ctx, d, "agents")
+	tactl.Run(ctx, d, "rollouts")
+
+	demokit.Step("the manual path: the same pin with grpcurl")
+	g := demokit.Grpcurl{CertDir: certDir}
+	out, err := g.Command(ctx, adminAddr, `{"runtime":"`+runtime+`"}`, "GetRuntimePin").CombinedOutput()
+	if err != nil {
+		d.Fatalf("grpcurl GetRuntimePin: %v\n%s", err, out)
+	}
+	for _, l := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		fmt.Println("  " + l)
+	}
 
 	demokit.Step("before and after")
 	fmt.Printf("  %-28s %-73s %-73s %s\n", "workspace", "before", "after", "data kept (/data/history)")

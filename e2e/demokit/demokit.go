@@ -1,8 +1,9 @@
 // Package demokit is what the demo programs share (make demo, e2e/demo;
 // make demo-ha, e2e/demoha): running a demo with its cleanups on success,
 // failure and Ctrl-C, workspace containers of a tenant, the binaries as
-// processes with their logs, and the admin API through grpcurl with the
-// rollout and command progress printed as it streams.
+// processes with their logs, the admin API through tactl (make demo's
+// promote, with its bars) and through grpcurl with the rollout and command
+// progress printed as it streams (make demo-ha).
 //
 // Failures are registrytest.Standalone's: Fatal panics with a
 // registrytest.Failure, which Run recovers after running the cleanups.
