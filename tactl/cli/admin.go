@@ -59,7 +59,11 @@ func (a *app) adminCommands() []*cobra.Command {
 				ctx, cancel := a.context()
 				defer cancel()
 				resp, err := c.ReleaseTenant(ctx, &controlplanev1.ReleaseTenantRequest{Tenant: argv[0]})
-				return resp, fmt.Sprintf("tenant %s released", argv[0]), err
+				line := fmt.Sprintf("tenant %s released", argv[0])
+				if !resp.GetReleased() {
+					line = fmt.Sprintf("tenant %s was not held", argv[0])
+				}
+				return resp, line, err
 			})
 		},
 	}
