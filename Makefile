@@ -58,6 +58,7 @@ run: build ## Run the control plane (SQLite in var/) and one agent for tenant $(
 	@$(GO) run ./certs/cmd/devpki --out certs/dev $(TENANT) > /dev/null
 	@echo "The agent manages containers labelled molecule.org-id=$(TENANT) and molecule.platform.managed=true."
 	@echo "Try, in another shell:"
+	@echo "  TACTL_CERT=certs/dev/operator-dev.pem TACTL_KEY=certs/dev/operator-dev-key.pem TACTL_CA=certs/dev/ca.pem bin/tactl agents   (bin/tactl --help)"
 	@echo "  $(GRPCURL_DEV) -d '{}' localhost:7444 controlplane.v1.AdminService/ListAgents"
 	@echo "  $(GRPCURL_DEV) -d '{}' localhost:7444 controlplane.v1.AdminService/WatchAgents"
 	@echo "  $(GRPCURL_DEV) -d '{\"tenant\":\"$(TENANT)\",\"runtime\":\"codex\",\"image_digest\":\"sha256:...\"}' localhost:7444 controlplane.v1.AdminService/RefreshRuntimeImage"

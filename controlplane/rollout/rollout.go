@@ -622,7 +622,11 @@ func (x *run) summary() string {
 	defer x.mu.Unlock()
 	c := &x.counts
 	waiting := c.Tenants - c.Succeeded - c.Failed - c.Skipped
-	return fmt.Sprintf("%d tenants: %d succeeded, %d failed, %d skipped, %d waiting for their agent to connect", c.Tenants, c.Succeeded, c.Failed, c.Skipped, waiting)
+	noun := "tenants"
+	if c.Tenants == 1 {
+		noun = "tenant"
+	}
+	return fmt.Sprintf("%d %s: %d succeeded, %d failed, %d skipped, %d waiting for their agent to connect", c.Tenants, noun, c.Succeeded, c.Failed, c.Skipped, waiting)
 }
 
 // each runs fn for tenants in order, at most parallel at once. Before each
