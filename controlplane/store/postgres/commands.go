@@ -46,28 +46,102 @@ func (s *Store) InsertCommands(ctx context.Context, cmds []*store.Command) ([]st
 func (s *Store) insertCommands(ctx context.Context, cmds []*store.Command) ([]string, error) {
 	var superseded []string
 	err := s.tx(ctx, func(tx pgx.Tx) error {
-		superseded = nil // BeginFunc does not retry, but a reused slice would lie
+		var err error
+		if superseded, err = journal(ctx, tx, cmds); err != nil {
+			return err
+		}
 		var agents []string
-		seen := map[string]bool{}
 		for _, c := range cmds {
-			if c.Kind == controlplanev1.CommandKind_COMMAND_KIND_REFRESH {
-				ids, err := supersede(ctx, tx, c)
-				if err != nil {
-					return err
-				}
-				superseded = append(superseded, ids...)
-			}
-			if err := insertCommand(ctx, tx, c); err != nil {
-				return err
-			}
-			if !seen[c.Agent] {
-				seen[c.Agent] = true
+			if !slices.Contains(agents, c.Agent) {
 				agents = append(agents, c.Agent)
 			}
 		}
 		return s.ringHolders(ctx, tx, agents)
 	})
 	return superseded, err
+}
+
+// journal stores the commands, each refresh first superseding the PENDING
+// refreshes of its agent and runtime (oldest first, as SQLite does), in
+// one round trip for the lot (a fan-out journals thousands), plus one for
+// the superseded ones' events if there are any.
+func journal(ctx context.Context, tx pgx.Tx, cmds []*store.Command) ([]string, error) {
+	var b pgx.Batch
+	for _, c := range cmds {
+		if c.Kind == controlplanev1.CommandKind_COMMAND_KIND_REFRESH {
+			b.Queue(`UPDATE commands SET state = $1, error = $2, updated_at = $3
+				WHERE agent = $4 AND runtime = $5 AND kind = $6 AND state = $7 RETURNING seq, id`,
+				int32(controlplanev1.CommandState_COMMAND_STATE_SUPERSEDED), "superseded by "+c.ID, c.CreatedAt.UnixNano(),
+				c.Agent, c.Runtime, int32(c.Kind), int32(controlplanev1.CommandState_COMMAND_STATE_PENDING))
+		}
+		options, err := sqlrow.MarshalOrNil(c.Options)
+		if err != nil {
+			return nil, err
+		}
+		b.Queue(`INSERT INTO commands (id, agent, tenant, kind, runtime, image_repository, image_digest, options, state, requested_by, rollout_id, created_at, updated_at, deadline)
+			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) RETURNING seq`,
+			c.ID, c.Agent, c.Tenant, int32(c.Kind), c.Runtime, c.Repository, c.Digest, options, int32(c.State), c.RequestedBy, c.RolloutID,
+			c.CreatedAt.UnixNano(), c.UpdatedAt.UnixNano(), c.Deadline.UnixNano())
+		if err := queueEvent(&b, store.Event{CommandID: c.ID, At: c.CreatedAt, State: c.State, Message: "journaled"}); err != nil {
+			return nil, err
+		}
+	}
+	results := tx.SendBatch(ctx, &b)
+	defer results.Close()
+	var superseded []string
+	var events pgx.Batch
+	for _, c := range cmds {
+		if c.Kind == controlplanev1.CommandKind_COMMAND_KIND_REFRESH {
+			ids, err := supersededBy(results)
+			if err != nil {
+				return nil, err
+			}
+			for _, id := range ids {
+				if err := queueEvent(&events, store.Event{CommandID: id, At: c.CreatedAt, State: controlplanev1.CommandState_COMMAND_STATE_SUPERSEDED, Message: "superseded by " + c.ID}); err != nil {
+					return nil, err
+				}
+			}
+			superseded = append(superseded, ids...)
+		}
+		if err := results.QueryRow().Scan(&c.Seq); err != nil {
+			return nil, fmt.Errorf("insert command %s: %w", c.ID, err)
+		}
+		if _, err := results.Exec(); err != nil {
+			return nil, err
+		}
+	}
+	if err := results.Close(); err != nil {
+		return nil, err
+	}
+	if events.Len() == 0 {
+		return superseded, nil
+	}
+	return superseded, tx.SendBatch(ctx, &events).Close()
+}
+
+// supersededBy reads the IDs a supersede statement moved, oldest first.
+func supersededBy(results pgx.BatchResults) ([]string, error) {
+	rows, err := results.Query()
+	if err != nil {
+		return nil, err
+	}
+	type row struct {
+		seq int64
+		id  string
+	}
+	moved, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (row, error) {
+		var x row
+		return x, r.Scan(&x.seq, &x.id)
+	})
+	if err != nil {
+		return nil, err
+	}
+	slices.SortFunc(moved, func(a, b row) int { return cmp.Compare(a.seq, b.seq) })
+	ids := make([]string, len(moved))
+	for i, m := range moved {
+		ids[i] = m.id
+	}
+	return ids, nil
 }
 
 // ringHolders wakes the replicas holding the agents' streams (other than
@@ -87,55 +161,6 @@ func (s *Store) ringHolders(ctx context.Context, tx pgx.Tx, agents []string) err
 func violated(err error, index string) bool {
 	var pgErr *pgconn.PgError
 	return errors.As(err, &pgErr) && pgErr.Code == uniqueViolationCode && pgErr.ConstraintName == index
-}
-
-func insertCommand(ctx context.Context, tx pgx.Tx, c *store.Command) error {
-	options, err := sqlrow.MarshalOrNil(c.Options)
-	if err != nil {
-		return err
-	}
-	err = tx.QueryRow(ctx, `INSERT INTO commands (id, agent, tenant, kind, runtime, image_repository, image_digest, options, state, requested_by, rollout_id, created_at, updated_at, deadline)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) RETURNING seq`,
-		c.ID, c.Agent, c.Tenant, int32(c.Kind), c.Runtime, c.Repository, c.Digest, options, int32(c.State), c.RequestedBy, c.RolloutID,
-		c.CreatedAt.UnixNano(), c.UpdatedAt.UnixNano(), c.Deadline.UnixNano()).Scan(&c.Seq)
-	if err != nil {
-		return fmt.Errorf("insert command %s: %w", c.ID, err)
-	}
-	return insertEvent(ctx, tx, store.Event{CommandID: c.ID, At: c.CreatedAt, State: c.State, Message: "journaled"})
-}
-
-// supersede marks PENDING refreshes for the command's agent and runtime as
-// SUPERSEDED by it, oldest first as SQLite does.
-func supersede(ctx context.Context, tx pgx.Tx, c *store.Command) ([]string, error) {
-	msg := "superseded by " + c.ID
-	rows, err := tx.Query(ctx, `UPDATE commands SET state = $1, error = $2, updated_at = $3
-		WHERE agent = $4 AND runtime = $5 AND kind = $6 AND state = $7 RETURNING seq, id`,
-		int32(controlplanev1.CommandState_COMMAND_STATE_SUPERSEDED), msg, c.CreatedAt.UnixNano(),
-		c.Agent, c.Runtime, int32(c.Kind), int32(controlplanev1.CommandState_COMMAND_STATE_PENDING))
-	if err != nil {
-		return nil, err
-	}
-	type row struct {
-		seq int64
-		id  string
-	}
-	moved, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (row, error) {
-		var x row
-		return x, r.Scan(&x.seq, &x.id)
-	})
-	if err != nil {
-		return nil, err
-	}
-	slices.SortFunc(moved, func(a, b row) int { return cmp.Compare(a.seq, b.seq) })
-	var ids []string
-	for _, m := range moved {
-		ev := store.Event{CommandID: m.id, At: c.CreatedAt, State: controlplanev1.CommandState_COMMAND_STATE_SUPERSEDED, Message: msg}
-		if err := insertEvent(ctx, tx, ev); err != nil {
-			return nil, err
-		}
-		ids = append(ids, m.id)
-	}
-	return ids, nil
 }
 
 func (s *Store) GetCommand(ctx context.Context, id string) (*store.Command, error) {
@@ -196,71 +221,100 @@ func (s *Store) ListCommands(ctx context.Context, f store.CommandFilter) ([]*sto
 func (s *Store) UpdateCommands(ctx context.Context, updates []store.CommandUpdate) ([]store.UpdatedCommand, error) {
 	var out []store.UpdatedCommand
 	err := s.tx(ctx, func(tx pgx.Tx) error {
-		out = make([]store.UpdatedCommand, len(updates))
-		for i, u := range updates {
-			var err error
-			if out[i], err = updateCommand(ctx, tx, u); err != nil {
-				return err
-			}
-		}
-		return nil
+		var err error
+		out, err = updateCommands(ctx, tx, updates)
+		return err
 	})
 	return out, err
 }
 
-// updateCommand reads the command FOR UPDATE, so a replica updating it at
-// the same time waits and then reads this one's write, as SQLite's single
-// writer guarantees.
-func updateCommand(ctx context.Context, tx pgx.Tx, u store.CommandUpdate) (store.UpdatedCommand, error) {
-	c, err := sqlrow.ScanCommand(tx.QueryRow(ctx, `SELECT `+sqlrow.CommandColumns+` FROM commands WHERE id = $1 FOR UPDATE`, u.ID))
-	if errors.Is(err, pgx.ErrNoRows) {
-		return store.UpdatedCommand{}, nil
+// updateCommands reads every command of the burst FOR UPDATE in one
+// statement, in ID order (so two transactions locking overlapping sets,
+// a burst of acks and a fan-out marked sent, never deadlock), applies the
+// updates in their order in memory, and writes the changes and events in
+// one round trip. A replica updating the same command waits for the lock
+// and then reads this write, as SQLite's single writer guarantees.
+func updateCommands(ctx context.Context, tx pgx.Tx, updates []store.CommandUpdate) ([]store.UpdatedCommand, error) {
+	ids := make([]string, 0, len(updates))
+	for _, u := range updates {
+		ids = append(ids, u.ID)
 	}
+	rows, err := queryAll(ctx, tx, sqlrow.ScanCommand, `SELECT `+sqlrow.CommandColumns+` FROM commands WHERE id = ANY($1) ORDER BY id FOR UPDATE`, ids)
 	if err != nil {
-		return store.UpdatedCommand{}, err
+		return nil, err
 	}
-	if !u.Fn(c) {
-		return store.UpdatedCommand{Command: c}, nil
+	current := make(map[string]*store.Command, len(rows))
+	for _, c := range rows {
+		current[c.ID] = c
 	}
-	result, err := sqlrow.MarshalOrNil(c.Result)
-	if err != nil {
-		return store.UpdatedCommand{}, err
-	}
-	if _, err := tx.Exec(ctx, `UPDATE commands SET state = $1, updated_at = $2, error = $3, result = $4 WHERE id = $5`,
-		int32(c.State), c.UpdatedAt.UnixNano(), c.Error, result, u.ID); err != nil {
-		return store.UpdatedCommand{}, err
-	}
-	if u.Event != nil {
-		if e := u.Event(c); e != nil {
-			if err := insertEvent(ctx, tx, *e); err != nil {
-				return store.UpdatedCommand{}, err
+	out := make([]store.UpdatedCommand, len(updates))
+	var writes pgx.Batch
+	var changed []string
+	for i, u := range updates {
+		stored := current[u.ID]
+		if stored == nil {
+			continue
+		}
+		c := *stored // each update's result stays as it was after it
+		if !u.Fn(&c) {
+			out[i] = store.UpdatedCommand{Command: &c}
+			continue
+		}
+		current[u.ID] = &c
+		if !slices.Contains(changed, u.ID) {
+			changed = append(changed, u.ID)
+		}
+		if u.Event != nil {
+			if e := u.Event(&c); e != nil {
+				if err := queueEvent(&writes, *e); err != nil {
+					return nil, err
+				}
 			}
 		}
+		out[i] = store.UpdatedCommand{Command: &c, Changed: true}
 	}
-	return store.UpdatedCommand{Command: c, Changed: true}, nil
+	for _, id := range changed {
+		c := current[id]
+		result, err := sqlrow.MarshalOrNil(c.Result)
+		if err != nil {
+			return nil, err
+		}
+		writes.Queue(`UPDATE commands SET state = $1, updated_at = $2, error = $3, result = $4 WHERE id = $5`,
+			int32(c.State), c.UpdatedAt.UnixNano(), c.Error, result, id)
+	}
+	if writes.Len() == 0 {
+		return out, nil
+	}
+	return out, tx.SendBatch(ctx, &writes).Close()
 }
 
 func (s *Store) AdvanceCommands(ctx context.Context, ids []string, from []controlplanev1.CommandState, to controlplanev1.CommandState, at time.Time, message string) ([]*store.Command, error) {
 	var changed []*store.Command
 	err := s.tx(ctx, func(tx pgx.Tx) error {
-		changed = nil
-		for _, id := range ids {
-			// RETURNING hands back the row as updated: no second read per
-			// command for the watchers.
-			c, err := sqlrow.ScanCommand(tx.QueryRow(ctx, `UPDATE commands SET state = $1, updated_at = $2 WHERE id = $3 AND state = ANY($4) RETURNING `+sqlrow.CommandColumns,
-				int32(to), at.UnixNano(), id, states(from)))
-			if errors.Is(err, pgx.ErrNoRows) {
-				continue
-			}
-			if err != nil {
-				return err
-			}
-			if err := insertEvent(ctx, tx, store.Event{CommandID: id, At: at, State: to, Message: message}); err != nil {
-				return err
-			}
-			changed = append(changed, c)
+		// One statement for the lot: the rows are locked in ID order (see
+		// updateCommands), RETURNING hands them back as updated, and one
+		// more statement stores an event each.
+		var err error
+		changed, err = queryAll(ctx, tx, sqlrow.ScanCommand, `UPDATE commands SET state = $1, updated_at = $2
+			WHERE id IN (SELECT id FROM commands WHERE id = ANY($3) AND state = ANY($4) ORDER BY id FOR UPDATE)
+			RETURNING `+sqlrow.CommandColumns,
+			int32(to), at.UnixNano(), ids, states(from))
+		if err != nil || len(changed) == 0 {
+			return err
 		}
-		return nil
+		// In the order asked, as the contract says.
+		pos := make(map[string]int, len(ids))
+		for i, id := range ids {
+			pos[id] = i
+		}
+		slices.SortFunc(changed, func(a, b *store.Command) int { return cmp.Compare(pos[a.ID], pos[b.ID]) })
+		done := make([]string, len(changed))
+		for i, c := range changed {
+			done[i] = c.ID
+		}
+		_, err = tx.Exec(ctx, `INSERT INTO command_events (command_id, at, state, message) SELECT unnest($1::text[]), $2, $3, $4`,
+			done, at.UnixNano(), int32(to), message)
+		return err
 	})
 	return changed, err
 }
@@ -278,6 +332,17 @@ func (s *Store) PruneHistory(ctx context.Context, cutoff time.Time) (int, error)
 		return err
 	})
 	return int(n), err
+}
+
+// queueEvent adds an event's insert to a batch of writes.
+func queueEvent(b *pgx.Batch, ev store.Event) error {
+	progress, err := sqlrow.MarshalOrNil(ev.Progress)
+	if err != nil {
+		return err
+	}
+	b.Queue(`INSERT INTO command_events (command_id, at, state, progress, message) VALUES ($1, $2, $3, $4, $5)`,
+		ev.CommandID, ev.At.UnixNano(), int32(ev.State), progress, ev.Message)
+	return nil
 }
 
 func insertEvent(ctx context.Context, tx pgx.Tx, ev store.Event) error {

@@ -59,7 +59,7 @@ func TestInsertRetriesAfterPendingRefreshConflict(t *testing.T) {
 	}
 	defer tx.Rollback(ctx)
 	other := storetest.Cmd("theirs", "agent", "codex")
-	if err := insertCommand(ctx, tx, other); err != nil {
+	if _, err := journal(ctx, tx, []*store.Command{other}); err != nil {
 		t.Fatal(err)
 	}
 	done := make(chan error, 1)
