@@ -582,7 +582,7 @@ func (x *run) execute(ctx context.Context, pin *store.Pin) {
 			}
 		})
 		if limit > 0 && failures >= limit {
-			halted = fmt.Sprintf("%d tenants failed (halt after %d)", failures, limit)
+			halted = fmt.Sprintf("%d of its tenants failed (halt after %d)", failures, limit)
 		}
 		for _, t := range rest[started:] {
 			if ctx.Err() != nil {

@@ -202,7 +202,7 @@ func TestRolloutHaltsAfterMFailuresCountingPartialAsFailed(t *testing.T) {
 		t.Errorf("commands issued for %s; want t1,t2,t3 only (halted before t4)", got)
 	}
 	ros, err := e.st.ListRollouts(context.Background(), "codex", store.RolloutHalted)
-	if err != nil || len(ros) != 1 || !strings.Contains(ros[0].Message, "2 tenants failed (halt after 2)") {
+	if err != nil || len(ros) != 1 || !strings.Contains(ros[0].Message, "2 of its tenants failed (halt after 2)") {
 		t.Errorf("stored rollouts = %+v, %v; want one halted after 2 failures", ros, err)
 	}
 }

@@ -298,7 +298,8 @@ func stateText(s controlplanev1.CommandState) string {
 func resultText(c *controlplanev1.Command) string {
 	r := c.GetResult()
 	why := commandError(c)
-	if p := r.GetFailedPhase(); p != tenantagentv1.CommandPhase_COMMAND_PHASE_UNSPECIFIED && why != "" {
+	// The phase leads the reason unless the agent's error names it already.
+	if p := r.GetFailedPhase(); p != tenantagentv1.CommandPhase_COMMAND_PHASE_UNSPECIFIED && why != "" && !strings.Contains(why, phaseName(p)+":") {
 		why = phaseName(p) + ": " + why
 	}
 	switch c.GetState() {

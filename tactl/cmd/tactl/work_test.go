@@ -56,7 +56,7 @@ func TestExitCodeOneWhenWorkFails(t *testing.T) {
 		t.Errorf("rolled-back refresh: %s", r)
 	}
 	r = c.tactl("promote", "codex", refV2, "--max-parallel", "1", "--halt-after", "2")
-	if r.code != 1 || !strings.Contains(r.stdout, " halted: 2 tenants failed (halt after 2)") {
+	if r.code != 1 || !strings.Contains(r.stdout, " halted: 2 of its tenants failed (halt after 2)") {
 		t.Errorf("halted promote: %s", r)
 	}
 	golden(t, "promote-halted.golden", dropProgress(normalize(r.stdout)))
