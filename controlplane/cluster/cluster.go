@@ -51,8 +51,9 @@ type Cluster interface {
 // Handler is what a replica does when it is told something. Each call
 // re-reads the store: a doorbell's words are a hint, never the truth.
 type Handler interface {
-	// Deliver sends agent's pending commands, if its stream is here.
-	Deliver(ctx context.Context, agent string)
+	// Deliver sends the pending commands of those agents whose stream is
+	// here (a fan-out rings for many agents at once: one read for all).
+	Deliver(ctx context.Context, agents []string)
 	// Cancel sends a CancelCommand for commandID to agent, if its stream
 	// is here and the store says the command is agent's and unfinished
 	// for the agent.

@@ -3,6 +3,7 @@ package dispatch
 import (
 	"context"
 
+	"github.com/molecule-ai/tenant-agent/controlplane/session"
 	"github.com/molecule-ai/tenant-agent/controlplane/store"
 	controlplanev1 "github.com/molecule-ai/tenant-agent/gen/controlplane/v1"
 	tenantagentv1 "github.com/molecule-ai/tenant-agent/gen/tenantagent/v1"
@@ -11,26 +12,34 @@ import (
 // What other replicas ask of this one (cluster.Handler, through the
 // server). Each re-reads the store: the request is only a hint.
 
-// DeliverPending sends agent's PENDING commands if its stream is here:
-// another replica journaled them, or a doorbell was lost and the sweep
-// found them.
-func (d *Dispatcher) DeliverPending(ctx context.Context, agent string) {
-	s := d.cfg.Sessions.Get(agent)
-	if s == nil {
+// DeliverPending sends the PENDING commands of those agents whose stream
+// is here: another replica journaled them, or a doorbell was lost and the
+// sweep found them. One read and one write for the lot.
+func (d *Dispatcher) DeliverPending(ctx context.Context, agents []string) {
+	sessions := map[string]*session.Session{}
+	var here []string
+	for _, a := range agents {
+		if s := d.cfg.Sessions.Get(a); s != nil {
+			sessions[a] = s
+			here = append(here, a)
+		}
+	}
+	if len(here) == 0 {
 		return
 	}
-	pending, err := d.cfg.Store.ListCommands(ctx, store.CommandFilter{Agent: agent,
+	pending, err := d.cfg.Store.ListCommands(ctx, store.CommandFilter{Agents: here,
 		States: []controlplanev1.CommandState{controlplanev1.CommandState_COMMAND_STATE_PENDING}, Oldest: true})
 	if err != nil {
-		d.cfg.Logger.Error("cannot read pending commands", "agent", agent, "error", err)
+		d.cfg.Logger.Error("cannot read pending commands", "agents", len(here), "error", err)
 		return
 	}
 	var sent []string
 	for _, c := range pending {
+		s := sessions[c.Agent]
 		ok, err := s.SendCommand(c.ID, ControlMessage(c))
 		if err != nil {
-			d.cfg.Logger.Warn("command not sent; it stays pending", "command", c.ID, "agent", agent, "error", err)
-			break
+			d.cfg.Logger.Warn("command not sent; it stays pending", "command", c.ID, "agent", c.Agent, "error", err)
+			continue
 		}
 		if ok {
 			sent = append(sent, c.ID)

@@ -22,7 +22,9 @@ type peers struct {
 
 var _ cluster.Handler = peers{}
 
-func (p peers) Deliver(ctx context.Context, agent string) { p.dispatcher.DeliverPending(ctx, agent) }
+func (p peers) Deliver(ctx context.Context, agents []string) {
+	p.dispatcher.DeliverPending(ctx, agents)
+}
 
 func (p peers) Cancel(ctx context.Context, agent, commandID string) {
 	p.dispatcher.CancelHere(ctx, agent, commandID)

@@ -107,7 +107,10 @@ type UpdatedCommand struct {
 
 // CommandFilter selects commands; zero fields match everything.
 type CommandFilter struct {
-	Agent     string
+	Agent string
+	// Agents selects commands for any of these agents (with Agent, both
+	// apply).
+	Agents    []string
 	Tenant    string
 	Runtime   string
 	RolloutID string

@@ -156,13 +156,15 @@ func newRecorder() *recorder {
 	return &recorder{delivered: map[string]int{}, deliveries: make(chan string, 1024)}
 }
 
-func (r *recorder) Deliver(_ context.Context, agent string) {
-	r.mu.Lock()
-	r.delivered[agent]++
-	r.mu.Unlock()
-	select {
-	case r.deliveries <- agent:
-	default:
+func (r *recorder) Deliver(_ context.Context, agents []string) {
+	for _, agent := range agents {
+		r.mu.Lock()
+		r.delivered[agent]++
+		r.mu.Unlock()
+		select {
+		case r.deliveries <- agent:
+		default:
+		}
 	}
 }
 

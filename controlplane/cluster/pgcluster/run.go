@@ -3,6 +3,7 @@ package pgcluster
 import (
 	"context"
 	"errors"
+	"slices"
 	"sync"
 	"time"
 
@@ -303,14 +304,19 @@ func (c *Cluster) work(ctx context.Context, h cluster.Handler) {
 	}
 }
 
+// deliverBatch bounds the agents one Handler.Deliver call takes: a
+// fan-out's doorbells for hundreds of agents become a few reads, not one
+// each.
+const deliverBatch = 512
+
 // deliver runs Handler.Deliver for queued agents until ctx ends.
 func (c *Cluster) deliver(ctx context.Context, h cluster.Handler) {
 	for {
-		agent, ok := c.deliveries.pop(ctx)
+		agents, ok := c.deliveries.pop(ctx, deliverBatch)
 		if !ok {
 			return
 		}
-		h.Deliver(ctx, agent)
+		h.Deliver(ctx, agents)
 	}
 }
 
@@ -342,28 +348,32 @@ func (q *deliverQueue) push(agent string) {
 	}
 }
 
-func (q *deliverQueue) pop(ctx context.Context) (string, bool) {
+// pop takes up to most queued agents, waiting for one if there is none.
+func (q *deliverQueue) pop(ctx context.Context, most int) ([]string, bool) {
 	for {
 		q.mu.Lock()
 		if len(q.order) > 0 {
-			agent := q.order[0]
-			q.order = q.order[1:]
+			n := min(most, len(q.order))
+			agents := slices.Clone(q.order[:n])
+			q.order = q.order[n:]
 			if len(q.order) == 0 {
 				q.order = nil // let the backing array go
 			} else {
-				select { // another worker takes the next one
+				select { // another worker takes the next ones
 				case q.wake <- struct{}{}:
 				default:
 				}
 			}
-			delete(q.queued, agent)
+			for _, a := range agents {
+				delete(q.queued, a)
+			}
 			q.mu.Unlock()
-			return agent, true
+			return agents, true
 		}
 		q.mu.Unlock()
 		select {
 		case <-ctx.Done():
-			return "", false
+			return nil, false
 		case <-q.wake:
 		}
 	}

@@ -181,6 +181,10 @@ func (s *Store) ListCommands(ctx context.Context, f store.CommandFilter) ([]*sto
 	if f.Agent != "" {
 		add("agent =", f.Agent)
 	}
+	if len(f.Agents) > 0 {
+		args = append(args, f.Agents)
+		where = append(where, "agent = ANY($"+strconv.Itoa(len(args))+")")
+	}
 	if f.Tenant != "" {
 		add("tenant =", f.Tenant)
 	}

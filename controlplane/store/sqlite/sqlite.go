@@ -290,6 +290,13 @@ func (s *Store) ListCommands(ctx context.Context, f store.CommandFilter) ([]*sto
 	if f.BeforeSeq > 0 {
 		add("seq < ?", f.BeforeSeq)
 	}
+	if len(f.Agents) > 0 {
+		agents, err := json.Marshal(f.Agents)
+		if err != nil {
+			return nil, err
+		}
+		add("agent IN (SELECT value FROM json_each(?))", string(agents))
+	}
 	if len(f.States) > 0 {
 		marks := strings.TrimSuffix(strings.Repeat("?,", len(f.States)), ",")
 		where = append(where, "state IN ("+marks+")")

@@ -279,6 +279,9 @@ func testListCommands(t *testing.T, s store.Store) {
 		{store.CommandFilter{States: []controlplanev1.CommandState{acked, sent}}, []string{"b"}},
 		{store.CommandFilter{DeadlineBefore: time.Now()}, []string{"a"}},
 		{store.CommandFilter{Agent: "y", Kind: refresh}, []string{"b"}},
+		{store.CommandFilter{Agents: []string{"x", "y"}, Oldest: true}, []string{"a", "b", "c", "d"}},
+		{store.CommandFilter{Agents: []string{"y", "nobody"}}, []string{"d", "b"}},
+		{store.CommandFilter{Agents: []string{"x"}, Runtime: "codex"}, []string{"a"}},
 		{store.CommandFilter{Limit: 2}, []string{"d", "c"}},
 		{store.CommandFilter{Limit: 2, Oldest: true}, []string{"a", "b"}},
 	} {
