@@ -119,21 +119,6 @@ func (d *Dispatcher) Watch(commandID string) *pubsub.Subscription[Update] {
 	return d.updates.Subscribe(commandID)
 }
 
-// rank orders states so transitions only move forward.
-func rank(s controlplanev1.CommandState) int {
-	switch s {
-	case controlplanev1.CommandState_COMMAND_STATE_PENDING:
-		return 0
-	case controlplanev1.CommandState_COMMAND_STATE_SENT:
-		return 1
-	case controlplanev1.CommandState_COMMAND_STATE_ACKED:
-		return 2
-	case controlplanev1.CommandState_COMMAND_STATE_RUNNING:
-		return 3
-	}
-	return 4
-}
-
 // Issue journals cmds in one transaction and sends each to its agent if
 // it is connected. Commands it superseded are reported to their watchers.
 func (d *Dispatcher) Issue(ctx context.Context, cmds []*store.Command) error {
@@ -205,7 +190,7 @@ func ControlMessage(c *store.Command) *tenantagentv1.ControlMessage {
 func (d *Dispatcher) advance(ctx context.Context, id string, state controlplanev1.CommandState, msg string) {
 	now := d.cfg.Now()
 	c, changed, err := d.update(ctx, id, func(c *store.Command) bool {
-		if rank(state) <= rank(c.State) {
+		if store.StateOrder(state) <= store.StateOrder(c.State) {
 			return false
 		}
 		c.State, c.UpdatedAt = state, now
@@ -323,7 +308,7 @@ func (d *Dispatcher) apply(ctx context.Context, reports []report) {
 		if r.result == nil {
 			updates[i] = store.CommandUpdate{ID: r.ack,
 				Fn: func(c *store.Command) bool {
-					if c.Agent != agent || rank(c.State) >= rank(controlplanev1.CommandState_COMMAND_STATE_ACKED) {
+					if c.Agent != agent || store.StateOrder(c.State) >= store.StateOrder(controlplanev1.CommandState_COMMAND_STATE_ACKED) {
 						return false
 					}
 					c.State, c.UpdatedAt = controlplanev1.CommandState_COMMAND_STATE_ACKED, now

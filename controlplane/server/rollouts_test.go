@@ -8,6 +8,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/molecule-ai/tenant-agent/controlplane/cptest"
+	"github.com/molecule-ai/tenant-agent/controlplane/store"
 	controlplanev1 "github.com/molecule-ai/tenant-agent/gen/controlplane/v1"
 	tenantagentv1 "github.com/molecule-ai/tenant-agent/gen/tenantagent/v1"
 )
@@ -185,24 +186,9 @@ func TestRefreshStreamStatesOnlyMoveForward(t *testing.T) {
 			}
 		}
 		for i := 1; i < len(states); i++ {
-			if stateOrder(states[i]) <= stateOrder(states[i-1]) {
+			if store.StateOrder(states[i]) <= store.StateOrder(states[i-1]) {
 				t.Fatalf("refresh stream states %v: repeated or out of order", states)
 			}
 		}
 	}
-}
-
-// stateOrder is where a state comes in a command's life.
-func stateOrder(s controlplanev1.CommandState) int {
-	switch s {
-	case controlplanev1.CommandState_COMMAND_STATE_PENDING:
-		return 0
-	case controlplanev1.CommandState_COMMAND_STATE_SENT:
-		return 1
-	case controlplanev1.CommandState_COMMAND_STATE_ACKED:
-		return 2
-	case controlplanev1.CommandState_COMMAND_STATE_RUNNING:
-		return 3
-	}
-	return 4
 }

@@ -81,6 +81,22 @@ func Terminal(s controlplanev1.CommandState) bool {
 	return false
 }
 
+// StateOrder is where a state comes in a command's life; a command's state
+// only ever moves to a higher one.
+func StateOrder(s controlplanev1.CommandState) int {
+	switch s {
+	case controlplanev1.CommandState_COMMAND_STATE_PENDING:
+		return 0
+	case controlplanev1.CommandState_COMMAND_STATE_SENT:
+		return 1
+	case controlplanev1.CommandState_COMMAND_STATE_ACKED:
+		return 2
+	case controlplanev1.CommandState_COMMAND_STATE_RUNNING:
+		return 3
+	}
+	return 4
+}
+
 // ActiveStates are the states of a command not yet ended.
 var ActiveStates = []controlplanev1.CommandState{
 	controlplanev1.CommandState_COMMAND_STATE_PENDING,

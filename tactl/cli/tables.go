@@ -125,17 +125,12 @@ runtime's containers on pin out of its total.`,
 			ctx, cancel := a.context()
 			defer cancel()
 			all := &controlplanev1.ListAgentsResponse{}
-			req := &controlplanev1.ListAgentsRequest{Tenant: tenant, ConnectedOnly: connected, PageSize: 1000}
-			for {
-				resp, err := c.ListAgents(ctx, req)
-				if err != nil {
-					return rpcError(err, "ListAgents", a.dialer)
-				}
-				all.Agents = append(all.Agents, resp.GetAgents()...)
-				if resp.GetNextPageToken() == "" {
-					break
-				}
-				req.PageToken = resp.GetNextPageToken()
+			all.Agents, _, err = pages(0, func(token string, _ int) ([]*controlplanev1.Agent, string, error) {
+				resp, err := c.ListAgents(ctx, &controlplanev1.ListAgentsRequest{Tenant: tenant, ConnectedOnly: connected, PageSize: 1000, PageToken: token})
+				return resp.GetAgents(), resp.GetNextPageToken(), err
+			})
+			if err != nil {
+				return rpcError(err, "ListAgents", a.dialer)
 			}
 			out := a.io.Stdout
 			if a.output.value == "json" {
@@ -330,19 +325,13 @@ func (a *app) commandsCommand() *cobra.Command {
 			ctx, cancel := a.context()
 			defer cancel()
 			all := &controlplanev1.ListCommandsResponse{}
-			req := &controlplanev1.ListCommandsRequest{Tenant: tenant, Runtime: runtime, RolloutId: rollout, States: st}
-			for len(all.Commands) < limit {
-				req.PageSize = uint32(min(limit-len(all.Commands), 500))
-				resp, err := c.ListCommands(ctx, req)
-				if err != nil {
-					return rpcError(err, "ListCommands", a.dialer)
-				}
-				all.Commands = append(all.Commands, resp.GetCommands()...)
-				all.NextPageToken = resp.GetNextPageToken()
-				if resp.GetNextPageToken() == "" {
-					break
-				}
-				req.PageToken = resp.GetNextPageToken()
+			all.Commands, all.NextPageToken, err = pages(limit, func(token string, size int) ([]*controlplanev1.Command, string, error) {
+				resp, err := c.ListCommands(ctx, &controlplanev1.ListCommandsRequest{Tenant: tenant, Runtime: runtime, RolloutId: rollout, States: st,
+					PageSize: uint32(min(size, 500)), PageToken: token})
+				return resp.GetCommands(), resp.GetNextPageToken(), err
+			})
+			if err != nil {
+				return rpcError(err, "ListCommands", a.dialer)
 			}
 			if a.output.value == "json" {
 				return printJSON(a.io.Stdout, all)
@@ -423,18 +412,13 @@ func (a *app) rolloutsCommand() *cobra.Command {
 			ctx, cancel := a.context()
 			defer cancel()
 			all := &controlplanev1.ListRolloutsResponse{}
-			for len(all.Rollouts) < limit {
-				req.PageSize = uint32(min(limit-len(all.Rollouts), 500))
+			all.Rollouts, all.NextPageToken, err = pages(limit, func(token string, size int) ([]*controlplanev1.Rollout, string, error) {
+				req.PageSize, req.PageToken = uint32(min(size, 500)), token
 				resp, err := c.ListRollouts(ctx, req)
-				if err != nil {
-					return rpcError(err, "ListRollouts", a.dialer)
-				}
-				all.Rollouts = append(all.Rollouts, resp.GetRollouts()...)
-				all.NextPageToken = resp.GetNextPageToken()
-				if resp.GetNextPageToken() == "" {
-					break
-				}
-				req.PageToken = resp.GetNextPageToken()
+				return resp.GetRollouts(), resp.GetNextPageToken(), err
+			})
+			if err != nil {
+				return rpcError(err, "ListRollouts", a.dialer)
 			}
 			if a.output.value == "json" {
 				return printJSON(a.io.Stdout, all)
@@ -489,4 +473,25 @@ func optionsText(o *controlplanev1.RolloutOptions) string {
 		return "-"
 	}
 	return strings.Join(parts, " ")
+}
+
+// pages reads a list page by page until it ends or, with limit > 0, holds
+// limit items; fetch gets the page token and how many items are still
+// wanted. It returns the items and the token of the page after them ("" at
+// the end).
+func pages[T any](limit int, fetch func(token string, want int) ([]T, string, error)) ([]T, string, error) {
+	var all []T
+	token := ""
+	for limit <= 0 || len(all) < limit {
+		want := limit - len(all)
+		items, next, err := fetch(token, want)
+		if err != nil {
+			return nil, "", err
+		}
+		all, token = append(all, items...), next
+		if next == "" {
+			break
+		}
+	}
+	return all, token, nil
 }

@@ -566,19 +566,13 @@ func (a *app) watchRollout(ctx context.Context, c controlplanev1.AdminServiceCli
 	}
 	// The commands it issued before this watch: finished ones as result
 	// lines, the others followed.
-	req := &controlplanev1.ListCommandsRequest{RolloutId: id, PageSize: 500}
-	var cmds []*controlplanev1.Command
-	for {
-		resp, err := c.ListCommands(ctx, req)
-		if err != nil {
-			r.board.Close("")
-			return rpcError(err, "ListCommands", a.dialer)
-		}
-		cmds = append(cmds, resp.GetCommands()...)
-		if resp.GetNextPageToken() == "" {
-			break
-		}
-		req.PageToken = resp.GetNextPageToken()
+	cmds, _, err := pages(0, func(token string, _ int) ([]*controlplanev1.Command, string, error) {
+		resp, err := c.ListCommands(ctx, &controlplanev1.ListCommandsRequest{RolloutId: id, PageSize: 500, PageToken: token})
+		return resp.GetCommands(), resp.GetNextPageToken(), err
+	})
+	if err != nil {
+		r.board.Close("")
+		return rpcError(err, "ListCommands", a.dialer)
 	}
 	for i := len(cmds) - 1; i >= 0; i-- { // oldest first
 		cmd := cmds[i]
