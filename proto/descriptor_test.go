@@ -106,6 +106,11 @@ func TestAdminServiceShape(t *testing.T) {
 		"DenyTenant":          unary,
 		"AllowTenant":         unary,
 		"DenyCertificate":     unary,
+		"ListRollouts":        unary,
+		"GetRollout":          unary,
+		"WatchRollout":        serverStream,
+		"AbortRollout":        unary,
+		"ResumeRollout":       unary,
 	})
 }
 

@@ -361,7 +361,13 @@ func slow(agent *atomic.Pointer[cptest.Agent], pull time.Duration) cptest.Execut
 				c = ""
 			}
 			send(&tenantagentv1.CommandProgress{Phase: ph, Container: c})
-			time.Sleep(pull / 20)
+			wait := pull / 20
+			if ph == tenantagentv1.CommandPhase_COMMAND_PHASE_HEALTH_GATE {
+				// Long enough for a few frames however loaded the machine:
+				// the terminal test looks for this step on screen.
+				wait = pull / 3
+			}
+			time.Sleep(wait)
 		}
 		r := cptest.Succeed(cmd)
 		r.PulledBytes, r.PullDuration = 13<<20, durationpb.New(pull)
