@@ -363,6 +363,9 @@ type run struct {
 
 	mu     sync.Mutex
 	counts Counts
+	// issued holds the IDs of the commands this run issued, whose
+	// PENDING state its COMMAND_ISSUED event already told.
+	issued sync.Map
 }
 
 // hold renews the run's lease every Lease/3 until ctx ends. It stops the
@@ -684,6 +687,7 @@ func (x *run) preissue(ctx context.Context, phase controlplanev1.RolloutPhase, k
 		return
 	}
 	for _, c := range fresh {
+		x.issued.Store(c.ID, true)
 		x.emit(controlplanev1.RolloutEventKind_ROLLOUT_EVENT_KIND_COMMAND_ISSUED, phase, c.Tenant, c, "issued to "+c.Agent)
 	}
 }
@@ -745,6 +749,7 @@ func (x *run) tenant(ctx context.Context, phase controlplanev1.RolloutPhase, kin
 		err = x.cfg.Dispatcher.Issue(ctx, fresh)
 		if err == nil {
 			for _, c := range fresh {
+				x.issued.Store(c.ID, true)
 				x.emit(controlplanev1.RolloutEventKind_ROLLOUT_EVENT_KIND_COMMAND_ISSUED, phase, tenant, c, "issued to "+c.Agent)
 			}
 			break
@@ -781,7 +786,13 @@ func (x *run) tenant(ctx context.Context, phase controlplanev1.RolloutPhase, kin
 // await follows a command until it ends; a command whose agent is offline
 // is left waiting for it.
 func (x *run) await(ctx context.Context, phase controlplanev1.RolloutPhase, tenant string, c *store.Command, sub *pubsub.Subscription[dispatch.Update]) outcome {
+	// told is the state watchers last heard of: a state reached before
+	// this await subscribed (a first window is issued before its tenants
+	// follow it) is told once from the store, never twice.
 	var told controlplanev1.CommandState
+	if _, ok := x.issued.Load(c.ID); ok {
+		told = controlplanev1.CommandState_COMMAND_STATE_PENDING
+	}
 	for {
 		stored, err := x.cfg.Store.GetCommand(ctx, c.ID)
 		if err != nil {
@@ -798,6 +809,10 @@ func (x *run) await(ctx context.Context, phase controlplanev1.RolloutPhase, tena
 		if stored.State == controlplanev1.CommandState_COMMAND_STATE_PENDING && !x.cfg.Presence.Online(stored.Agent) {
 			x.emit(controlplanev1.RolloutEventKind_ROLLOUT_EVENT_KIND_COMMAND_UPDATED, phase, tenant, stored, "agent offline: the command waits for it to connect")
 			return pending
+		}
+		if stored.State != told {
+			told = stored.State
+			x.emit(controlplanev1.RolloutEventKind_ROLLOUT_EVENT_KIND_COMMAND_UPDATED, phase, tenant, stored, describe(stored))
 		}
 		select {
 		case <-ctx.Done():

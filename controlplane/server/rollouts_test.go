@@ -3,6 +3,7 @@ package server
 import (
 	"io"
 	"testing"
+	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -190,5 +191,40 @@ func TestRefreshStreamStatesOnlyMoveForward(t *testing.T) {
 				t.Fatalf("refresh stream states %v: repeated or out of order", states)
 			}
 		}
+	}
+}
+
+// A rollout's first window is issued (and sent) before its tenants follow
+// their commands; the stream still tells the states they reached
+// meanwhile. The agent never reads, so its command stays SENT: without
+// that, SENT would never be told.
+func TestPromoteStreamTellsTheFirstWindowsStates(t *testing.T) {
+	h := newHarness(t, "solo")
+	h.agent("solo", cptest.Options{Runtimes: codex(digestV1).Runtimes, NoRead: true})
+	admin := h.operator()
+	stream, err := admin.PromoteRuntimeImage(ctx(t), &controlplanev1.PromoteRuntimeImageRequest{Runtime: "codex", ImageRef: repo + "@" + digestV2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan string, 1)
+	go func() {
+		for {
+			resp, err := stream.Recv()
+			if err != nil {
+				return
+			}
+			if ev := resp.GetEvent(); ev.GetTenant() == "solo" && ev.GetState() == controlplanev1.CommandState_COMMAND_STATE_SENT {
+				got <- ev.GetRolloutId()
+				return
+			}
+		}
+	}()
+	select {
+	case id := <-got:
+		if _, err := admin.AbortRollout(ctx(t), &controlplanev1.AbortRolloutRequest{RolloutId: id}); err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the promote stream never told solo's command SENT")
 	}
 }
