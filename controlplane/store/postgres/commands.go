@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"slices"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -171,53 +170,17 @@ func (s *Store) GetCommand(ctx context.Context, id string) (*store.Command, erro
 	return c, err
 }
 
+// dialect writes arguments as $n and lists as arrays (= ANY).
+var dialect = sqlrow.Dialect{
+	Param: func(n int) string { return "$" + strconv.Itoa(n) },
+	OneOf: func(column, param string) string { return column + " = ANY(" + param + ")" },
+	List:  func(values any) (any, error) { return values, nil },
+}
+
 func (s *Store) ListCommands(ctx context.Context, f store.CommandFilter) ([]*store.Command, error) {
-	var where []string
-	var args []any
-	add := func(clause string, arg any) {
-		args = append(args, arg)
-		where = append(where, clause+" $"+strconv.Itoa(len(args)))
-	}
-	if f.Agent != "" {
-		add("agent =", f.Agent)
-	}
-	if len(f.Agents) > 0 {
-		args = append(args, f.Agents)
-		where = append(where, "agent = ANY($"+strconv.Itoa(len(args))+")")
-	}
-	if f.Tenant != "" {
-		add("tenant =", f.Tenant)
-	}
-	if f.Runtime != "" {
-		add("runtime =", f.Runtime)
-	}
-	if f.RolloutID != "" {
-		add("rollout_id =", f.RolloutID)
-	}
-	if f.Kind != controlplanev1.CommandKind_COMMAND_KIND_UNSPECIFIED {
-		add("kind =", int32(f.Kind))
-	}
-	if !f.DeadlineBefore.IsZero() {
-		add("deadline <", f.DeadlineBefore.UnixNano())
-	}
-	if f.BeforeSeq > 0 {
-		add("seq <", f.BeforeSeq)
-	}
-	if len(f.States) > 0 {
-		args = append(args, states(f.States))
-		where = append(where, "state = ANY($"+strconv.Itoa(len(args))+")")
-	}
-	q := `SELECT ` + sqlrow.CommandColumns + ` FROM commands`
-	if len(where) > 0 {
-		q += " WHERE " + strings.Join(where, " AND ")
-	}
-	if f.Oldest {
-		q += " ORDER BY seq ASC"
-	} else {
-		q += " ORDER BY seq DESC"
-	}
-	if f.Limit > 0 {
-		q += " LIMIT " + strconv.Itoa(f.Limit)
+	q, args, err := sqlrow.ListCommandsQuery(f, dialect)
+	if err != nil {
+		return nil, err
 	}
 	return queryAll(ctx, s.pool, sqlrow.ScanCommand, q, args...)
 }

@@ -265,56 +265,20 @@ func (s *Store) GetCommand(ctx context.Context, id string) (*store.Command, erro
 	return c, err
 }
 
+// dialect writes arguments as ? and lists as JSON arrays (json_each).
+var dialect = sqlrow.Dialect{
+	Param: func(int) string { return "?" },
+	OneOf: func(column, param string) string { return column + " IN (SELECT value FROM json_each(" + param + "))" },
+	List: func(values any) (any, error) {
+		b, err := json.Marshal(values)
+		return string(b), err
+	},
+}
+
 func (s *Store) ListCommands(ctx context.Context, f store.CommandFilter) ([]*store.Command, error) {
-	var where []string
-	var args []any
-	add := func(clause string, arg any) { where = append(where, clause); args = append(args, arg) }
-	if f.Agent != "" {
-		add("agent = ?", f.Agent)
-	}
-	if f.Tenant != "" {
-		add("tenant = ?", f.Tenant)
-	}
-	if f.Runtime != "" {
-		add("runtime = ?", f.Runtime)
-	}
-	if f.RolloutID != "" {
-		add("rollout_id = ?", f.RolloutID)
-	}
-	if f.Kind != controlplanev1.CommandKind_COMMAND_KIND_UNSPECIFIED {
-		add("kind = ?", int32(f.Kind))
-	}
-	if !f.DeadlineBefore.IsZero() {
-		add("deadline < ?", f.DeadlineBefore.UnixNano())
-	}
-	if f.BeforeSeq > 0 {
-		add("seq < ?", f.BeforeSeq)
-	}
-	if len(f.Agents) > 0 {
-		agents, err := json.Marshal(f.Agents)
-		if err != nil {
-			return nil, err
-		}
-		add("agent IN (SELECT value FROM json_each(?))", string(agents))
-	}
-	if len(f.States) > 0 {
-		marks := strings.TrimSuffix(strings.Repeat("?,", len(f.States)), ",")
-		where = append(where, "state IN ("+marks+")")
-		for _, st := range f.States {
-			args = append(args, int32(st))
-		}
-	}
-	q := `SELECT ` + sqlrow.CommandColumns + ` FROM commands`
-	if len(where) > 0 {
-		q += " WHERE " + strings.Join(where, " AND ")
-	}
-	if f.Oldest {
-		q += " ORDER BY seq ASC"
-	} else {
-		q += " ORDER BY seq DESC"
-	}
-	if f.Limit > 0 {
-		q += " LIMIT " + strconv.Itoa(f.Limit)
+	q, args, err := sqlrow.ListCommandsQuery(f, dialect)
+	if err != nil {
+		return nil, err
 	}
 	return queryAll(ctx, s.db, sqlrow.ScanCommand, q, args...)
 }
