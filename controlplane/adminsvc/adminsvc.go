@@ -101,7 +101,7 @@ func (s *service) PromoteRuntimeImage(req *controlplanev1.PromoteRuntimeImageReq
 	for {
 		select {
 		case <-stream.Context().Done():
-			return nil // the rollout goes on without the caller
+			return s.status(stream.Context().Err()) // the rollout goes on without the caller
 		case ev, ok := <-sub.C:
 			if !ok {
 				return s.status(cperr.Aborted("%v; the rollout goes on: ListCommands with rollout_id %q", sub.Err(), ro.ID))
@@ -198,17 +198,25 @@ func (s *service) follow(ctx context.Context, id string, sub *pubsub.Subscriptio
 	if err != nil {
 		return s.status(err)
 	}
+	if store.Terminal(c.State) {
+		// It may have finished between Issue and this read (a fast agent):
+		// what the subscription already holds happened before, so it goes
+		// first, and the stream still ends with the result.
+		if err := sendQueued(sub, c, send); err != nil {
+			return err
+		}
+		return send(snapshotEvent(c, ""))
+	}
 	if err := send(snapshotEvent(c, "")); err != nil {
 		return err
-	}
-	if store.Terminal(c.State) {
-		return nil
 	}
 	told := c
 	for {
 		select {
 		case <-ctx.Done():
-			return nil
+			// A status, not OK: the caller's deadline or Ctrl-C ended this
+			// stream, not the command.
+			return s.status(ctx.Err())
 		case u, ok := <-sub.C:
 			if !ok {
 				return s.status(cperr.Aborted("%v (command %s goes on)", sub.Err(), id))
@@ -227,6 +235,31 @@ func (s *service) follow(ctx context.Context, id string, sub *pubsub.Subscriptio
 			if u.Command != nil && store.Terminal(u.Command.State) {
 				return nil
 			}
+		}
+	}
+}
+
+// sendQueued sends the updates already waiting in sub that precede the
+// terminal snapshot final, skipping repeated states.
+func sendQueued(sub *pubsub.Subscription[dispatch.Update], final *store.Command, send func(*controlplanev1.CommandEvent) error) error {
+	var told controlplanev1.CommandState
+	for {
+		select {
+		case u, ok := <-sub.C:
+			if !ok {
+				return nil
+			}
+			if c := u.Command; c != nil {
+				if c.State == told || store.Terminal(c.State) || c.UpdatedAt.After(final.UpdatedAt) {
+					continue
+				}
+				told = c.State
+			}
+			if err := send(updateEvent(u)); err != nil {
+				return err
+			}
+		default:
+			return nil
 		}
 	}
 }
@@ -366,7 +399,7 @@ func (s *service) WatchAgents(req *controlplanev1.WatchAgentsRequest, stream con
 	for {
 		select {
 		case <-stream.Context().Done():
-			return nil
+			return s.status(stream.Context().Err())
 		case ev, ok := <-sub.C:
 			if !ok {
 				return s.status(cperr.Aborted("%v", sub.Err()))

@@ -79,10 +79,10 @@ func (s *service) WatchRollout(req *controlplanev1.WatchRolloutRequest, stream c
 		}
 		return stream.Send(resp)
 	})
-	if err != nil && stream.Context().Err() == nil {
-		return s.status(err)
+	if ctxErr := stream.Context().Err(); ctxErr != nil {
+		return s.status(ctxErr) // the watcher left, not the rollout
 	}
-	return nil
+	return s.status(err)
 }
 
 func (s *service) AbortRollout(ctx context.Context, req *controlplanev1.AbortRolloutRequest) (*controlplanev1.AbortRolloutResponse, error) {

@@ -138,7 +138,7 @@ func (r *Rollouts) Watch(ctx context.Context, id string, send func(*Event, *stor
 		}
 		select {
 		case <-ctx.Done():
-			return nil
+			return ctx.Err() // the watcher left; the rollout goes on
 		case <-time.After(watchEvery):
 		}
 	}

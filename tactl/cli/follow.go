@@ -9,6 +9,9 @@ import (
 	"sync"
 	"time"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
 	controlplanev1 "github.com/molecule-ai/tenant-agent/gen/controlplane/v1"
 	tenantagentv1 "github.com/molecule-ai/tenant-agent/gen/tenantagent/v1"
 	"github.com/molecule-ai/tenant-agent/tactl/progress"
@@ -409,6 +412,10 @@ func (a *app) streamEnd(ctx context.Context, err error) (eof bool, cause error) 
 	}
 	if c := context.Cause(ctx); c != nil && (errors.Is(c, errInterrupted) || errors.Is(c, errTimeout)) {
 		return false, c
+	}
+	// The server can see the deadline a moment before this process does.
+	if a.timeout > 0 && status.Code(err) == codes.DeadlineExceeded {
+		return false, errTimeout
 	}
 	return false, err
 }
