@@ -193,6 +193,10 @@ const (
 	// COMMAND_PHASE_CLEANING_UP means images of the runtime's repository that
 	// no container uses are being removed after a successful refresh.
 	CommandPhase_COMMAND_PHASE_CLEANING_UP CommandPhase = 12
+	// COMMAND_PHASE_VERIFYING means the image's signature is being checked
+	// against the agent's signature policy, before anything is pulled or
+	// stopped.
+	CommandPhase_COMMAND_PHASE_VERIFYING CommandPhase = 13
 )
 
 // Enum value maps for CommandPhase.
@@ -211,6 +215,7 @@ var (
 		10: "COMMAND_PHASE_ROLLING_BACK",
 		11: "COMMAND_PHASE_CONTAINER_DONE",
 		12: "COMMAND_PHASE_CLEANING_UP",
+		13: "COMMAND_PHASE_VERIFYING",
 	}
 	CommandPhase_value = map[string]int32{
 		"COMMAND_PHASE_UNSPECIFIED":    0,
@@ -226,6 +231,7 @@ var (
 		"COMMAND_PHASE_ROLLING_BACK":   10,
 		"COMMAND_PHASE_CONTAINER_DONE": 11,
 		"COMMAND_PHASE_CLEANING_UP":    12,
+		"COMMAND_PHASE_VERIFYING":      13,
 	}
 )
 
@@ -1355,8 +1361,11 @@ type CommandResult struct {
 	RemovedImages []string `protobuf:"bytes,11,rep,name=removed_images,json=removedImages,proto3" json:"removed_images,omitempty"`
 	// reclaimed_bytes is the disk space the removed images freed.
 	ReclaimedBytes uint64 `protobuf:"varint,12,opt,name=reclaimed_bytes,json=reclaimedBytes,proto3" json:"reclaimed_bytes,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// signature is how the image's signature was checked; unset when the
+	// agent has no signature policy.
+	Signature     *SignatureCheck `protobuf:"bytes,13,opt,name=signature,proto3" json:"signature,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *CommandResult) Reset() {
@@ -1473,6 +1482,119 @@ func (x *CommandResult) GetReclaimedBytes() uint64 {
 	return 0
 }
 
+func (x *CommandResult) GetSignature() *SignatureCheck {
+	if x != nil {
+		return x.Signature
+	}
+	return nil
+}
+
+// SignatureCheck is the outcome of checking an image digest's signature
+// against the agent's signature policy.
+type SignatureCheck struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// rule is the repository pattern of the policy rule that applied; empty
+	// when no rule matched (which denies).
+	Rule string `protobuf:"bytes,1,opt,name=rule,proto3" json:"rule,omitempty"`
+	// mode is the rule's mode: "enforce" refuses an image without a valid
+	// signature, "warn" adopts it and reports the problem here.
+	Mode string `protobuf:"bytes,2,opt,name=mode,proto3" json:"mode,omitempty"`
+	// verified is true when a signature of the digest by one of the rule's
+	// keys was found.
+	Verified bool `protobuf:"varint,3,opt,name=verified,proto3" json:"verified,omitempty"`
+	// signed_by names the key that verified it, as the policy names it.
+	SignedBy string `protobuf:"bytes,4,opt,name=signed_by,json=signedBy,proto3" json:"signed_by,omitempty"`
+	// problem says why verification failed; empty when verified.
+	Problem string `protobuf:"bytes,5,opt,name=problem,proto3" json:"problem,omitempty"`
+	// cached is true when the digest was verified before and taken from the
+	// agent's cache instead of the registry.
+	Cached bool `protobuf:"varint,6,opt,name=cached,proto3" json:"cached,omitempty"`
+	// signature_ref is where the signature was found: the signature tag or
+	// the referrer manifest, as repository@digest or repository:tag.
+	SignatureRef  string `protobuf:"bytes,7,opt,name=signature_ref,json=signatureRef,proto3" json:"signature_ref,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SignatureCheck) Reset() {
+	*x = SignatureCheck{}
+	mi := &file_tenantagent_v1_agent_service_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SignatureCheck) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SignatureCheck) ProtoMessage() {}
+
+func (x *SignatureCheck) ProtoReflect() protoreflect.Message {
+	mi := &file_tenantagent_v1_agent_service_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SignatureCheck.ProtoReflect.Descriptor instead.
+func (*SignatureCheck) Descriptor() ([]byte, []int) {
+	return file_tenantagent_v1_agent_service_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *SignatureCheck) GetRule() string {
+	if x != nil {
+		return x.Rule
+	}
+	return ""
+}
+
+func (x *SignatureCheck) GetMode() string {
+	if x != nil {
+		return x.Mode
+	}
+	return ""
+}
+
+func (x *SignatureCheck) GetVerified() bool {
+	if x != nil {
+		return x.Verified
+	}
+	return false
+}
+
+func (x *SignatureCheck) GetSignedBy() string {
+	if x != nil {
+		return x.SignedBy
+	}
+	return ""
+}
+
+func (x *SignatureCheck) GetProblem() string {
+	if x != nil {
+		return x.Problem
+	}
+	return ""
+}
+
+func (x *SignatureCheck) GetCached() bool {
+	if x != nil {
+		return x.Cached
+	}
+	return false
+}
+
+func (x *SignatureCheck) GetSignatureRef() string {
+	if x != nil {
+		return x.SignatureRef
+	}
+	return ""
+}
+
 // ContainerResult is what a refresh did to one container.
 type ContainerResult struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1507,7 +1629,7 @@ type ContainerResult struct {
 
 func (x *ContainerResult) Reset() {
 	*x = ContainerResult{}
-	mi := &file_tenantagent_v1_agent_service_proto_msgTypes[10]
+	mi := &file_tenantagent_v1_agent_service_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1519,7 +1641,7 @@ func (x *ContainerResult) String() string {
 func (*ContainerResult) ProtoMessage() {}
 
 func (x *ContainerResult) ProtoReflect() protoreflect.Message {
-	mi := &file_tenantagent_v1_agent_service_proto_msgTypes[10]
+	mi := &file_tenantagent_v1_agent_service_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1532,7 +1654,7 @@ func (x *ContainerResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ContainerResult.ProtoReflect.Descriptor instead.
 func (*ContainerResult) Descriptor() ([]byte, []int) {
-	return file_tenantagent_v1_agent_service_proto_rawDescGZIP(), []int{10}
+	return file_tenantagent_v1_agent_service_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ContainerResult) GetName() string {
@@ -1631,7 +1753,7 @@ type Welcome struct {
 
 func (x *Welcome) Reset() {
 	*x = Welcome{}
-	mi := &file_tenantagent_v1_agent_service_proto_msgTypes[11]
+	mi := &file_tenantagent_v1_agent_service_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1643,7 +1765,7 @@ func (x *Welcome) String() string {
 func (*Welcome) ProtoMessage() {}
 
 func (x *Welcome) ProtoReflect() protoreflect.Message {
-	mi := &file_tenantagent_v1_agent_service_proto_msgTypes[11]
+	mi := &file_tenantagent_v1_agent_service_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1656,7 +1778,7 @@ func (x *Welcome) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Welcome.ProtoReflect.Descriptor instead.
 func (*Welcome) Descriptor() ([]byte, []int) {
-	return file_tenantagent_v1_agent_service_proto_rawDescGZIP(), []int{11}
+	return file_tenantagent_v1_agent_service_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Welcome) GetIdentity() string {
@@ -1719,7 +1841,7 @@ type RefreshRuntimeImage struct {
 
 func (x *RefreshRuntimeImage) Reset() {
 	*x = RefreshRuntimeImage{}
-	mi := &file_tenantagent_v1_agent_service_proto_msgTypes[12]
+	mi := &file_tenantagent_v1_agent_service_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1731,7 +1853,7 @@ func (x *RefreshRuntimeImage) String() string {
 func (*RefreshRuntimeImage) ProtoMessage() {}
 
 func (x *RefreshRuntimeImage) ProtoReflect() protoreflect.Message {
-	mi := &file_tenantagent_v1_agent_service_proto_msgTypes[12]
+	mi := &file_tenantagent_v1_agent_service_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1744,7 +1866,7 @@ func (x *RefreshRuntimeImage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RefreshRuntimeImage.ProtoReflect.Descriptor instead.
 func (*RefreshRuntimeImage) Descriptor() ([]byte, []int) {
-	return file_tenantagent_v1_agent_service_proto_rawDescGZIP(), []int{12}
+	return file_tenantagent_v1_agent_service_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *RefreshRuntimeImage) GetCommandId() string {
@@ -1806,7 +1928,7 @@ type RefreshOptions struct {
 
 func (x *RefreshOptions) Reset() {
 	*x = RefreshOptions{}
-	mi := &file_tenantagent_v1_agent_service_proto_msgTypes[13]
+	mi := &file_tenantagent_v1_agent_service_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1818,7 +1940,7 @@ func (x *RefreshOptions) String() string {
 func (*RefreshOptions) ProtoMessage() {}
 
 func (x *RefreshOptions) ProtoReflect() protoreflect.Message {
-	mi := &file_tenantagent_v1_agent_service_proto_msgTypes[13]
+	mi := &file_tenantagent_v1_agent_service_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1831,7 +1953,7 @@ func (x *RefreshOptions) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RefreshOptions.ProtoReflect.Descriptor instead.
 func (*RefreshOptions) Descriptor() ([]byte, []int) {
-	return file_tenantagent_v1_agent_service_proto_rawDescGZIP(), []int{13}
+	return file_tenantagent_v1_agent_service_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *RefreshOptions) GetMaxParallelContainers() uint32 {
@@ -1877,7 +1999,7 @@ type PrefetchRuntimeImage struct {
 
 func (x *PrefetchRuntimeImage) Reset() {
 	*x = PrefetchRuntimeImage{}
-	mi := &file_tenantagent_v1_agent_service_proto_msgTypes[14]
+	mi := &file_tenantagent_v1_agent_service_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1889,7 +2011,7 @@ func (x *PrefetchRuntimeImage) String() string {
 func (*PrefetchRuntimeImage) ProtoMessage() {}
 
 func (x *PrefetchRuntimeImage) ProtoReflect() protoreflect.Message {
-	mi := &file_tenantagent_v1_agent_service_proto_msgTypes[14]
+	mi := &file_tenantagent_v1_agent_service_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1902,7 +2024,7 @@ func (x *PrefetchRuntimeImage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PrefetchRuntimeImage.ProtoReflect.Descriptor instead.
 func (*PrefetchRuntimeImage) Descriptor() ([]byte, []int) {
-	return file_tenantagent_v1_agent_service_proto_rawDescGZIP(), []int{14}
+	return file_tenantagent_v1_agent_service_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *PrefetchRuntimeImage) GetCommandId() string {
@@ -1955,7 +2077,7 @@ type CancelCommand struct {
 
 func (x *CancelCommand) Reset() {
 	*x = CancelCommand{}
-	mi := &file_tenantagent_v1_agent_service_proto_msgTypes[15]
+	mi := &file_tenantagent_v1_agent_service_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1967,7 +2089,7 @@ func (x *CancelCommand) String() string {
 func (*CancelCommand) ProtoMessage() {}
 
 func (x *CancelCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_tenantagent_v1_agent_service_proto_msgTypes[15]
+	mi := &file_tenantagent_v1_agent_service_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1980,7 +2102,7 @@ func (x *CancelCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelCommand.ProtoReflect.Descriptor instead.
 func (*CancelCommand) Descriptor() ([]byte, []int) {
-	return file_tenantagent_v1_agent_service_proto_rawDescGZIP(), []int{15}
+	return file_tenantagent_v1_agent_service_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *CancelCommand) GetCommandId() string {
@@ -2008,7 +2130,7 @@ type ResultReceived struct {
 
 func (x *ResultReceived) Reset() {
 	*x = ResultReceived{}
-	mi := &file_tenantagent_v1_agent_service_proto_msgTypes[16]
+	mi := &file_tenantagent_v1_agent_service_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2020,7 +2142,7 @@ func (x *ResultReceived) String() string {
 func (*ResultReceived) ProtoMessage() {}
 
 func (x *ResultReceived) ProtoReflect() protoreflect.Message {
-	mi := &file_tenantagent_v1_agent_service_proto_msgTypes[16]
+	mi := &file_tenantagent_v1_agent_service_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2033,7 +2155,7 @@ func (x *ResultReceived) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResultReceived.ProtoReflect.Descriptor instead.
 func (*ResultReceived) Descriptor() ([]byte, []int) {
-	return file_tenantagent_v1_agent_service_proto_rawDescGZIP(), []int{16}
+	return file_tenantagent_v1_agent_service_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ResultReceived) GetCommandId() string {
@@ -2056,7 +2178,7 @@ type Reconnect struct {
 
 func (x *Reconnect) Reset() {
 	*x = Reconnect{}
-	mi := &file_tenantagent_v1_agent_service_proto_msgTypes[17]
+	mi := &file_tenantagent_v1_agent_service_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2068,7 +2190,7 @@ func (x *Reconnect) String() string {
 func (*Reconnect) ProtoMessage() {}
 
 func (x *Reconnect) ProtoReflect() protoreflect.Message {
-	mi := &file_tenantagent_v1_agent_service_proto_msgTypes[17]
+	mi := &file_tenantagent_v1_agent_service_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2081,7 +2203,7 @@ func (x *Reconnect) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Reconnect.ProtoReflect.Descriptor instead.
 func (*Reconnect) Descriptor() ([]byte, []int) {
-	return file_tenantagent_v1_agent_service_proto_rawDescGZIP(), []int{17}
+	return file_tenantagent_v1_agent_service_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *Reconnect) GetAfter() *durationpb.Duration {
@@ -2173,7 +2295,7 @@ const file_tenantagent_v1_agent_service_proto_rawDesc = "" +
 	"\x06status\x18\x02 \x01(\tR\x06status\x12#\n" +
 	"\rcurrent_bytes\x18\x03 \x01(\x04R\fcurrentBytes\x12\x1f\n" +
 	"\vtotal_bytes\x18\x04 \x01(\x04R\n" +
-	"totalBytes\"\xc8\x04\n" +
+	"totalBytes\"\x86\x05\n" +
 	"\rCommandResult\x12\x1d\n" +
 	"\n" +
 	"command_id\x18\x01 \x01(\tR\tcommandId\x128\n" +
@@ -2192,7 +2314,16 @@ const file_tenantagent_v1_agent_service_proto_rawDesc = "" +
 	" \x03(\v2\x1f.tenantagent.v1.ContainerResultR\n" +
 	"containers\x12%\n" +
 	"\x0eremoved_images\x18\v \x03(\tR\rremovedImages\x12'\n" +
-	"\x0freclaimed_bytes\x18\f \x01(\x04R\x0ereclaimedBytes\"\xde\x03\n" +
+	"\x0freclaimed_bytes\x18\f \x01(\x04R\x0ereclaimedBytes\x12<\n" +
+	"\tsignature\x18\r \x01(\v2\x1e.tenantagent.v1.SignatureCheckR\tsignature\"\xc8\x01\n" +
+	"\x0eSignatureCheck\x12\x12\n" +
+	"\x04rule\x18\x01 \x01(\tR\x04rule\x12\x12\n" +
+	"\x04mode\x18\x02 \x01(\tR\x04mode\x12\x1a\n" +
+	"\bverified\x18\x03 \x01(\bR\bverified\x12\x1b\n" +
+	"\tsigned_by\x18\x04 \x01(\tR\bsignedBy\x12\x18\n" +
+	"\aproblem\x18\x05 \x01(\tR\aproblem\x12\x16\n" +
+	"\x06cached\x18\x06 \x01(\bR\x06cached\x12#\n" +
+	"\rsignature_ref\x18\a \x01(\tR\fsignatureRef\"\xde\x03\n" +
 	"\x0fContainerResult\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12(\n" +
 	"\x10old_container_id\x18\x02 \x01(\tR\x0eoldContainerId\x12(\n" +
@@ -2260,7 +2391,7 @@ const file_tenantagent_v1_agent_service_proto_rawDesc = "" +
 	"\x15CONTAINER_HEALTH_NONE\x10\x01\x12\x1d\n" +
 	"\x19CONTAINER_HEALTH_STARTING\x10\x02\x12\x1c\n" +
 	"\x18CONTAINER_HEALTH_HEALTHY\x10\x03\x12\x1e\n" +
-	"\x1aCONTAINER_HEALTH_UNHEALTHY\x10\x04*\x8c\x03\n" +
+	"\x1aCONTAINER_HEALTH_UNHEALTHY\x10\x04*\xa9\x03\n" +
 	"\fCommandPhase\x12\x1d\n" +
 	"\x19COMMAND_PHASE_UNSPECIFIED\x10\x00\x12\x18\n" +
 	"\x14COMMAND_PHASE_QUEUED\x10\x01\x12\x19\n" +
@@ -2275,7 +2406,8 @@ const file_tenantagent_v1_agent_service_proto_rawDesc = "" +
 	"\x1aCOMMAND_PHASE_ROLLING_BACK\x10\n" +
 	"\x12 \n" +
 	"\x1cCOMMAND_PHASE_CONTAINER_DONE\x10\v\x12\x1d\n" +
-	"\x19COMMAND_PHASE_CLEANING_UP\x10\f*\xc8\x01\n" +
+	"\x19COMMAND_PHASE_CLEANING_UP\x10\f\x12\x1b\n" +
+	"\x17COMMAND_PHASE_VERIFYING\x10\r*\xc8\x01\n" +
 	"\x0eCommandOutcome\x12\x1f\n" +
 	"\x1bCOMMAND_OUTCOME_UNSPECIFIED\x10\x00\x12\x1d\n" +
 	"\x19COMMAND_OUTCOME_SUCCEEDED\x10\x01\x12\x1a\n" +
@@ -2306,7 +2438,7 @@ func file_tenantagent_v1_agent_service_proto_rawDescGZIP() []byte {
 }
 
 var file_tenantagent_v1_agent_service_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
-var file_tenantagent_v1_agent_service_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
+var file_tenantagent_v1_agent_service_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
 var file_tenantagent_v1_agent_service_proto_goTypes = []any{
 	(ContainerState)(0),           // 0: tenantagent.v1.ContainerState
 	(ContainerHealth)(0),          // 1: tenantagent.v1.ContainerHealth
@@ -2323,16 +2455,17 @@ var file_tenantagent_v1_agent_service_proto_goTypes = []any{
 	(*CommandProgress)(nil),       // 12: tenantagent.v1.CommandProgress
 	(*LayerProgress)(nil),         // 13: tenantagent.v1.LayerProgress
 	(*CommandResult)(nil),         // 14: tenantagent.v1.CommandResult
-	(*ContainerResult)(nil),       // 15: tenantagent.v1.ContainerResult
-	(*Welcome)(nil),               // 16: tenantagent.v1.Welcome
-	(*RefreshRuntimeImage)(nil),   // 17: tenantagent.v1.RefreshRuntimeImage
-	(*RefreshOptions)(nil),        // 18: tenantagent.v1.RefreshOptions
-	(*PrefetchRuntimeImage)(nil),  // 19: tenantagent.v1.PrefetchRuntimeImage
-	(*CancelCommand)(nil),         // 20: tenantagent.v1.CancelCommand
-	(*ResultReceived)(nil),        // 21: tenantagent.v1.ResultReceived
-	(*Reconnect)(nil),             // 22: tenantagent.v1.Reconnect
-	(*timestamppb.Timestamp)(nil), // 23: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),   // 24: google.protobuf.Duration
+	(*SignatureCheck)(nil),        // 15: tenantagent.v1.SignatureCheck
+	(*ContainerResult)(nil),       // 16: tenantagent.v1.ContainerResult
+	(*Welcome)(nil),               // 17: tenantagent.v1.Welcome
+	(*RefreshRuntimeImage)(nil),   // 18: tenantagent.v1.RefreshRuntimeImage
+	(*RefreshOptions)(nil),        // 19: tenantagent.v1.RefreshOptions
+	(*PrefetchRuntimeImage)(nil),  // 20: tenantagent.v1.PrefetchRuntimeImage
+	(*CancelCommand)(nil),         // 21: tenantagent.v1.CancelCommand
+	(*ResultReceived)(nil),        // 22: tenantagent.v1.ResultReceived
+	(*Reconnect)(nil),             // 23: tenantagent.v1.Reconnect
+	(*timestamppb.Timestamp)(nil), // 24: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),   // 25: google.protobuf.Duration
 }
 var file_tenantagent_v1_agent_service_proto_depIdxs = []int32{
 	7,  // 0: tenantagent.v1.AgentMessage.hello:type_name -> tenantagent.v1.Hello
@@ -2340,46 +2473,47 @@ var file_tenantagent_v1_agent_service_proto_depIdxs = []int32{
 	11, // 2: tenantagent.v1.AgentMessage.ack:type_name -> tenantagent.v1.CommandAck
 	12, // 3: tenantagent.v1.AgentMessage.progress:type_name -> tenantagent.v1.CommandProgress
 	14, // 4: tenantagent.v1.AgentMessage.result:type_name -> tenantagent.v1.CommandResult
-	16, // 5: tenantagent.v1.ControlMessage.welcome:type_name -> tenantagent.v1.Welcome
-	17, // 6: tenantagent.v1.ControlMessage.refresh:type_name -> tenantagent.v1.RefreshRuntimeImage
-	19, // 7: tenantagent.v1.ControlMessage.prefetch:type_name -> tenantagent.v1.PrefetchRuntimeImage
-	20, // 8: tenantagent.v1.ControlMessage.cancel:type_name -> tenantagent.v1.CancelCommand
-	21, // 9: tenantagent.v1.ControlMessage.result_received:type_name -> tenantagent.v1.ResultReceived
-	22, // 10: tenantagent.v1.ControlMessage.reconnect:type_name -> tenantagent.v1.Reconnect
+	17, // 5: tenantagent.v1.ControlMessage.welcome:type_name -> tenantagent.v1.Welcome
+	18, // 6: tenantagent.v1.ControlMessage.refresh:type_name -> tenantagent.v1.RefreshRuntimeImage
+	20, // 7: tenantagent.v1.ControlMessage.prefetch:type_name -> tenantagent.v1.PrefetchRuntimeImage
+	21, // 8: tenantagent.v1.ControlMessage.cancel:type_name -> tenantagent.v1.CancelCommand
+	22, // 9: tenantagent.v1.ControlMessage.result_received:type_name -> tenantagent.v1.ResultReceived
+	23, // 10: tenantagent.v1.ControlMessage.reconnect:type_name -> tenantagent.v1.Reconnect
 	9,  // 11: tenantagent.v1.Hello.runtimes:type_name -> tenantagent.v1.RuntimeStatus
-	23, // 12: tenantagent.v1.HealthReport.observed_at:type_name -> google.protobuf.Timestamp
+	24, // 12: tenantagent.v1.HealthReport.observed_at:type_name -> google.protobuf.Timestamp
 	9,  // 13: tenantagent.v1.HealthReport.runtimes:type_name -> tenantagent.v1.RuntimeStatus
 	10, // 14: tenantagent.v1.RuntimeStatus.containers:type_name -> tenantagent.v1.ContainerStatus
 	0,  // 15: tenantagent.v1.ContainerStatus.state:type_name -> tenantagent.v1.ContainerState
 	1,  // 16: tenantagent.v1.ContainerStatus.health:type_name -> tenantagent.v1.ContainerHealth
-	23, // 17: tenantagent.v1.ContainerStatus.started_at:type_name -> google.protobuf.Timestamp
-	23, // 18: tenantagent.v1.CommandProgress.time:type_name -> google.protobuf.Timestamp
+	24, // 17: tenantagent.v1.ContainerStatus.started_at:type_name -> google.protobuf.Timestamp
+	24, // 18: tenantagent.v1.CommandProgress.time:type_name -> google.protobuf.Timestamp
 	2,  // 19: tenantagent.v1.CommandProgress.phase:type_name -> tenantagent.v1.CommandPhase
 	13, // 20: tenantagent.v1.CommandProgress.layers:type_name -> tenantagent.v1.LayerProgress
 	3,  // 21: tenantagent.v1.CommandResult.outcome:type_name -> tenantagent.v1.CommandOutcome
 	2,  // 22: tenantagent.v1.CommandResult.failed_phase:type_name -> tenantagent.v1.CommandPhase
-	23, // 23: tenantagent.v1.CommandResult.started_at:type_name -> google.protobuf.Timestamp
-	23, // 24: tenantagent.v1.CommandResult.finished_at:type_name -> google.protobuf.Timestamp
-	24, // 25: tenantagent.v1.CommandResult.pull_duration:type_name -> google.protobuf.Duration
-	15, // 26: tenantagent.v1.CommandResult.containers:type_name -> tenantagent.v1.ContainerResult
-	4,  // 27: tenantagent.v1.ContainerResult.outcome:type_name -> tenantagent.v1.ContainerOutcome
-	24, // 28: tenantagent.v1.ContainerResult.downtime:type_name -> google.protobuf.Duration
-	24, // 29: tenantagent.v1.ContainerResult.health_gate:type_name -> google.protobuf.Duration
-	2,  // 30: tenantagent.v1.ContainerResult.failed_phase:type_name -> tenantagent.v1.CommandPhase
-	24, // 31: tenantagent.v1.Welcome.heartbeat_interval:type_name -> google.protobuf.Duration
-	18, // 32: tenantagent.v1.RefreshRuntimeImage.options:type_name -> tenantagent.v1.RefreshOptions
-	23, // 33: tenantagent.v1.RefreshRuntimeImage.deadline:type_name -> google.protobuf.Timestamp
-	24, // 34: tenantagent.v1.RefreshOptions.health_gate_timeout:type_name -> google.protobuf.Duration
-	24, // 35: tenantagent.v1.RefreshOptions.stability_window:type_name -> google.protobuf.Duration
-	23, // 36: tenantagent.v1.PrefetchRuntimeImage.deadline:type_name -> google.protobuf.Timestamp
-	24, // 37: tenantagent.v1.Reconnect.after:type_name -> google.protobuf.Duration
-	5,  // 38: tenantagent.v1.AgentService.Connect:input_type -> tenantagent.v1.AgentMessage
-	6,  // 39: tenantagent.v1.AgentService.Connect:output_type -> tenantagent.v1.ControlMessage
-	39, // [39:40] is the sub-list for method output_type
-	38, // [38:39] is the sub-list for method input_type
-	38, // [38:38] is the sub-list for extension type_name
-	38, // [38:38] is the sub-list for extension extendee
-	0,  // [0:38] is the sub-list for field type_name
+	24, // 23: tenantagent.v1.CommandResult.started_at:type_name -> google.protobuf.Timestamp
+	24, // 24: tenantagent.v1.CommandResult.finished_at:type_name -> google.protobuf.Timestamp
+	25, // 25: tenantagent.v1.CommandResult.pull_duration:type_name -> google.protobuf.Duration
+	16, // 26: tenantagent.v1.CommandResult.containers:type_name -> tenantagent.v1.ContainerResult
+	15, // 27: tenantagent.v1.CommandResult.signature:type_name -> tenantagent.v1.SignatureCheck
+	4,  // 28: tenantagent.v1.ContainerResult.outcome:type_name -> tenantagent.v1.ContainerOutcome
+	25, // 29: tenantagent.v1.ContainerResult.downtime:type_name -> google.protobuf.Duration
+	25, // 30: tenantagent.v1.ContainerResult.health_gate:type_name -> google.protobuf.Duration
+	2,  // 31: tenantagent.v1.ContainerResult.failed_phase:type_name -> tenantagent.v1.CommandPhase
+	25, // 32: tenantagent.v1.Welcome.heartbeat_interval:type_name -> google.protobuf.Duration
+	19, // 33: tenantagent.v1.RefreshRuntimeImage.options:type_name -> tenantagent.v1.RefreshOptions
+	24, // 34: tenantagent.v1.RefreshRuntimeImage.deadline:type_name -> google.protobuf.Timestamp
+	25, // 35: tenantagent.v1.RefreshOptions.health_gate_timeout:type_name -> google.protobuf.Duration
+	25, // 36: tenantagent.v1.RefreshOptions.stability_window:type_name -> google.protobuf.Duration
+	24, // 37: tenantagent.v1.PrefetchRuntimeImage.deadline:type_name -> google.protobuf.Timestamp
+	25, // 38: tenantagent.v1.Reconnect.after:type_name -> google.protobuf.Duration
+	5,  // 39: tenantagent.v1.AgentService.Connect:input_type -> tenantagent.v1.AgentMessage
+	6,  // 40: tenantagent.v1.AgentService.Connect:output_type -> tenantagent.v1.ControlMessage
+	40, // [40:41] is the sub-list for method output_type
+	39, // [39:40] is the sub-list for method input_type
+	39, // [39:39] is the sub-list for extension type_name
+	39, // [39:39] is the sub-list for extension extendee
+	0,  // [0:39] is the sub-list for field type_name
 }
 
 func init() { file_tenantagent_v1_agent_service_proto_init() }
@@ -2408,7 +2542,7 @@ func file_tenantagent_v1_agent_service_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tenantagent_v1_agent_service_proto_rawDesc), len(file_tenantagent_v1_agent_service_proto_rawDesc)),
 			NumEnums:      5,
-			NumMessages:   18,
+			NumMessages:   19,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
