@@ -309,7 +309,7 @@ func resultText(c *controlplanev1.Command) string {
 	case controlplanev1.CommandState_COMMAND_STATE_SUCCEEDED:
 		var parts []string
 		if c.GetKind() == controlplanev1.CommandKind_COMMAND_KIND_PREFETCH {
-			return "prefetched" + pullText(r)
+			return "prefetched" + pullText(r) + signatureText(r)
 		}
 		recreated, current := 0, 0
 		var downtime time.Duration
@@ -330,7 +330,7 @@ func resultText(c *controlplanev1.Command) string {
 		if recreated > 0 {
 			s += fmt.Sprintf(" (downtime up to %s)", seconds(downtime))
 		}
-		return s + pullText(r)
+		return s + pullText(r) + signatureText(r)
 	case controlplanev1.CommandState_COMMAND_STATE_PARTIAL:
 		moved, total := 0, len(r.GetContainers())
 		for _, ct := range r.GetContainers() {
@@ -352,6 +352,19 @@ func pullText(r *tenantagentv1.CommandResult) string {
 		return ""
 	}
 	return fmt.Sprintf("; pulled %s in %s", progress.Bytes(r.GetPulledBytes()), seconds(r.GetPullDuration().AsDuration()))
+}
+
+// signatureText tells how the agent checked the image's signature, if it
+// has a signature policy: who signed it, or (warn mode) what was wrong.
+func signatureText(r *tenantagentv1.CommandResult) string {
+	sig := r.GetSignature()
+	switch {
+	case sig == nil:
+		return ""
+	case sig.GetVerified():
+		return "; signed by " + sig.GetSignedBy()
+	}
+	return "; NOT VERIFIED (" + sig.GetMode() + " mode): " + sig.GetProblem()
 }
 
 func seconds(d time.Duration) string {
@@ -380,6 +393,8 @@ func stepOf(p *tenantagentv1.CommandProgress) progress.Step {
 		return s
 	case tenantagentv1.CommandPhase_COMMAND_PHASE_QUEUED:
 		return progress.Step{Text: "queued behind an earlier command of the runtime"}
+	case tenantagentv1.CommandPhase_COMMAND_PHASE_VERIFYING:
+		return progress.Step{Text: "verifying the image's signature"}
 	case tenantagentv1.CommandPhase_COMMAND_PHASE_PULLED:
 		return progress.Step{Text: "pulled"}
 	case tenantagentv1.CommandPhase_COMMAND_PHASE_CREATING:

@@ -5,6 +5,7 @@ import (
 	"testing"
 
 	"github.com/molecule-ai/tenant-agent/controlplane/cptest"
+	tenantagentv1 "github.com/molecule-ai/tenant-agent/gen/tenantagent/v1"
 )
 
 // TestPromotePlain: a promote to two tenants, one at a time, in plain
@@ -60,4 +61,38 @@ func TestExitCodeOneWhenWorkFails(t *testing.T) {
 		t.Errorf("halted promote: %s", r)
 	}
 	golden(t, "promote-halted.golden", dropProgress(normalize(r.stdout)))
+}
+
+// TestRefreshTellsTheSignatureCheck: the result line says who signed the
+// image, or, when the agent's policy only warns, that it was not verified
+// and why; a refusal names the verifying phase.
+func TestRefreshTellsTheSignatureCheck(t *testing.T) {
+	t.Parallel()
+	c := startCP(t, "acme", "beta", "gamma")
+	withSignature := func(sig *tenantagentv1.SignatureCheck) cptest.Executor {
+		return func(cmd *tenantagentv1.RefreshRuntimeImage) *tenantagentv1.CommandResult {
+			r := cptest.Succeed(cmd)
+			r.Signature = sig
+			return r
+		}
+	}
+	c.agent("acme", withSignature(&tenantagentv1.SignatureCheck{Rule: "registry.example/*", Mode: "enforce", Verified: true, SignedBy: "keys/release.pub"}))
+	c.agent("beta", withSignature(&tenantagentv1.SignatureCheck{Rule: "registry.example/*", Mode: "warn", Problem: "no signature"}))
+	c.agent("gamma", func(cmd *tenantagentv1.RefreshRuntimeImage) *tenantagentv1.CommandResult {
+		return &tenantagentv1.CommandResult{CommandId: cmd.GetCommandId(), Outcome: tenantagentv1.CommandOutcome_COMMAND_OUTCOME_FAILED,
+			Error: "no signature", FailedPhase: tenantagentv1.CommandPhase_COMMAND_PHASE_VERIFYING}
+	})
+	for tenant, want := range map[string]struct {
+		code int
+		text string
+	}{
+		"acme":  {0, "; signed by keys/release.pub"},
+		"beta":  {0, "; NOT VERIFIED (warn mode): no signature"},
+		"gamma": {1, "failed: verifying: no signature"},
+	} {
+		r := c.tactl("refresh", tenant, "codex", "--digest", digestV2, "--progress", "plain")
+		if r.code != want.code || !strings.Contains(r.stdout, want.text) {
+			t.Errorf("%s: want exit %d and %q: %s", tenant, want.code, want.text, r)
+		}
+	}
 }
