@@ -155,10 +155,17 @@ func (s *slowWriter) Write(p []byte) (int, error) {
 	return written, nil
 }
 
-// StartRegistry serves a registry until the test ends.
+// StartRegistry serves a registry until the test ends. It has no OCI 1.1
+// referrers API: clients use the referrers tag schema instead
+// (StartReferrersRegistry has the API).
 func StartRegistry(t T) *Registry {
 	t.Helper()
-	r := &Registry{handler: registry.New(registry.Logger(discardLogger()))}
+	return startRegistry(t, registry.New(registry.Logger(discardLogger())))
+}
+
+func startRegistry(t T, handler http.Handler) *Registry {
+	t.Helper()
+	r := &Registry{handler: handler}
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

@@ -2,9 +2,10 @@
 // --key` does: a simple-signing payload naming the digest, signed with a
 // private key, pushed as the single layer of an image tagged
 // sha256-<hex>.sig, with the base64 signature in the layer's
-// dev.cosignproject.cosign/signature annotation. It also makes the bad
-// signatures verification must refuse: another key, another digest, a
-// tampered payload.
+// dev.cosignproject.cosign/signature annotation. Or, the way cosign v3
+// (`--new-bundle-format`) does, a sigstore bundle attached as an OCI 1.1
+// referrer (bundle.go). It also makes the bad signatures verification must
+// refuse: another key, another digest, a tampered payload.
 package sigtest
 
 import (
@@ -18,7 +19,6 @@ import (
 	"crypto/sha256"
 	"crypto/x509"
 	"encoding/base64"
-	"encoding/json"
 	"encoding/pem"
 	"strings"
 
@@ -124,11 +124,7 @@ func Payload(repository, digest string) []byte {
 		},
 		"optional": nil,
 	}
-	b, err := json.Marshal(p)
-	if err != nil {
-		panic(err)
-	}
-	return b
+	return mustJSON(p)
 }
 
 // SignPayload signs payload as cosign does with this key.

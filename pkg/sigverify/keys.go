@@ -81,6 +81,20 @@ func checkKey(pub crypto.PublicKey) error {
 	return nil
 }
 
+// verify checks sig over message with each key in turn and returns the
+// index of the first that verifies it, or why none does.
+func (keys Keys) verify(message, sig []byte) (int, error) {
+	var failures []string
+	for i, k := range keys {
+		err := verifySignature(k, message, sig)
+		if err == nil {
+			return i, nil
+		}
+		failures = append(failures, fmt.Sprintf("key %d (%s): %v", i, keyName(k), err))
+	}
+	return -1, errors.New(joinBounded(failures))
+}
+
 // verifySignature checks sig over payload with key, the way cosign's
 // key-based verification does: ECDSA (ASN.1) and RSA over the payload's
 // SHA-256, Ed25519 over the payload itself. RSA accepts PKCS#1 v1.5 and

@@ -10,10 +10,14 @@
 // the layer's annotation dev.cosignproject.cosign/signature is the
 // base64 signature over the payload bytes.
 //
+// When that tag has no signature that verifies, the digest's OCI 1.1
+// referrers are looked at for sigstore bundles, what cosign v3 attaches
+// (bundle.go).
+//
 // Only a payload whose signature verifies is read further, and it must
 // name the digest being verified. Everything read from the registry is
 // bounded: the manifest, the number of signature layers, each payload and
-// each annotation.
+// each annotation; the referrers, each bundle and its signatures.
 package sigverify
 
 import (
@@ -27,6 +31,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"strings"
 
 	"github.com/google/go-containerregistry/pkg/authn"
@@ -97,12 +102,30 @@ type Options struct {
 type Result struct {
 	// SignedBy is the index in Keys of the key that verified it.
 	SignedBy int
-	// SignatureTag is where it was found: "<repository>:sha256-<hex>.sig".
+	// SignatureTag is where a simple-signing signature was found:
+	// "<repository>:sha256-<hex>.sig"; empty for a sigstore bundle.
 	SignatureTag string
+	// SignatureRef is where the signature was found, whatever its format:
+	// the tag above, or "<repository>@sha256:<hex>" of the referrer
+	// manifest holding the sigstore bundle.
+	SignatureRef string
+	// Format is the signature's format: FormatSimpleSigning or
+	// FormatSigstoreBundle.
+	Format string
 	// DockerReference is the payload's critical.identity.docker-reference
 	// (informational: cosign does not check it either), bounded.
 	DockerReference string
 }
+
+// Result.Format values.
+const (
+	// FormatSimpleSigning is cosign's classic signature, at the
+	// sha256-<hex>.sig tag.
+	FormatSimpleSigning = "simple-signing"
+	// FormatSigstoreBundle is a sigstore bundle attached as an OCI
+	// referrer (cosign v3, `cosign sign --new-bundle-format`).
+	FormatSigstoreBundle = "sigstore-bundle"
+)
 
 // SignatureTag returns the tag cosign signs digest under:
 // "sha256-<hex>.sig".
@@ -112,7 +135,10 @@ func SignatureTag(digest string) string {
 
 // Verify checks that ref ("<repository>@sha256:<hex>") carries a
 // signature made with one of keys, and that the signed payload names
-// ref's digest. It returns the first signature that does.
+// ref's digest. It looks at cosign's sha256-<hex>.sig tag first, then at
+// the digest's OCI referrers carrying a sigstore bundle (bundle.go), and
+// returns the first signature that verifies. When none does, the error
+// lists why, for each signature looked at (bounded).
 func Verify(ctx context.Context, ref string, opts Options, keys Keys) (Result, error) {
 	r, err := imageref.Parse(ref)
 	if err != nil {
@@ -132,53 +158,94 @@ func Verify(ctx context.Context, ref string, opts Options, keys Keys) (Result, e
 	if err != nil {
 		return Result{}, fmt.Errorf("verify signature: signature repository %s: %w", limits.Quoted(sigRepo), err)
 	}
-	tag := SignatureTag(r.Digest)
-	where := sigRepo + ":" + tag
 	subject := fmt.Sprintf("%s@%s", r.Repository, r.Digest)
-
-	f, err := newFetcher(ctx, repo, opts)
+	f, err := newFetcher(ctx, sigRepo, repo, opts)
 	if err != nil {
-		return Result{}, fmt.Errorf("verify signature of %s: %s: %w", subject, where, err)
+		return Result{}, fmt.Errorf("verify signature of %s: %s: %w", subject, sigRepo, err)
 	}
+	var fs findings
+	for _, find := range []func(*fetcher, string, Keys, *findings) (Result, bool, error){verifyTag, verifyReferrers} {
+		res, ok, err := find(f, r.Digest, keys, &fs)
+		if err != nil {
+			return Result{}, fmt.Errorf("verify signature of %s: %w", subject, err)
+		}
+		if ok {
+			return res, nil
+		}
+	}
+	return Result{}, fs.err(subject)
+}
+
+// findings is what Verify learnt from the signatures that did not verify.
+type findings struct {
+	// found counts signatures looked at, per place ("2 signature(s) in
+	// repo:sha256-….sig").
+	found []string
+	// absent says where nothing was found ("no manifest repo:sha256-….sig").
+	absent []string
+	// otherDigests are signatures that verify but name another digest.
+	otherDigests []string
+	// reasons say why each other signature does not verify.
+	reasons []string
+	// ignored are signatures that cannot be verified with a key at all (a
+	// keyless bundle): they neither count as found nor as bad.
+	ignored []string
+}
+
+func (fs *findings) err(subject string) error {
+	switch {
+	case len(fs.otherDigests) > 0:
+		return fmt.Errorf("%w: %s: %s", ErrWrongDigest, subject, joinBounded(slices.Concat(fs.otherDigests, fs.reasons, fs.ignored)))
+	case len(fs.found) > 0:
+		return fmt.Errorf("%w for %s: found %s: %s", ErrBadSignature, subject, strings.Join(fs.found, " and "), joinBounded(slices.Concat(fs.reasons, fs.ignored)))
+	default:
+		return fmt.Errorf("%w for %s: %s", ErrNoSignature, subject, joinBounded(slices.Concat(fs.absent, fs.ignored)))
+	}
+}
+
+// verifyTag looks for the signature at cosign's sha256-<hex>.sig tag.
+func verifyTag(f *fetcher, digest string, keys Keys, fs *findings) (Result, bool, error) {
+	tag := SignatureTag(digest)
+	where := f.name + ":" + tag
 	m, found, err := f.manifest(tag)
 	if err != nil {
-		return Result{}, fmt.Errorf("verify signature of %s: %s: %w", subject, where, err)
+		return Result{}, false, fmt.Errorf("%s: %w", where, err)
 	}
-	if !found {
-		return Result{}, fmt.Errorf("%w for %s: no manifest %s", ErrNoSignature, subject, where)
+	switch {
+	case !found:
+		fs.absent = append(fs.absent, "no manifest "+where)
+		return Result{}, false, nil
+	case len(m.Layers) == 0:
+		fs.absent = append(fs.absent, "manifest "+where+" has no signature layers")
+		return Result{}, false, nil
+	case len(m.Layers) > MaxSignatures:
+		// Not read at all, yet signatures are there: a bad signature rather
+		// than a registry problem, since asking again will not help.
+		fs.found = append(fs.found, fmt.Sprintf("%d signature(s) in %s", len(m.Layers), where))
+		fs.reasons = append(fs.reasons, fmt.Sprintf("manifest %s has %d layers, at most %d are read", where, len(m.Layers), MaxSignatures))
+		return Result{}, false, nil
 	}
-	if len(m.Layers) == 0 {
-		return Result{}, fmt.Errorf("%w for %s: manifest %s has no signature layers", ErrNoSignature, subject, where)
-	}
-	if len(m.Layers) > MaxSignatures {
-		return Result{}, fmt.Errorf("verify signature of %s: manifest %s has %d layers, at most %d are read", subject, where, len(m.Layers), MaxSignatures)
-	}
-
-	var reasons []string
-	var otherDigests []string // validated digests (parsePayload)
+	fs.found = append(fs.found, fmt.Sprintf("%d signature(s) in %s", len(m.Layers), where))
 	for i, l := range m.Layers {
-		res, payloadDigest, err := verifyLayer(f, l, keys, r.Digest)
+		res, payloadDigest, err := verifyLayer(f, l, keys)
 		if err != nil {
-			reasons = append(reasons, fmt.Sprintf("signature %d: %v", i+1, err))
+			fs.reasons = append(fs.reasons, fmt.Sprintf("signature %d: %v", i+1, err))
 			continue
 		}
-		if payloadDigest != r.Digest {
-			otherDigests = append(otherDigests, fmt.Sprintf("signature %d (key %d, %s) is for %s", i+1, res.SignedBy, keyName(keys[res.SignedBy]), payloadDigest))
+		if payloadDigest != digest {
+			fs.otherDigests = append(fs.otherDigests, fmt.Sprintf("signature %d (key %d, %s) in %s is for %s", i+1, res.SignedBy, keyName(keys[res.SignedBy]), where, payloadDigest))
 			continue
 		}
-		res.SignatureTag = where
-		return res, nil
+		res.SignatureTag, res.SignatureRef, res.Format = where, where, FormatSimpleSigning
+		return res, true, nil
 	}
-	if len(otherDigests) > 0 {
-		return Result{}, fmt.Errorf("%w: %s: in %s, %s", ErrWrongDigest, subject, where, joinBounded(append(otherDigests, reasons...)))
-	}
-	return Result{}, fmt.Errorf("%w for %s: %d signature(s) in %s: %s", ErrBadSignature, subject, len(m.Layers), where, joinBounded(reasons))
+	return Result{}, false, nil
 }
 
 // verifyLayer reads one signature layer and checks it against keys. It
 // returns the key that verified it and the digest the verified payload
 // names.
-func verifyLayer(f *fetcher, l v1.Descriptor, keys Keys, want string) (Result, string, error) {
+func verifyLayer(f *fetcher, l v1.Descriptor, keys Keys) (Result, string, error) {
 	if string(l.MediaType) != PayloadMediaType {
 		return Result{}, "", fmt.Errorf("layer media type %s, want %q", limits.Quoted(string(l.MediaType)), PayloadMediaType)
 	}
@@ -200,18 +267,9 @@ func verifyLayer(f *fetcher, l v1.Descriptor, keys Keys, want string) (Result, s
 	if err != nil {
 		return Result{}, "", fmt.Errorf("payload %s: %w", l.Digest, err)
 	}
-	var failures []string
-	signedBy := -1
-	for i, k := range keys {
-		if err := verifySignature(k, payload, sig); err != nil {
-			failures = append(failures, fmt.Sprintf("key %d (%s): %v", i, keyName(k), err))
-			continue
-		}
-		signedBy = i
-		break
-	}
-	if signedBy < 0 {
-		return Result{}, "", errors.New(joinBounded(failures))
+	signedBy, err := keys.verify(payload, sig)
+	if err != nil {
+		return Result{}, "", err
 	}
 	// Only now, with the payload's signature verified, is its content
 	// trusted enough to read.
@@ -271,12 +329,15 @@ func truncate(s string, n int) string { return limits.Truncate(s, n) }
 // fetcher reads the signature repository's manifests and blobs with
 // bounded reads, over go-containerregistry's authenticating transport.
 type fetcher struct {
-	ctx    context.Context
+	ctx context.Context
+	// name is the repository as the caller spelled it, for messages.
+	name   string
 	repo   name.Repository
+	rt     http.RoundTripper
 	client *http.Client
 }
 
-func newFetcher(ctx context.Context, repo name.Repository, opts Options) (*fetcher, error) {
+func newFetcher(ctx context.Context, repoName string, repo name.Repository, opts Options) (*fetcher, error) {
 	auth := authn.Anonymous
 	if opts.Keychain != nil {
 		a, err := opts.Keychain.Resolve(repo)
@@ -289,11 +350,11 @@ func newFetcher(ctx context.Context, repo name.Repository, opts Options) (*fetch
 	if tr == nil {
 		tr = remote.DefaultTransport
 	}
-	rt, err := transport.NewWithContext(ctx, repo.Registry, auth, tr, []string{repo.Scope(transport.PullScope)})
+	rt, err := transport.NewWithContext(ctx, repo.Registry, auth, cappedTransport{tr}, []string{repo.Scope(transport.PullScope)})
 	if err != nil {
 		return nil, err
 	}
-	return &fetcher{ctx: ctx, repo: repo, client: &http.Client{Transport: rt}}, nil
+	return &fetcher{ctx: ctx, name: repoName, repo: repo, rt: rt, client: &http.Client{Transport: rt}}, nil
 }
 
 func (f *fetcher) url(kind, ref string) string {
@@ -302,10 +363,11 @@ func (f *fetcher) url(kind, ref string) string {
 
 var manifestTypes = []string{string(types.OCIManifestSchema1), string(types.DockerManifestSchema2)}
 
-// manifest reads the image manifest tagged tag; found is false when the
-// registry has no such manifest (or no such repository).
-func (f *fetcher) manifest(tag string) (m *v1.Manifest, found bool, err error) {
-	req, err := http.NewRequestWithContext(f.ctx, http.MethodGet, f.url("manifests", tag), nil)
+// manifest reads the image manifest ref (a tag, or a sha256 digest, which
+// the manifest read must match); found is false when the registry has no
+// such manifest (or no such repository).
+func (f *fetcher) manifest(ref string) (m *v1.Manifest, found bool, err error) {
+	req, err := http.NewRequestWithContext(f.ctx, http.MethodGet, f.url("manifests", ref), nil)
 	if err != nil {
 		return nil, false, err
 	}
@@ -332,6 +394,11 @@ func (f *fetcher) manifest(tag string) (m *v1.Manifest, found bool, err error) {
 	body, err := readBounded(resp.Body, MaxManifest)
 	if err != nil {
 		return nil, false, fmt.Errorf("manifest: %w", err)
+	}
+	if want, ok := strings.CutPrefix(ref, "sha256:"); ok {
+		if sum := sha256.Sum256(body); hex.EncodeToString(sum[:]) != want {
+			return nil, false, errors.New("manifest does not match its digest")
+		}
 	}
 	mt := resp.Header.Get("Content-Type")
 	if mt, _, _ = strings.Cut(mt, ";"); mt != "" && mt != manifestTypes[0] && mt != manifestTypes[1] {
