@@ -33,6 +33,9 @@ type Config struct {
 	Fleet      *fleet.Fleet
 	Dispatcher *dispatch.Dispatcher
 	Rollouts   *rollout.Rollouts
+	// Signatures, if set, checks a refresh's explicit image_digest as a
+	// promote's image is checked (signatures.go).
+	Signatures rollout.Signatures
 	Logger     *slog.Logger
 	Now        func() time.Time
 }
@@ -136,6 +139,10 @@ func (s *service) RefreshRuntimeImage(req *controlplanev1.RefreshRuntimeImageReq
 	if err != nil {
 		return s.status(err)
 	}
+	warning, err := s.checkSignatures(ctx, req.GetImageDigest(), cmds)
+	if err != nil {
+		return s.status(err)
+	}
 	subs := make([]*pubsub.Subscription[dispatch.Update], len(cmds))
 	for i, c := range cmds {
 		subs[i] = s.cfg.Dispatcher.Watch(c.ID)
@@ -146,6 +153,9 @@ func (s *service) RefreshRuntimeImage(req *controlplanev1.RefreshRuntimeImageReq
 	}
 	for i, c := range cmds {
 		if err := s.follow(ctx, c.ID, subs[i], func(ev *controlplanev1.CommandEvent) error {
+			if warning != "" { // told once, in the first event
+				ev.Message, warning = warning+"; "+ev.Message, ""
+			}
 			return stream.Send(&controlplanev1.RefreshRuntimeImageResponse{Event: ev})
 		}); err != nil {
 			return err

@@ -23,6 +23,9 @@ const (
 	// KindAborted is a stream ended by the control plane while the work
 	// it watched goes on (the watcher fell too far behind).
 	KindAborted
+	// KindUnavailable is a dependency the control plane could not reach
+	// (e.g. the registry holding signatures): a retry may succeed.
+	KindUnavailable
 )
 
 // Error is an error of a known kind.
@@ -49,6 +52,9 @@ func Precondition(format string, args ...any) error { return newf(KindPreconditi
 
 // Aborted returns a KindAborted error.
 func Aborted(format string, args ...any) error { return newf(KindAborted, format, args...) }
+
+// Unavailable returns a KindUnavailable error.
+func Unavailable(format string, args ...any) error { return newf(KindUnavailable, format, args...) }
 
 // TooLong is the KindInvalid error of a string field over its limit: it
 // names the field and the limit and quotes a short prefix of the value.

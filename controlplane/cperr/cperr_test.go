@@ -26,6 +26,7 @@ func TestStatusMapsKindsInOnePlace(t *testing.T) {
 		{NotFound("no such"), codes.NotFound, "no such"},
 		{Precondition("held"), codes.FailedPrecondition, "held"},
 		{Aborted("fell behind"), codes.Aborted, "fell behind"},
+		{Unavailable("registry down"), codes.Unavailable, "registry down"},
 		{fmt.Errorf("command %q: %w", "c-1", store.ErrNotFound), codes.NotFound, `command "c-1": not found`},
 		{fmt.Errorf("wrapped: %w", context.Canceled), codes.Canceled, "canceled"},
 		{errors.New("disk on fire at /var/secret"), codes.Internal, "internal error; see the control plane's log"},

@@ -49,6 +49,8 @@ func codeOf(err error) (codes.Code, bool) {
 		return codes.FailedPrecondition, true
 	case KindAborted:
 		return codes.Aborted, true
+	case KindUnavailable:
+		return codes.Unavailable, true
 	}
 	if errors.Is(err, store.ErrNotFound) {
 		return codes.NotFound, true

@@ -87,12 +87,23 @@ type Presence interface {
 	Online(agent string) bool
 }
 
+// Signatures decides whether an image may be promoted by its signatures
+// (signing.Checker).
+type Signatures interface {
+	// Check returns an error (of a cperr kind) when ref must not be
+	// promoted, or a warning for the caller when a problem is let through.
+	Check(ctx context.Context, ref imageref.Ref) (warning string, err error)
+}
+
 // Config configures Rollouts.
 type Config struct {
 	Store      Store
 	Fleet      Fleet
 	Dispatcher Dispatcher
 	Presence   Presence
+	// Signatures, if set, checks every promoted image before its pin is
+	// recorded; nil promotes without a check.
+	Signatures Signatures
 	Logger     *slog.Logger
 	// DefaultParallel is how many tenants refresh at once when a promote
 	// does not say.
@@ -204,9 +215,10 @@ func New(ctx context.Context, cfg Config) (*Rollouts, error) {
 // Wait waits for running rollouts to return after the lifetime ended.
 func (r *Rollouts) Wait() { r.wg.Wait() }
 
-// Promote validates the request, records the pin and starts the rollout.
-// The subscription receives the rollout's events; closing it does not stop
-// the rollout.
+// Promote validates the request, checks the image's signatures (if
+// Config.Signatures is set), records the pin and starts the rollout. The
+// subscription receives the rollout's events, PIN_RECORDED first (telling
+// any signature warning); closing it does not stop the rollout.
 func (r *Rollouts) Promote(ctx context.Context, caller identity.Identity, req Request) (store.Rollout, *pubsub.Subscription[Event], error) {
 	ref, err := validate(req)
 	if err != nil {
@@ -215,6 +227,12 @@ func (r *Rollouts) Promote(ctx context.Context, caller identity.Identity, req Re
 	for _, t := range req.Options.CanaryTenants {
 		if len(r.targets(req.Runtime, t)) == 0 {
 			return store.Rollout{}, nil, cperr.NotFound("canary tenant %s has no agent reporting runtime %s", limits.Quoted(t), limits.Quoted(req.Runtime))
+		}
+	}
+	var warning string
+	if r.cfg.Signatures != nil {
+		if warning, err = r.cfg.Signatures.Check(ctx, ref); err != nil {
+			return store.Rollout{}, nil, err
 		}
 	}
 	now := r.cfg.Now()
@@ -241,8 +259,13 @@ func (r *Rollouts) Promote(ctx context.Context, caller identity.Identity, req Re
 	}
 	r.cfg.Fleet.SetPin(pin)
 	r.cfg.Logger.Info("pin promoted", "runtime", pin.Runtime, "image", pin.Ref(), "by", caller.ID, "rollout", ro.ID)
+	recorded := &Event{RolloutID: ro.ID, Kind: controlplanev1.RolloutEventKind_ROLLOUT_EVENT_KIND_PIN_RECORDED,
+		Pin: &pin, Message: "pin recorded: " + pin.Runtime + " -> " + pin.Ref()}
+	if warning != "" {
+		recorded.Message += "; " + warning
+	}
 	sub := r.events.Subscribe(ro.ID)
-	r.start(ro, &pin)
+	r.start(ro, recorded)
 	return ro, sub, nil
 }
 
@@ -319,8 +342,9 @@ func (r *Rollouts) claim(ctx context.Context) error {
 
 // start runs a rollout this replica owns (it is in running) on a context
 // of its own, with a goroutine holding its lease; losing the lease cancels
-// the context.
-func (r *Rollouts) start(ro store.Rollout, pin *store.Pin) {
+// the context. first, if set, is published before anything else (a
+// promote's PIN_RECORDED).
+func (r *Rollouts) start(ro store.Rollout, first *Event) {
 	ctx, cancel := context.WithCancel(r.ctx)
 	x := &run{Rollouts: r, ro: ro, cancel: cancel}
 	r.stops.Store(ro.ID, x)
@@ -334,7 +358,7 @@ func (r *Rollouts) start(ro store.Rollout, pin *store.Pin) {
 			delete(r.running, ro.ID)
 			r.claiming.Unlock()
 		}()
-		x.execute(ctx, pin)
+		x.execute(ctx, first)
 	})
 }
 
@@ -499,11 +523,11 @@ func (x *run) count(o outcome) {
 
 // execute runs the rollout until it ends or ctx does; ctx ends when the
 // lifetime does or the lease is lost, and then nothing more is written.
-func (x *run) execute(ctx context.Context, pin *store.Pin) {
+func (x *run) execute(ctx context.Context, first *Event) {
 	opts := x.ro.Options
-	if pin != nil {
-		ev := Event{Time: x.cfg.Now(), RolloutID: x.ro.ID, Kind: controlplanev1.RolloutEventKind_ROLLOUT_EVENT_KIND_PIN_RECORDED,
-			Pin: pin, Message: "pin recorded: " + pin.Runtime + " -> " + pin.Ref()}
+	if first != nil {
+		ev := *first
+		ev.Time = x.cfg.Now()
 		x.events.Publish(x.ro.ID, ev)
 	}
 

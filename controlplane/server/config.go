@@ -11,7 +11,9 @@ import (
 	"time"
 
 	"github.com/molecule-ai/tenant-agent/controlplane/auth"
+	"github.com/molecule-ai/tenant-agent/controlplane/signing"
 	"github.com/molecule-ai/tenant-agent/pkg/mtls"
+	"github.com/molecule-ai/tenant-agent/pkg/sigpolicy"
 )
 
 // Config is the control plane's configuration; the binary fills it from
@@ -89,6 +91,18 @@ type Config struct {
 	// Pprof serves net/http/pprof on the HTTP address, for profiling.
 	Pprof bool
 
+	// SignaturePolicy, if set, is the signature policy file (pkg/sigpolicy)
+	// every promoted image, and a refresh's explicit digest, is checked
+	// against before anything is recorded (controlplane/signing). It is
+	// re-read when it or a key file changes. Empty: no check.
+	SignaturePolicy string
+	// RegistryCredentials, if set, is the Docker config file the signature
+	// check reads the registry with (auths, credHelpers, credsStore);
+	// empty is anonymous.
+	RegistryCredentials string
+	// SignatureTimeout bounds one signature check.
+	SignatureTimeout time.Duration
+
 	Logger *slog.Logger
 }
 
@@ -108,6 +122,7 @@ func Defaults() Config {
 		ReconnectBurst: 5, ReconnectInterval: 10 * time.Second,
 		ShutdownGrace: 10 * time.Second, ReconnectStagger: 30 * time.Second,
 		ClusterSweep: 3 * time.Second, ReplicaTTL: 30 * time.Second, RolloutLease: 15 * time.Second,
+		SignatureTimeout: signing.DefaultTimeout,
 	}
 }
 
@@ -152,6 +167,7 @@ func (c *Config) CheckAndSetDefaults() error {
 		{"cluster-sweep", &c.ClusterSweep, d.ClusterSweep},
 		{"replica-ttl", &c.ReplicaTTL, d.ReplicaTTL},
 		{"rollout-lease", &c.RolloutLease, d.RolloutLease},
+		{"signature-timeout", &c.SignatureTimeout, d.SignatureTimeout},
 	}
 	for _, p := range positive {
 		switch {
@@ -191,6 +207,18 @@ func (c *Config) CheckAndSetDefaults() error {
 			errs = append(errs, fmt.Errorf("--%s is negative", n.name))
 		case *n.v == 0:
 			*n.v = n.def
+		}
+	}
+	// The files are read now so that a bad one fails the start, not the
+	// first promote; the server reads them again when it builds the check.
+	if c.SignaturePolicy != "" {
+		if _, err := sigpolicy.Load(c.SignaturePolicy); err != nil {
+			errs = append(errs, fmt.Errorf("--signature-policy: %w", err))
+		}
+	}
+	if c.RegistryCredentials != "" {
+		if _, err := signing.NewKeychain(c.RegistryCredentials, nil); err != nil {
+			errs = append(errs, fmt.Errorf("--registry-credentials: %w", err))
 		}
 	}
 	if c.Logger == nil {

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -13,6 +14,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/health"
@@ -32,11 +34,13 @@ import (
 	"github.com/molecule-ai/tenant-agent/controlplane/reconcile"
 	"github.com/molecule-ai/tenant-agent/controlplane/rollout"
 	"github.com/molecule-ai/tenant-agent/controlplane/session"
+	"github.com/molecule-ai/tenant-agent/controlplane/signing"
 	"github.com/molecule-ai/tenant-agent/controlplane/store"
 	controlplanev1 "github.com/molecule-ai/tenant-agent/gen/controlplane/v1"
 	tenantagentv1 "github.com/molecule-ai/tenant-agent/gen/tenantagent/v1"
 	"github.com/molecule-ai/tenant-agent/pkg/identity"
 	"github.com/molecule-ai/tenant-agent/pkg/mtls"
+	"github.com/molecule-ai/tenant-agent/pkg/sigpolicy"
 	"github.com/molecule-ai/tenant-agent/pkg/version"
 )
 
@@ -56,8 +60,11 @@ type Server struct {
 	sessions   *session.Registry
 	dispatcher *dispatch.Dispatcher
 	rollouts   *rollout.Rollouts
-	health     *health.Server
-	serving    atomic.Bool
+	// policy is the signature policy, nil without --signature-policy;
+	// Serve keeps it current.
+	policy  *sigpolicy.Source
+	health  *health.Server
+	serving atomic.Bool
 
 	agentLis, adminLis, httpLis net.Listener
 	agentConns                  *admission.Listener
@@ -138,19 +145,59 @@ func (s *Server) newServices() (tenantagentv1.AgentServiceServer, controlplanev1
 	if err != nil {
 		return nil, nil, err
 	}
+	signatures, err := s.newSignatures()
+	if err != nil {
+		return nil, nil, err
+	}
 	if s.rollouts, err = rollout.New(s.lifetime, rollout.Config{Store: s.store, Fleet: s.fleet, Dispatcher: s.dispatcher, Presence: s.cluster, Replica: s.cluster.Replica(), Lease: cfg.RolloutLease,
-		Logger: logger, DefaultParallel: cfg.DefaultParallelTenants}); err != nil {
+		Signatures: signatures, Logger: logger, DefaultParallel: cfg.DefaultParallelTenants}); err != nil {
 		return nil, nil, err
 	}
 	agents, err := agentsvc.New(agentsvc.Config{Sessions: s.sessions, Fleet: s.fleet, Cluster: s.cluster, Dispatcher: s.dispatcher, Reconciler: rec, Logger: logger, HeartbeatInterval: cfg.HeartbeatInterval})
 	if err != nil {
 		return nil, nil, err
 	}
-	admin, err := adminsvc.New(adminsvc.Config{Store: s.store, Fleet: s.fleet, Dispatcher: s.dispatcher, Rollouts: s.rollouts, Logger: logger})
+	admin, err := adminsvc.New(adminsvc.Config{Store: s.store, Fleet: s.fleet, Dispatcher: s.dispatcher, Rollouts: s.rollouts, Signatures: signatures, Logger: logger})
 	if err != nil {
 		return nil, nil, err
 	}
 	return agents, admin, nil
+}
+
+// newSignatures builds the signature check of --signature-policy, or
+// returns nil without one.
+func (s *Server) newSignatures() (rollout.Signatures, error) {
+	cfg := s.cfg
+	log := cfg.Logger.With("component", "signing")
+	if cfg.SignaturePolicy == "" {
+		if cfg.RegistryCredentials != "" {
+			log.Warn("--registry-credentials is unused without --signature-policy")
+		}
+		return nil, nil
+	}
+	var err error
+	s.policy, err = sigpolicy.NewSource(cfg.SignaturePolicy, sigpolicy.SourceOptions{
+		OnChange: func(p *sigpolicy.Policy) {
+			log.Info("signature policy reloaded", "policy", p.Path, "rules", len(p.Rules()))
+		},
+		OnError: func(err error) { log.Error("signature policy not reloaded; the last good one stays", "error", err) },
+	})
+	if err != nil {
+		return nil, err
+	}
+	var keychain authn.Keychain // nil: anonymous
+	if cfg.RegistryCredentials != "" {
+		if keychain, err = signing.NewKeychain(cfg.RegistryCredentials, cfg.Logger); err != nil {
+			return nil, err
+		}
+	}
+	checker, err := signing.New(signing.Config{Policy: s.policy, Keychain: keychain, Timeout: cfg.SignatureTimeout, Logger: cfg.Logger})
+	if err != nil {
+		return nil, err
+	}
+	log.Info("promotes are checked against the signature policy", "policy", cfg.SignaturePolicy, "rules", len(s.policy.Current().Rules()),
+		"registry_credentials", cmp.Or(cfg.RegistryCredentials, "none (anonymous)"), "timeout", cfg.SignatureTimeout)
+	return checker, nil
 }
 
 // newGRPCServers builds the agent and admin gRPC servers: mTLS, the auth
@@ -261,6 +308,9 @@ func (s *Server) Serve(ctx context.Context) error {
 	}()
 	go func() { defer s.wg.Done(); s.dispatcher.Run(s.lifetime) }()
 	go func() { defer s.wg.Done(); s.fleet.Run(s.lifetime, time.Second) }()
+	if s.policy != nil {
+		s.wg.Go(func() { s.policy.Run(s.lifetime) })
+	}
 	go func() {
 		defer s.wg.Done()
 		handler := peers{dispatcher: s.dispatcher, fleet: s.fleet, sessions: s.sessions, logger: s.cfg.Logger.With("component", "peers")}

@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"fmt"
 	"net"
 	"os"
 	"os/exec"
@@ -127,5 +128,47 @@ func TestFlagsValidateAndFallBackToEnvironment(t *testing.T) {
 	t.Setenv("CONTROLPLANE_HEARTBEAT_INTERVAL", "15s")
 	if _, err := parseFlags([]string{"--log-format", "xml"}, &bytes.Buffer{}); err == nil || !strings.Contains(err.Error(), "--log-format") {
 		t.Errorf("bad log format: %v", err)
+	}
+}
+
+// --signature-policy and --registry-credentials fall back to the
+// environment, and a bad file fails the start with one line naming it.
+func TestSignatureFlags(t *testing.T) {
+	cfg, err := parseFlags(nil, &bytes.Buffer{})
+	if err != nil || cfg.SignaturePolicy != "" || cfg.RegistryCredentials != "" || cfg.SignatureTimeout != 30*time.Second {
+		t.Fatalf("defaults: %+v, %v", cfg, err)
+	}
+	dir := t.TempDir()
+	policy, creds := filepath.Join(dir, "policy.json"), filepath.Join(dir, "config.json")
+	if err := os.WriteFile(policy, []byte(`{"rules": [{"repository": "registry.example/*", "keys": ["missing.pub"]}]}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(creds, []byte(`{"auths": {}}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("CONTROLPLANE_SIGNATURE_POLICY", policy)
+	t.Setenv("CONTROLPLANE_REGISTRY_CREDENTIALS", creds)
+	t.Setenv("CONTROLPLANE_SIGNATURE_TIMEOUT", "5s")
+	cfg, err = parseFlags(nil, &bytes.Buffer{})
+	if err != nil || cfg.SignaturePolicy != policy || cfg.RegistryCredentials != creds || cfg.SignatureTimeout != 5*time.Second {
+		t.Fatalf("from the environment: %+v, %v", cfg, err)
+	}
+	err = cfg.CheckAndSetDefaults()
+	var line string
+	for l := range strings.Lines(fmt.Sprint(err)) {
+		if strings.Contains(l, "--signature-policy") {
+			line = l
+		}
+	}
+	if !strings.Contains(line, policy) || !strings.Contains(line, "missing.pub") || strings.Contains(fmt.Sprint(err), "--registry-credentials") {
+		t.Errorf("CheckAndSetDefaults = %v, want one line naming %s and its missing key, and no credentials error", err, policy)
+	}
+
+	if err := os.WriteFile(creds, []byte(`{not json`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg, _ = parseFlags([]string{"--signature-policy", ""}, &bytes.Buffer{})
+	if err := cfg.CheckAndSetDefaults(); err == nil || !strings.Contains(err.Error(), "--registry-credentials: registry credentials "+creds) || strings.Contains(err.Error(), "--signature-policy") {
+		t.Errorf("bad credentials file: %v", err)
 	}
 }
