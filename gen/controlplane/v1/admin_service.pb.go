@@ -573,8 +573,13 @@ type RolloutOptions struct {
 	// halt_after_failures stops starting new tenants after this many failed or
 	// rolled-back refreshes; 0 means never halt.
 	HaltAfterFailures uint32 `protobuf:"varint,4,opt,name=halt_after_failures,json=haltAfterFailures,proto3" json:"halt_after_failures,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// max_parallel_containers caps how many containers each tenant's agent
+	// recreates at once after its canary container; 0 means each agent's
+	// own setting, which a larger value cannot exceed (one at a time for a
+	// sensitive runtime: 1).
+	MaxParallelContainers uint32 `protobuf:"varint,5,opt,name=max_parallel_containers,json=maxParallelContainers,proto3" json:"max_parallel_containers,omitempty"`
+	unknownFields         protoimpl.UnknownFields
+	sizeCache             protoimpl.SizeCache
 }
 
 func (x *RolloutOptions) Reset() {
@@ -631,6 +636,13 @@ func (x *RolloutOptions) GetCanaryTenants() []string {
 func (x *RolloutOptions) GetHaltAfterFailures() uint32 {
 	if x != nil {
 		return x.HaltAfterFailures
+	}
+	return 0
+}
+
+func (x *RolloutOptions) GetMaxParallelContainers() uint32 {
+	if x != nil {
+		return x.MaxParallelContainers
 	}
 	return 0
 }
@@ -3517,12 +3529,13 @@ const file_controlplane_v1_admin_service_proto_rawDesc = "" +
 	"promotedAt\x12\x1f\n" +
 	"\vpromoted_by\x18\b \x01(\tR\n" +
 	"promotedBy\x12\x14\n" +
-	"\x05notes\x18\t \x01(\tR\x05notes\"\xb5\x01\n" +
+	"\x05notes\x18\t \x01(\tR\x05notes\"\xed\x01\n" +
 	"\x0eRolloutOptions\x12\x1a\n" +
 	"\bprefetch\x18\x01 \x01(\bR\bprefetch\x120\n" +
 	"\x14max_parallel_tenants\x18\x02 \x01(\rR\x12maxParallelTenants\x12%\n" +
 	"\x0ecanary_tenants\x18\x03 \x03(\tR\rcanaryTenants\x12.\n" +
-	"\x13halt_after_failures\x18\x04 \x01(\rR\x11haltAfterFailures\"\xbd\x01\n" +
+	"\x13halt_after_failures\x18\x04 \x01(\rR\x11haltAfterFailures\x126\n" +
+	"\x17max_parallel_containers\x18\x05 \x01(\rR\x15maxParallelContainers\"\xbd\x01\n" +
 	"\x1aPromoteRuntimeImageRequest\x12\x18\n" +
 	"\aruntime\x18\x01 \x01(\tR\aruntime\x12\x1b\n" +
 	"\timage_ref\x18\x02 \x01(\tR\bimageRef\x12\x17\n" +

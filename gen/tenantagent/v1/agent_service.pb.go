@@ -1161,7 +1161,11 @@ type CommandProgress struct {
 	// total_bytes is the sum of the layers' total bytes, as far as known.
 	TotalBytes uint64 `protobuf:"varint,8,opt,name=total_bytes,json=totalBytes,proto3" json:"total_bytes,omitempty"`
 	// message is a human-readable line about this step.
-	Message       string `protobuf:"bytes,9,opt,name=message,proto3" json:"message,omitempty"`
+	Message string `protobuf:"bytes,9,opt,name=message,proto3" json:"message,omitempty"`
+	// in_flight names the containers being recreated at this moment (the
+	// canary alone, then up to the command's parallelism); empty outside
+	// the recreate.
+	InFlight      []string `protobuf:"bytes,10,rep,name=in_flight,json=inFlight,proto3" json:"in_flight,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1257,6 +1261,13 @@ func (x *CommandProgress) GetMessage() string {
 		return x.Message
 	}
 	return ""
+}
+
+func (x *CommandProgress) GetInFlight() []string {
+	if x != nil {
+		return x.InFlight
+	}
+	return nil
 }
 
 // LayerProgress is the pull progress of one image layer.
@@ -1914,7 +1925,10 @@ func (x *RefreshRuntimeImage) GetDeadline() *timestamppb.Timestamp {
 // RefreshOptions tune one refresh. Zero values mean the agent's defaults.
 type RefreshOptions struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// max_parallel_containers is how many containers are recreated at once.
+	// max_parallel_containers is how many containers are recreated at once
+	// after the first (the canary) proved stable; 0 means the agent's own
+	// --max-parallel-recreates, and a larger value is capped at it: a
+	// command can ask for less parallelism, never more.
 	MaxParallelContainers uint32 `protobuf:"varint,1,opt,name=max_parallel_containers,json=maxParallelContainers,proto3" json:"max_parallel_containers,omitempty"`
 	// health_gate_timeout is how long a new container may take to become
 	// healthy before it is rolled back.
@@ -2277,7 +2291,7 @@ const file_tenantagent_v1_agent_service_proto_rawDesc = "" +
 	"CommandAck\x12\x1d\n" +
 	"\n" +
 	"command_id\x18\x01 \x01(\tR\tcommandId\x12\x1c\n" +
-	"\tduplicate\x18\x02 \x01(\bR\tduplicate\"\xe5\x02\n" +
+	"\tduplicate\x18\x02 \x01(\bR\tduplicate\"\x82\x03\n" +
 	"\x0fCommandProgress\x12\x1d\n" +
 	"\n" +
 	"command_id\x18\x01 \x01(\tR\tcommandId\x12\x1a\n" +
@@ -2289,7 +2303,9 @@ const file_tenantagent_v1_agent_service_proto_rawDesc = "" +
 	"\rcurrent_bytes\x18\a \x01(\x04R\fcurrentBytes\x12\x1f\n" +
 	"\vtotal_bytes\x18\b \x01(\x04R\n" +
 	"totalBytes\x12\x18\n" +
-	"\amessage\x18\t \x01(\tR\amessage\"}\n" +
+	"\amessage\x18\t \x01(\tR\amessage\x12\x1b\n" +
+	"\tin_flight\x18\n" +
+	" \x03(\tR\binFlight\"}\n" +
 	"\rLayerProgress\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x16\n" +
 	"\x06status\x18\x02 \x01(\tR\x06status\x12#\n" +
