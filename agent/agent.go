@@ -50,11 +50,16 @@ type Config struct {
 	RuntimeLabel        string
 	AllowRepositories   []string
 	RegistryCredentials string
-	HealthGateTimeout   time.Duration
-	StabilityWindow     time.Duration
-	PullTimeout         time.Duration
-	MaxParallel         int
-	HeartbeatInterval   time.Duration
+	// SignaturePolicy, if set, is the signature policy file
+	// (docs/signatures.md): the image of every refresh and prefetch must
+	// pass it before anything is pulled. It and its key files are re-read
+	// when they change; empty means images are not verified.
+	SignaturePolicy   string
+	HealthGateTimeout time.Duration
+	StabilityWindow   time.Duration
+	PullTimeout       time.Duration
+	MaxParallel       int
+	HeartbeatInterval time.Duration
 	// KeepaliveTime and KeepaliveTimeout are the HTTP/2 pings that find a
 	// dead connection (grpc-go pings at most every 10 s).
 	KeepaliveTime, KeepaliveTimeout time.Duration
@@ -145,6 +150,10 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	logger := cfg.Logger
+	policy, err := loadSignaturePolicy(cfg.SignaturePolicy, logger)
+	if err != nil {
+		return err
+	}
 	src, err := mtls.NewSource(cfg.TLS, logger)
 	if err != nil {
 		return err
@@ -173,9 +182,14 @@ func Run(ctx context.Context, cfg Config) error {
 		}
 		creds = c.For
 	}
+	m := metrics.New()
+	verifier, err := startSignatures(ctx, cfg, policy, creds, m)
+	if err != nil {
+		return err
+	}
 	exec, err := executor.New(executor.Config{
 		Engine: engine, Selector: selector, RepositoryPattern: cfg.RepositoryPattern, RuntimeLabel: cfg.RuntimeLabel,
-		AllowRepositories: cfg.AllowRepositories, Credentials: creds,
+		AllowRepositories: cfg.AllowRepositories, Credentials: creds, Signatures: verifier,
 		MinFreeDisk: cfg.MinFreeDisk, CleanupImages: cfg.KeepImages >= 0, KeepImages: cfg.KeepImages,
 		HealthGateTimeout: cfg.HealthGateTimeout, StabilityWindow: cfg.StabilityWindow, PullTimeout: cfg.PullTimeout, MaxParallel: cfg.MaxParallel,
 		Logger: logger,
@@ -188,14 +202,14 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	go pruneJournal(ctx, j, cfg.ResultRetention, logger)
-	m := metrics.New()
 	if err := serveMetrics(ctx, cfg.HTTPAddr, m, engine, logger); err != nil {
 		return err
 	}
 	run := runner.New(runner.Config{Journal: j, Executor: m.Executor(exec), Logger: logger})
 	hostname, _ := os.Hostname()
 	logger.Info("tenant agent starting", "component", "agent", "identity", id.ID, "version", version.String(),
-		"control_plane", cfg.ControlPlane, "control_plane_id", cfg.ControlPlaneID, "selector", selector, "state_dir", cfg.StateDir)
+		"control_plane", cfg.ControlPlane, "control_plane_id", cfg.ControlPlaneID, "selector", selector, "state_dir", cfg.StateDir,
+		"signature_policy", cfg.SignaturePolicy)
 	run.Start(ctx)
 	defer run.Wait()
 	return channel.Run(ctx, channel.Config{

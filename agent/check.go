@@ -14,13 +14,14 @@ import (
 	"github.com/molecule-ai/tenant-agent/agent/executor"
 	"github.com/molecule-ai/tenant-agent/pkg/identity"
 	"github.com/molecule-ai/tenant-agent/pkg/mtls"
+	"github.com/molecule-ai/tenant-agent/pkg/sigpolicy"
 )
 
 // checkTimeout bounds each check that talks to something.
 const checkTimeout = 15 * time.Second
 
-// Check verifies what the agent needs with cfg (its certificate, key and
-// CA, the control plane, Docker, the containers it would manage), prints
+// Check verifies what the agent needs with cfg (its signature policy, its
+// certificate, key and CA, the control plane, Docker, the containers it would manage), prints
 // one line per check to w ("ok   ..." or "FAIL ..."), and reports whether
 // all passed. It changes nothing: the control plane sees a stream opened
 // and closed before Hello.
@@ -29,6 +30,7 @@ func Check(ctx context.Context, cfg Config, w io.Writer) bool {
 	if err := cfg.CheckAndSetDefaults(); err != nil && cfg.TLS.CheckAndSetDefaults() == nil {
 		c.fail("flags", err) // TLS file errors get their own line below
 	}
+	c.signaturePolicy(cfg)
 	src, id := c.certificate(cfg)
 	if src != nil {
 		c.controlPlane(ctx, cfg, src)
@@ -97,6 +99,25 @@ func (c *checker) certificate(cfg Config) (*mtls.Source, identity.Identity) {
 		return nil, id
 	}
 	return src, id
+}
+
+// signaturePolicy loads --signature-policy and its key files, as the
+// agent's start does.
+func (c *checker) signaturePolicy(cfg Config) {
+	if cfg.SignaturePolicy == "" {
+		c.pass("signature policy", "off (no --signature-policy): images are adopted without verifying signatures")
+		return
+	}
+	p, err := sigpolicy.Load(cfg.SignaturePolicy)
+	if err != nil {
+		c.fail("signature policy", err)
+		return
+	}
+	modes := map[sigpolicy.Mode]int{}
+	for _, r := range p.Rules() {
+		modes[r.Mode]++
+	}
+	c.pass("signature policy", "%s: %d rules (%d enforce, %d warn)", cfg.SignaturePolicy, len(p.Rules()), modes[sigpolicy.Enforce], modes[sigpolicy.Warn])
 }
 
 func (c *checker) controlPlane(ctx context.Context, cfg Config, src *mtls.Source) {

@@ -117,6 +117,23 @@ func authenticator(a registry.AuthConfig) authn.Authenticator {
 	return authn.FromConfig(authn.AuthConfig{Username: a.Username, Password: a.Password, IdentityToken: a.IdentityToken, RegistryToken: a.RegistryToken})
 }
 
+// Keychain gives go-containerregistry the credentials of creds, for the
+// agent's own registry reads (signatures, agent/signature). creds is asked
+// at every Resolve, as at every pull, so rotated tokens are used.
+func Keychain(creds CredentialFunc) authn.Keychain { return keychain(creds) }
+
+type keychain CredentialFunc
+
+// Resolve looks up the credentials of the resource (a repository) the way
+// the pull does.
+func (k keychain) Resolve(r authn.Resource) (authn.Authenticator, error) {
+	a, err := k(r.String())
+	if err != nil {
+		return nil, err
+	}
+	return authenticator(a), nil
+}
+
 // encodeAuth is the X-Registry-Auth header value of a, or "" for none.
 func encodeAuth(a registry.AuthConfig) (string, error) {
 	if a == (registry.AuthConfig{}) {

@@ -6,6 +6,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/molecule-ai/tenant-agent/agent/docker"
+	"github.com/molecule-ai/tenant-agent/agent/signature"
 	tenantagentv1 "github.com/molecule-ai/tenant-agent/gen/tenantagent/v1"
 )
 
@@ -109,4 +110,10 @@ func layers(ls []docker.LayerProgress) []*tenantagentv1.LayerProgress {
 		out[i] = &tenantagentv1.LayerProgress{Id: l.ID, Status: l.Status, CurrentBytes: l.CurrentBytes, TotalBytes: l.TotalBytes}
 	}
 	return out
+}
+
+// signatureCheck is a signature verification as a CommandResult carries
+// it.
+func signatureCheck(c signature.Check) *tenantagentv1.SignatureCheck {
+	return &tenantagentv1.SignatureCheck{Rule: c.Rule, Mode: c.Mode, Verified: c.Verified, SignedBy: c.SignedBy, Problem: c.Problem, Cached: c.Cached, SignatureRef: c.SignatureRef}
 }

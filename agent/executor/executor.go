@@ -21,6 +21,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/molecule-ai/tenant-agent/agent/docker"
+	"github.com/molecule-ai/tenant-agent/agent/signature"
 	tenantagentv1 "github.com/molecule-ai/tenant-agent/gen/tenantagent/v1"
 	"github.com/molecule-ai/tenant-agent/pkg/imageref"
 	"github.com/molecule-ai/tenant-agent/pkg/limits"
@@ -48,6 +49,10 @@ type Config struct {
 	// Credentials returns a repository's registry credentials; it is
 	// asked at every pull, so rotated tokens work without a restart.
 	Credentials docker.CredentialFunc
+	// Signatures, if set, checks each refresh's and prefetch's image
+	// against the signature policy after the agent's own checks and
+	// before anything is pulled (phase VERIFYING); nil: no verification.
+	Signatures *signature.Verifier
 	// MinFreeDisk is the free space a pull must leave on Docker's data
 	// root; 0 still needs the image to fit (docker.Engine.CheckDisk).
 	MinFreeDisk uint64
@@ -275,12 +280,34 @@ func (x *Executor) Prefetch(ctx context.Context, cmd *tenantagentv1.PrefetchRunt
 	if err := x.check(cmd.GetRuntime(), cmd.GetImageRepository(), cmd.GetImageDigest(), byRuntime[cmd.GetRuntime()]); err != nil {
 		return failed(cmd.GetCommandId(), ref, tenantagentv1.CommandPhase_COMMAND_PHASE_UNSPECIFIED, err)
 	}
+	sig, err := x.verify(ctx, cmd.GetImageRepository(), cmd.GetImageDigest(), hooks)
+	if err != nil {
+		r := failed(cmd.GetCommandId(), ref, tenantagentv1.CommandPhase_COMMAND_PHASE_VERIFYING, fmt.Errorf("%w; nothing was pulled", err))
+		r.Signature = sig
+		return r
+	}
 	pulled, err := x.pull(ctx, ref, cmd.GetImageRepository(), hooks)
 	if err != nil {
-		return failed(cmd.GetCommandId(), ref, tenantagentv1.CommandPhase_COMMAND_PHASE_PULLING, err)
+		r := failed(cmd.GetCommandId(), ref, tenantagentv1.CommandPhase_COMMAND_PHASE_PULLING, err)
+		r.Signature = sig
+		return r
 	}
 	return &tenantagentv1.CommandResult{CommandId: cmd.GetCommandId(), Outcome: tenantagentv1.CommandOutcome_COMMAND_OUTCOME_SUCCEEDED, ImageRef: ref,
-		StartedAt: started, FinishedAt: timestamppb.Now(), PullDuration: durationpb.New(pulled.Duration), PulledBytes: pulled.Bytes}
+		StartedAt: started, FinishedAt: timestamppb.Now(), PullDuration: durationpb.New(pulled.Duration), PulledBytes: pulled.Bytes, Signature: sig}
+}
+
+// verify checks the image against the signature policy, if there is one,
+// before anything is pulled. A refusal is returned as an error for an
+// ordinary FAILED result in phase VERIFYING, so the control plane's
+// reconcile backs off from it as from any failed refresh. The check is
+// returned either way, for the result.
+func (x *Executor) verify(ctx context.Context, repo, digest string, hooks Hooks) (*tenantagentv1.SignatureCheck, error) {
+	if x.cfg.Signatures == nil {
+		return nil, nil
+	}
+	hooks.Progress(&Progress{Phase: tenantagentv1.CommandPhase_COMMAND_PHASE_VERIFYING, Message: "verifying the signature of " + repo + "@" + digest})
+	chk, err := x.cfg.Signatures.Verify(ctx, repo, digest)
+	return signatureCheck(chk), err
 }
 
 // pull resolves the registry credentials (now, so a rotated token is
@@ -338,6 +365,13 @@ func (x *Executor) Refresh(ctx context.Context, cmd *tenantagentv1.RefreshRuntim
 			todo = append(todo, c)
 		}
 	}
+	// Verified before the already-current shortcut too, so every result
+	// of an agent with a policy says whether its digest is signed.
+	sig, err := x.verify(ctx, repo, digest, hooks)
+	result.Signature = sig
+	if err != nil {
+		return x.nothingChanged(ctx, result, todo, tenantagentv1.CommandPhase_COMMAND_PHASE_VERIFYING, err), nil
+	}
 	if len(todo) == 0 {
 		hooks.Progress(&Progress{Phase: tenantagentv1.CommandPhase_COMMAND_PHASE_CONTAINER_DONE, Message: fmt.Sprintf("all %d containers already run %s", len(containers), digest)})
 		return finish(result, tenantagentv1.CommandOutcome_COMMAND_OUTCOME_SUCCEEDED, ""), nil
@@ -346,7 +380,7 @@ func (x *Executor) Refresh(ctx context.Context, cmd *tenantagentv1.RefreshRuntim
 	// Nothing is stopped before the image is present and verified.
 	pulled, err := x.pull(ctx, ref, repo, hooks)
 	if err != nil {
-		return x.pullFailed(ctx, result, todo, err), nil
+		return x.nothingChanged(ctx, result, todo, tenantagentv1.CommandPhase_COMMAND_PHASE_PULLING, err), nil
 	}
 	result.PullDuration, result.PulledBytes = durationpb.New(pulled.Duration), pulled.Bytes
 	target := docker.Target{Repository: repo, Digest: digest, ImageID: pulled.ImageID}
@@ -360,14 +394,15 @@ func (x *Executor) Refresh(ctx context.Context, cmd *tenantagentv1.RefreshRuntim
 	return x.cleanUp(ctx, summarize(result), repo, digest, todo, hooks), nil
 }
 
-// pullFailed is a refresh whose pull failed or was canceled: nothing was
-// changed.
-func (x *Executor) pullFailed(ctx context.Context, result *tenantagentv1.CommandResult, todo []docker.Container, err error) *tenantagentv1.CommandResult {
+// nothingChanged is a refresh that failed or was canceled in phase
+// (verifying or pulling), before any container was touched.
+func (x *Executor) nothingChanged(ctx context.Context, result *tenantagentv1.CommandResult, todo []docker.Container, phase tenantagentv1.CommandPhase, err error) *tenantagentv1.CommandResult {
 	if ctx.Err() != nil {
-		return x.notAttempted(finish(result, tenantagentv1.CommandOutcome_COMMAND_OUTCOME_CANCELED, "canceled during the pull; nothing was changed"), todo)
+		msg := fmt.Sprintf("canceled while %s; nothing was changed", strings.ToLower(strings.TrimPrefix(phase.String(), "COMMAND_PHASE_")))
+		return x.notAttempted(finish(result, tenantagentv1.CommandOutcome_COMMAND_OUTCOME_CANCELED, msg), todo)
 	}
 	r := x.notAttempted(finish(result, tenantagentv1.CommandOutcome_COMMAND_OUTCOME_FAILED, fmt.Sprintf("%v; nothing was changed", err)), todo)
-	r.FailedPhase = tenantagentv1.CommandPhase_COMMAND_PHASE_PULLING
+	r.FailedPhase = phase
 	return r
 }
 

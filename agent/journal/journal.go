@@ -197,12 +197,25 @@ func (j *Journal) writeLocked(r *Record) error {
 	if err != nil {
 		return err
 	}
-	tmp, err := os.CreateTemp(j.dir, "."+r.ID+".tmp*")
+	if err := WriteAtomic(j.path(r.ID), b); err != nil {
+		return err
+	}
+	j.records[r.ID] = r.clone()
+	return nil
+}
+
+// WriteAtomic replaces path with data so that a crash leaves either the
+// old file or the new one, never a part: a temporary file beside it
+// (named ".<name>.tmp*", which readers of the directory skip), synced,
+// renamed over path, and the directory synced.
+func WriteAtomic(path string, data []byte) error {
+	dir := filepath.Dir(path)
+	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp*")
 	if err != nil {
 		return err
 	}
 	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(b); err != nil {
+	if _, err := tmp.Write(data); err != nil {
 		tmp.Close()
 		return err
 	}
@@ -213,13 +226,12 @@ func (j *Journal) writeLocked(r *Record) error {
 	if err := tmp.Close(); err != nil {
 		return err
 	}
-	if err := os.Rename(tmp.Name(), j.path(r.ID)); err != nil {
+	if err := os.Rename(tmp.Name(), path); err != nil {
 		return err
 	}
-	if d, err := os.Open(j.dir); err == nil {
+	if d, err := os.Open(dir); err == nil {
 		d.Sync()
 		d.Close()
 	}
-	j.records[r.ID] = r.clone()
 	return nil
 }

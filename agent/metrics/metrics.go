@@ -1,6 +1,6 @@
 // Package metrics exposes the tenant agent on --http-addr: /metrics for
 // Prometheus (commands by outcome, pulls, recreate downtime, Docker and
-// control plane reachability, heartbeat age) and /healthz for supervisors.
+// control plane reachability, heartbeat age, signature checks) and /healthz for supervisors.
 // No label holds a container or command ID.
 package metrics
 
@@ -22,6 +22,7 @@ import (
 	"github.com/molecule-ai/tenant-agent/agent/docker"
 	"github.com/molecule-ai/tenant-agent/agent/executor"
 	"github.com/molecule-ai/tenant-agent/agent/runner"
+	"github.com/molecule-ai/tenant-agent/agent/signature"
 	tenantagentv1 "github.com/molecule-ai/tenant-agent/gen/tenantagent/v1"
 )
 
@@ -38,6 +39,7 @@ type Metrics struct {
 	downtime        prometheus.Histogram
 	dockerReachable prometheus.Gauge
 	connected       prometheus.Gauge
+	signatureChecks *prometheus.CounterVec
 	lastHeartbeat   atomic.Int64 // unix nanoseconds; 0: none yet
 	now             func() time.Time
 }
@@ -66,12 +68,19 @@ func New() *Metrics {
 		connected: prometheus.NewGauge(prometheus.GaugeOpts{
 			Namespace: namespace, Name: "controlplane_connected", Help: "1 while a stream to the control plane is open and welcomed.",
 		}),
+		signatureChecks: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: namespace, Name: "signature_checks_total",
+			Help: "Image signature checks against the signature policy, by result: verified, cached, refused, warned (warn mode, adopted), error (signatures unreadable).",
+		}, []string{"result"}),
 		now: time.Now,
+	}
+	for _, o := range signature.Outcomes {
+		m.signatureChecks.WithLabelValues(string(o)) // every result shows, at 0
 	}
 	heartbeatAge := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Namespace: namespace, Name: "heartbeat_age_seconds", Help: "Seconds since the last Hello or health report reached the stream; -1 before the first.",
 	}, m.heartbeatAge)
-	m.Registry.MustRegister(m.commands, m.pullBytes, m.pullDuration, m.downtime, m.dockerReachable, m.connected, heartbeatAge,
+	m.Registry.MustRegister(m.commands, m.pullBytes, m.pullDuration, m.downtime, m.dockerReachable, m.connected, m.signatureChecks, heartbeatAge,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -84,6 +93,11 @@ func (m *Metrics) Heartbeat() { m.lastHeartbeat.Store(m.now().UnixNano()) }
 
 // DockerReachable reports Docker's state (docker.WatchOptions.OnReachable).
 func (m *Metrics) DockerReachable(ok bool) { m.dockerReachable.Set(boolFloat(ok)) }
+
+// SignatureChecked counts a signature check (signature.Config.Observe).
+func (m *Metrics) SignatureChecked(o signature.Outcome) {
+	m.signatureChecks.WithLabelValues(string(o)).Inc()
+}
 
 func (m *Metrics) heartbeatAge() float64 {
 	last := m.lastHeartbeat.Load()

@@ -15,6 +15,7 @@ import (
 
 	"github.com/molecule-ai/tenant-agent/agent/docker"
 	"github.com/molecule-ai/tenant-agent/agent/executor"
+	"github.com/molecule-ai/tenant-agent/agent/signature"
 	tenantagentv1 "github.com/molecule-ai/tenant-agent/gen/tenantagent/v1"
 	"github.com/molecule-ai/tenant-agent/internal/testlog"
 )
@@ -79,6 +80,9 @@ func TestScrapeAfterCommands(t *testing.T) {
 	x.Refresh(context.Background(), &tenantagentv1.RefreshRuntimeImage{}, executor.Hooks{})
 	x.Prefetch(context.Background(), &tenantagentv1.PrefetchRuntimeImage{}, executor.Hooks{})
 	x.Recover(context.Background(), "c", "r", nil) // a crash: not a finished command
+	m.SignatureChecked(signature.Verified)
+	m.SignatureChecked(signature.Refused)
+	m.SignatureChecked(signature.Refused)
 	m.Connected(true)
 	m.DockerReachable(true)
 	m.Heartbeat()
@@ -96,6 +100,9 @@ func TestScrapeAfterCommands(t *testing.T) {
 		`tenantagent_agent_docker_reachable 1`,
 		`tenantagent_agent_controlplane_connected 1`,
 		`tenantagent_agent_heartbeat_age_seconds 7`,
+		`tenantagent_agent_signature_checks_total{result="verified"} 1`,
+		`tenantagent_agent_signature_checks_total{result="refused"} 2`,
+		`tenantagent_agent_signature_checks_total{result="cached"} 0`,
 		`go_goroutines `,
 	} {
 		if !strings.Contains(body, want+"\n") && !strings.Contains(body, want) {

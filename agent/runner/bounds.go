@@ -66,4 +66,11 @@ func boundResult(r *tenantagentv1.CommandResult) {
 		c.Error = limits.Truncate(c.Error, limits.Message)
 		c.Name = limits.Truncate(c.Name, limits.Name)
 	}
+	if s := r.Signature; s != nil {
+		s.Rule = limits.Truncate(s.Rule, limits.ImageRef)
+		s.Mode = limits.Truncate(s.Mode, limits.Name)
+		s.SignedBy = limits.Truncate(s.SignedBy, limits.Message)
+		s.Problem = limits.Truncate(s.Problem, limits.Message)
+		s.SignatureRef = limits.Truncate(s.SignatureRef, limits.ImageRef)
+	}
 }

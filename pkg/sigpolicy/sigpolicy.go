@@ -3,7 +3,7 @@
 // missing or bad signature refuses the image (enforce) or is only
 // reported (warn). It reads and validates the policy file and keeps it
 // current (Source); it does not verify anything itself (see
-// pkg/sigverify) and is not wired into the agent yet.
+// pkg/sigverify); the agent's agent/signature applies it.
 //
 // # File format
 //
@@ -123,6 +123,10 @@ type Rule struct {
 	Pattern string
 	// Keys are the rule's public keys, in the order of the file.
 	Keys sigverify.Keys
+	// KeyNames name Keys[i] as the policy does, for reports: the file
+	// path as written ("keys/release-2027.pub") or "keys[1] (inline PEM)",
+	// with " #2" for the second key of an entry holding several.
+	KeyNames []string
 	// Mode is Enforce or Warn.
 	Mode Mode
 	// SignatureRepository is where signatures are, "" for the image's own
@@ -301,6 +305,7 @@ func parseRule(i int, rj ruleJSON, dir string) (Rule, []fileStamp, error) {
 	for k, entry := range rj.Keys {
 		var data []byte
 		what := fmt.Sprintf("keys[%d] (inline PEM)", k)
+		name := what
 		if strings.Contains(entry, "-----BEGIN") {
 			data = []byte(entry)
 		} else {
@@ -312,6 +317,7 @@ func parseRule(i int, rj ruleJSON, dir string) (Rule, []fileStamp, error) {
 				p = filepath.Join(dir, p)
 			}
 			what = fmt.Sprintf("keys[%d] (file %s)", k, limits.Quoted(p))
+			name = limits.Truncate(entry, limits.Quote)
 			files = append(files, stamp(p))
 			if data, err = readBounded(p, MaxKeyFile); err != nil {
 				return r, files, fmt.Errorf("keys[%d]: %w", k, err)
@@ -325,6 +331,13 @@ func parseRule(i int, rj ruleJSON, dir string) (Rule, []fileStamp, error) {
 			return r, files, fmt.Errorf("%s: more than %d public keys in the rule", what, MaxKeysPerRule)
 		}
 		r.Keys = append(r.Keys, keys...)
+		for b := range keys {
+			if b == 0 {
+				r.KeyNames = append(r.KeyNames, name)
+			} else {
+				r.KeyNames = append(r.KeyNames, fmt.Sprintf("%s #%d", name, b+1))
+			}
+		}
 	}
 	return r, files, nil
 }

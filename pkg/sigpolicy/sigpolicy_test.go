@@ -389,3 +389,23 @@ func TestSourceRun(t *testing.T) {
 		t.Fatal("Run did not pick up the change")
 	}
 }
+
+// A rule names each key as the file does, so a report can say which key
+// signed: a key file by its path as written, inline PEM by its entry, and
+// the later keys of an entry holding several by number.
+func TestKeyNames(t *testing.T) {
+	dir := t.TempDir()
+	two := pemOf(t) + pemOf(t)
+	writeFile(t, filepath.Join(dir, "release.pub"), []byte(two))
+	path := filepath.Join(dir, "policy.json")
+	writePolicy(t, path, rule{Repository: "r.example/a", Keys: []string{"release.pub", pemOf(t)}})
+	p, err := sigpolicy.Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, _ := p.Rule("r.example/a")
+	want := []string{"release.pub", "release.pub #2", "keys[1] (inline PEM)"}
+	if len(r.Keys) != 3 || strings.Join(r.KeyNames, "|") != strings.Join(want, "|") {
+		t.Errorf("%d keys named %q, want %q", len(r.Keys), r.KeyNames, want)
+	}
+}

@@ -7,8 +7,10 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -21,6 +23,7 @@ import (
 	"github.com/molecule-ai/tenant-agent/controlplane/server"
 	controlplanev1 "github.com/molecule-ai/tenant-agent/gen/controlplane/v1"
 	"github.com/molecule-ai/tenant-agent/internal/registrytest"
+	"github.com/molecule-ai/tenant-agent/internal/sigtest"
 	"github.com/molecule-ai/tenant-agent/internal/testlog"
 	"github.com/molecule-ai/tenant-agent/pkg/mtls"
 )
@@ -128,6 +131,33 @@ func TestCheckSubcommand(t *testing.T) {
 	if code != 0 || strings.Contains(out, "FAIL") {
 		t.Errorf("pass case: exit %d:\n%s", code, out)
 	}
+
+	t.Run("signature policy", func(t *testing.T) {
+		dir := t.TempDir()
+		good, bad := filepath.Join(dir, "good.json"), filepath.Join(dir, "bad.json")
+		os.WriteFile(good, []byte(`{"rules": [{"repository": "registry.example/molecule-ai/*", "keys": [`+strconv.Quote(string(sigtest.NewSigner(t).PublicKeyPEM))+`], "mode": "warn"}]}`), 0o600)
+		os.WriteFile(bad, []byte(`{"rules": [{"repository": "registry.example/molecule-ai/*", "keys": ["missing.pub"]}]}`), 0o600)
+		code, out := check(t, bin, append(append([]string(nil), args...), "--signature-policy", good)...)
+		if want := "ok   signature policy: " + good + ": 1 rules (0 enforce, 1 warn)"; code != 0 || !strings.Contains(out, want) {
+			t.Errorf("exit %d, want 0 and %q:\n%s", code, want, out)
+		}
+		code, out = check(t, bin, append(append([]string(nil), args...), "--signature-policy", bad)...)
+		if want := "FAIL signature policy: signature policy " + bad + ": rules[0]: keys[0]: open "; code != 1 || !strings.Contains(out, want) {
+			t.Errorf("exit %d, want 1 and %q:\n%s", code, want, out)
+		}
+		// The agent itself refuses to start on it, in one line naming the file.
+		cmd := exec.Command(bin, append(append([]string(nil), args...), "--signature-policy", bad)...)
+		var stderr strings.Builder
+		cmd.Stderr = &stderr
+		err := cmd.Run()
+		last := strings.TrimSpace(stderr.String())
+		if i := strings.LastIndex(last, "\n"); i >= 0 {
+			last = last[i+1:]
+		}
+		if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 1 || !strings.HasPrefix(last, "tenant-agent: --signature-policy: signature policy "+bad+": rules[0]: keys[0]: open ") {
+			t.Errorf("start with a bad policy: %v, last line %q", err, last)
+		}
+	})
 
 	t.Run("wrong CA", func(t *testing.T) {
 		other := pkitest.New(t, "acme")

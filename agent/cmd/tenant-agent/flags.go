@@ -23,7 +23,8 @@ recreate that fails its health gate is rolled back.
 
 The tenant is read from the agent's certificate (spiffe://<td>/tenant/<slug>).
 Only digest references are accepted, only for the runtime's own repository
-(--repository-pattern) and the allow-list (--allow-repos). Container
+(--repository-pattern) and the allow-list (--allow-repos), and with
+--signature-policy only images signed by a key the policy names. Container
 environment and inspect output never leave the host.
 
 Example:
@@ -59,6 +60,13 @@ func parseFlags(args []string, stdout io.Writer) (agent.Config, error) {
 	fs.StringVar(&cfg.RuntimeLabel, "runtime-label", "", "container label naming its runtime, if set (wins over --repository-pattern)")
 	allow := fs.String("allow-repos", "", "repositories commands may use, comma-separated; an entry ending in / is a prefix\n(default: only the repository a runtime's containers already run)")
 	fs.StringVar(&cfg.RegistryCredentials, "registry-credentials", defaultCredentials(), "Docker config file with registry credentials: auths, credHelpers and credsStore, a helper being\ndocker-credential-<name> on PATH (e.g. \"credHelpers\": {\"<id>.dkr.ecr.<region>.amazonaws.com\": \"ecr-login\"});\nread again, and the helper run again, at each pull, so rotated tokens need no restart")
+	fs.StringVar(&cfg.SignaturePolicy, "signature-policy", "", "signature policy `file` (JSON; see docs/signatures.md): before pulling, the image of every refresh and\n"+
+		"prefetch must carry a cosign signature by a key of the most specific rule matching its repository; no\n"+
+		"matching rule refuses it. In \"enforce\" mode a missing or bad signature fails the command (phase VERIFYING,\n"+
+		"nothing pulled or stopped); in \"warn\" mode the image is adopted and the result reports the problem.\n"+
+		"Signatures are read with --registry-credentials; verified digests are remembered in --state-dir. The file\n"+
+		"and its key files are re-read when they change (a bad edit is logged and the last good policy kept); a bad\n"+
+		"file fails the start. Empty: images are not verified")
 	fs.Var(byteSize{&cfg.MinFreeDisk}, "min-free-disk", "`size` a pull must leave free on Docker's data root (e.g. 5GiB, 500MiB); a pull that would leave\nless is refused before anything is touched")
 	fs.IntVar(&cfg.KeepImages, "keep-images", cfg.KeepImages, "after a successful refresh, the runtime's unused images kept besides the adopted one (the rollback\ntarget); older ones no container uses are removed; -1 removes none")
 	fs.DurationVar(&cfg.HealthGateTimeout, "health-gate-timeout", cfg.HealthGateTimeout, "how long a new container may take to become healthy before it is rolled back")

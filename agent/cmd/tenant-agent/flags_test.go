@@ -22,3 +22,17 @@ func TestControlPlaneIDFlag(t *testing.T) {
 		t.Errorf("a bad ID passed: %v", err)
 	}
 }
+
+func TestSignaturePolicyFlag(t *testing.T) {
+	cfg, err := parseFlags(nil, io.Discard)
+	if err != nil || cfg.SignaturePolicy != "" {
+		t.Fatalf("default: %q, %v; want verification off", cfg.SignaturePolicy, err)
+	}
+	t.Setenv("TENANT_AGENT_SIGNATURE_POLICY", "/etc/tenant-agent/signatures.json")
+	if cfg, err = parseFlags(nil, io.Discard); err != nil || cfg.SignaturePolicy != "/etc/tenant-agent/signatures.json" {
+		t.Fatalf("from the environment: %q, %v", cfg.SignaturePolicy, err)
+	}
+	if cfg, err = parseFlags([]string{"--signature-policy", "p.json"}, io.Discard); err != nil || cfg.SignaturePolicy != "p.json" {
+		t.Fatalf("the flag wins: %q, %v", cfg.SignaturePolicy, err)
+	}
+}
