@@ -87,11 +87,11 @@ BENCH_REPLICAS ?= 3
 BENCH_REPLICAS_N ?= 1000
 
 bench: build ## Fleet fan-out and memory at BENCH_N agents, promote acks across BENCH_REPLICAS replicas on PostgreSQL, recreate downtime over BENCH_ROUNDS rounds (needs Docker and PostgreSQL)
-	@echo "| N | connect | CP RSS per agent | acked p50 / p99 | all acked | all stored | bare broadcast p50 / p99 / all | all acked / bare | restart storm |"
-	@echo "|---|---|---|---|---|---|---|---|---|"
-	@ulimit -n 20000 2>/dev/null; for n in $(BENCH_N); do $(GO) run ./bench/fleetsim -n $$n || exit 1; done
+	@echo "| N | connect | CP RSS per agent | acked p50 / p99 | all acked | all stored | bare broadcast p50 / p99 / all | all acked / bare | kill -9 storm | SIGTERM storm |"
+	@echo "|---|---|---|---|---|---|---|---|---|---|"
+	@for n in $(BENCH_N); do $(GO) run ./bench/fleetsim -n $$n || exit 1; done
 	@echo
-	@if [ "$(BENCH_REPLICAS)" != 0 ]; then ulimit -n 20000 2>/dev/null; \
+	@if [ "$(BENCH_REPLICAS)" != 0 ]; then \
 		$(GO) run ./bench/fleetsim -replicas $(BENCH_REPLICAS) -n $(BENCH_REPLICAS_N) || exit 1; fi
 	@echo
 	@echo "| rounds | ours (median) | naive (median) | docker restart (median) | ours / restart | naive / restart |"

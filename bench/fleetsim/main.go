@@ -72,6 +72,8 @@ type result struct {
 	RatioToBare         float64 `json:"acked_all_ratio_to_bare"`
 	ReconnectSeconds    float64 `json:"reconnect_storm_seconds"`
 	PeakReconnectPerSec float64 `json:"peak_reconnects_per_second"`
+	Kill                storm   `json:"kill_storm"`
+	Term                storm   `json:"term_storm"`
 	// NoAckedEvent counts commands whose record has no ACKED event; their
 	// acked time is their result's.
 	NoAckedEvent int `json:"no_acked_event"`
@@ -86,6 +88,7 @@ func main() {
 	promotes := flag.Int("promotes", 3, "with -replicas: promotes per setup")
 	pgStatements := flag.Bool("pg-statements", false, "with -replicas: have PostgreSQL log every statement and count them per promote (slows PostgreSQL; a diagnosis, not a measurement)")
 	flag.Parse()
+	raiseFileLimit(2*max(*n, 1000) + 1000)
 	if *replicas > 0 {
 		res, err := runReplicas(*n, *replicas, *promotes, *pgStatements, *cpBin, *work)
 		if err != nil {
@@ -108,9 +111,9 @@ func main() {
 		json.NewEncoder(os.Stdout).Encode(res)
 		return
 	}
-	fmt.Printf("| %d | %.2f s | %s | %.0f ms / %.0f ms | %.2f s | %.2f s | %.0f ms / %.0f ms / %.2f s | %.2fx | %.2f s (peak %.0f/s) |\n",
+	fmt.Printf("| %d | %.2f s | %s | %.0f ms / %.0f ms | %.2f s | %.2f s | %.0f ms / %.0f ms / %.2f s | %.2fx | %.2f s (peak %.0f/s) | %.2f s (peak %.0f/s) |\n",
 		res.N, res.ConnectSeconds, kib(res.RSSPerAgentBytes), res.AckedP50*1000, res.AckedP99*1000, res.AckedAll, res.StoredAll,
-		res.BareP50*1000, res.BareP99*1000, res.BareAll, res.RatioToBare, res.ReconnectSeconds, res.PeakReconnectPerSec)
+		res.BareP50*1000, res.BareP99*1000, res.BareAll, res.RatioToBare, res.Kill.Seconds, res.Kill.PeakPerSec, res.Term.Seconds, res.Term.PeakPerSec)
 }
 
 func kib(b int64) string { return fmt.Sprintf("%.1f KiB", float64(b)/1024) }
@@ -151,7 +154,7 @@ func run(n int, cpBin, work string) (result, error) {
 	stackBefore := metric(metricsURL, "go_memstats_stack_inuse_bytes")
 
 	// The fleet: real channels and runners, an executor that answers at once.
-	fmt.Fprintf(os.Stderr, "connecting %d agents\n", n)
+	fmt.Fprintf(os.Stderr, "connecting %d agents (load %s)\n", n, loadavg())
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	start := time.Now()
@@ -169,7 +172,7 @@ func run(n int, cpBin, work string) (result, error) {
 	res.StackPerAgentBytes = int64((metric(metricsURL, "go_memstats_stack_inuse_bytes") - stackBefore) / float64(n))
 
 	// Promote to the whole fleet at once.
-	fmt.Fprintln(os.Stderr, "promoting")
+	fmt.Fprintf(os.Stderr, "promoting (load %s)\n", loadavg())
 	admin, err := adminClient(certDir, addrs[1])
 	if err != nil {
 		return res, err
@@ -219,28 +222,95 @@ func run(n int, cpBin, work string) (result, error) {
 
 	// A control plane crash and restart: every agent redials with backoff
 	// and full jitter.
-	fmt.Fprintln(os.Stderr, "restart storm")
-	cp.Process.Signal(syscall.SIGKILL)
-	cp.Wait()
-	cp, err = startCP(cpBin, dir, certDir, addrs)
-	if err != nil {
+	fmt.Fprintln(os.Stderr, "restart storm (kill -9)")
+	if cp, res.Kill, err = restartStorm(cp, syscall.SIGKILL, n, cpBin, dir, certDir, addrs); err != nil {
 		return res, err
 	}
+	res.ReconnectSeconds, res.PeakReconnectPerSec = res.Kill.Seconds, res.Kill.PeakPerSec
+	// A graceful stop: the control plane tells every agent to come back
+	// after a random delay up to its --reconnect-stagger.
+	fmt.Fprintln(os.Stderr, "restart storm (SIGTERM)")
+	if cp, res.Term, err = restartStorm(cp, syscall.SIGTERM, n, cpBin, dir, certDir, addrs); err != nil {
+		return res, err
+	}
+	return res, nil
+}
+
+// storm is one restart of the control plane under a connected fleet.
+type storm struct {
+	// Seconds runs from the restarted control plane being healthy until
+	// all agents are connected again; Down from the signal until healthy.
+	Seconds    float64 `json:"seconds"`
+	Down       float64 `json:"down_seconds"`
+	PeakPerSec float64 `json:"peak_reconnects_per_second"`
+	// From the restarted control plane's /metrics (-1 where it has no
+	// such series): TLS handshakes, full and resumed, and connections
+	// told to come back later because handshakes were at their bound.
+	FullHandshakes    float64 `json:"full_handshakes"`
+	ResumedHandshakes float64 `json:"resumed_handshakes"`
+	HandshakesShed    float64 `json:"handshakes_shed"`
+	// CPUSeconds is the restarted control plane's own CPU time until all
+	// were back (/proc/<pid>/stat).
+	CPUSeconds float64 `json:"cp_cpu_seconds"`
+}
+
+// restartStorm stops cp with sig, starts it again on the same store and
+// addresses, and times the fleet of n coming back.
+func restartStorm(cp *exec.Cmd, sig syscall.Signal, n int, cpBin, dir, certDir string, addrs [3]string) (*exec.Cmd, storm, error) {
+	var st storm
+	t0 := time.Now()
+	cp.Process.Signal(sig)
+	cp.Wait()
+	cp, err := startCP(cpBin, dir, certDir, addrs)
+	if err != nil {
+		return nil, st, err
+	}
 	t1 := time.Now()
-	var peak float64
+	st.Down = t1.Sub(t0).Seconds()
+	metricsURL := "http://" + addrs[2] + "/metrics"
 	last, lastAt := 0.0, t1
 	if err := waitMetric(metricsURL, "tenantagent_controlplane_connected_agents", float64(n), 5*time.Minute, func(v float64) {
 		now := time.Now()
 		if dt := now.Sub(lastAt).Seconds(); dt >= 0.5 {
-			peak = max(peak, (v-last)/dt)
+			st.PeakPerSec = max(st.PeakPerSec, (v-last)/dt)
 			last, lastAt = v, now
 		}
 	}); err != nil {
-		return res, err
+		return cp, st, err
 	}
-	res.ReconnectSeconds = time.Since(t1).Seconds()
-	res.PeakReconnectPerSec = peak
-	return res, nil
+	st.Seconds = time.Since(t1).Seconds()
+	st.CPUSeconds = procCPU(cp.Process.Pid).Seconds()
+	st.FullHandshakes = metric(metricsURL, `tenantagent_controlplane_tls_handshakes_total{resumed="false"}`)
+	st.ResumedHandshakes = metric(metricsURL, `tenantagent_controlplane_tls_handshakes_total{resumed="true"}`)
+	st.HandshakesShed = metric(metricsURL, `tenantagent_controlplane_agent_admissions_refused_total{reason="handshakes"}`)
+	fmt.Fprintf(os.Stderr, "  %s: all %d back %.2f s after the restart (down %.2f s), peak %.0f/s; handshakes full %v, resumed %v, shed %v; control plane CPU %.2f s; load %s\n",
+		sig, n, st.Seconds, st.Down, st.PeakPerSec, st.FullHandshakes, st.ResumedHandshakes, st.HandshakesShed, st.CPUSeconds, loadavg())
+	return cp, st, nil
+}
+
+// loadavg is /proc/loadavg's first three fields, for the record beside a
+// measurement on a shared machine.
+func loadavg() string {
+	b, _ := os.ReadFile("/proc/loadavg")
+	f := strings.Fields(string(b))
+	if len(f) < 3 {
+		return "?"
+	}
+	return strings.Join(f[:3], " ")
+}
+
+// raiseFileLimit lifts this process's soft limit on open files to its hard
+// limit: every simulated agent holds a socket and the control plane (our
+// child, which inherits the limit) one per agent.
+func raiseFileLimit(need int) {
+	var lim syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+		return
+	}
+	lim.Cur = lim.Max
+	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil || lim.Cur < uint64(need) {
+		fmt.Fprintf(os.Stderr, "fleetsim: open files limited to %d; %d agents need about %d\n", lim.Cur, need/2, need)
+	}
 }
 
 // issueCerts makes a dev PKI in certDir and issues n agent certificates
