@@ -89,6 +89,9 @@ func checkPromote(req *controlplanev1.PromoteRuntimeImageRequest) error {
 			return err
 		}
 	}
+	if n := req.GetOptions().GetMaxParallelContainers(); n > maxParallelContainers {
+		return cperr.Invalid("options.max_parallel_containers is %d, at most %d", n, maxParallelContainers)
+	}
 	return nil
 }
 
@@ -121,9 +124,13 @@ func (s *service) PromoteRuntimeImage(req *controlplanev1.PromoteRuntimeImageReq
 	}
 }
 
+// maxParallelContainers bounds a command's parallel recreates; an agent
+// caps it again at its own --max-parallel-recreates.
+const maxParallelContainers = 64
+
 func checkOptions(o *tenantagentv1.RefreshOptions) error {
-	if o.GetMaxParallelContainers() > 64 {
-		return cperr.Invalid("options.max_parallel_containers is %d, at most 64", o.GetMaxParallelContainers())
+	if o.GetMaxParallelContainers() > maxParallelContainers {
+		return cperr.Invalid("options.max_parallel_containers is %d, at most %d", o.GetMaxParallelContainers(), maxParallelContainers)
 	}
 	for name, d := range map[string]interface{ AsDuration() time.Duration }{"health_gate_timeout": o.GetHealthGateTimeout(), "stability_window": o.GetStabilityWindow()} {
 		if d != nil && d.AsDuration() < 0 {

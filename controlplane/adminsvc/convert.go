@@ -17,7 +17,7 @@ func promoteRequest(req *controlplanev1.PromoteRuntimeImageRequest) rollout.Requ
 	o := req.GetOptions()
 	return rollout.Request{Runtime: req.GetRuntime(), ImageRef: req.GetImageRef(), GitSHA: req.GetGitSha(), Notes: req.GetNotes(),
 		Options: store.RolloutOptions{Prefetch: o.GetPrefetch(), CanaryTenants: o.GetCanaryTenants(),
-			MaxParallelTenants: o.GetMaxParallelTenants(), HaltAfterFailures: o.GetHaltAfterFailures()}}
+			MaxParallelTenants: o.GetMaxParallelTenants(), HaltAfterFailures: o.GetHaltAfterFailures(), MaxParallelContainers: o.GetMaxParallelContainers()}}
 }
 
 func rolloutEventProto(ev rollout.Event) *controlplanev1.RolloutEvent {
@@ -106,8 +106,9 @@ func rolloutProto(ro store.Rollout, c rollout.Counts) *controlplanev1.Rollout {
 	o := ro.Options
 	return &controlplanev1.Rollout{
 		RolloutId: ro.ID, Runtime: ro.Runtime, ImageRef: ro.Repository + "@" + ro.Digest,
-		Options: &controlplanev1.RolloutOptions{Prefetch: o.Prefetch, CanaryTenants: o.CanaryTenants, MaxParallelTenants: o.MaxParallelTenants, HaltAfterFailures: o.HaltAfterFailures},
-		State:   state, RequestedBy: ro.RequestedBy, CreatedAt: timestamppb.New(ro.CreatedAt), UpdatedAt: timestamppb.New(ro.UpdatedAt), Message: ro.Message,
+		Options: &controlplanev1.RolloutOptions{Prefetch: o.Prefetch, CanaryTenants: o.CanaryTenants, MaxParallelTenants: o.MaxParallelTenants, HaltAfterFailures: o.HaltAfterFailures,
+			MaxParallelContainers: o.MaxParallelContainers},
+		State: state, RequestedBy: ro.RequestedBy, CreatedAt: timestamppb.New(ro.CreatedAt), UpdatedAt: timestamppb.New(ro.UpdatedAt), Message: ro.Message,
 		Counts: &controlplanev1.RolloutCounts{Tenants: c.Tenants, Succeeded: c.Succeeded, Failed: c.Failed, Skipped: c.Skipped},
 	}
 }

@@ -34,6 +34,7 @@ import (
 	"github.com/molecule-ai/tenant-agent/controlplane/pubsub"
 	"github.com/molecule-ai/tenant-agent/controlplane/store"
 	controlplanev1 "github.com/molecule-ai/tenant-agent/gen/controlplane/v1"
+	tenantagentv1 "github.com/molecule-ai/tenant-agent/gen/tenantagent/v1"
 	"github.com/molecule-ai/tenant-agent/pkg/identity"
 	"github.com/molecule-ai/tenant-agent/pkg/imageref"
 	"github.com/molecule-ai/tenant-agent/pkg/limits"
@@ -726,8 +727,12 @@ func (x *run) plan(existing []*store.Command, kind controlplanev1.CommandKind, t
 			cmds = append(cmds, existing[i])
 			continue
 		}
-		c, err := x.cfg.Dispatcher.Command(dispatch.Request{Kind: kind, Runtime: x.ro.Runtime, Repository: x.ro.Repository, Digest: x.ro.Digest,
-			RequestedBy: x.ro.RequestedBy, RolloutID: x.ro.ID}, a)
+		r := dispatch.Request{Kind: kind, Runtime: x.ro.Runtime, Repository: x.ro.Repository, Digest: x.ro.Digest,
+			RequestedBy: x.ro.RequestedBy, RolloutID: x.ro.ID}
+		if n := x.ro.Options.MaxParallelContainers; n > 0 && kind == controlplanev1.CommandKind_COMMAND_KIND_REFRESH {
+			r.Options = &tenantagentv1.RefreshOptions{MaxParallelContainers: n}
+		}
+		c, err := x.cfg.Dispatcher.Command(r, a)
 		if err != nil {
 			return nil, nil, err
 		}

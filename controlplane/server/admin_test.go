@@ -53,6 +53,7 @@ func TestBadInputChangesNothing(t *testing.T) {
 		{"short digest", promoteErr(&controlplanev1.PromoteRuntimeImageRequest{Runtime: "codex", ImageRef: repo + "@sha256:abc123"}), codes.InvalidArgument, "has 6 hex digits"},
 		{"uppercase hex", promoteErr(&controlplanev1.PromoteRuntimeImageRequest{Runtime: "codex", ImageRef: repo + "@sha256:" + upper}), codes.InvalidArgument, "uppercase"},
 		{"empty runtime", promoteErr(&controlplanev1.PromoteRuntimeImageRequest{ImageRef: repo + "@" + digestV2}), codes.InvalidArgument, "runtime"},
+		{"too many parallel containers", promoteErr(&controlplanev1.PromoteRuntimeImageRequest{Runtime: "codex", ImageRef: repo + "@" + digestV2, Options: &controlplanev1.RolloutOptions{MaxParallelContainers: 65}}), codes.InvalidArgument, "at most 64"},
 		{"unknown canary", promoteErr(&controlplanev1.PromoteRuntimeImageRequest{Runtime: "codex", ImageRef: repo + "@" + digestV2, Options: &controlplanev1.RolloutOptions{CanaryTenants: []string{"nobody"}}}), codes.NotFound, "nobody"},
 		{"notes too long", promoteErr(&controlplanev1.PromoteRuntimeImageRequest{Runtime: "codex", ImageRef: repo + "@" + digestV2, Notes: strings.Repeat("n", 5000)}), codes.InvalidArgument, "notes"},
 		{"oversized message", promoteErr(&controlplanev1.PromoteRuntimeImageRequest{Runtime: "codex", ImageRef: repo + "@" + digestV2, Notes: strings.Repeat("n", 300<<10)}), codes.ResourceExhausted, "larger than max"},

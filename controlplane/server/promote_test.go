@@ -171,7 +171,7 @@ func TestPrefetchPhaseRunsBeforeRefreshes(t *testing.T) {
 	h := newHarness(t, "one", "two")
 	agents := []*cptest.Agent{h.agent("one", codex(digestV1)), h.agent("two", codex(digestV1))}
 	events := promote(t, h.operator(), &controlplanev1.PromoteRuntimeImageRequest{Runtime: "codex", ImageRef: repo + "@" + digestV2,
-		Options: &controlplanev1.RolloutOptions{Prefetch: true}})
+		Options: &controlplanev1.RolloutOptions{Prefetch: true, MaxParallelContainers: 2}})
 	if last := events[len(events)-1]; last.GetKind() != controlplanev1.RolloutEventKind_ROLLOUT_EVENT_KIND_COMPLETED || last.GetCounts().GetSucceeded() != 2 {
 		t.Fatalf("last event %v", last)
 	}
@@ -194,6 +194,12 @@ func TestPrefetchPhaseRunsBeforeRefreshes(t *testing.T) {
 		}
 		if strings.Join(order, ",") != "prefetch,refresh" {
 			t.Errorf("agent %d received %v, want a prefetch then a refresh", i, order)
+		}
+		// The rollout's cap on parallel recreates reaches each refresh.
+		for _, r := range a.Refreshes() {
+			if r.GetOptions().GetMaxParallelContainers() != 2 {
+				t.Errorf("agent %d's refresh options = %v, want max_parallel_containers 2", i, r.GetOptions())
+			}
 		}
 	}
 }

@@ -213,6 +213,9 @@ type RolloutOptions struct {
 	// HaltAfterFailures stops starting tenants after this many failed;
 	// zero never halts.
 	HaltAfterFailures uint32
+	// MaxParallelContainers caps each agent's parallel recreates after its
+	// canary container; zero leaves it to the agent.
+	MaxParallelContainers uint32
 }
 
 // Rollout is one promote's roll to the fleet.

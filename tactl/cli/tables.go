@@ -469,6 +469,9 @@ func optionsText(o *controlplanev1.RolloutOptions) string {
 	if n := o.GetHaltAfterFailures(); n > 0 {
 		parts = append(parts, fmt.Sprintf("--halt-after %d", n))
 	}
+	if n := o.GetMaxParallelContainers(); n > 0 {
+		parts = append(parts, fmt.Sprintf("--max-parallel-containers %d", n))
+	}
 	if len(parts) == 0 {
 		return "-"
 	}

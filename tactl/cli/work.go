@@ -11,6 +11,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	controlplanev1 "github.com/molecule-ai/tenant-agent/gen/controlplane/v1"
+	tenantagentv1 "github.com/molecule-ai/tenant-agent/gen/tenantagent/v1"
 	"github.com/molecule-ai/tenant-agent/pkg/imageref"
 	"github.com/molecule-ai/tenant-agent/tactl/progress"
 )
@@ -63,6 +64,8 @@ succeeded; 1 if any failed or the rollout halted.`,
 	f.StringArrayVar(&req.Options.CanaryTenants, "canary", nil, "refresh this tenant first, alone (repeatable, in order); the fleet starts only if all succeed")
 	f.Uint32Var(&req.Options.MaxParallelTenants, "max-parallel", 0, "tenants refreshed at once (0: the control plane's default)")
 	f.Uint32Var(&req.Options.HaltAfterFailures, "halt-after", 0, "stop starting tenants after this many failures (0: never)")
+	f.Uint32Var(&req.Options.MaxParallelContainers, "max-parallel-containers", 0,
+		"containers each agent recreates at once after its canary container (0: the agent's --max-parallel-recreates, which this cannot exceed; 1: one at a time)")
 	f.StringVar(&req.GitSha, "git-sha", "", "the commit the image was built from, recorded with the pin")
 	f.StringVar(&req.Notes, "notes", "", "free text recorded with the pin")
 	f.BoolVar(&detach, "detach", false, "print the rollout's ID once the pin is recorded and leave it running")
@@ -356,6 +359,7 @@ func (r *rolloutView) follow(recv func() (*controlplanev1.RolloutEvent, *control
 func (a *app) refreshCommand() *cobra.Command {
 	req := &controlplanev1.RefreshRuntimeImageRequest{}
 	var detach bool
+	var parallel uint32
 	cmd := &cobra.Command{
 		Use:   "refresh TENANT RUNTIME [--digest sha256:...]",
 		Short: "Refresh one tenant's runtime (to its pin, or --digest) and follow the pull and recreate",
@@ -370,6 +374,9 @@ succeeded; 1 if it failed, rolled back, was partial or expired.`,
 				return err
 			}
 			req.Tenant, req.Runtime = argv[0], argv[1]
+			if parallel > 0 {
+				req.Options = &tenantagentv1.RefreshOptions{MaxParallelContainers: parallel}
+			}
 			if req.ImageDigest != "" {
 				if err := imageref.ValidateDigest(req.ImageDigest); err != nil {
 					return usagef("--digest: %v", err)
@@ -380,6 +387,8 @@ succeeded; 1 if it failed, rolled back, was partial or expired.`,
 	}
 	cmd.Flags().StringVar(&req.ImageDigest, "digest", "", "move to this digest (sha256:<64 hex>) instead of the runtime's pin")
 	cmd.Flags().BoolVar(&detach, "detach", false, "print the command's ID once it is journaled and leave it running")
+	cmd.Flags().Uint32Var(&parallel, "max-parallel-containers", 0,
+		"containers recreated at once after the canary container (0: the agent's --max-parallel-recreates, which this cannot exceed; 1: one at a time)")
 	return cmd
 }
 

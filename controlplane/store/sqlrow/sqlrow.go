@@ -89,7 +89,7 @@ func ScanRollout(row Scanner) (store.Rollout, error) {
 		return ro, err
 	}
 	ro.Options = store.RolloutOptions{Prefetch: o.GetPrefetch(), CanaryTenants: o.GetCanaryTenants(),
-		MaxParallelTenants: o.GetMaxParallelTenants(), HaltAfterFailures: o.GetHaltAfterFailures()}
+		MaxParallelTenants: o.GetMaxParallelTenants(), HaltAfterFailures: o.GetHaltAfterFailures(), MaxParallelContainers: o.GetMaxParallelContainers()}
 	return ro, nil
 }
 
@@ -132,7 +132,7 @@ func ScanAgent(row Scanner) (store.Agent, error) {
 // keeps the API's encoding, so stored rollouts read back across versions.
 func RolloutOptions(o store.RolloutOptions) ([]byte, error) {
 	return proto.Marshal(&controlplanev1.RolloutOptions{Prefetch: o.Prefetch, CanaryTenants: o.CanaryTenants,
-		MaxParallelTenants: o.MaxParallelTenants, HaltAfterFailures: o.HaltAfterFailures})
+		MaxParallelTenants: o.MaxParallelTenants, HaltAfterFailures: o.HaltAfterFailures, MaxParallelContainers: o.MaxParallelContainers})
 }
 
 // MarshalOrNil encodes m, or gives NULL for a nil message.

@@ -464,7 +464,7 @@ func testHoldsAndDenials(t *testing.T, s store.Store) {
 func testRollouts(t *testing.T, s store.Store) {
 	ctx := context.Background()
 	r := store.Rollout{ID: "r1", Runtime: "codex", Repository: "r", Digest: "sha256:a", RequestedBy: "op", CreatedAt: at(1), UpdatedAt: at(1),
-		Options: store.RolloutOptions{Prefetch: true, MaxParallelTenants: 3, HaltAfterFailures: 2, CanaryTenants: []string{"acme", "zeta"}}, State: store.RolloutRunning}
+		Options: store.RolloutOptions{Prefetch: true, MaxParallelTenants: 3, HaltAfterFailures: 2, MaxParallelContainers: 2, CanaryTenants: []string{"acme", "zeta"}}, State: store.RolloutRunning}
 	for _, ro := range []store.Rollout{r, {ID: "r2", Runtime: "hermes", State: store.RolloutRunning}, {ID: "r3", Runtime: "codex", State: store.RolloutCompleted}} {
 		if err := s.PutRollout(ctx, ro); err != nil {
 			t.Fatal(err)
@@ -488,7 +488,7 @@ func testRollouts(t *testing.T, s store.Store) {
 	g := got[0]
 	if g.ID != "r1" || g.Message != "2 failed" || !g.UpdatedAt.Equal(at(9)) || !g.CreatedAt.Equal(at(1)) || g.Digest != "sha256:a" ||
 		g.Owner != "replica-a" || g.Epoch != 4 || !g.LeaseUntil.Equal(at(20)) ||
-		!g.Options.Prefetch || g.Options.MaxParallelTenants != 3 || g.Options.HaltAfterFailures != 2 || !slices.Equal(g.Options.CanaryTenants, []string{"acme", "zeta"}) {
+		!g.Options.Prefetch || g.Options.MaxParallelTenants != 3 || g.Options.HaltAfterFailures != 2 || g.Options.MaxParallelContainers != 2 || !slices.Equal(g.Options.CanaryTenants, []string{"acme", "zeta"}) {
 		t.Errorf("r1 = %+v; want state, time, message and lease replaced, the rest as created", g)
 	}
 	for _, tc := range []struct {
