@@ -263,8 +263,8 @@ func TestVerifyUsesTheAgentsCredentials(t *testing.T) {
 	}
 }
 
-// A corrupt or oversized cache file is ignored and replaced; the cache
-// keeps at most MaxCacheEntries, dropping the oldest.
+// A corrupt cache file is ignored and replaced; the cache keeps at most
+// MaxCacheEntries, dropping the oldest, whether read or stored.
 func TestCacheToleratesCorruptionAndIsBounded(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
@@ -277,24 +277,30 @@ func TestCacheToleratesCorruptionAndIsBounded(t *testing.T) {
 	if _, ok := c.Lookup("r/a@sha256:x", []string{"k"}); ok {
 		t.Fatal("a hit from a corrupt file")
 	}
+	image := func(i int) string { return fmt.Sprintf("r/a@sha256:%d", i) }
 	start := time.Now().Add(-time.Hour)
+	var doc cacheFile
 	for i := range MaxCacheEntries + 5 {
-		c.Store(Entry{Image: fmt.Sprintf("r/a@sha256:%d", i), Key: "k", VerifiedAt: start.Add(time.Duration(i) * time.Second)})
+		doc.Verified = append(doc.Verified, Entry{Image: image(i), Key: "k", VerifiedAt: start.Add(time.Duration(i) * time.Second)})
 	}
-	c, err = OpenCache(dir, quiet)
-	if err != nil {
+	data, _ := json.Marshal(doc)
+	os.WriteFile(path, data, 0o600)
+	if c, err = OpenCache(dir, quiet); err != nil {
+		t.Fatal(err)
+	}
+	c.Store(Entry{Image: "r/a@sha256:new", Key: "k"})
+	if c, err = OpenCache(dir, quiet); err != nil {
 		t.Fatal(err)
 	}
 	if len(c.entries) != MaxCacheEntries {
 		t.Errorf("%d entries after reopening, want %d", len(c.entries), MaxCacheEntries)
 	}
-	if _, ok := c.Lookup("r/a@sha256:0", []string{"k"}); ok {
-		t.Error("the oldest entry was kept")
+	for i, want := range map[int]bool{0: false, 5: false, 6: true, MaxCacheEntries + 4: true} {
+		if _, ok := c.Lookup(image(i), []string{"k"}); ok != want {
+			t.Errorf("entry %d kept: %v, want %v", i, ok, want)
+		}
 	}
-	if _, ok := c.Lookup(fmt.Sprintf("r/a@sha256:%d", MaxCacheEntries+4), []string{"k"}); !ok {
-		t.Error("the newest entry was dropped")
-	}
-	if _, ok := c.Lookup(fmt.Sprintf("r/a@sha256:%d", MaxCacheEntries+4), []string{"another key"}); ok {
+	if _, ok := c.Lookup("r/a@sha256:new", []string{"another key"}); ok {
 		t.Error("a hit for a key that did not verify it")
 	}
 	if fi, err := os.Stat(path); err != nil || fi.Mode().Perm() != 0o600 {
