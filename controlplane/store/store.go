@@ -242,6 +242,14 @@ type Rollout struct {
 	ResumedAt time.Time
 }
 
+// TicketKey is a TLS session ticket key. Its String hides the secret.
+type TicketKey struct {
+	Secret    [32]byte
+	CreatedAt time.Time
+}
+
+func (k TicketKey) String() string { return "ticket key of " + k.CreatedAt.UTC().Format(time.RFC3339) }
+
 // Store is the control plane's persistence. Implementations are safe for
 // concurrent use.
 type Store interface {
@@ -325,6 +333,12 @@ type Store interface {
 	// ListRollouts returns rollouts, newest first; a non-empty state
 	// filters.
 	ListRollouts(ctx context.Context, runtime string, state RolloutState) ([]Rollout, error)
+
+	// RotateTicketKeys, in one transaction, deletes the TLS session ticket
+	// keys created before expired, adds fresh unless a key was created at
+	// or after due, and returns the keys, newest first. Replicas rotating
+	// at once may each add one; that only adds a key.
+	RotateTicketKeys(ctx context.Context, fresh TicketKey, due, expired time.Time) ([]TicketKey, error)
 
 	Close() error
 }

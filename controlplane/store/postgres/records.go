@@ -157,3 +157,20 @@ func (s *Store) SetRolloutState(ctx context.Context, r store.Rollout, from []sto
 		string(r.State), r.Message, r.UpdatedAt.UnixNano(), r.Owner, sqlrow.LeaseNanos(r.LeaseUntil), sqlrow.LeaseNanos(r.ResumedAt), r.ID, states)
 	return sqlrow.OneRollout(ctx, s, r.ID, from, rs, err)
 }
+
+// --- TLS session ticket keys
+
+func (s *Store) RotateTicketKeys(ctx context.Context, fresh store.TicketKey, due, expired time.Time) (keys []store.TicketKey, err error) {
+	err = s.tx(ctx, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, `DELETE FROM tls_ticket_keys WHERE created_at < $1`, expired.UnixNano()); err != nil {
+			return err
+		}
+		if _, err := tx.Exec(ctx, `INSERT INTO tls_ticket_keys (created_at, secret) SELECT $1, $2
+			WHERE NOT EXISTS (SELECT 1 FROM tls_ticket_keys WHERE created_at >= $3)`, fresh.CreatedAt.UnixNano(), fresh.Secret[:], due.UnixNano()); err != nil {
+			return err
+		}
+		keys, err = queryAll(ctx, tx, sqlrow.ScanTicketKey, `SELECT created_at, secret FROM tls_ticket_keys ORDER BY created_at DESC`)
+		return err
+	})
+	return keys, err
+}

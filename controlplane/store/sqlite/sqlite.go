@@ -613,3 +613,20 @@ func deleted(res sql.Result, err error) (bool, error) {
 	n, err := res.RowsAffected()
 	return n > 0, err
 }
+
+// --- TLS session ticket keys
+
+func (s *Store) RotateTicketKeys(ctx context.Context, fresh store.TicketKey, due, expired time.Time) (keys []store.TicketKey, err error) {
+	err = s.tx(ctx, func(tx *sql.Tx) error {
+		if _, err := tx.ExecContext(ctx, `DELETE FROM tls_ticket_keys WHERE created_at < ?`, expired.UnixNano()); err != nil {
+			return err
+		}
+		if _, err := tx.ExecContext(ctx, `INSERT INTO tls_ticket_keys (created_at, secret) SELECT ?, ?
+			WHERE NOT EXISTS (SELECT 1 FROM tls_ticket_keys WHERE created_at >= ?)`, fresh.CreatedAt.UnixNano(), fresh.Secret[:], due.UnixNano()); err != nil {
+			return err
+		}
+		keys, err = queryAll(ctx, tx, sqlrow.ScanTicketKey, `SELECT created_at, secret FROM tls_ticket_keys ORDER BY created_at DESC`)
+		return err
+	})
+	return keys, err
+}

@@ -161,3 +161,19 @@ func OneRollout(ctx context.Context, st interface {
 	}
 	return store.Rollout{}, fmt.Errorf("rollout %s is %s, not %v: %w", id, cur.State, from, store.ErrConflict)
 }
+
+// ScanTicketKey reads a row of (created_at, secret) of tls_ticket_keys.
+func ScanTicketKey(row Scanner) (store.TicketKey, error) {
+	var k store.TicketKey
+	var at int64
+	var secret []byte
+	if err := row.Scan(&at, &secret); err != nil {
+		return k, err
+	}
+	if len(secret) != len(k.Secret) {
+		return k, fmt.Errorf("TLS session ticket key of %d bytes; want %d", len(secret), len(k.Secret))
+	}
+	copy(k.Secret[:], secret)
+	k.CreatedAt = time.Unix(0, at)
+	return k, nil
+}

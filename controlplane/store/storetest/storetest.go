@@ -53,6 +53,7 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"SetRolloutStateMovesOnlyFromTheGivenStates", testSetRolloutState},
 		{"GetAgents", testGetAgents},
 		{"OneCommandPerRolloutAgentAndKind", testRolloutCommandConflict},
+		{"RotateTicketKeys", testRotateTicketKeys},
 	} {
 		t.Run(tc.name, func(t *testing.T) { tc.fn(t, open(t)) })
 	}
@@ -753,5 +754,32 @@ func testRolloutCommandConflict(t *testing.T, s store.Store) {
 	again := Cmd("n1", "x", "codex")
 	if _, err := s.InsertCommands(ctx, []*store.Command{again}); err == nil || errors.Is(err, store.ErrConflict) {
 		t.Errorf("duplicate ID = %v; want an error other than ErrConflict", err)
+	}
+}
+
+func testRotateTicketKeys(t *testing.T, s store.Store) {
+	ctx := context.Background()
+	key := func(b byte, sec int64) store.TicketKey { return store.TicketKey{Secret: [32]byte{b, 31: b}, CreatedAt: at(sec)} }
+	rotate := func(fresh store.TicketKey, due, expired int64) []store.TicketKey {
+		t.Helper()
+		keys, err := s.RotateTicketKeys(ctx, fresh, at(due), at(expired))
+		if err != nil {
+			t.Fatalf("RotateTicketKeys: %v", err)
+		}
+		return keys
+	}
+	if keys := rotate(key(1, 100), 0, 0); len(keys) != 1 || keys[0] != key(1, 100) {
+		t.Fatalf("first rotation = %v; want the fresh key, as given", keys)
+	}
+	// Not due: the key of 100 is younger than the rotation interval.
+	if keys := rotate(key(2, 150), 100, 0); len(keys) != 1 || keys[0] != key(1, 100) {
+		t.Fatalf("a rotation before the key was due added one: %v", keys)
+	}
+	if keys := rotate(key(3, 200), 101, 0); len(keys) != 2 || keys[0] != key(3, 200) || keys[1] != key(1, 100) {
+		t.Fatalf("due rotation = %v; want the new key, then the old", keys)
+	}
+	// The key of 100 has expired; the one of 200 is not due.
+	if keys := rotate(key(4, 300), 200, 101); len(keys) != 1 || keys[0] != key(3, 200) {
+		t.Fatalf("rotation after expiry = %v; want only the key of 200", keys)
 	}
 }
