@@ -759,7 +759,9 @@ func testRolloutCommandConflict(t *testing.T, s store.Store) {
 
 func testRotateTicketKeys(t *testing.T, s store.Store) {
 	ctx := context.Background()
-	key := func(b byte, sec int64) store.TicketKey { return store.TicketKey{Secret: [32]byte{b, 31: b}, CreatedAt: at(sec)} }
+	key := func(b byte, sec int64) store.TicketKey {
+		return store.TicketKey{Secret: [32]byte{b, 31: b}, CreatedAt: at(sec)}
+	}
 	rotate := func(fresh store.TicketKey, due, expired int64) []store.TicketKey {
 		t.Helper()
 		keys, err := s.RotateTicketKeys(ctx, fresh, at(due), at(expired))
