@@ -417,6 +417,9 @@ func (r *Runner) finish(id string, res *tenantagentv1.CommandResult) {
 	if res.GetStartedAt() != nil {
 		args = append(args, "in", res.GetFinishedAt().AsTime().Sub(res.GetStartedAt().AsTime()))
 	}
+	if s := res.GetSignature(); s != nil {
+		args = append(args, "signature_verified", s.GetVerified(), "signature_cached", s.GetCached(), "signature_rule", s.GetRule())
+	}
 	r.cfg.Logger.Info("command done", args...)
 	r.emit(resultMessage(res))
 }

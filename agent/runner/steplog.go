@@ -18,7 +18,7 @@ const (
 )
 
 // stepLog turns one command's progress reports into one info line per
-// step (pull started, pull progress, pulled, and per container create,
+// step (verifying, pull started, pull progress, pulled, and per container create,
 // stop, swap, start, health gate, rollback, done), each with the command
 // ID and the container's name; the reports themselves go to debug. The
 // command's own end is logged by Runner.finish.
@@ -48,6 +48,7 @@ func newStepLog(logger *slog.Logger) *stepLog {
 
 // stepNames are the info-level lines, by phase.
 var stepNames = map[tenantagentv1.CommandPhase]string{
+	tenantagentv1.CommandPhase_COMMAND_PHASE_VERIFYING:      "verifying the image's signature",
 	tenantagentv1.CommandPhase_COMMAND_PHASE_PULLING:        "pull started",
 	tenantagentv1.CommandPhase_COMMAND_PHASE_PULLED:         "image pulled",
 	tenantagentv1.CommandPhase_COMMAND_PHASE_CREATING:       "creating the new container",

@@ -155,7 +155,7 @@ func (v *Verifier) Verify(ctx context.Context, repository, digest string) (Check
 	}
 	res, err := v.verify(ctx, ref, rule)
 	if err == nil {
-		chk.Verified, chk.SignatureRef = true, res.SignatureTag
+		chk.Verified, chk.SignatureRef = true, res.SignatureRef
 		key := fingerprint(rule.Keys[res.SignedBy])
 		chk.SignedBy = fmt.Sprintf("%s (%s)", rule.KeyNames[res.SignedBy], shortFingerprint(key))
 		v.cfg.Cache.Store(Entry{Image: ref, Key: key, SignedBy: chk.SignedBy, SignatureRef: chk.SignatureRef})
