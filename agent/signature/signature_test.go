@@ -18,6 +18,7 @@ import (
 
 	"github.com/molecule-ai/tenant-agent/internal/registrytest"
 	"github.com/molecule-ai/tenant-agent/internal/sigtest"
+	"github.com/molecule-ai/tenant-agent/internal/testlog"
 	"github.com/molecule-ai/tenant-agent/pkg/sigpolicy"
 )
 
@@ -305,5 +306,31 @@ func TestCacheToleratesCorruptionAndIsBounded(t *testing.T) {
 	}
 	if fi, err := os.Stat(path); err != nil || fi.Mode().Perm() != 0o600 {
 		t.Errorf("cache file: %v, %v; want 0600", fi.Mode(), err)
+	}
+}
+
+// A bad edit of a running policy is logged at error level and the last
+// good policy stays in force.
+func TestBadEditKeepsTheLastGoodPolicy(t *testing.T) {
+	t.Parallel()
+	var logs testlog.Buffer
+	logger := logs.Logger(t, "signature")
+	path := filepath.Join(t.TempDir(), "policy.json")
+	writePolicy(t, path, "enforce", pems(sigtest.NewSigner(t)), "r.example/app")
+	src, err := NewSource(path, logger)
+	if err != nil {
+		t.Fatal(err)
+	}
+	next := time.Now().Add(time.Hour)
+	os.WriteFile(path, []byte(`{"rules": [{"repository": "r.example/app", "keys": ["gone.pub"]}]}`), 0o600)
+	os.Chtimes(path, next, next)
+	if changed, err := src.Poll(); changed || err == nil {
+		t.Fatalf("a bad edit was adopted: %v, %v", changed, err)
+	}
+	if _, ok := src.Current().Rule("r.example/app"); !ok {
+		t.Error("the last good policy was dropped")
+	}
+	if !strings.Contains(logs.String(), `level=ERROR msg="signature policy changed but does not load; keeping the last good one" component=signature file=`+path) {
+		t.Errorf("no error logged:\n%s", logs.String())
 	}
 }
