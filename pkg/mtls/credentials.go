@@ -1,6 +1,7 @@
 package mtls
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -8,6 +9,8 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"slices"
+	"sync"
 
 	"google.golang.org/grpc/credentials"
 
@@ -30,6 +33,22 @@ type ServerOptions struct {
 	// peer, and returns the connection gRPC will use (one it can close on
 	// revocation).
 	Track ConnTracker
+	// Resume, if set, decides whether a client may resume its session. A
+	// session ticket carries the client certificate verified at the full
+	// handshake; crypto/tls checks again only that it has not expired and
+	// that its chain still ends at a CA of the current bundle. What else
+	// may have changed since (a denial) is for Resume. A refused client
+	// gets a full handshake instead, judged like any other (and by Check):
+	// refusing the handshake itself would not do, because a TLS 1.3
+	// client has finished its side by then, keeps its ticket and would
+	// come back with it.
+	Resume PeerCheck
+	// TicketKeys, if set, returns the session ticket keys: the first
+	// encrypts new tickets, all decrypt. Keys kept across restarts and
+	// shared by replicas let agents resume after a restart or on another
+	// replica. Nil leaves crypto/tls's own keys, which die with the
+	// process.
+	TicketKeys func() [][32]byte
 	// Logger receives refused handshakes with the reason, at most one line
 	// per peer address and reason per RefusalLogInterval (with a count of
 	// the rest).
@@ -51,6 +70,8 @@ func ServerCredentials(src *Source, opts ServerOptions) credentials.TransportCre
 		logger = slog.Default()
 	}
 	logger = logger.With("component", "mtls")
+	// VerifyConnection runs on resumed handshakes too, with the
+	// certificate from the ticket.
 	verifyPeer := func(cs tls.ConnectionState) error {
 		if len(cs.PeerCertificates) == 0 {
 			return errors.New("no client certificate")
@@ -62,21 +83,102 @@ func ServerCredentials(src *Source, opts ServerOptions) credentials.TransportCre
 		}
 		return err // names the certificate; ServerHandshake logs it
 	}
+	configs := &serverConfigs{src: src, keys: opts.TicketKeys, verify: verifyPeer}
+	if opts.Resume != nil {
+		configs.resume = func(der []byte) bool {
+			cert, err := x509.ParseCertificate(der)
+			if err != nil {
+				return false
+			}
+			id, err := identity.FromCertificate(cert, opts.TrustDomain)
+			return err == nil && opts.Resume(id, cert) == nil
+		}
+	}
 	creds := credentials.NewTLS(&tls.Config{
 		MinVersion: tls.VersionTLS13,
-		GetConfigForClient: func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
-			m := src.Current()
-			return &tls.Config{
-				MinVersion:       tls.VersionTLS13,
-				Certificates:     []tls.Certificate{m.Certificate},
-				ClientCAs:        m.Roots,
-				ClientAuth:       tls.RequireAndVerifyClientCert,
-				VerifyConnection: verifyPeer,
-			}, nil
+		GetConfigForClient: func(*tls.ClientHelloInfo) (*tls.Config, error) {
+			return configs.current(), nil
 		},
 	})
 	return &serverCredentials{TransportCredentials: creds, trustDomain: opts.TrustDomain, track: opts.Track,
 		refusals: newRefusalLog(logger, RefusalLogInterval)}
+}
+
+// serverConfigs is the tls.Config of the current files and ticket keys,
+// built again only when either changes: handshakes share it.
+type serverConfigs struct {
+	src    *Source
+	keys   func() [][32]byte
+	verify func(tls.ConnectionState) error
+	// resume, if set, decides on the leaf certificate (DER) in a ticket
+	// whether its session may be resumed.
+	resume func(der []byte) bool
+
+	mu       sync.Mutex
+	material *Material
+	ticket   [][32]byte
+	config   *tls.Config
+}
+
+func (c *serverConfigs) current() *tls.Config {
+	m := c.src.Current()
+	var keys [][32]byte
+	if c.keys != nil {
+		keys = c.keys()
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.config != nil && m == c.material && slices.Equal(keys, c.ticket) {
+		return c.config
+	}
+	cfg := &tls.Config{
+		MinVersion:       tls.VersionTLS13,
+		Certificates:     []tls.Certificate{m.Certificate},
+		ClientCAs:        m.Roots,
+		ClientAuth:       tls.RequireAndVerifyClientCert,
+		VerifyConnection: c.verify,
+	}
+	if len(keys) > 0 {
+		cfg.SetSessionTicketKeys(keys)
+	}
+	if c.resume != nil {
+		cfg.WrapSession, cfg.UnwrapSession = c.wrap(cfg), c.unwrap(cfg)
+	}
+	c.material, c.ticket, c.config = m, keys, cfg
+	return cfg
+}
+
+// ticketPeer marks the entry of SessionState.Extra that holds the client's
+// leaf certificate: crypto/tls keeps the certificates in the ticket, but
+// not where a Config hook can read them.
+const ticketPeer = "molecule-ai/mtls/peer/1:"
+
+// wrap adds the client's leaf certificate to the ticket, for unwrap.
+func (c *serverConfigs) wrap(cfg *tls.Config) func(tls.ConnectionState, *tls.SessionState) ([]byte, error) {
+	return func(cs tls.ConnectionState, ss *tls.SessionState) ([]byte, error) {
+		ss.Extra = slices.DeleteFunc(ss.Extra, func(e []byte) bool { return bytes.HasPrefix(e, []byte(ticketPeer)) })
+		if len(cs.PeerCertificates) > 0 {
+			ss.Extra = append(ss.Extra, append([]byte(ticketPeer), cs.PeerCertificates[0].Raw...))
+		}
+		return cfg.EncryptTicket(cs, ss)
+	}
+}
+
+// unwrap resumes a ticket's session only if resume allows its client; a
+// ticket without the certificate (from before wrap) is not resumed.
+func (c *serverConfigs) unwrap(cfg *tls.Config) func([]byte, tls.ConnectionState) (*tls.SessionState, error) {
+	return func(ticket []byte, cs tls.ConnectionState) (*tls.SessionState, error) {
+		ss, err := cfg.DecryptTicket(ticket, cs)
+		if err != nil || ss == nil {
+			return nil, err
+		}
+		for _, e := range ss.Extra {
+			if der, ok := bytes.CutPrefix(e, []byte(ticketPeer)); ok && c.resume(der) {
+				return ss, nil
+			}
+		}
+		return nil, nil // a full handshake
+	}
 }
 
 // serverCredentials logs failed handshakes and hands each connection that
@@ -117,22 +219,54 @@ func (c *serverCredentials) Clone() credentials.TransportCredentials {
 // ClientCredentials returns gRPC client credentials that present the
 // current certificate and verify the server against the current CA bundle
 // and serverName. A reconnect after a rotation uses the new files.
+// Handshakes share one session cache, so a reconnect resumes the last
+// session (no certificate verified or signed on either side) when the
+// server still has its ticket key.
 func ClientCredentials(src *Source, serverName string) credentials.TransportCredentials {
-	return &clientCredentials{src: src, serverName: serverName}
+	return newClientCredentials(src, serverName)
 }
+
+// sessionCacheSize holds a ticket per server name (crypto/tls's cache
+// key), a few more than a client uses.
+const sessionCacheSize = 8
 
 type clientCredentials struct {
 	src        *Source
 	serverName string
+	// sessions is shared by clones: they are the same client.
+	sessions *sessionCache
+}
+
+// sessionCache is the session cache of one Material: a ticket carries
+// the certificate of the handshake it came from, so after a rotation the
+// sessions of the old certificate are dropped rather than resumed.
+type sessionCache struct {
+	mu       sync.Mutex
+	material *Material
+	cache    tls.ClientSessionCache
+}
+
+func (s *sessionCache) of(m *Material) tls.ClientSessionCache {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.material != m {
+		s.material, s.cache = m, tls.NewLRUClientSessionCache(sessionCacheSize)
+	}
+	return s.cache
+}
+
+func newClientCredentials(src *Source, serverName string) *clientCredentials {
+	return &clientCredentials{src: src, serverName: serverName, sessions: &sessionCache{}}
 }
 
 func (c *clientCredentials) config() *tls.Config {
 	m := c.src.Current()
 	return &tls.Config{
-		MinVersion:   tls.VersionTLS13,
-		Certificates: []tls.Certificate{m.Certificate},
-		RootCAs:      m.Roots,
-		ServerName:   c.serverName,
+		MinVersion:         tls.VersionTLS13,
+		Certificates:       []tls.Certificate{m.Certificate},
+		RootCAs:            m.Roots,
+		ServerName:         c.serverName,
+		ClientSessionCache: c.sessions.of(m),
 	}
 }
 

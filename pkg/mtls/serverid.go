@@ -29,7 +29,7 @@ type ClientOptions struct {
 // bundle and the server name, it checks the server's SPIFFE ID when
 // opts.ServerID is set.
 func ClientCredentialsWith(src *Source, opts ClientOptions) credentials.TransportCredentials {
-	base := &clientCredentials{src: src, serverName: opts.ServerName}
+	base := newClientCredentials(src, opts.ServerName)
 	if opts.ServerID == "" {
 		return base
 	}
