@@ -3,9 +3,11 @@
 // containers on v1 of a tenant named for this run only (so the agent can
 // never take over a container the demo did not create), the control plane
 // and the agent
-// as real processes, and a promote of v2 through tactl (bars on a
-// terminal), then the fleet with tactl and the pin through grpcurl, the
-// manual path. It prints each container's digest and data before and
+// as real processes, both with a signature policy naming the demo's
+// signing key; a promote of the still unsigned v2 that the control plane
+// refuses, then v2 signed (as `cosign sign --key` does) and promoted
+// through tactl (bars on a terminal), then the fleet with tactl and the
+// pin through grpcurl, the manual path. It prints each container's digest and data before and
 // after, cleans up everything it started (also on failure or Ctrl-C), and
 // exits non-zero unless both containers end on v2 with their data.
 package main
@@ -14,10 +16,12 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 
 	"github.com/molecule-ai/tenant-agent/e2e/demokit"
 	"github.com/molecule-ai/tenant-agent/internal/registrytest"
+	"github.com/molecule-ai/tenant-agent/internal/sigtest"
 )
 
 const (
@@ -71,21 +75,35 @@ func demo(ctx context.Context, d *registrytest.Standalone) int {
 		fmt.Printf("  %-28s %s  port %s  volume %s\n", w.Name, before[w.Name], w.Port, w.Volume)
 	}
 
+	demokit.Step("a signing key (what `cosign generate-key-pair` makes) and a signature policy: %s's digests must be signed by it", repo)
+	signer := sigtest.NewSigner(d)
+	policy := writePolicy(d, repo, signer.PublicKeyPEM)
+
 	agentAddr, adminAddr, httpAddr := registrytest.FreeAddr(d), registrytest.FreeAddr(d), registrytest.FreeAddr(d)
-	demokit.Step("control plane (SQLite in %s) and agent, as processes", varDir)
+	demokit.Step("control plane (SQLite in %s) and agent, as processes, both verifying signatures with %s", varDir, policy)
 	demokit.StartProcess(d, varDir, "controlplane", "bin/controlplane", "--agent-addr", agentAddr, "--admin-addr", adminAddr, "--http-addr", httpAddr,
 		"--cert", certDir+"/controlplane.pem", "--key", certDir+"/controlplane-key.pem", "--ca", certDir+"/ca.pem",
-		"--store", varDir+"/controlplane.db", "--heartbeat-interval", "2s")
+		"--store", varDir+"/controlplane.db", "--heartbeat-interval", "2s", "--signature-policy", policy)
 	// The agent takes only the demo's own repository, matched whole.
 	demokit.StartProcess(d, varDir, "agent", "bin/tenant-agent", "--control-plane", agentAddr, "--server-name", "localhost",
 		"--repository-pattern", strings.TrimSuffix(repo, runtime)+"{runtime}", "--allow-repos", repo,
 		"--cert", certDir+"/agent-"+tenant+".pem", "--key", certDir+"/agent-"+tenant+"-key.pem", "--ca", certDir+"/ca.pem",
-		"--state-dir", varDir+"/agent", "--stability-window", "2s", "--min-free-disk", "256MiB")
+		"--state-dir", varDir+"/agent", "--stability-window", "2s", "--min-free-disk", "256MiB", "--signature-policy", policy)
 	tactl := demokit.Tactl{CertDir: certDir, Addr: adminAddr}
 	tactl.WaitForAgent(ctx, d, tenant, runtime, "var/demo/*.log")
 
+	demokit.Step("promote the unsigned v2: the control plane refuses it before any tenant sees it (exit 1, no pin recorded)")
+	if code := tactl.Run(ctx, d, "promote", runtime, repo+"@"+v2, "--notes", "make demo, unsigned"); code != 1 {
+		d.Fatalf("promote of an unsigned image: tactl exit %d, want 1 (refused)", code)
+	}
+
+	demokit.Step("sign v2 with the key, as `cosign sign --key cosign.key %s@%s` does", repo, v2)
+	fmt.Println("  " + signer.Sign(d, repo+"@"+v2, sigtest.Options{}))
+
 	demokit.Step("promote %s to v2 with tactl: bars on a terminal (the overall tally, then the pull and recreate per tenant), status lines elsewhere", runtime)
 	fmt.Println("  (TACTL_ADDR, TACTL_CERT, TACTL_KEY and TACTL_CA point tactl at this control plane as the dev operator)")
+	// The agent verifies again on its own host before it pulls: the result
+	// lines say who signed the image.
 	ok := tactl.Run(ctx, d, "promote", runtime, repo+"@"+v2, "--notes", "make demo") == 0
 	if !ok {
 		fmt.Println("  tactl promote did not succeed")
@@ -120,4 +138,23 @@ func demo(ctx context.Context, d *registrytest.Standalone) int {
 		d.Fatal("the workspaces did not all end on v2 with their data")
 	}
 	return 0
+}
+
+// writePolicy writes the signature policy the control plane and the agent
+// share: repo's digests must be signed by the key in publicKeyPEM.
+func writePolicy(d *registrytest.Standalone, repo string, publicKeyPEM []byte) string {
+	dir := filepath.Join(varDir, "signing")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		d.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "demo.pub"), publicKeyPEM, 0o600); err != nil {
+		d.Fatal(err)
+	}
+	policy := filepath.Join(dir, "policy.json")
+	rules := fmt.Sprintf(`{"rules": [{"repository": %q, "keys": ["demo.pub"], "mode": "enforce"}]}`+"\n", repo)
+	if err := os.WriteFile(policy, []byte(rules), 0o600); err != nil {
+		d.Fatal(err)
+	}
+	fmt.Printf("  %s:\n  %s", policy, rules)
+	return policy
 }
