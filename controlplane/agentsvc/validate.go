@@ -110,12 +110,16 @@ func checkProgress(p *tenantagentv1.CommandProgress) error {
 	c.str("progress.container", p.GetContainer(), limits.Name)
 	c.str("progress.message", p.GetMessage(), limits.Message)
 	c.count("progress.layers", len(p.GetLayers()), limits.Layers)
+	c.count("progress.in_flight", len(p.GetInFlight()), limits.InFlight)
 	if c.err != nil {
 		return c.err
 	}
 	for i, l := range p.GetLayers() {
 		c.item("progress.layers", i, "id", l.GetId(), limits.ID)
 		c.item("progress.layers", i, "status", l.GetStatus(), limits.Message)
+	}
+	for i, name := range p.GetInFlight() {
+		c.item("progress.in_flight", i, "", name, limits.Name)
 	}
 	return c.err
 }
@@ -126,8 +130,19 @@ func checkResult(r *tenantagentv1.CommandResult) error {
 	c.str("result.error", r.GetError(), limits.ResultError)
 	c.str("result.image_ref", r.GetImageRef(), limits.ImageRef)
 	c.count("result.containers", len(r.GetContainers()), limits.Containers)
+	c.count("result.removed_images", len(r.GetRemovedImages()), limits.Containers)
+	if sig := r.GetSignature(); sig != nil {
+		c.str("result.signature.rule", sig.GetRule(), limits.ImageRef)
+		c.str("result.signature.mode", sig.GetMode(), limits.Name)
+		c.str("result.signature.signed_by", sig.GetSignedBy(), limits.Message)
+		c.str("result.signature.problem", sig.GetProblem(), limits.Message)
+		c.str("result.signature.signature_ref", sig.GetSignatureRef(), limits.ImageRef)
+	}
 	if c.err != nil {
 		return c.err
+	}
+	for i, ref := range r.GetRemovedImages() {
+		c.item("result.removed_images", i, "", ref, limits.ImageRef)
 	}
 	const list = "result.containers"
 	for i, ct := range r.GetContainers() {

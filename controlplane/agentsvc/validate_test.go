@@ -165,6 +165,22 @@ func TestCheckMessageBounds(t *testing.T) {
 		{"result container new digest", result(func(r *tenantagentv1.CommandResult) {
 			r.Containers = containerResults(1, func(c *tenantagentv1.ContainerResult) { c.NewDigest = n(limits.ImageRef + 1) })
 		}), "result.containers[0].new_digest", limits.ImageRef},
+		{"in flight", progress(func(p *tenantagentv1.CommandProgress) { p.InFlight = ids(limits.InFlight+1, 4) }), "progress.in_flight", limits.InFlight},
+		{"in flight name", progress(func(p *tenantagentv1.CommandProgress) { p.InFlight = []string{"a", n(limits.Name + 1)} }), "progress.in_flight[1]", limits.Name},
+		{"removed images", result(func(r *tenantagentv1.CommandResult) { r.RemovedImages = ids(limits.Containers+1, 4) }), "result.removed_images", limits.Containers},
+		{"removed image", result(func(r *tenantagentv1.CommandResult) { r.RemovedImages = []string{n(limits.ImageRef + 1)} }), "result.removed_images[0]", limits.ImageRef},
+		{"signature within limits", result(func(r *tenantagentv1.CommandResult) {
+			r.Signature = &tenantagentv1.SignatureCheck{Rule: n(limits.ImageRef), Mode: n(limits.Name), SignedBy: n(limits.Message), Problem: n(limits.Message), SignatureRef: n(limits.ImageRef)}
+		}), "", 0},
+		{"signature problem", result(func(r *tenantagentv1.CommandResult) {
+			r.Signature = &tenantagentv1.SignatureCheck{Problem: n(limits.Message + 1)}
+		}), "result.signature.problem", limits.Message},
+		{"signature signed by", result(func(r *tenantagentv1.CommandResult) {
+			r.Signature = &tenantagentv1.SignatureCheck{SignedBy: n(2 << 20)}
+		}), "result.signature.signed_by", limits.Message},
+		{"signature rule", result(func(r *tenantagentv1.CommandResult) {
+			r.Signature = &tenantagentv1.SignatureCheck{Rule: n(limits.ImageRef + 1)}
+		}), "result.signature.rule", limits.ImageRef},
 		{"container error", result(func(r *tenantagentv1.CommandResult) {
 			r.Containers = containerResults(2, nil)
 			r.Containers[1].Error = n(limits.Message + 1)

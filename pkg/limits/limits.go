@@ -32,6 +32,9 @@ const (
 	Containers = 1000
 	// Layers bounds the layers in one progress report.
 	Layers = 256
+	// InFlight bounds the containers a progress report names as being
+	// recreated at once (a command's parallelism is at most 64).
+	InFlight = 64
 	// HeldCommands bounds the command IDs a Hello or heartbeat may list.
 	HeldCommands = 1000
 	// Quote is how much of a caller's input an error message repeats.
