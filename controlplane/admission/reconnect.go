@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"math"
 	"sync"
 	"time"
 
@@ -95,7 +94,7 @@ func (r *Reconnects) prune(now time.Time) {
 // retryLater is ResourceExhausted with a RetryInfo the agent honours.
 func retryLater(msg string, after time.Duration) error {
 	st := status.New(codes.ResourceExhausted, msg)
-	if d, err := st.WithDetails(&errdetails.RetryInfo{RetryDelay: durationpb.New(time.Duration(math.Ceil(after.Seconds())) * time.Second)}); err == nil {
+	if d, err := st.WithDetails(&errdetails.RetryInfo{RetryDelay: durationpb.New(max(after.Round(time.Millisecond), time.Millisecond))}); err == nil {
 		st = d
 	}
 	return st.Err()

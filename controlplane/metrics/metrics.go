@@ -4,6 +4,7 @@
 package metrics
 
 import (
+	"strconv"
 	"strings"
 	"time"
 
@@ -28,6 +29,7 @@ type Metrics struct {
 	downtime        prometheus.Histogram
 	containers      *prometheus.CounterVec
 	refused         *prometheus.CounterVec
+	handshakes      *prometheus.CounterVec
 }
 
 // New registers the collectors; the gauges read the live session registry
@@ -58,10 +60,13 @@ func New(sessions *session.Registry, f *fleet.Fleet) *Metrics {
 		}, []string{"outcome"}),
 		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: namespace, Name: "agent_admissions_refused_total",
-			Help: "Agent connections closed over the connection cap (reason=connection_cap) and streams refused for reconnecting too often (reason=reconnect_rate).",
+			Help: "Agent connections closed over the connection cap (reason=connection_cap), streams refused for reconnecting too often (reason=reconnect_rate) and connections told to come back later over the handshake bound (reason=handshakes).",
 		}, []string{"reason"}),
+		handshakes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: namespace, Name: "tls_handshakes_total", Help: "TLS handshakes completed on the agent address, by whether they resumed a session.",
+		}, []string{"resumed"}),
 	}
-	m.Registry.MustRegister(m.commands, m.commandDuration, m.pullBytes, m.pullDuration, m.downtime, m.containers, m.refused,
+	m.Registry.MustRegister(m.commands, m.commandDuration, m.pullBytes, m.pullDuration, m.downtime, m.containers, m.refused, m.handshakes,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		&liveCollector{sessions: sessions, fleet: f})
 	return m
@@ -72,6 +77,12 @@ func (m *Metrics) ConnRefused() { m.refused.WithLabelValues("connection_cap").In
 
 // ReconnectRefused counts an agent stream refused for reconnecting too often.
 func (m *Metrics) ReconnectRefused() { m.refused.WithLabelValues("reconnect_rate").Inc() }
+
+// HandshakeShed counts an agent connection over the handshake bound.
+func (m *Metrics) HandshakeShed() { m.refused.WithLabelValues("handshakes").Inc() }
+
+// Handshake counts a completed TLS handshake on the agent address.
+func (m *Metrics) Handshake(resumed bool) { m.handshakes.WithLabelValues(strconv.FormatBool(resumed)).Inc() }
 
 // CommandFinished records a command that ended (dispatch.Observer).
 func (m *Metrics) CommandFinished(c *store.Command) {

@@ -10,6 +10,7 @@ import (
 	"net"
 	"time"
 
+	"github.com/molecule-ai/tenant-agent/controlplane/admission"
 	"github.com/molecule-ai/tenant-agent/controlplane/auth"
 	"github.com/molecule-ai/tenant-agent/controlplane/signing"
 	"github.com/molecule-ai/tenant-agent/pkg/mtls"
@@ -65,6 +66,10 @@ type Config struct {
 	// MaxAgentConns caps the agent listener's open connections; one more
 	// is closed as soon as it is accepted.
 	MaxAgentConns int
+	// MaxHandshakes bounds concurrent TLS handshakes on the agent
+	// listener; a connection that waits over admission.QueueWait for one
+	// is told to come back later (admission.Handshakes).
+	MaxHandshakes int
 	// MaxStreamsPerConn caps concurrent streams on one agent connection
 	// (an agent needs one).
 	MaxStreamsPerConn int
@@ -118,7 +123,7 @@ func Defaults() Config {
 		CommandTTL: 24 * time.Hour, HistoryRetention: 90 * 24 * time.Hour, DefaultParallelTenants: 10,
 		ReconcileBackoff: time.Minute, ReconcileBackoffMax: time.Hour,
 		SendQueue:        256,
-		HandshakeTimeout: 10 * time.Second, MaxAgentConns: 25000, MaxStreamsPerConn: 4, AgentIdleTimeout: 5 * time.Minute,
+		HandshakeTimeout: 10 * time.Second, MaxAgentConns: 25000, MaxHandshakes: admission.DefaultMaxHandshakes(), MaxStreamsPerConn: 4, AgentIdleTimeout: 5 * time.Minute,
 		ReconnectBurst: 5, ReconnectInterval: 10 * time.Second,
 		ShutdownGrace: 10 * time.Second, ReconnectStagger: 30 * time.Second,
 		ClusterSweep: 3 * time.Second, ReplicaTTL: 30 * time.Second, RolloutLease: 15 * time.Second,
@@ -199,6 +204,7 @@ func (c *Config) CheckAndSetDefaults() error {
 	}{
 		{"send-queue", &c.SendQueue, d.SendQueue},
 		{"max-agent-conns", &c.MaxAgentConns, d.MaxAgentConns},
+		{"max-handshakes", &c.MaxHandshakes, d.MaxHandshakes},
 		{"max-streams-per-conn", &c.MaxStreamsPerConn, d.MaxStreamsPerConn},
 		{"reconnect-burst", &c.ReconnectBurst, d.ReconnectBurst},
 	} {

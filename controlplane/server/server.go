@@ -36,6 +36,7 @@ import (
 	"github.com/molecule-ai/tenant-agent/controlplane/session"
 	"github.com/molecule-ai/tenant-agent/controlplane/signing"
 	"github.com/molecule-ai/tenant-agent/controlplane/store"
+	"github.com/molecule-ai/tenant-agent/controlplane/ticketkeys"
 	controlplanev1 "github.com/molecule-ai/tenant-agent/gen/controlplane/v1"
 	tenantagentv1 "github.com/molecule-ai/tenant-agent/gen/tenantagent/v1"
 	"github.com/molecule-ai/tenant-agent/pkg/identity"
@@ -68,7 +69,9 @@ type Server struct {
 
 	agentLis, adminLis, httpLis net.Listener
 	agentConns                  *admission.Listener
+	handshakes                  *admission.Handshakes
 	reconnects                  *admission.Reconnects
+	ticketKeys                  *ticketkeys.Keys
 	metrics                     *metrics.Metrics
 	deny                        *auth.DenyList
 	agentSrv, adminSrv          *grpc.Server
@@ -128,6 +131,9 @@ func (s *Server) openState() (err error) {
 		return fmt.Errorf("load fleet: %w", err)
 	}
 	s.metrics = metrics.New(s.sessions, s.fleet)
+	if s.ticketKeys, err = ticketkeys.New(s.lifetime, s.store, s.cfg.Logger); err != nil {
+		return fmt.Errorf("TLS session ticket keys: %w", err)
+	}
 	return nil
 }
 
@@ -209,16 +215,23 @@ func (s *Server) newGRPCServers(agents tenantagentv1.AgentServiceServer, admin c
 		return err
 	}
 	grants, _ := auth.ParseGrants(cfg.ServiceGrants) // checked in CheckAndSetDefaults
-	// No deny check in the handshake: denied peers are refused at the call
-	// (Interceptors.Check) with PermissionDenied and the reason, and the
-	// reconnect limiter bounds how often they may come back.
-	creds := mtls.ServerCredentials(src, mtls.ServerOptions{TrustDomain: cfg.TrustDomain, Track: s.deny.TrackConn, Logger: logger})
+	// No deny check in the full handshake: denied peers are refused at the
+	// call (Interceptors.Check) with PermissionDenied and the reason, and
+	// the reconnect limiter bounds how often they may come back. A denied
+	// peer's session is not resumed (Resume), so that a ticket issued
+	// before the denial brings back no more than a full handshake would.
+	// Ticket keys come from the store: tickets survive a restart and are
+	// good on every replica.
+	creds := mtls.ServerCredentials(src, mtls.ServerOptions{TrustDomain: cfg.TrustDomain, Track: s.deny.TrackConn, Logger: logger,
+		Resume: s.deny.Check, TicketKeys: s.ticketKeys.Current})
+	s.handshakes = admission.NewHandshakes(cfg.MaxHandshakes, s.metrics.Handshake, s.metrics.HandshakeShed)
 	s.reconnects = admission.NewReconnects(cfg.ReconnectBurst, cfg.ReconnectInterval, logger)
-	common := append([]grpc.ServerOption{grpc.Creds(creds), grpc.ConnectionTimeout(cfg.HandshakeTimeout)}, auth.Interceptors{
+	common := append([]grpc.ServerOption{grpc.ConnectionTimeout(cfg.HandshakeTimeout)}, auth.Interceptors{
 		TrustDomain: cfg.TrustDomain, Policy: auth.NewPolicy(grants), Check: s.deny.Check, Tracker: s.deny, Admit: s.admit, Logger: logger,
 	}.ServerOptions()...)
 
 	s.agentSrv = grpc.NewServer(append(common,
+		grpc.Creds(s.handshakes.Credentials(creds)),
 		grpc.MaxRecvMsgSize(maxAgentMessage),
 		// Thousands of mostly idle streams: small per-connection buffers
 		// and one shared write buffer keep memory per agent down (measured
@@ -232,7 +245,7 @@ func (s *Server) newGRPCServers(agents tenantagentv1.AgentServiceServer, admin c
 	)...)
 	tenantagentv1.RegisterAgentServiceServer(s.agentSrv, agents)
 
-	s.adminSrv = grpc.NewServer(append(common, grpc.MaxRecvMsgSize(maxAdminMessage))...)
+	s.adminSrv = grpc.NewServer(append(common, grpc.Creds(creds), grpc.MaxRecvMsgSize(maxAdminMessage))...)
 	controlplanev1.RegisterAdminServiceServer(s.adminSrv, admin)
 	s.health = health.NewServer()
 	grpc_health_v1.RegisterHealthServer(s.adminSrv, s.health)
@@ -274,11 +287,15 @@ func (s *Server) listen() (err error) {
 	return nil
 }
 
-// admit refuses an agent stream that comes too soon after the identity's
-// last ones; other calls pass.
+// admit refuses an agent stream on a connection shed over the handshake
+// bound, or that comes too soon after the identity's last ones; other
+// calls pass.
 func (s *Server) admit(ctx context.Context, id identity.Identity, method string) error {
 	if method != tenantagentv1.AgentService_Connect_FullMethodName {
 		return nil
+	}
+	if err := s.handshakes.Admit(ctx); err != nil {
+		return err
 	}
 	err := s.reconnects.Admit(ctx, id)
 	if err != nil {
@@ -308,6 +325,7 @@ func (s *Server) Serve(ctx context.Context) error {
 	}()
 	go func() { defer s.wg.Done(); s.dispatcher.Run(s.lifetime) }()
 	go func() { defer s.wg.Done(); s.fleet.Run(s.lifetime, time.Second) }()
+	s.wg.Go(func() { s.ticketKeys.Run(s.lifetime) })
 	if s.policy != nil {
 		s.wg.Go(func() { s.policy.Run(s.lifetime) })
 	}

@@ -1,0 +1,204 @@
+package admission
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/peer"
+)
+
+// DefaultMaxHandshakes is the default bound on concurrent handshakes:
+// enough to keep every core busy while some wait on the network, few
+// enough that a storm queues instead of sharing the cores so thinly that
+// every handshake misses its deadline.
+func DefaultMaxHandshakes() int { return 2 * runtime.GOMAXPROCS(0) * 8 }
+
+// QueueWait is how long a new connection waits for a handshake slot
+// before it is told to come back later.
+const QueueWait = time.Second
+
+// Handshakes bounds concurrent TLS handshakes on the agent port. A
+// connection that finds every slot taken waits up to QueueWait; past it,
+// it is shed: its handshake still runs (a gRPC status can only reach a
+// peer over TLS, and only a verified peer is told anything), but its
+// first stream is answered with ResourceExhausted and a retry hint (see
+// Admit) instead of a session, which is what costs: a handshake, resumed
+// most of the time, is a fraction of a session's setup. Shed handshakes
+// have their own bound, as many again; a connection over both is closed
+// at once (the agent backs off as for any failed dial).
+//
+// The hint spreads the shed agents over the time the queue, at the rate
+// handshakes are completing now, takes to drain, so they come back
+// spread out rather than each climbing its own backoff.
+type Handshakes struct {
+	slots, shedSlots chan struct{}
+	// Observe, if set, is told of every completed handshake.
+	observe func(resumed bool)
+	refused func()
+
+	queued atomic.Int64
+	done   rateMeter
+	// shed maps the remote address of each shed connection to its hint,
+	// until the connection closes.
+	shed sync.Map
+}
+
+// NewHandshakes allows max concurrent handshakes. observe, if set, is
+// told of every completed handshake, and refused of every connection shed
+// or closed over the bounds.
+func NewHandshakes(max int, observe func(resumed bool), refused func()) *Handshakes {
+	return &Handshakes{slots: make(chan struct{}, max), shedSlots: make(chan struct{}, max), observe: observe, refused: refused}
+}
+
+// Credentials wraps the server's transport credentials with the bound.
+func (h *Handshakes) Credentials(inner credentials.TransportCredentials) credentials.TransportCredentials {
+	return &boundedCredentials{TransportCredentials: inner, h: h}
+}
+
+// Admit refuses a stream on a shed connection with ResourceExhausted and
+// the connection's retry hint.
+func (h *Handshakes) Admit(ctx context.Context) error {
+	p, ok := peer.FromContext(ctx)
+	if !ok || p.Addr == nil {
+		return nil
+	}
+	hint, ok := h.shed.Load(p.Addr.String())
+	if !ok {
+		return nil
+	}
+	d := hint.(time.Duration)
+	return retryLater(fmt.Sprintf("the control plane is at its bound of %d concurrent handshakes; retry in %s", cap(h.slots), d.Round(time.Millisecond)), d)
+}
+
+// errShed is the handshake error of a connection over both bounds.
+var errShed = errors.New("admission: too many concurrent handshakes")
+
+type boundedCredentials struct {
+	credentials.TransportCredentials
+	h *Handshakes
+}
+
+func (c *boundedCredentials) ServerHandshake(raw net.Conn) (net.Conn, credentials.AuthInfo, error) {
+	h := c.h
+	if h.acquire(h.slots) {
+		defer func() { <-h.slots }()
+		return h.handshake(c.TransportCredentials, raw)
+	}
+	if h.refused != nil {
+		h.refused()
+	}
+	select {
+	case h.shedSlots <- struct{}{}:
+		defer func() { <-h.shedSlots }()
+	default:
+		raw.Close()
+		return nil, nil, errShed
+	}
+	conn, info, err := h.handshake(c.TransportCredentials, raw)
+	if err != nil {
+		return conn, info, err
+	}
+	key := conn.RemoteAddr().String()
+	h.shed.Store(key, h.hint())
+	return &shedConn{Conn: conn, forget: func() { h.shed.Delete(key) }}, info, nil
+}
+
+func (c *boundedCredentials) Clone() credentials.TransportCredentials {
+	return &boundedCredentials{TransportCredentials: c.TransportCredentials.Clone(), h: c.h}
+}
+
+// acquire takes a slot, waiting up to QueueWait.
+func (h *Handshakes) acquire(slots chan struct{}) bool {
+	select {
+	case slots <- struct{}{}:
+		return true
+	default:
+	}
+	h.queued.Add(1)
+	defer h.queued.Add(-1)
+	t := time.NewTimer(QueueWait)
+	defer t.Stop()
+	select {
+	case slots <- struct{}{}:
+		return true
+	case <-t.C:
+		return false
+	}
+}
+
+func (h *Handshakes) handshake(inner credentials.TransportCredentials, raw net.Conn) (net.Conn, credentials.AuthInfo, error) {
+	conn, info, err := inner.ServerHandshake(raw)
+	if err != nil {
+		return conn, info, err
+	}
+	h.done.add(time.Now())
+	if h.observe != nil {
+		tlsInfo, _ := info.(credentials.TLSInfo)
+		h.observe(tlsInfo.State.DidResume)
+	}
+	return conn, info, nil
+}
+
+// hint is a random wait between one second and the time the connections
+// waiting now take to go through at the recent rate of handshakes (at
+// most a minute, the agents' own backoff ceiling), so that they come back
+// spread over it.
+func (h *Handshakes) hint() time.Duration {
+	drain := 5 * time.Second // no recent rate: a guess
+	if rate := h.done.perSecond(time.Now()); rate > 0 {
+		drain = time.Duration(float64(h.queued.Load()+int64(cap(h.slots))) / rate * float64(time.Second))
+	}
+	drain = min(max(drain, time.Second), time.Minute)
+	return time.Second + rand.N(drain)
+}
+
+// shedConn forgets its hint when gRPC closes it.
+type shedConn struct {
+	net.Conn
+	once   sync.Once
+	forget func()
+}
+
+func (c *shedConn) Close() error {
+	c.once.Do(c.forget)
+	return c.Conn.Close()
+}
+
+// rateMeter counts events per second: the last full second's count.
+type rateMeter struct {
+	mu         sync.Mutex
+	second     int64
+	count, ago int
+}
+
+func (m *rateMeter) add(now time.Time) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.roll(now.Unix())
+	m.count++
+}
+
+func (m *rateMeter) perSecond(now time.Time) float64 {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.roll(now.Unix())
+	return float64(m.ago)
+}
+
+func (m *rateMeter) roll(sec int64) {
+	switch {
+	case sec == m.second:
+	case sec == m.second+1:
+		m.second, m.ago, m.count = sec, m.count, 0
+	default:
+		m.second, m.ago, m.count = sec, 0, 0
+	}
+}
