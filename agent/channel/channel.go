@@ -2,7 +2,10 @@
 // dials out, says Hello, sends heartbeats (every interval, and within a
 // second of a Docker change), hands commands to the runner, and redials
 // with exponential backoff and full jitter when the stream drops, so a
-// control plane restart does not bring the whole fleet back in one second.
+// control plane restart does not bring the whole fleet back in one second;
+// a control plane shedding load says when to come back instead (a
+// ResourceExhausted retry hint), and the backoff starts over after a
+// stream that lasted.
 // With several control plane addresses, each attempt takes the next of
 // them in a shuffled order (see picker).
 package channel
@@ -131,42 +134,38 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	pick := newPicker(cfg.addrs, cfg.lookup)
-	failures := 0
+	tries := &attempts{base: cfg.BackoffBase, max: cfg.BackoffMax, stable: stableAfter}
 	redial := &redials{logger: cfg.Logger}
 	for ctx.Err() == nil {
 		// One attempt: the next address, resolved now, one connection.
 		addr := pick.next()
 		creds := watchHandshakes(cfg.Creds) // this attempt's handshakes only
-		welcomed, err := dialAttempt(ctx, cfg, pick, addr, creds)
-		if welcomed {
+		welcomedAt, err := dialAttempt(ctx, cfg, pick, addr, creds)
+		if !welcomedAt.IsZero() {
 			cfg.Observer.Connected(false)
+			redial.worked()
 		}
 		var rc *reconnectError
 		var unresolved *resolveError
-		switch {
-		case ctx.Err() != nil:
+		if ctx.Err() != nil {
 			return nil
-		case errors.As(err, &rc):
+		}
+		if errors.As(err, &rc) {
 			cfg.Logger.Info("control plane asked to reconnect", "address", addr, "after", rc.after, "reason", rc.reason)
-			failures = 0
-			redial.worked()
+			tries.failures = 0
 			sleep(ctx, rc.after)
 			continue
-		case welcomed:
-			failures = 0 // the stream worked; start the backoff over
-			redial.worked()
 		}
-		failures++
-		wait := backoff(cfg.BackoffBase, cfg.BackoffMax, failures)
-		if hint, ok := retryHint(err); ok {
-			// The control plane is shedding load: redialing sooner than it
-			// asked would only be refused again. The hint spaces these
-			// lines out already.
-			wait = max(wait, hintedWait(hint, cfg.BackoffMax))
+		wait, hint := tries.ended(welcomedAt, time.Now(), err)
+		switch {
+		case hint > 0:
+			// The control plane is shedding load and said when to come
+			// back: sooner would only be refused again, and this is not a
+			// failure to back off from. The hint spaces these lines out.
 			cfg.Logger.Warn("control plane asked the agent to wait before redialing", "address", addr, "error", err, "retry_delay", hint, "in", wait.Round(time.Millisecond))
-		} else if errors.As(err, &unresolved) {
+		case errors.As(err, &unresolved):
 			redial.failed(addr, "cannot resolve the control plane address; redialing", err.Error(), "address", addr, "in", wait.Round(time.Millisecond))
-		} else {
+		default:
 			redial.failed(addr, "stream to the control plane ended; redialing", Describe(err, creds.lastError(), cfg.CA), "address", addr, "in", wait.Round(time.Millisecond))
 		}
 		sleep(ctx, wait)
@@ -174,27 +173,55 @@ func Run(ctx context.Context, cfg Config) error {
 	return nil
 }
 
+// stableAfter is how long a stream must have lasted for the backoff to
+// start over when it ends: a stream that ends soon after its Welcome (a
+// control plane that accepts and drops, or a storm after a restart)
+// keeps the agent backing off.
+const stableAfter = time.Minute
+
+// attempts is the backoff between dial attempts.
+type attempts struct {
+	base, max, stable time.Duration
+	// failures counts attempts since the last stable stream.
+	failures int
+}
+
+// ended returns how long to wait after an attempt that ended with err,
+// welcomed at welcomedAt (zero if it never was), at now; and the control
+// plane's retry hint, if it gave one, which is waited instead of the
+// backoff and does not count as a failure.
+func (a *attempts) ended(welcomedAt, now time.Time, err error) (wait, hint time.Duration) {
+	if !welcomedAt.IsZero() && now.Sub(welcomedAt) >= a.stable {
+		a.failures = 0
+	}
+	if hint, ok := retryHint(err); ok {
+		return hintedWait(hint, a.max), hint
+	}
+	a.failures++
+	return backoff(a.base, a.max, a.failures), 0
+}
+
 // dialAttempt is one attempt on one control plane address: it resolves
 // the host, connects to one of its addresses (gRPC tries them in the
 // order given until one answers) and runs a session on that connection,
-// which it closes after. It reports whether Welcome arrived.
-func dialAttempt(ctx context.Context, cfg Config, pick *picker, addr string, creds *handshakes) (bool, error) {
+// which it closes after. It reports when Welcome arrived (zero if never).
+func dialAttempt(ctx context.Context, cfg Config, pick *picker, addr string, creds *handshakes) (time.Time, error) {
 	addrs, err := pick.resolve(ctx, addr)
 	if err != nil {
-		return false, err
+		return time.Time{}, err
 	}
 	conn, err := clientFor(addr, addrs, creds, grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: cfg.KeepaliveTime, Timeout: cfg.KeepaliveTimeout, PermitWithoutStream: true}))
 	if err != nil {
-		return false, err
+		return time.Time{}, err
 	}
 	defer conn.Close()
 	cfg.Logger.Debug("dialing the control plane", "address", addr, "resolved", addrList(addrs))
 	at := &target{addr: addr}
-	welcomed, err := session(ctx, cfg, tenantagentv1.NewAgentServiceClient(conn), at)
-	if welcomed {
+	welcomedAt, err := session(ctx, cfg, tenantagentv1.NewAgentServiceClient(conn), at)
+	if !welcomedAt.IsZero() {
 		pick.left(at.peer)
 	}
-	return welcomed, err
+	return welcomedAt, err
 }
 
 // clientFor is a connection to the control plane address addr (host:port
@@ -265,22 +292,24 @@ type reconnectError struct {
 
 func (e *reconnectError) Error() string { return "reconnect requested: " + e.reason }
 
-// session runs one stream; it reports whether Welcome arrived.
-func session(ctx context.Context, cfg Config, client tenantagentv1.AgentServiceClient, at *target) (bool, error) {
+// session runs one stream; it reports when Welcome arrived (zero if
+// never).
+func session(ctx context.Context, cfg Config, client tenantagentv1.AgentServiceClient, at *target) (time.Time, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	stream, interval, err := handshake(ctx, cfg, client, at)
 	if err != nil {
-		return false, err
+		return time.Time{}, err
 	}
+	welcomedAt := time.Now()
 	w := &welcomed{cfg: cfg, stream: stream, out: make(chan *tenantagentv1.AgentMessage, 1024), recvErr: make(chan error, 1)}
 	cfg.Runner.SetSender(w.queue)
 	defer cfg.Runner.SetSender(nil)
 	if err := w.sendOutbox(); err != nil {
-		return true, streamError(stream, err)
+		return welcomedAt, streamError(stream, err)
 	}
 	go w.receive()
-	return true, w.serve(ctx, interval)
+	return welcomedAt, w.serve(ctx, interval)
 }
 
 // handshake opens the stream, says Hello and waits for Welcome; it
