@@ -82,7 +82,9 @@ func (m *Metrics) ReconnectRefused() { m.refused.WithLabelValues("reconnect_rate
 func (m *Metrics) HandshakeShed() { m.refused.WithLabelValues("handshakes").Inc() }
 
 // Handshake counts a completed TLS handshake on the agent address.
-func (m *Metrics) Handshake(resumed bool) { m.handshakes.WithLabelValues(strconv.FormatBool(resumed)).Inc() }
+func (m *Metrics) Handshake(resumed bool) {
+	m.handshakes.WithLabelValues(strconv.FormatBool(resumed)).Inc()
+}
 
 // CommandFinished records a command that ended (dispatch.Observer).
 func (m *Metrics) CommandFinished(c *store.Command) {
