@@ -4,13 +4,12 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"os"
 
 	"github.com/distribution/reference"
-	"github.com/docker/cli/cli/config/configfile"
-	"github.com/docker/cli/cli/config/credentials"
 	"github.com/docker/docker/api/types/registry"
 	"github.com/google/go-containerregistry/pkg/authn"
+
+	"github.com/molecule-ai/tenant-agent/pkg/registryauth"
 )
 
 // CredentialFunc returns the credentials for a repository's registry, as
@@ -21,44 +20,21 @@ type CredentialFunc func(repository string) (registry.AuthConfig, error)
 // --registry-credentials.
 func Anonymous(string) (registry.AuthConfig, error) { return registry.AuthConfig{}, nil }
 
-// Credentials reads registry credentials from a Docker config file (the
-// agent's --registry-credentials), the way the docker CLI does: a
-// registry's entry in "credHelpers" first, then "credsStore", then
-// "auths". A helper is the program docker-credential-<name> on PATH.
-//
-// The file is read again and the helper run again at every lookup, so
+// Credentials are the agent's --registry-credentials: a Docker config file
+// read with the docker CLI's rules at every lookup (pkg/registryauth), so
 // short-lived tokens (ECR's last 12 hours) rotate without a restart.
-// Credentials are never logged; only where they came from.
 type Credentials struct {
-	path   string
-	logger *slog.Logger
+	file *registryauth.File
 }
 
 // NewCredentials checks once that path is a Docker config file, so a
 // typo fails at start rather than at the first pull.
 func NewCredentials(path string, logger *slog.Logger) (*Credentials, error) {
-	if logger == nil {
-		logger = slog.Default()
-	}
-	c := &Credentials{path: path, logger: logger.With("component", "registry-credentials")}
-	if _, err := c.load(); err != nil {
+	f, err := registryauth.Open(path, logger)
+	if err != nil {
 		return nil, err
 	}
-	return c, nil
-}
-
-func (c *Credentials) load() (*configfile.ConfigFile, error) {
-	f, err := os.Open(c.path)
-	if err != nil {
-		return nil, fmt.Errorf("registry credentials: %w", err)
-	}
-	defer f.Close()
-	cf := configfile.New(c.path)
-	if err := cf.LoadFromReader(f); err != nil {
-		// The parse error never quotes the file's content.
-		return nil, fmt.Errorf("registry credentials %s: %w", c.path, err)
-	}
-	return cf, nil
+	return &Credentials{file: f}, nil
 }
 
 // For returns the credentials for repository's registry, resolved now.
@@ -67,34 +43,14 @@ func (c *Credentials) For(repository string) (registry.AuthConfig, error) {
 	if err != nil {
 		return registry.AuthConfig{}, err
 	}
-	cf, err := c.load()
+	rc, err := c.file.Lookup(host)
 	if err != nil {
 		return registry.AuthConfig{}, err
 	}
-	// The docker CLI's key for Docker Hub is its historical index URL.
-	key := host
-	if host == "docker.io" {
-		key = "https://index.docker.io/v1/"
-	}
-	store, source := credentials.NewFileStore(cf), "auths"
-	helper := cf.CredentialsStore
-	if h, ok := cf.CredentialHelpers[key]; ok {
-		helper = h
-	}
-	if helper != "" {
-		store, source = credentials.NewNativeStore(cf, helper), "docker-credential-"+helper
-	}
-	ac, err := store.Get(key)
-	if err != nil {
-		return registry.AuthConfig{}, fmt.Errorf("registry credentials for %s from %s: %w", host, source, err)
-	}
-	out := registry.AuthConfig{Username: ac.Username, Password: ac.Password, IdentityToken: ac.IdentityToken, RegistryToken: ac.RegistryToken}
-	if out == (registry.AuthConfig{}) {
-		source = "none (anonymous)"
-	} else {
+	out := registry.AuthConfig{Username: rc.Username, Password: rc.Password, IdentityToken: rc.IdentityToken, RegistryToken: rc.RegistryToken}
+	if out != (registry.AuthConfig{}) {
 		out.ServerAddress = host
 	}
-	c.logger.Debug("registry credentials resolved", "registry", host, "source", source)
 	return out, nil
 }
 
@@ -111,10 +67,7 @@ func registryHost(repository string) (string, error) {
 // authenticator gives go-containerregistry the same credentials the
 // Engine gets, for the agent's own manifest requests.
 func authenticator(a registry.AuthConfig) authn.Authenticator {
-	if a.Username == "" && a.Password == "" && a.IdentityToken == "" && a.RegistryToken == "" {
-		return authn.Anonymous
-	}
-	return authn.FromConfig(authn.AuthConfig{Username: a.Username, Password: a.Password, IdentityToken: a.IdentityToken, RegistryToken: a.RegistryToken})
+	return registryauth.Credentials{Username: a.Username, Password: a.Password, IdentityToken: a.IdentityToken, RegistryToken: a.RegistryToken}.Authenticator()
 }
 
 // Keychain gives go-containerregistry the credentials of creds, for the
