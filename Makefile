@@ -9,7 +9,7 @@ LDFLAGS := -X github.com/molecule-ai/tenant-agent/pkg/version.Version=$(VERSION)
 BREAKING_AGAINST ?= HEAD~1
 
 .DEFAULT_GOAL := help
-.PHONY: help generate lint test build check-generated breaking certs run demo demo-ha images bench clean
+.PHONY: help generate lint test interop build check-generated breaking certs run demo demo-ha images bench clean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -29,6 +29,9 @@ lint: ## buf format check, buf lint, gofmt, go vet and go mod tidy
 test: ## Run every test with the race detector (needs Docker for the Docker tests), then the control plane's tests again on PostgreSQL
 	$(GO) test -race -count=1 ./...
 	TENANT_AGENT_TEST_STORE=postgres $(GO) test -race -count=1 ./controlplane/...
+
+interop: ## Check pkg/sigverify against real cosign (v3), both ways, offline on a loopback registry (nested module interop/cosign, so cosign stays out of go.mod)
+	cd interop/cosign && $(GO) test -count=1 ./...
 
 build: ## Build tenant-agent, controlplane and tactl into bin/
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/tenant-agent ./agent/cmd/tenant-agent

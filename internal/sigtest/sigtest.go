@@ -85,6 +85,17 @@ func NewRSASigner(t registrytest.T, pss bool) *Signer {
 	return s
 }
 
+// KeyTypes are the keys cosign signs with, for table tests.
+var KeyTypes = []struct {
+	Name string
+	New  func(registrytest.T) *Signer
+}{
+	{"ecdsa-p256", NewSigner},
+	{"ed25519", NewEd25519Signer},
+	{"rsa-pkcs1v15", func(t registrytest.T) *Signer { return NewRSASigner(t, false) }},
+	{"rsa-pss", func(t registrytest.T) *Signer { return NewRSASigner(t, true) }},
+}
+
 // SignerFor signs with a given key.
 func SignerFor(t registrytest.T, key crypto.Signer) *Signer {
 	t.Helper()

@@ -67,16 +67,10 @@ func TestBundleSignedByAllowedKey(t *testing.T) {
 }
 
 func TestBundleKeyTypes(t *testing.T) {
-	for _, tc := range []struct {
-		name   string
-		signer func(t *testing.T) *sigtest.Signer
-	}{
-		{"ed25519", func(t *testing.T) *sigtest.Signer { return sigtest.NewEd25519Signer(t) }},
-		{"rsa-pkcs1v15", func(t *testing.T) *sigtest.Signer { return sigtest.NewRSASigner(t, false) }},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
+	for _, kt := range sigtest.KeyTypes {
+		t.Run(kt.Name, func(t *testing.T) {
 			_, ref := setup(t)
-			s := tc.signer(t)
+			s := kt.New(t)
 			s.AttachBundle(t, ref, sigtest.BundleOptions{})
 			if _, err := verify(t, ref, sigverify.Options{}, keys(t, s)); err != nil {
 				t.Fatal(err)
@@ -218,5 +212,25 @@ func TestTooManyBundles(t *testing.T) {
 	}
 	if len(err.Error()) > 8192 {
 		t.Errorf("error is %d bytes", len(err.Error()))
+	}
+}
+
+// A signature tag of more than MaxSignatures layers is not read, and does
+// not hide a bundle.
+func TestTooManyTagSignaturesThenBundle(t *testing.T) {
+	_, ref := setup(t)
+	s := sigtest.NewSigner(t)
+	repo, digest, _ := strings.Cut(ref, "@")
+	payload := sigtest.Payload(repo, digest)
+	for i := 0; i <= sigverify.MaxSignatures; i++ {
+		sigtest.PushSignature(t, repo, digest, payload, "AAAA", sigtest.Options{Append: i > 0})
+	}
+	_, err := verify(t, ref, sigverify.Options{}, keys(t, s))
+	if !errors.Is(err, sigverify.ErrBadSignature) || !strings.Contains(err.Error(), fmt.Sprintf("has %d layers, at most %d are read", sigverify.MaxSignatures+1, sigverify.MaxSignatures)) {
+		t.Fatalf("err = %v, want ErrBadSignature saying the tag has too many layers", err)
+	}
+	s.AttachBundle(t, ref, sigtest.BundleOptions{})
+	if res, err := verify(t, ref, sigverify.Options{}, keys(t, s)); err != nil || res.Format != sigverify.FormatSigstoreBundle {
+		t.Fatalf("%+v, %v; want the bundle", res, err)
 	}
 }

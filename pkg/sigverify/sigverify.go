@@ -211,21 +211,22 @@ func verifyTag(f *fetcher, digest string, keys Keys, fs *findings) (Result, bool
 	if err != nil {
 		return Result{}, false, fmt.Errorf("%s: %w", where, err)
 	}
-	switch {
-	case !found:
+	if !found {
 		fs.absent = append(fs.absent, "no manifest "+where)
 		return Result{}, false, nil
-	case len(m.Layers) == 0:
+	}
+	if len(m.Layers) == 0 {
 		fs.absent = append(fs.absent, "manifest "+where+" has no signature layers")
-		return Result{}, false, nil
-	case len(m.Layers) > MaxSignatures:
-		// Not read at all, yet signatures are there: a bad signature rather
-		// than a registry problem, since asking again will not help.
-		fs.found = append(fs.found, fmt.Sprintf("%d signature(s) in %s", len(m.Layers), where))
-		fs.reasons = append(fs.reasons, fmt.Sprintf("manifest %s has %d layers, at most %d are read", where, len(m.Layers), MaxSignatures))
 		return Result{}, false, nil
 	}
 	fs.found = append(fs.found, fmt.Sprintf("%d signature(s) in %s", len(m.Layers), where))
+	if len(m.Layers) > MaxSignatures {
+		// None read, and the referrers are still looked at. If nothing
+		// verifies, this is a bad signature rather than a registry problem:
+		// asking again will not help.
+		fs.reasons = append(fs.reasons, fmt.Sprintf("manifest %s has %d layers, at most %d are read", where, len(m.Layers), MaxSignatures))
+		return Result{}, false, nil
+	}
 	for i, l := range m.Layers {
 		res, payloadDigest, err := verifyLayer(f, l, keys)
 		if err != nil {

@@ -169,18 +169,10 @@ func TestSeparateSignatureRepository(t *testing.T) {
 }
 
 func TestKeyTypes(t *testing.T) {
-	for _, tc := range []struct {
-		name   string
-		signer func(t *testing.T) *sigtest.Signer
-	}{
-		{"ecdsa-p256", func(t *testing.T) *sigtest.Signer { return sigtest.NewSigner(t) }},
-		{"ed25519", func(t *testing.T) *sigtest.Signer { return sigtest.NewEd25519Signer(t) }},
-		{"rsa-pkcs1v15", func(t *testing.T) *sigtest.Signer { return sigtest.NewRSASigner(t, false) }},
-		{"rsa-pss", func(t *testing.T) *sigtest.Signer { return sigtest.NewRSASigner(t, true) }},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
+	for _, kt := range sigtest.KeyTypes {
+		t.Run(kt.Name, func(t *testing.T) {
 			_, ref := setup(t)
-			s := tc.signer(t)
+			s := kt.New(t)
 			s.Sign(t, ref, sigtest.Options{})
 			// Listed second, after a key of another type.
 			if _, err := verify(t, ref, sigverify.Options{}, keys(t, sigtest.NewEd25519Signer(t), s)); err != nil {
