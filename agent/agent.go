@@ -19,6 +19,7 @@ import (
 	"github.com/molecule-ai/tenant-agent/agent/metrics"
 	"github.com/molecule-ai/tenant-agent/agent/runner"
 	"github.com/molecule-ai/tenant-agent/pkg/identity"
+	"github.com/molecule-ai/tenant-agent/pkg/limits"
 	"github.com/molecule-ai/tenant-agent/pkg/mtls"
 	"github.com/molecule-ai/tenant-agent/pkg/version"
 )
@@ -58,8 +59,13 @@ type Config struct {
 	HealthGateTimeout time.Duration
 	StabilityWindow   time.Duration
 	PullTimeout       time.Duration
+	// MaxParallel bounds the containers of a runtime recreated at once
+	// after the canary (--max-parallel-recreates).
 	MaxParallel       int
 	HeartbeatInterval time.Duration
+	// ResyncInterval is how often the watched view of the containers is
+	// checked against a container list (docker.WatchOptions).
+	ResyncInterval time.Duration
 	// KeepaliveTime and KeepaliveTimeout are the HTTP/2 pings that find a
 	// dead connection (grpc-go pings at most every 10 s).
 	KeepaliveTime, KeepaliveTimeout time.Duration
@@ -90,7 +96,7 @@ func Defaults() Config {
 		Labels:            map[string]string{"molecule.org-id": "{tenant}", "molecule.platform.managed": "true"},
 		RepositoryPattern: "workspace-template-{runtime}",
 		HealthGateTimeout: 2 * time.Minute, StabilityWindow: 10 * time.Second,
-		PullTimeout: 2 * time.Hour, MaxParallel: 1, HeartbeatInterval: 15 * time.Second,
+		PullTimeout: 2 * time.Hour, MaxParallel: 4, HeartbeatInterval: 15 * time.Second, ResyncInterval: 5 * time.Minute,
 		KeepaliveTime: 30 * time.Second, KeepaliveTimeout: 10 * time.Second,
 		ResultRetention: 7 * 24 * time.Hour,
 		MinFreeDisk:     5 << 30, KeepImages: 1,
@@ -121,13 +127,13 @@ func (c *Config) CheckAndSetDefaults() error {
 		errs = append(errs, fmt.Errorf("--repository-pattern %q must hold {runtime} once", c.RepositoryPattern))
 	}
 	for name, d := range map[string]time.Duration{"health-gate-timeout": c.HealthGateTimeout, "stability-window": c.StabilityWindow, "pull-timeout": c.PullTimeout, "heartbeat-interval": c.HeartbeatInterval,
-		"keepalive-time": c.KeepaliveTime, "keepalive-timeout": c.KeepaliveTimeout} {
+		"resync-interval": c.ResyncInterval, "keepalive-time": c.KeepaliveTime, "keepalive-timeout": c.KeepaliveTimeout} {
 		if d <= 0 {
 			errs = append(errs, fmt.Errorf("--%s must be positive", name))
 		}
 	}
-	if c.MaxParallel <= 0 {
-		errs = append(errs, errors.New("--max-parallel must be at least 1"))
+	if c.MaxParallel <= 0 || c.MaxParallel > limits.InFlight {
+		errs = append(errs, fmt.Errorf("--max-parallel-recreates must be from 1 to %d", limits.InFlight))
 	}
 	if c.HTTPAddr != "" {
 		addr, err := metrics.ListenAddr(c.HTTPAddr)
@@ -174,6 +180,10 @@ func Run(ctx context.Context, cfg Config) error {
 		return fmt.Errorf("docker: %w", err)
 	}
 	defer engine.Close()
+	m := metrics.New()
+	// The containers' state comes from Docker's event stream; the
+	// heartbeat reads it instead of listing and inspecting every container.
+	state := engine.Watch(ctx, selector, docker.WatchOptions{ResyncInterval: cfg.ResyncInterval, OnReachable: m.DockerReachable})
 	creds := docker.CredentialFunc(docker.Anonymous)
 	if cfg.RegistryCredentials != "" {
 		c, err := docker.NewCredentials(cfg.RegistryCredentials, logger)
@@ -182,7 +192,6 @@ func Run(ctx context.Context, cfg Config) error {
 		}
 		creds = c.For
 	}
-	m := metrics.New()
 	verifier, err := startSignatures(ctx, cfg, policy, creds, m)
 	if err != nil {
 		return err
@@ -192,7 +201,7 @@ func Run(ctx context.Context, cfg Config) error {
 		AllowRepositories: cfg.AllowRepositories, Credentials: creds, Signatures: verifier,
 		MinFreeDisk: cfg.MinFreeDisk, CleanupImages: cfg.KeepImages >= 0, KeepImages: cfg.KeepImages,
 		HealthGateTimeout: cfg.HealthGateTimeout, StabilityWindow: cfg.StabilityWindow, PullTimeout: cfg.PullTimeout, MaxParallel: cfg.MaxParallel,
-		Logger: logger,
+		State: state, Logger: logger,
 	})
 	if err != nil {
 		return err
@@ -215,7 +224,7 @@ func Run(ctx context.Context, cfg Config) error {
 	return channel.Run(ctx, channel.Config{
 		Addr: cfg.ControlPlane, Creds: mtls.ClientCredentialsWith(src, mtls.ClientOptions{ServerName: cfg.ServerName, ServerID: cfg.ControlPlaneID}), Tenant: id.Tenant,
 		Hostname: hostname, Version: version.String(), DockerVersion: engine.Version,
-		Inventory: exec.Inventory, Runner: run, Changes: engine.WatchChanges(ctx, selector, docker.WatchOptions{OnReachable: m.DockerReachable}),
+		Inventory: exec.Inventory, Runner: run, Changes: state.Changes(),
 		HeartbeatInterval: cfg.HeartbeatInterval, KeepaliveTime: cfg.KeepaliveTime, KeepaliveTimeout: cfg.KeepaliveTimeout,
 		CA: cfg.TLS.CA, Observer: m, Logger: logger,
 	})

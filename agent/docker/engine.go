@@ -19,25 +19,58 @@ import (
 
 // Engine talks to one Docker Engine.
 type Engine struct {
-	cli    *client.Client
+	cli *client.Client
+	// base is the client whose transport a counting client wraps; closed
+	// with cli.
+	base   *client.Client
+	images imageCache
 	logger *slog.Logger
+}
+
+// Options configure an Engine.
+type Options struct {
+	// Host is the Engine's address; "" means DOCKER_HOST or the default
+	// socket.
+	Host   string
+	Logger *slog.Logger
+	// Requests, if set, counts every request the Engine sends.
+	Requests *RequestCounter
 }
 
 // New connects to the Docker Engine at host ("" means DOCKER_HOST or the
 // default socket), negotiating the API version (Engine 20.10 speaks 1.41).
 func New(host string, logger *slog.Logger) (*Engine, error) {
+	return NewWithOptions(Options{Host: host, Logger: logger})
+}
+
+// NewWithOptions is New with options.
+func NewWithOptions(o Options) (*Engine, error) {
 	opts := []client.Opt{client.FromEnv, client.WithAPIVersionNegotiation()}
-	if host != "" {
-		opts = append(opts, client.WithHost(host))
+	if o.Host != "" {
+		opts = append(opts, client.WithHost(o.Host))
 	}
 	cli, err := client.NewClientWithOpts(opts...)
 	if err != nil {
 		return nil, err
 	}
-	if logger == nil {
-		logger = slog.Default()
+	if o.Logger == nil {
+		o.Logger = slog.Default()
 	}
-	return &Engine{cli: cli, logger: logger.With("component", "docker")}, nil
+	e := &Engine{cli: cli, logger: o.Logger.With("component", "docker")}
+	if o.Requests != nil {
+		// The client configures its own transport for the host (socket,
+		// TLS from the environment) and accepts no wrapper after that, so
+		// a second client sends through the first one's transport.
+		hc := cli.HTTPClient()
+		hc.Transport = countingTransport{c: o.Requests, next: hc.Transport}
+		counted, err := client.NewClientWithOpts(append(opts, client.WithHost(cli.DaemonHost()), client.WithHTTPClient(hc))...)
+		if err != nil {
+			cli.Close()
+			return nil, err
+		}
+		e.cli, e.base = counted, cli
+	}
+	return e, nil
 }
 
 // Ping checks that the Engine answers. It asks for the version rather than
@@ -54,7 +87,12 @@ func (e *Engine) Ping(ctx context.Context) error {
 func (e *Engine) Client() *client.Client { return e.cli }
 
 // Close releases the client.
-func (e *Engine) Close() error { return e.cli.Close() }
+func (e *Engine) Close() error {
+	if e.base != nil {
+		e.base.Close()
+	}
+	return e.cli.Close()
+}
 
 // Version returns the Engine's version.
 func (e *Engine) Version(ctx context.Context) (string, error) {
@@ -124,8 +162,8 @@ func (e *Engine) inspect(ctx context.Context, id string) (Container, error) {
 		return Container{}, err
 	}
 	c := Container{Inspect: in, Repository: RepositoryOf(in.Config.Image)}
-	if img, err := e.cli.ImageInspect(ctx, in.Image); err == nil {
-		c.RepoDigests, c.ImageConfig = img.RepoDigests, imageConfig(img.Config)
+	if img, ok := e.imageOf(ctx, in.Image); ok {
+		c.RepoDigests, c.ImageConfig = img.repoDigests, img.config
 	}
 	return c, nil
 }

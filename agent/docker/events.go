@@ -2,7 +2,6 @@ package docker
 
 import (
 	"context"
-	"strings"
 	"time"
 
 	"github.com/docker/docker/api/types/events"
@@ -15,10 +14,21 @@ type WatchOptions struct {
 	// (default 1 s) up to MaxBackoff (default 1 min), and starts over once
 	// a stream has lasted MaxBackoff.
 	MinBackoff, MaxBackoff time.Duration
+	// ResyncInterval is how often the view is checked against a container
+	// list while the stream is up (default 5 min): a safety net against an
+	// event the Engine never sent, one request per interval when nothing
+	// changed.
+	ResyncInterval time.Duration
 	// OnReachable, if set, is told each time Docker turns reachable or
 	// unreachable (for metrics and /healthz). It must not block.
 	OnReachable func(bool)
 }
+
+// watchedActions are the container events that change what the view
+// holds. The Engine filters by them, so the exec_* events of every
+// healthcheck never reach the agent.
+var watchedActions = []events.Action{events.ActionCreate, events.ActionStart, events.ActionRestart, events.ActionDie, events.ActionHealthStatus,
+	events.ActionDestroy, events.ActionRename, events.ActionPause, events.ActionUnPause}
 
 // Changes signals, coalesced, whenever Docker reports a lifecycle event
 // (start, die, health status, ...) of a managed container, so a health
@@ -32,23 +42,35 @@ func (e *Engine) Changes(ctx context.Context, sel Selector) <-chan struct{} {
 // reachable again are logged once each, and are changes too (the health
 // report says whether Docker is reachable).
 func (e *Engine) WatchChanges(ctx context.Context, sel Selector, opts WatchOptions) <-chan struct{} {
+	return e.Watch(ctx, sel, opts).Changes()
+}
+
+// Watch keeps the managed containers' state from the Engine's event
+// stream until ctx ends: a full resync (list and inspect) each time the
+// stream is (re)attached, so nothing that happened while it was down is
+// missed, then each event applied as it comes, and a cheap check against
+// a container list every ResyncInterval.
+func (e *Engine) Watch(ctx context.Context, sel Selector, opts WatchOptions) *State {
 	if opts.MinBackoff <= 0 {
 		opts.MinBackoff = time.Second
 	}
 	if opts.MaxBackoff < opts.MinBackoff {
 		opts.MaxBackoff = max(time.Minute, opts.MinBackoff)
 	}
-	out := make(chan struct{}, 1)
-	w := &watcher{e: e, sel: sel, opts: opts, out: out}
+	if opts.ResyncInterval <= 0 {
+		opts.ResyncInterval = 5 * time.Minute
+	}
+	s := newState()
+	w := &watcher{e: e, sel: sel, opts: opts, state: s}
 	go w.run(ctx)
-	return out
+	return s
 }
 
 type watcher struct {
-	e    *Engine
-	sel  Selector
-	opts WatchOptions
-	out  chan struct{}
+	e     *Engine
+	sel   Selector
+	opts  WatchOptions
+	state *State
 	// reachable is nil until the first attempt.
 	reachable *bool
 }
@@ -57,6 +79,7 @@ func (w *watcher) run(ctx context.Context) {
 	wait := w.opts.MinBackoff
 	for ctx.Err() == nil {
 		lasted, err := w.attach(ctx)
+		w.state.unsync()
 		if ctx.Err() != nil {
 			return
 		}
@@ -73,8 +96,10 @@ func (w *watcher) run(ctx context.Context) {
 	}
 }
 
-// attach pings Docker, then follows its event stream until it fails, and
-// returns how long the stream lasted (0 when Docker did not answer).
+// attach pings Docker, subscribes to its event stream, resyncs, then
+// applies events until the stream fails, and returns how long the stream
+// lasted (0 when Docker did not answer). Subscribing before the resync
+// means no change falls between the two.
 func (w *watcher) attach(ctx context.Context) (time.Duration, error) {
 	pingCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	err := w.e.Ping(pingCtx)
@@ -87,16 +112,28 @@ func (w *watcher) attach(ctx context.Context) (time.Duration, error) {
 	}
 	w.setReachable(true, nil)
 	started := time.Now()
+	streamCtx, stop := context.WithCancel(ctx)
+	defer stop() // ends the client's stream reader
 	f := w.sel.Filters()
 	f.Add("type", string(events.ContainerEventType))
-	msgs, errs := w.e.cli.Events(ctx, events.ListOptions{Filters: f})
+	for _, a := range watchedActions {
+		f.Add("event", string(a))
+	}
+	msgs, errs := w.e.cli.Events(streamCtx, events.ListOptions{Filters: f})
+	if err := w.resync(ctx, true); err != nil {
+		return time.Since(started), err
+	}
+	tick := time.NewTicker(w.opts.ResyncInterval)
+	defer tick.Stop()
 	for {
 		select {
 		case m := <-msgs:
-			// Healthchecks run as exec every few seconds; those are not
-			// changes.
-			if !strings.HasPrefix(string(m.Action), "exec_") {
-				w.signal()
+			if w.state.apply(ctx, w.e, w.sel, m) {
+				w.state.signal()
+			}
+		case <-tick.C:
+			if err := w.resync(ctx, false); err != nil {
+				return time.Since(started), err
 			}
 		case err := <-errs:
 			return time.Since(started), err
@@ -104,6 +141,21 @@ func (w *watcher) attach(ctx context.Context) (time.Duration, error) {
 			return time.Since(started), ctx.Err()
 		}
 	}
+}
+
+// resync brings the view in line with the Engine (full: every container
+// inspected again; else only those a list shows changed) and forgets the
+// images no managed container uses.
+func (w *watcher) resync(ctx context.Context, full bool) error {
+	changed, err := w.state.resync(ctx, w.e, w.sel, full)
+	if err != nil {
+		return err
+	}
+	w.e.keepImages(w.state.imagesInUse())
+	if changed {
+		w.state.signal()
+	}
+	return nil
 }
 
 // setReachable logs and reports only changes of state: a Docker down for
@@ -124,13 +176,6 @@ func (w *watcher) setReachable(ok bool, err error) {
 		w.opts.OnReachable(ok)
 	}
 	if !first {
-		w.signal()
-	}
-}
-
-func (w *watcher) signal() {
-	select {
-	case w.out <- struct{}{}:
-	default:
+		w.state.signal()
 	}
 }

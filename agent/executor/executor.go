@@ -1,7 +1,8 @@
 // Package executor carries out the control plane's commands on this host:
 // it checks a command against the agent's own rules (digest only, allowed
 // repository, the runtime's own repository), pulls, and recreates the
-// runtime's containers one at a time. Commands never carry container
+// runtime's containers: a canary alone, then the rest a few at a time, in
+// dependency order (schedule.go). Commands never carry container
 // configuration: every container is rebuilt from its own inspect output.
 package executor
 
@@ -14,7 +15,6 @@ import (
 	"slices"
 	"sort"
 	"strings"
-	"sync"
 	"time"
 
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -65,8 +65,14 @@ type Config struct {
 	HealthGateTimeout time.Duration
 	StabilityWindow   time.Duration
 	PullTimeout       time.Duration
-	MaxParallel       int
-	Logger            *slog.Logger
+	// MaxParallel bounds the containers recreated at once after the
+	// canary (default 4); a command may lower it, never raise it.
+	MaxParallel int
+	// State, if set, is the watched view of the containers that health
+	// reports read (docker.Engine.Watch); while it is not current, or
+	// without it, they list the Engine. Commands always list the Engine.
+	State  *docker.State
+	Logger *slog.Logger
 }
 
 // CheckAndSetDefaults validates the config and fills in defaults.
@@ -96,7 +102,7 @@ func (c *Config) CheckAndSetDefaults() error {
 		c.PullTimeout = 2 * time.Hour
 	}
 	if c.MaxParallel <= 0 {
-		c.MaxParallel = 1
+		c.MaxParallel = 4
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
@@ -165,26 +171,43 @@ func ValidRuntime(s string) bool {
 
 func lowerAlnum(c byte) bool { return c >= 'a' && c <= 'z' || c >= '0' && c <= '9' }
 
-// Containers returns the managed containers by runtime.
+// Containers returns the managed containers by runtime, as the Engine
+// lists them now.
 func (x *Executor) Containers(ctx context.Context) (map[string][]docker.Container, error) {
 	all, err := x.cfg.Engine.List(ctx, x.cfg.Selector)
 	if err != nil {
 		return nil, err
 	}
+	return x.byRuntime(all), nil
+}
+
+// watched returns the managed containers by runtime from the watched
+// view, or from the Engine while the view is not current.
+func (x *Executor) watched(ctx context.Context) (map[string][]docker.Container, error) {
+	if x.cfg.State != nil {
+		if all, ok := x.cfg.State.Snapshot(); ok {
+			return x.byRuntime(all), nil
+		}
+	}
+	return x.Containers(ctx)
+}
+
+func (x *Executor) byRuntime(all []docker.Container) map[string][]docker.Container {
 	out := map[string][]docker.Container{}
 	for _, c := range all {
 		if rt := x.runtimeOf(c); rt != "" {
 			out[rt] = append(out[rt], c)
 		}
 	}
-	return out, nil
+	return out
 }
 
 // Inventory is what Hello and health reports say about containers: names,
 // IDs, images, digests, state and health; never environment or inspect
-// output.
+// output. It reads the watched view, so an idle agent's heartbeat asks
+// the Engine nothing.
 func (x *Executor) Inventory(ctx context.Context) ([]*tenantagentv1.RuntimeStatus, error) {
-	byRuntime, err := x.Containers(ctx)
+	byRuntime, err := x.watched(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -336,8 +359,9 @@ func (x *Executor) pull(ctx context.Context, ref, repo string, hooks Hooks) (doc
 }
 
 // Refresh pulls the image and recreates the runtime's containers on it
-// (docs/design.md §6). Containers already on the digest are left alone. After
-// the first container that rolls back, no further container is touched.
+// (docs/design.md §6): the canary, then the rest in parallel (schedule.go).
+// Containers already on the digest are left alone. Once a container rolls
+// back, no further container is touched.
 // A simulated crash (docker.ErrCrash from hooks.Step) stops it at once,
 // as a dead process would: it returns that error and no result.
 func (x *Executor) Refresh(ctx context.Context, cmd *tenantagentv1.RefreshRuntimeImage, hooks Hooks) (*tenantagentv1.CommandResult, error) {
@@ -384,7 +408,7 @@ func (x *Executor) Refresh(ctx context.Context, cmd *tenantagentv1.RefreshRuntim
 	}
 	result.PullDuration, result.PulledBytes = durationpb.New(pulled.Duration), pulled.Bytes
 	target := docker.Target{Repository: repo, Digest: digest, ImageID: pulled.ImageID}
-	outcomes, err := x.recreateAll(ctx, todo, target, x.recreateOptions(cmd), x.parallel(cmd), hooks)
+	outcomes, err := newSchedule(x, ctx, sortedByName(todo), target, x.recreateOptions(cmd), x.parallel(cmd), hooks).run()
 	if err != nil {
 		return nil, err
 	}
@@ -419,59 +443,22 @@ func (x *Executor) recreateOptions(cmd *tenantagentv1.RefreshRuntimeImage) docke
 	return opts
 }
 
-// parallel is how many containers cmd recreates at once.
+// parallel is how many containers cmd recreates at once after the
+// canary: the agent's --max-parallel-recreates, or fewer if cmd says so
+// (1: one at a time); a command can never raise it.
 func (x *Executor) parallel(cmd *tenantagentv1.RefreshRuntimeImage) int {
 	if n := int(cmd.GetOptions().GetMaxParallelContainers()); n > 0 {
-		return n
+		return min(n, x.cfg.MaxParallel)
 	}
 	return x.cfg.MaxParallel
 }
 
-// recreateAll recreates containers, at most parallel at once. A container
-// that fails on its own before anything was changed (its config, its name:
-// not attempted with a failed step) does not stop the others; a rollback
-// does, being a signal about the image, and so does a cancel. A simulated
-// crash stops everything and is returned.
-func (x *Executor) recreateAll(ctx context.Context, todo []docker.Container, target docker.Target, opts docker.RecreateOptions, parallel int, hooks Hooks) ([]docker.Outcome, error) {
-	outcomes := make([]docker.Outcome, len(todo))
-	var mu sync.Mutex
-	stop := false
-	var crash error
-	sem := make(chan struct{}, parallel)
-	var wg sync.WaitGroup
-	for i, c := range todo {
-		sem <- struct{}{}
-		mu.Lock()
-		halt := stop || crash != nil || ctx.Err() != nil
-		mu.Unlock()
-		if halt {
-			<-sem
-			outcomes[i] = skipped(c)
-			continue
-		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			defer func() { <-sem }()
-			report := func(step docker.Step, msg string) {
-				hooks.Progress(&Progress{Phase: phaseOf(step), Container: c.Name(), Message: msg})
-			}
-			o, err := x.cfg.Engine.Recreate(ctx, c, target, opts, hooks.Step, report)
-			mu.Lock()
-			defer mu.Unlock()
-			if err != nil {
-				crash = err
-				return
-			}
-			outcomes[i] = o
-			if o.Result != docker.ResultRecreated {
-				stop = stop || !failedAlone(o)
-				x.cfg.Logger.Warn("container not recreated", "container", c.Name(), "outcome", o.Result, "error", o.Err)
-			}
-		}()
-	}
-	wg.Wait()
-	return outcomes, crash
+// sortedByName gives refreshes a stable order: the canary and the order
+// of the rest do not depend on how the Engine listed them.
+func sortedByName(cs []docker.Container) []docker.Container {
+	cs = slices.Clone(cs)
+	slices.SortFunc(cs, func(a, b docker.Container) int { return strings.Compare(a.Name(), b.Name()) })
+	return cs
 }
 
 // skipped is a container not attempted because an earlier one failed or

@@ -52,6 +52,12 @@ func boundProgress(p *tenantagentv1.CommandProgress) {
 		l.Id = limits.Truncate(l.Id, limits.ID)
 		l.Status = limits.Truncate(l.Status, limits.Message)
 	}
+	if len(p.InFlight) > limits.InFlight {
+		p.InFlight = p.InFlight[:limits.InFlight]
+	}
+	for i, n := range p.InFlight {
+		p.InFlight[i] = limits.Truncate(n, limits.Name)
+	}
 }
 
 // boundResult keeps a result inside the limits: the joined error, each

@@ -72,8 +72,14 @@ func parseFlags(args []string, stdout io.Writer) (agent.Config, error) {
 	fs.DurationVar(&cfg.HealthGateTimeout, "health-gate-timeout", cfg.HealthGateTimeout, "how long a new container may take to become healthy before it is rolled back")
 	fs.DurationVar(&cfg.StabilityWindow, "stability-window", cfg.StabilityWindow, "how long a container without a healthcheck must run without restarting")
 	fs.DurationVar(&cfg.PullTimeout, "pull-timeout", cfg.PullTimeout, "longest pull (images are large and links slow)")
-	fs.IntVar(&cfg.MaxParallel, "max-parallel", cfg.MaxParallel, "containers recreated at once")
+	fs.IntVar(&cfg.MaxParallel, "max-parallel-recreates", cfg.MaxParallel, "containers of a runtime recreated at once: a refresh recreates one container (the canary) alone\n"+
+		"through its health gate, then the rest at most this many at once, each with its own health gate, never a\n"+
+		"container beside those it depends on (--network container:, --volumes-from, --link); a command may ask\n"+
+		"for fewer, never more")
+	legacyParallel := fs.Int("max-parallel", 0, "deprecated alias of --max-parallel-recreates (so is its variable); the new name wins if both are set")
 	fs.DurationVar(&cfg.HeartbeatInterval, "heartbeat-interval", cfg.HeartbeatInterval, "health report interval until the control plane sets one")
+	fs.DurationVar(&cfg.ResyncInterval, "resync-interval", cfg.ResyncInterval, "health reports come from Docker's event stream, re-read in full whenever the stream is\n"+
+		"(re)attached; this often it is also checked against a container list (one request when nothing changed)")
 	fs.DurationVar(&cfg.KeepaliveTime, "keepalive-time", cfg.KeepaliveTime, "idle time before an HTTP/2 ping to the control plane (at least 10s)")
 	fs.DurationVar(&cfg.KeepaliveTimeout, "keepalive-timeout", cfg.KeepaliveTimeout, "how long a ping may go unanswered before the connection is dropped and redialed")
 	fs.DurationVar(&cfg.ResultRetention, "result-retention", cfg.ResultRetention, "how long finished command IDs are remembered to refuse re-execution")
@@ -83,6 +89,9 @@ func parseFlags(args []string, stdout io.Writer) (agent.Config, error) {
 
 	if _, err := cmd.Parse(fs, args, stdout); err != nil {
 		return cfg, err
+	}
+	if given(fs, "max-parallel") && !given(fs, "max-parallel-recreates") {
+		cfg.MaxParallel = *legacyParallel
 	}
 	var err error
 	if cfg.Labels, err = parseLabels(*labels); err != nil {
@@ -96,7 +105,18 @@ func parseFlags(args []string, stdout io.Writer) (agent.Config, error) {
 	if cfg.Logger, err = cliflag.NewLogger(*logLevel, *logFormat); err != nil {
 		return cfg, err
 	}
+	if given(fs, "max-parallel") {
+		cfg.Logger.Warn("--max-parallel (TENANT_AGENT_MAX_PARALLEL) is deprecated: use --max-parallel-recreates", "component", "agent")
+	}
 	return cfg, nil
+}
+
+// given reports whether a flag was set, on the command line or by its
+// environment variable.
+func given(fs *flag.FlagSet, name string) bool {
+	set := false
+	fs.Visit(func(f *flag.Flag) { set = set || f.Name == name })
+	return set
 }
 
 func parseLabels(s string) (map[string]string, error) {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"io"
+	"os"
 	"strings"
 	"testing"
 )
@@ -34,5 +35,39 @@ func TestSignaturePolicyFlag(t *testing.T) {
 	}
 	if cfg, err = parseFlags([]string{"--signature-policy", "p.json"}, io.Discard); err != nil || cfg.SignaturePolicy != "p.json" {
 		t.Fatalf("the flag wins: %q, %v", cfg.SignaturePolicy, err)
+	}
+}
+
+// --max-parallel-recreates defaults to 4; the deprecated --max-parallel
+// (and its variable) still set it, and the new name wins over it.
+func TestMaxParallelRecreatesFlag(t *testing.T) {
+	for _, c := range []struct {
+		args []string
+		env  map[string]string
+		want int
+	}{
+		{nil, nil, 4},
+		{[]string{"--max-parallel-recreates", "2"}, nil, 2},
+		{[]string{"--max-parallel", "3"}, nil, 3},
+		{nil, map[string]string{"TENANT_AGENT_MAX_PARALLEL": "1"}, 1},
+		{nil, map[string]string{"TENANT_AGENT_MAX_PARALLEL_RECREATES": "6"}, 6},
+		{[]string{"--max-parallel", "3", "--max-parallel-recreates", "5"}, nil, 5},
+		{[]string{"--max-parallel-recreates", "5"}, map[string]string{"TENANT_AGENT_MAX_PARALLEL": "1"}, 5},
+	} {
+		for k, v := range c.env {
+			t.Setenv(k, v)
+		}
+		cfg, err := parseFlags(c.args, io.Discard)
+		if err != nil || cfg.MaxParallel != c.want {
+			t.Errorf("%v %v: %d, %v; want %d", c.args, c.env, cfg.MaxParallel, err, c.want)
+		}
+		for k := range c.env {
+			os.Unsetenv(k)
+		}
+	}
+	var help strings.Builder
+	parseFlags([]string{"--help"}, &help)
+	if !strings.Contains(help.String(), "deprecated alias of --max-parallel-recreates") {
+		t.Errorf("--help does not call --max-parallel deprecated:\n%s", help.String())
 	}
 }

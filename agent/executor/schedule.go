@@ -1,0 +1,257 @@
+package executor
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"sync"
+
+	"github.com/molecule-ai/tenant-agent/agent/docker"
+)
+
+// A refresh recreates one runtime's containers in two phases
+// (docs/design.md §6). The canary, the first container (a running one if
+// there is one, for it proves the image), is recreated alone through its
+// whole health gate. Once it is stable, the rest follow, at most parallel
+// at once, each through its own health gate. A container never starts
+// before the containers it depends on (DependsOn) are done, so it is
+// never recreated beside them. A rollback anywhere stops new recreates at
+// once: it is a signal about the image. A container that fails alone
+// before anything changed (its config, its name) stops nothing.
+
+// schedule is one refresh's recreates under way.
+type schedule struct {
+	x        *Executor
+	ctx      context.Context
+	target   docker.Target
+	opts     docker.RecreateOptions
+	hooks    Hooks
+	parallel int
+	cs       []docker.Container
+	// deps[i] are the indexes of the containers cs[i] depends on.
+	deps [][]int
+
+	mu       sync.Mutex
+	outcomes []docker.Outcome
+	started  []bool
+	finished []bool
+	inFlight []string
+	// halted: a rollback, a crash or a cancel; nothing new starts.
+	halted bool
+	crash  error
+}
+
+func newSchedule(x *Executor, ctx context.Context, todo []docker.Container, target docker.Target, opts docker.RecreateOptions, parallel int, hooks Hooks) *schedule {
+	cs, deps := order(todo)
+	return &schedule{x: x, ctx: ctx, target: target, opts: opts, hooks: hooks, parallel: max(parallel, 1), cs: cs, deps: deps,
+		outcomes: make([]docker.Outcome, len(cs)), started: make([]bool, len(cs)), finished: make([]bool, len(cs))}
+}
+
+// run recreates every container it may and returns every container's
+// outcome, in dependency order; the error is a simulated crash.
+func (s *schedule) run() ([]docker.Outcome, error) {
+	for !s.stopped() {
+		i := s.next(true)
+		if i < 0 {
+			break
+		}
+		s.hooks.Progress(&Progress{Phase: phaseOf(docker.StepCreate), Container: s.cs[i].Name(),
+			Message: fmt.Sprintf("canary: %s first, alone; the other %d follow once it is stable", s.cs[i].Name(), s.pending()-1)})
+		s.begin(i)
+		s.recreate(i)
+		if s.outcomes[i].Result == docker.ResultRecreated {
+			break
+		}
+		// Failed alone: the image is not proven yet; the next is the canary.
+	}
+	s.fanOut()
+	for i := range s.cs {
+		if !s.started[i] {
+			s.outcomes[i] = skipped(s.cs[i])
+		}
+	}
+	return s.outcomes, s.crash
+}
+
+// fanOut recreates the rest, at most parallel at once, each as soon as a
+// slot is free and its dependencies are done.
+func (s *schedule) fanOut() {
+	done := make(chan struct{})
+	running := 0
+	for {
+		for running < s.parallel && !s.stopped() {
+			i := s.next(false)
+			if i < 0 {
+				break
+			}
+			s.begin(i)
+			running++
+			go func() {
+				s.recreate(i)
+				done <- struct{}{}
+			}()
+		}
+		if running == 0 {
+			return
+		}
+		<-done
+		running--
+	}
+}
+
+// next is the first container not started whose dependencies are done
+// (a canary must be running if any such is), or -1.
+func (s *schedule) next(canary bool) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	first := -1
+	for i := range s.cs {
+		if s.started[i] || !s.ready(i) {
+			continue
+		}
+		if !canary || s.cs[i].Inspect.State != nil && s.cs[i].Inspect.State.Running {
+			return i
+		}
+		if first < 0 {
+			first = i
+		}
+	}
+	return first
+}
+
+// ready reports whether every container cs[i] depends on is done. One
+// that failed alone is done too: it was left as it was.
+func (s *schedule) ready(i int) bool {
+	for _, d := range s.deps[i] {
+		if !s.finished[d] {
+			return false
+		}
+	}
+	return true
+}
+
+func (s *schedule) pending() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := 0
+	for _, st := range s.started {
+		if !st {
+			n++
+		}
+	}
+	return n
+}
+
+func (s *schedule) begin(i int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.started[i] = true
+	s.inFlight = append(s.inFlight, s.cs[i].Name())
+}
+
+// stopped reports whether nothing new may start.
+func (s *schedule) stopped() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.halted || s.ctx.Err() != nil
+}
+
+func (s *schedule) halt() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.halted = true
+}
+
+// recreate recreates cs[i], pointed at the new containers of its
+// dependencies, and records its outcome.
+func (s *schedule) recreate(i int) {
+	c := s.withMovedDependencies(i)
+	report := func(step docker.Step, msg string) {
+		if step == docker.StepRollBack {
+			s.halt() // at once, not when the rollback is over
+		}
+		s.hooks.Progress(&Progress{Phase: phaseOf(step), Container: c.Name(), Message: msg, InFlight: s.flying()})
+	}
+	o, err := s.x.cfg.Engine.Recreate(s.ctx, c, s.target, s.opts, s.hooks.Step, report)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.outcomes[i], s.finished[i] = o, true
+	s.inFlight = slices.DeleteFunc(s.inFlight, func(n string) bool { return n == c.Name() })
+	switch {
+	case err != nil:
+		s.crash, s.halted = err, true
+	case o.Result != docker.ResultRecreated:
+		s.halted = s.halted || !failedAlone(o)
+		s.x.cfg.Logger.Warn("container not recreated", "container", c.Name(), "outcome", o.Result, "error", o.Err)
+	}
+}
+
+// withMovedDependencies is cs[i] with references by ID to a dependency
+// that was recreated pointing at its replacement.
+func (s *schedule) withMovedDependencies(i int) docker.Container {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	c := s.cs[i]
+	for _, d := range s.deps[i] {
+		if o := s.outcomes[d]; o.Result == docker.ResultRecreated {
+			c = c.Repoint(o.OldID, o.NewID)
+		}
+	}
+	return c
+}
+
+// flying names the containers being recreated now, for progress.
+func (s *schedule) flying() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return slices.Sorted(slices.Values(s.inFlight))
+}
+
+// order sorts containers so that each follows the ones it depends on
+// among them (a dependency outside them is left alone), keeping the
+// given order otherwise, and returns each one's dependencies by index.
+// A cycle, which the Engine does not allow, would be broken in the given
+// order.
+func order(todo []docker.Container) ([]docker.Container, [][]int) {
+	needs := make([][]int, len(todo))
+	for i, c := range todo {
+		for _, ref := range c.DependsOn() {
+			if j := slices.IndexFunc(todo, func(d docker.Container) bool { return d.Is(ref) }); j >= 0 && j != i && !slices.Contains(needs[i], j) {
+				needs[i] = append(needs[i], j)
+			}
+		}
+	}
+	placed := make([]int, len(todo)) // old index → new index + 1
+	var out []int
+	for len(out) < len(todo) {
+		progressed := false
+		for i := range todo {
+			if placed[i] == 0 && all(needs[i], func(j int) bool { return placed[j] != 0 }) {
+				out, placed[i], progressed = append(out, i), len(out)+1, true
+			}
+		}
+		if !progressed { // a cycle: take the first left
+			i := slices.Index(placed, 0)
+			out, placed[i] = append(out, i), len(out)+1
+		}
+	}
+	cs, deps := make([]docker.Container, len(out)), make([][]int, len(out))
+	for n, i := range out {
+		cs[n] = todo[i]
+		for _, j := range needs[i] {
+			if placed[j] < placed[i] { // not the back edge of a cycle
+				deps[n] = append(deps[n], placed[j]-1)
+			}
+		}
+	}
+	return cs, deps
+}
+
+func all(xs []int, f func(int) bool) bool {
+	for _, x := range xs {
+		if !f(x) {
+			return false
+		}
+	}
+	return true
+}
