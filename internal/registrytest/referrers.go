@@ -11,6 +11,17 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/types"
 )
 
+// Registries are the two kinds of registry a test of referrers runs on:
+// without the OCI 1.1 referrers API, where clients read and update the
+// referrers tag (sha256-<hex>) instead, and with it.
+var Registries = []struct {
+	Name  string
+	Start func(T) *Registry
+}{
+	{"referrers-tag", StartRegistry},
+	{"referrers-api", StartReferrersRegistry},
+}
+
 // StartReferrersRegistry serves, until the test ends, a registry with the
 // OCI 1.1 referrers API (GET /v2/<name>/referrers/<digest>).
 func StartReferrersRegistry(t T) *Registry {

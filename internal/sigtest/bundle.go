@@ -136,10 +136,7 @@ func (s *Signer) certificate(t registrytest.T) []byte {
 // manifest's reference.
 func (s *Signer) AttachBundle(t registrytest.T, ref string, o BundleOptions) string {
 	t.Helper()
-	_, digest, ok := strings.Cut(ref, "@")
-	if !ok {
-		t.Fatalf("sigtest: %q is not <repository>@<digest>", ref)
-	}
+	_, digest := splitRef(t, ref)
 	return PushBundle(t, ref, s.Bundle(t, digest, o), o.Options)
 }
 

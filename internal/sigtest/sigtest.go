@@ -27,6 +27,7 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/static"
 	"github.com/google/go-containerregistry/pkg/v1/types"
@@ -167,10 +168,7 @@ func (s *Signer) SignPayload(t registrytest.T, payload []byte) []byte {
 // image; it returns the signature's tag reference.
 func (s *Signer) Sign(t registrytest.T, ref string, o Options) string {
 	t.Helper()
-	repository, digest, ok := strings.Cut(ref, "@")
-	if !ok {
-		t.Fatalf("sigtest: %q is not <repository>@<digest>", ref)
-	}
+	repository, digest := splitRef(t, ref)
 	payloadDigest := digest
 	if o.PayloadDigest != "" {
 		payloadDigest = o.PayloadDigest
@@ -219,6 +217,28 @@ func PushSignature(t registrytest.T, sigRepo, digest string, payload []byte, sig
 		t.Fatalf("sigtest: push %s: %v", tag, err)
 	}
 	return tag.String()
+}
+
+// PushImage pushes a small random image to reg and returns its pinned
+// reference, "<repository>@sha256:<hex>", to sign.
+func PushImage(t registrytest.T, reg *registrytest.Registry) string {
+	t.Helper()
+	img, err := random.Image(512, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	repo, digest := reg.Push(t, "molecule-ai/workspace-template-codex", img)
+	return repo + "@" + digest
+}
+
+// splitRef splits "<repository>@<digest>".
+func splitRef(t registrytest.T, ref string) (repository, digest string) {
+	t.Helper()
+	repository, digest, ok := strings.Cut(ref, "@")
+	if !ok {
+		t.Fatalf("sigtest: %q is not <repository>@<digest>", ref)
+	}
+	return repository, digest
 }
 
 // Digest is the digest of img, for tests.

@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
-	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/sigstore/cosign/v3/cmd/cosign/cli/options"
 	"github.com/sigstore/cosign/v3/cmd/cosign/cli/sign"
 	"github.com/sigstore/cosign/v3/pkg/cosign"
@@ -22,27 +21,11 @@ import (
 	"github.com/molecule-ai/tenant-agent/pkg/sigverify"
 )
 
-// registries: without the OCI 1.1 referrers API (bundles are found by
-// the referrers tag) and with it.
-var registries = []struct {
-	name  string
-	start func(registrytest.T) *registrytest.Registry
-}{
-	{"referrers-tag", registrytest.StartRegistry},
-	{"referrers-api", registrytest.StartReferrersRegistry},
-}
-
-// setup serves a loopback registry holding one small image, and returns
-// its pinned reference.
+// setup serves a registry start makes (registrytest.Registries), holding
+// one small image, and returns its pinned reference.
 func setup(t *testing.T, start func(registrytest.T) *registrytest.Registry) string {
 	t.Helper()
-	reg := start(t)
-	img, err := random.Image(512, 1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	repo, digest := reg.Push(t, "molecule-ai/workspace-template-codex", img)
-	return repo + "@" + digest
+	return sigtest.PushImage(t, start(t))
 }
 
 // cosignKey is a key pair made by `cosign generate-key-pair`'s code:
@@ -122,9 +105,9 @@ func TestCosignSignatureVerifies(t *testing.T) {
 }
 
 func TestCosignBundleVerifies(t *testing.T) {
-	for _, r := range registries {
-		t.Run(r.name, func(t *testing.T) {
-			ref := setup(t, r.start)
+	for _, r := range registrytest.Registries {
+		t.Run(r.Name, func(t *testing.T) {
+			ref := setup(t, r.Start)
 			k := newCosignKey(t)
 			cosignSign(t, k, ref, true)
 			res, err := sigverify.Verify(context.Background(), ref, sigverify.Options{}, parseKeys(t, k.pub))
@@ -145,10 +128,16 @@ func TestCosignBundleVerifies(t *testing.T) {
 
 // b. What sigtest signs (and sigverify's tests trust), cosign verifies.
 
-// checkOpts verifies with the public key only: no transparency log, no
-// certificate timestamps, as sigverify does.
-func checkOpts(t *testing.T, pubPEM []byte, newBundleFormat bool) *cosign.CheckOpts {
+// cosignVerify verifies ref's signatures, or its sigstore bundles, with
+// cosign's library and the public key only (no transparency log, no
+// certificate timestamps, as sigverify does), the way `cosign verify
+// --key --insecure-ignore-tlog` does; it returns how many verify.
+func cosignVerify(t *testing.T, ref string, pubPEM []byte, bundles bool) (int, error) {
 	t.Helper()
+	d, err := name.NewDigest(ref)
+	if err != nil {
+		t.Fatal(err)
+	}
 	pub, err := cryptoutils.UnmarshalPEMToPublicKey(pubPEM)
 	if err != nil {
 		t.Fatal(err)
@@ -157,18 +146,16 @@ func checkOpts(t *testing.T, pubPEM []byte, newBundleFormat bool) *cosign.CheckO
 	if err != nil {
 		t.Fatal(err)
 	}
-	co := &cosign.CheckOpts{
-		SigVerifier:     v,
-		IgnoreTlog:      true,
-		IgnoreSCT:       true,
-		ClaimVerifier:   cosign.SimpleClaimVerifier,
-		NewBundleFormat: newBundleFormat,
+	co := &cosign.CheckOpts{SigVerifier: v, IgnoreTlog: true, IgnoreSCT: true, ClaimVerifier: cosign.SimpleClaimVerifier}
+	if bundles {
+		// As `cosign verify` does: a bundle's claim is an in-toto
+		// statement, verified by sigstore-go.
+		co.NewBundleFormat, co.ClaimVerifier = true, cosign.IntotoSubjectClaimVerifier
+		atts, _, err := cosign.VerifyImageAttestations(context.Background(), d, co)
+		return len(atts), err
 	}
-	// As `cosign verify` does: a bundle's claim is an in-toto statement.
-	if newBundleFormat {
-		co.ClaimVerifier = cosign.IntotoSubjectClaimVerifier
-	}
-	return co
+	sigs, _, err := cosign.VerifyImageSignatures(context.Background(), d, co)
+	return len(sigs), err
 }
 
 func TestSigtestSignatureVerifiesWithCosign(t *testing.T) {
@@ -180,85 +167,54 @@ func TestSigtestSignatureVerifiesWithCosign(t *testing.T) {
 			ref := setup(t, registrytest.StartRegistry)
 			s := kt.New(t)
 			s.Sign(t, ref, sigtest.Options{})
-			d, err := name.NewDigest(ref)
-			if err != nil {
-				t.Fatal(err)
+			if n, err := cosignVerify(t, ref, s.PublicKeyPEM, false); err != nil || n != 1 {
+				t.Fatalf("cosign: %d signatures, %v", n, err)
 			}
-			sigs, _, err := cosign.VerifyImageSignatures(context.Background(), d, checkOpts(t, s.PublicKeyPEM, false))
-			if err != nil || len(sigs) != 1 {
-				t.Fatalf("cosign: %d signatures, %v", len(sigs), err)
+		})
+	}
+}
+
+func TestSigtestBundleVerifiesWithCosign(t *testing.T) {
+	for _, r := range registrytest.Registries {
+		t.Run(r.Name, func(t *testing.T) {
+			ref := setup(t, r.Start)
+			s := sigtest.NewSigner(t)
+			s.AttachBundle(t, ref, sigtest.BundleOptions{})
+			if n, err := cosignVerify(t, ref, s.PublicKeyPEM, true); err != nil || n != 1 {
+				t.Fatalf("cosign: %d bundles, %v", n, err)
 			}
 		})
 	}
 }
 
 // cosign refuses what sigverify refuses: the checks above can fail.
-func TestSigtestBadSignatureRefusedByCosign(t *testing.T) {
+func TestSigtestBadSignaturesRefusedByCosign(t *testing.T) {
+	other := "sha256:" + strings.Repeat("ab", 32)
 	for _, tc := range []struct {
-		name string
-		o    sigtest.Options
+		name    string
+		bundles bool
+		sign    func(*testing.T, *sigtest.Signer, string)
 	}{
-		{"tampered", sigtest.Options{Tamper: true}},
-		{"another digest", sigtest.Options{PayloadDigest: "sha256:" + strings.Repeat("ab", 32)}},
+		{"tampered", false, func(t *testing.T, s *sigtest.Signer, ref string) { s.Sign(t, ref, sigtest.Options{Tamper: true}) }},
+		{"another digest", false, func(t *testing.T, s *sigtest.Signer, ref string) {
+			s.Sign(t, ref, sigtest.Options{PayloadDigest: other})
+		}},
+		{"tampered bundle", true, func(t *testing.T, s *sigtest.Signer, ref string) {
+			s.AttachBundle(t, ref, sigtest.BundleOptions{Options: sigtest.Options{Tamper: true}})
+		}},
+		{"bundle for another digest", true, func(t *testing.T, s *sigtest.Signer, ref string) {
+			s.AttachBundle(t, ref, sigtest.BundleOptions{Options: sigtest.Options{PayloadDigest: other}})
+		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ref := setup(t, registrytest.StartRegistry)
 			s := sigtest.NewSigner(t)
-			s.Sign(t, ref, tc.o)
-			d, err := name.NewDigest(ref)
-			if err != nil {
-				t.Fatal(err)
+			tc.sign(t, s, ref)
+			n, err := cosignVerify(t, ref, s.PublicKeyPEM, tc.bundles)
+			if err == nil {
+				t.Fatalf("cosign verified %d", n)
 			}
-			if _, _, err := cosign.VerifyImageSignatures(context.Background(), d, checkOpts(t, s.PublicKeyPEM, false)); err == nil {
-				t.Fatal("cosign verified it")
-			} else {
-				t.Logf("cosign refuses it: %v", err)
-			}
-		})
-	}
-}
-
-// sigtest's bundle verifies with cosign's new-bundle verification, which is
-// sigstore-go's (digest in the in-toto subject, DSSE signature by the key).
-func TestSigtestBundleVerifiesWithCosign(t *testing.T) {
-	for _, r := range registries {
-		t.Run(r.name, func(t *testing.T) {
-			ref := setup(t, r.start)
-			s := sigtest.NewSigner(t)
-			s.AttachBundle(t, ref, sigtest.BundleOptions{})
-			d, err := name.NewDigest(ref)
-			if err != nil {
-				t.Fatal(err)
-			}
-			atts, _, err := cosign.VerifyImageAttestations(context.Background(), d, checkOpts(t, s.PublicKeyPEM, true))
-			if err != nil || len(atts) != 1 {
-				t.Fatalf("cosign: %d bundles, %v", len(atts), err)
-			}
-		})
-	}
-}
-
-func TestSigtestBadBundleRefusedByCosign(t *testing.T) {
-	for _, tc := range []struct {
-		name string
-		o    sigtest.BundleOptions
-	}{
-		{"tampered", sigtest.BundleOptions{Options: sigtest.Options{Tamper: true}}},
-		{"another digest", sigtest.BundleOptions{Options: sigtest.Options{PayloadDigest: "sha256:" + strings.Repeat("ab", 32)}}},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			ref := setup(t, registrytest.StartRegistry)
-			s := sigtest.NewSigner(t)
-			s.AttachBundle(t, ref, tc.o)
-			d, err := name.NewDigest(ref)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if _, _, err := cosign.VerifyImageAttestations(context.Background(), d, checkOpts(t, s.PublicKeyPEM, true)); err == nil {
-				t.Fatal("cosign verified it")
-			} else {
-				t.Logf("cosign refuses it: %v", err)
-			}
+			t.Logf("cosign refuses it: %v", err)
 		})
 	}
 }

@@ -8,7 +8,6 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
-	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 
 	"github.com/molecule-ai/tenant-agent/internal/registrytest"
@@ -16,31 +15,10 @@ import (
 	"github.com/molecule-ai/tenant-agent/pkg/sigverify"
 )
 
-// registries are the two ways referrers are found: the referrers tag
-// schema (a registry without the API) and the OCI 1.1 referrers API.
-var registries = []struct {
-	name  string
-	start func(registrytest.T) *registrytest.Registry
-}{
-	{"referrers-tag", registrytest.StartRegistry},
-	{"referrers-api", registrytest.StartReferrersRegistry},
-}
-
-func setupOn(t *testing.T, start func(registrytest.T) *registrytest.Registry) (*registrytest.Registry, string) {
-	t.Helper()
-	reg := start(t)
-	img, err := random.Image(512, 1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	repo, digest := reg.Push(t, "molecule-ai/workspace-template-codex", img)
-	return reg, repo + "@" + digest
-}
-
 func TestBundleSignedByAllowedKey(t *testing.T) {
-	for _, r := range registries {
-		t.Run(r.name, func(t *testing.T) {
-			_, ref := setupOn(t, r.start)
+	for _, r := range registrytest.Registries {
+		t.Run(r.Name, func(t *testing.T) {
+			_, ref := setupOn(t, r.Start)
 			s := sigtest.NewSigner(t)
 			referrer := s.AttachBundle(t, ref, sigtest.BundleOptions{})
 			res, err := verify(t, ref, sigverify.Options{}, keys(t, sigtest.NewSigner(t), s))
@@ -59,21 +37,8 @@ func TestBundleSignedByAllowedKey(t *testing.T) {
 				t.Fatal(err)
 			}
 			_, err = remote.Head(fallback)
-			if hasTag := err == nil; hasTag != (r.name == "referrers-tag") {
+			if hasTag := err == nil; hasTag != (r.Name == "referrers-tag") {
 				t.Fatalf("referrers tag exists: %v (err %v)", hasTag, err)
-			}
-		})
-	}
-}
-
-func TestBundleKeyTypes(t *testing.T) {
-	for _, kt := range sigtest.KeyTypes {
-		t.Run(kt.Name, func(t *testing.T) {
-			_, ref := setup(t)
-			s := kt.New(t)
-			s.AttachBundle(t, ref, sigtest.BundleOptions{})
-			if _, err := verify(t, ref, sigverify.Options{}, keys(t, s)); err != nil {
-				t.Fatal(err)
 			}
 		})
 	}
@@ -174,9 +139,9 @@ func TestBundleSeparateSignatureRepository(t *testing.T) {
 }
 
 func TestBundleRegistryCredentials(t *testing.T) {
-	for _, r := range registries {
-		t.Run(r.name, func(t *testing.T) {
-			reg, ref := setupOn(t, r.start)
+	for _, r := range registrytest.Registries {
+		t.Run(r.Name, func(t *testing.T) {
+			reg, ref := setupOn(t, r.Start)
 			reg.RequireBasicAuth("ci", func() string { return "secret" })
 			s := sigtest.NewSigner(t)
 			basic := &authn.Basic{Username: "ci", Password: "secret"}

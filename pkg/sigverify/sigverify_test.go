@@ -14,7 +14,6 @@ import (
 	"testing"
 
 	"github.com/google/go-containerregistry/pkg/authn"
-	"github.com/google/go-containerregistry/pkg/v1/random"
 
 	"github.com/molecule-ai/tenant-agent/internal/registrytest"
 	"github.com/molecule-ai/tenant-agent/internal/sigtest"
@@ -25,13 +24,14 @@ import (
 // small image, and returns its pinned reference.
 func setup(t *testing.T) (*registrytest.Registry, string) {
 	t.Helper()
-	reg := registrytest.StartRegistry(t)
-	img, err := random.Image(512, 1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	repo, digest := reg.Push(t, "molecule-ai/workspace-template-codex", img)
-	return reg, repo + "@" + digest
+	return setupOn(t, registrytest.StartRegistry)
+}
+
+// setupOn is setup on a registry start makes (registrytest.Registries).
+func setupOn(t *testing.T, start func(registrytest.T) *registrytest.Registry) (*registrytest.Registry, string) {
+	t.Helper()
+	reg := start(t)
+	return reg, sigtest.PushImage(t, reg)
 }
 
 func keys(t *testing.T, signers ...*sigtest.Signer) sigverify.Keys {
@@ -170,15 +170,22 @@ func TestSeparateSignatureRepository(t *testing.T) {
 
 func TestKeyTypes(t *testing.T) {
 	for _, kt := range sigtest.KeyTypes {
-		t.Run(kt.Name, func(t *testing.T) {
-			_, ref := setup(t)
-			s := kt.New(t)
-			s.Sign(t, ref, sigtest.Options{})
-			// Listed second, after a key of another type.
-			if _, err := verify(t, ref, sigverify.Options{}, keys(t, sigtest.NewEd25519Signer(t), s)); err != nil {
-				t.Fatal(err)
-			}
-		})
+		for _, format := range []string{sigverify.FormatSimpleSigning, sigverify.FormatSigstoreBundle} {
+			t.Run(kt.Name+"/"+format, func(t *testing.T) {
+				_, ref := setup(t)
+				s := kt.New(t)
+				if format == sigverify.FormatSimpleSigning {
+					s.Sign(t, ref, sigtest.Options{})
+				} else {
+					s.AttachBundle(t, ref, sigtest.BundleOptions{})
+				}
+				// Listed second, after a key of another type.
+				res, err := verify(t, ref, sigverify.Options{}, keys(t, sigtest.NewEd25519Signer(t), s))
+				if err != nil || res.SignedBy != 1 || res.Format != format {
+					t.Fatalf("%+v, %v; want key 1, %s", res, err, format)
+				}
+			})
+		}
 	}
 }
 
