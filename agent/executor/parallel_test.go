@@ -1,0 +1,317 @@
+package executor
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/docker/docker/api/types/container"
+	"github.com/docker/docker/api/types/volume"
+
+	"github.com/molecule-ai/tenant-agent/agent/docker"
+	tenantagentv1 "github.com/molecule-ai/tenant-agent/gen/tenantagent/v1"
+	"github.com/molecule-ai/tenant-agent/internal/registrytest"
+)
+
+// stepRecorder keeps every journaled step and progress report of a
+// refresh, in order, across the parallel recreates.
+type stepRecorder struct {
+	mu       sync.Mutex
+	steps    []docker.RecreateState
+	progress []*Progress
+}
+
+func (r *stepRecorder) step(st docker.RecreateState) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.steps = append(r.steps, st)
+}
+
+func (r *stepRecorder) report(p *Progress) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.progress = append(r.progress, p)
+}
+
+// at is the index of the first step s of container name, or -1.
+func (r *stepRecorder) at(name string, s docker.Step) int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return slices.IndexFunc(r.steps, func(st docker.RecreateState) bool { return st.Name == name && st.Step == s })
+}
+
+// maxInFlight is the most containers a progress report named in flight.
+func (r *stepRecorder) maxInFlight() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	n := 0
+	for _, p := range r.progress {
+		n = max(n, len(p.GetInFlight()))
+	}
+	return n
+}
+
+func (r *stepRecorder) hooks() Hooks {
+	return Hooks{Step: func(st docker.RecreateState) error { r.step(st); return nil }, Progress: r.report}
+}
+
+// managed creates and (if running) starts a managed container on image
+// with a named volume at /data, changed by host, and removes it (by name
+// too: a recreated container has a new ID) and its volume at the end.
+func (f engineFixture) managed(t *testing.T, ctx context.Context, sel docker.Selector, name, image string, running bool, host func(*container.HostConfig)) {
+	t.Helper()
+	if _, err := f.cli.VolumeCreate(ctx, volume.CreateOptions{Name: name + "-data"}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.cli.VolumeRemove(context.Background(), name+"-data", true) })
+	hc := &container.HostConfig{Binds: []string{name + "-data:/data"}}
+	if host != nil {
+		host(hc)
+	}
+	c, err := f.cli.ContainerCreate(ctx, &container.Config{Image: image, Labels: sel}, hc, nil, nil, name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		for _, ref := range []string{name, c.ID} {
+			registrytest.RemoveContainer(f.cli, ref)
+		}
+	})
+	if running {
+		if err := f.cli.ContainerStart(ctx, c.ID, container.StartOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// seen is what the test knows of a container between refreshes.
+type seen struct{ id, startedAt, image string }
+
+func (f engineFixture) look(t *testing.T, ctx context.Context, name string) seen {
+	t.Helper()
+	in, err := f.cli.ContainerInspect(ctx, name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return seen{in.ID, in.State.StartedAt, in.Config.Image}
+}
+
+func outcomesByName(res *tenantagentv1.CommandResult) map[string]tenantagentv1.ContainerOutcome {
+	out := map[string]tenantagentv1.ContainerOutcome{}
+	for _, c := range res.GetContainers() {
+		out[c.GetName()] = c.GetOutcome()
+	}
+	return out
+}
+
+const (
+	recreated      = tenantagentv1.ContainerOutcome_CONTAINER_OUTCOME_RECREATED
+	rolledBack     = tenantagentv1.ContainerOutcome_CONTAINER_OUTCOME_ROLLED_BACK
+	notAttempted   = tenantagentv1.ContainerOutcome_CONTAINER_OUTCOME_NOT_ATTEMPTED
+	alreadyCurrent = tenantagentv1.ContainerOutcome_CONTAINER_OUTCOME_ALREADY_CURRENT
+)
+
+// Twenty containers of one runtime, three refreshes (docs/design.md §6):
+//  1. an unhealthy image: the canary rolls back and the other 19 are never
+//     touched (same ID, never restarted);
+//  2. a healthy image, but one container's replacement dies in its health
+//     gate in the parallel phase: it is rolled back to v1, the ones in
+//     flight beside it finish, and no new recreate starts after it;
+//  3. the healthy image again, the command asking for 8 at once: every
+//     container left moves, never more than the agent's 4 at once, with
+//     its data volume.
+func TestRefreshTwentyContainersCanaryThenParallel(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	f := newEngineFixture(t, ctx)
+	reg := registrytest.StartRegistry(t)
+	badRepo, bad := reg.Push(t, "molecule-ai/workspace-template-codex", registrytest.WorkspaceImage(t, registrytest.Image{Version: "bad", Unhealthy: true}))
+	t.Cleanup(func() { registrytest.RemoveImages(t, f.cli, badRepo) })
+	sel := docker.Selector{"molecule.org-id": "twenty-" + f.workspace, "molecule.platform.managed": "true"}
+	names := make([]string, 20)
+	for i := range names {
+		names[i] = fmt.Sprintf("%s-%02d", f.workspace, i)
+		f.managed(t, ctx, sel, names[i], f.repo+"@"+f.v1, true, nil)
+	}
+	x, err := New(Config{Engine: f.engine, Selector: sel, AllowRepositories: []string{f.repo, badRepo}, MaxParallel: 4, Logger: f.logger})
+	if err != nil {
+		t.Fatal(err)
+	}
+	refresh := func(id, repo, digest string, parallel uint32, hooks Hooks) *tenantagentv1.CommandResult {
+		t.Helper()
+		res, err := x.Refresh(ctx, &tenantagentv1.RefreshRuntimeImage{CommandId: id, Runtime: "codex", ImageRepository: repo, ImageDigest: digest,
+			Options: &tenantagentv1.RefreshOptions{MaxParallelContainers: parallel}}, hooks)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n := len(res.GetContainers()); n != 20 {
+			t.Fatalf("%s: %d container outcomes, want 20", id, n)
+		}
+		return res
+	}
+	before := map[string]seen{}
+	for _, n := range names {
+		before[n] = f.look(t, ctx, n)
+	}
+	untouched := func(step string, names []string) {
+		t.Helper()
+		for _, n := range names {
+			if now := f.look(t, ctx, n); now != before[n] {
+				t.Errorf("%s: %s was touched: %+v, was %+v", step, n, now, before[n])
+			}
+		}
+	}
+
+	// 1. The canary rolls back; nothing else is touched.
+	rec := &stepRecorder{}
+	res := refresh("c-bad", badRepo, bad, 0, rec.hooks())
+	got := outcomesByName(res)
+	if res.GetOutcome() != tenantagentv1.CommandOutcome_COMMAND_OUTCOME_ROLLED_BACK || got[names[0]] != rolledBack {
+		t.Fatalf("unhealthy image: %v, canary %v (%s); want ROLLED_BACK", res.GetOutcome(), got[names[0]], res.GetError())
+	}
+	for _, n := range names[1:] {
+		if got[n] != notAttempted || rec.at(n, docker.StepCreate) >= 0 {
+			t.Errorf("unhealthy image: %s %v, want untouched", n, got[n])
+		}
+	}
+	untouched("unhealthy image", names[1:])
+
+	// 2. names[1]'s replacement dies in the parallel phase. Those in flight
+	// beside it are held at their last step until its rollback began, so
+	// the test knows exactly which had started.
+	rec = &stepRecorder{}
+	rolling := make(chan struct{})
+	var once sync.Once
+	hooks := Hooks{
+		Step: func(st docker.RecreateState) error {
+			rec.step(st)
+			switch {
+			case st.Name == names[1] && st.Step == docker.StepHealthGate:
+				if err := f.cli.ContainerKill(ctx, st.NewID, "SIGKILL"); err != nil {
+					t.Errorf("kill %s's replacement: %v", st.Name, err)
+				}
+			case st.Name != names[0] && st.Step == docker.StepDone:
+				select {
+				case <-rolling:
+				case <-ctx.Done():
+				}
+			}
+			return nil
+		},
+		Progress: func(p *Progress) {
+			rec.report(p)
+			if p.GetContainer() == names[1] && p.GetPhase() == tenantagentv1.CommandPhase_COMMAND_PHASE_ROLLING_BACK {
+				once.Do(func() { close(rolling) })
+			}
+		},
+	}
+	res = refresh("c-partial", f.repo, f.v2, 0, hooks)
+	got = outcomesByName(res)
+	if res.GetOutcome() != tenantagentv1.CommandOutcome_COMMAND_OUTCOME_PARTIAL {
+		t.Errorf("failure in the parallel phase: %v (%s), want PARTIAL", res.GetOutcome(), res.GetError())
+	}
+	moved := []string{names[0], names[2], names[3], names[4]}
+	for _, n := range moved {
+		if got[n] != recreated || f.look(t, ctx, n).image != f.repo+"@"+f.v2 {
+			t.Errorf("failure in the parallel phase: %s %v, want moved to v2", n, got[n])
+		}
+	}
+	if now := f.look(t, ctx, names[1]); got[names[1]] != rolledBack || now.id != before[names[1]].id || now.image != f.repo+"@"+f.v1 {
+		t.Errorf("failure in the parallel phase: %s %v %+v, want rolled back to its v1 container", names[1], got[names[1]], now)
+	}
+	for _, n := range names[5:] {
+		if got[n] != notAttempted || rec.at(n, docker.StepCreate) >= 0 {
+			t.Errorf("failure in the parallel phase: %s %v, want no recreate started", n, got[n])
+		}
+	}
+	untouched("failure in the parallel phase", names[5:])
+
+	// 3. The rest move; the command cannot raise the agent's 4.
+	rec = &stepRecorder{}
+	res = refresh("c-rest", f.repo, f.v2, 8, rec.hooks())
+	got = outcomesByName(res)
+	if res.GetOutcome() != tenantagentv1.CommandOutcome_COMMAND_OUTCOME_SUCCEEDED {
+		t.Errorf("the rest: %v (%s), want SUCCEEDED", res.GetOutcome(), res.GetError())
+	}
+	for _, n := range names {
+		want := recreated
+		if slices.Contains(moved, n) {
+			want = alreadyCurrent
+		}
+		in, err := f.cli.ContainerInspect(ctx, n)
+		if err != nil || got[n] != want || in.Config.Image != f.repo+"@"+f.v2 || !in.State.Running || mountNamed(in, "/data") != n+"-data" {
+			t.Errorf("the rest: %s %v (%v), want %v, running v2 with its volume", n, got[n], err, want)
+		}
+	}
+	if n := rec.maxInFlight(); n < 2 || n > 4 {
+		t.Errorf("the rest: at most %d containers in flight, want 2 to 4 (the agent's 4, not the command's 8)", n)
+	}
+	canaryDone := rec.at(names[1], docker.StepDone) // names[0] is current: names[1] is the canary
+	for _, n := range names[2:] {
+		if i := rec.at(n, docker.StepCreate); i >= 0 && i < canaryDone {
+			t.Errorf("the rest: %s started before the canary was done", n)
+		}
+	}
+}
+
+func mountNamed(in container.InspectResponse, dest string) string {
+	for _, m := range in.Mounts {
+		if m.Destination == dest {
+			return m.Name
+		}
+	}
+	return ""
+}
+
+// Containers that others depend on are recreated first, never beside
+// their dependants, whatever their names: --volumes-from, --link and
+// --network container: (that one stopped: two workspaces cannot share a
+// network namespace's port). The dependant of the network namespace is
+// created on the base's new container.
+func TestRefreshRecreatesDependenciesFirst(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	f := newEngineFixture(t, ctx)
+	sel := docker.Selector{"molecule.org-id": "deps-" + f.workspace, "molecule.platform.managed": "true"}
+	image := f.repo + "@" + f.v1
+	base := f.workspace + "-zz-base"
+	f.managed(t, ctx, sel, base, image, true, nil)
+	dependants := map[string]func(*container.HostConfig){
+		f.workspace + "-aa-volumes": func(h *container.HostConfig) { h.Binds = nil; h.VolumesFrom = []string{base} },
+		f.workspace + "-ab-link":    func(h *container.HostConfig) { h.Links = []string{base + ":base"} },
+		f.workspace + "-ac-net":     func(h *container.HostConfig) { h.NetworkMode = container.NetworkMode("container:" + base) },
+	}
+	for name, host := range dependants {
+		f.managed(t, ctx, sel, name, image, name != f.workspace+"-ac-net", host)
+	}
+	f.managed(t, ctx, sel, f.workspace+"-mm-solo", image, true, nil)
+
+	x, err := New(Config{Engine: f.engine, Selector: sel, MaxParallel: 4, Logger: f.logger})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := &stepRecorder{}
+	res, err := x.Refresh(ctx, &tenantagentv1.RefreshRuntimeImage{CommandId: "c-deps", Runtime: "codex", ImageRepository: f.repo, ImageDigest: f.v2}, rec.hooks())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.GetOutcome() != tenantagentv1.CommandOutcome_COMMAND_OUTCOME_SUCCEEDED {
+		t.Fatalf("refresh: %v (%s), want SUCCEEDED", res.GetOutcome(), res.GetError())
+	}
+	baseDone := rec.at(base, docker.StepDone)
+	for name := range dependants {
+		if i := rec.at(name, docker.StepCreate); i < baseDone {
+			t.Errorf("%s's recreate began (step %d) before %s's was done (step %d)", name, i, base, baseDone)
+		}
+	}
+	newBase := f.look(t, ctx, base).id
+	if in, err := f.cli.ContainerInspect(ctx, f.workspace+"-ac-net"); err != nil || in.Config.Image != f.repo+"@"+f.v2 ||
+		(string(in.HostConfig.NetworkMode) != "container:"+newBase && string(in.HostConfig.NetworkMode) != "container:"+base) {
+		t.Errorf("the network dependant: %v %v, want on v2 in the new %s's namespace", err, in.HostConfig, base)
+	}
+}

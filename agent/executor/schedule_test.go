@@ -1,0 +1,51 @@
+package executor
+
+import (
+	"slices"
+	"testing"
+
+	"github.com/docker/docker/api/types/container"
+
+	"github.com/molecule-ai/tenant-agent/agent/docker"
+	tenantagentv1 "github.com/molecule-ai/tenant-agent/gen/tenantagent/v1"
+)
+
+func fakeContainer(name, id string, host container.HostConfig) docker.Container {
+	return docker.Container{Inspect: container.InspectResponse{ContainerJSONBase: &container.ContainerJSONBase{ID: id, Name: "/" + name, HostConfig: &host}}}
+}
+
+// Dependencies come first, whichever way they are named (a name, an ID
+// prefix, the Engine's "/x:/dependant/alias" link form); one outside the
+// set is left alone; otherwise the given order stands.
+func TestOrderPutsDependenciesFirst(t *testing.T) {
+	base := fakeContainer("zz-base", "0123456789abcdef0123", container.HostConfig{})
+	todo := []docker.Container{
+		fakeContainer("aa-net", "a1", container.HostConfig{NetworkMode: "container:0123456789abcdef"}),
+		fakeContainer("ab-link", "a2", container.HostConfig{Links: []string{"/zz-base:/ab-link/base"}}),
+		fakeContainer("ac-outside", "a3", container.HostConfig{VolumesFrom: []string{"elsewhere:ro"}}),
+		fakeContainer("ad-chain", "a4", container.HostConfig{VolumesFrom: []string{"aa-net:ro"}}),
+		base,
+	}
+	cs, deps := order(todo)
+	var names []string
+	for _, c := range cs {
+		names = append(names, c.Name())
+	}
+	if want := []string{"ac-outside", "zz-base", "aa-net", "ab-link", "ad-chain"}; !slices.Equal(names, want) {
+		t.Fatalf("order %v, want %v", names, want)
+	}
+	if want := [][]int{nil, nil, {1}, {1}, {2}}; !slices.EqualFunc(deps, want, slices.Equal) {
+		t.Errorf("dependencies %v, want %v", deps, want)
+	}
+}
+
+// A command may lower the agent's parallelism, never raise it.
+func TestParallelOnlyLowered(t *testing.T) {
+	x := &Executor{cfg: Config{MaxParallel: 4}}
+	for asked, want := range map[uint32]int{0: 4, 1: 1, 2: 2, 4: 4, 8: 4} {
+		cmd := &tenantagentv1.RefreshRuntimeImage{Options: &tenantagentv1.RefreshOptions{MaxParallelContainers: asked}}
+		if got := x.parallel(cmd); got != want {
+			t.Errorf("command asks %d: %d at once, want %d", asked, got, want)
+		}
+	}
+}
