@@ -87,6 +87,11 @@ type RecreateOptions struct {
 	// CommandID goes on the replacement (CommandLabel), so a container
 	// found under the temporary name is removed only if this command made it.
 	CommandID string
+	// Settling, if set, is called once when the replacement runs and all
+	// that is left of its health gate is the stability window (it has no
+	// healthcheck): its downtime is over, so the caller may start the
+	// next recreate while this one's window runs.
+	Settling func()
 }
 
 // Recreate replaces c with a container on target (docs/design.md §6): create the
@@ -602,6 +607,9 @@ func (e *Engine) healthGate(ctx context.Context, id string, opts RecreateOptions
 			return fmt.Errorf("health gate: the new container is unhealthy (%d failing checks)", s.Health.FailingStreak)
 		case s.Health == nil && time.Since(start) >= opts.StabilityWindow:
 			return nil
+		case s.Health == nil && opts.Settling != nil:
+			opts.Settling()
+			opts.Settling = nil
 		case time.Since(start) > opts.HealthGateTimeout:
 			return fmt.Errorf("health gate: not healthy within %s", opts.HealthGateTimeout)
 		}

@@ -315,3 +315,44 @@ func TestRefreshRecreatesDependenciesFirst(t *testing.T) {
 		t.Errorf("the network dependant: %v %v, want on v2 in the new %s's namespace", err, in.HostConfig, base)
 	}
 }
+
+// Without a healthcheck, a container gives up its slot once it runs and
+// only its stability window is left: with one slot, the next recreate
+// begins while the previous one's window runs. The canary waits out its
+// whole window first.
+func TestRefreshOverlapsStabilityWindows(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	f := newEngineFixture(t, ctx)
+	reg := registrytest.StartRegistry(t)
+	repo, v1 := reg.Push(t, "molecule-ai/workspace-template-codex", registrytest.WorkspaceImage(t, registrytest.Image{Version: "v1", NoHealthcheck: true}))
+	_, v2 := reg.Push(t, "molecule-ai/workspace-template-codex", registrytest.WorkspaceImage(t, registrytest.Image{Version: "v2", NoHealthcheck: true}))
+	t.Cleanup(func() { registrytest.RemoveImages(t, f.cli, repo) })
+	if _, err := f.engine.Pull(ctx, repo+"@"+v1, docker.PullOptions{}, nil); err != nil {
+		t.Fatal(err)
+	}
+	sel := docker.Selector{"molecule.org-id": "windows-" + f.workspace, "molecule.platform.managed": "true"}
+	names := []string{f.workspace + "-a", f.workspace + "-b", f.workspace + "-c"}
+	for _, n := range names {
+		f.managed(t, ctx, sel, n, repo+"@"+v1, true, nil)
+	}
+	x, err := New(Config{Engine: f.engine, Selector: sel, MaxParallel: 1, StabilityWindow: 2 * time.Second, Logger: f.logger})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := &stepRecorder{}
+	res, err := x.Refresh(ctx, &tenantagentv1.RefreshRuntimeImage{CommandId: "c-windows", Runtime: "codex", ImageRepository: repo, ImageDigest: v2}, rec.hooks())
+	if err != nil || res.GetOutcome() != tenantagentv1.CommandOutcome_COMMAND_OUTCOME_SUCCEEDED {
+		t.Fatalf("refresh: %v, %v (%s)", err, res.GetOutcome(), res.GetError())
+	}
+	if rec.at(names[1], docker.StepCreate) < rec.at(names[0], docker.StepDone) {
+		t.Errorf("the canary's window was not waited out before the rest began")
+	}
+	if rec.at(names[2], docker.StepCreate) > rec.at(names[1], docker.StepDone) {
+		t.Errorf("%s began after %s's stability window ended; want the windows to overlap", names[2], names[1])
+	}
+	if n := rec.maxInFlight(); n != 1 {
+		t.Errorf("%d containers in flight at once, want 1", n)
+	}
+}

@@ -58,7 +58,7 @@ func (s *schedule) run() ([]docker.Outcome, error) {
 		s.hooks.Progress(&Progress{Phase: phaseOf(docker.StepCreate), Container: s.cs[i].Name(),
 			Message: fmt.Sprintf("canary: %s first, alone; the other %d follow once it is stable", s.cs[i].Name(), s.pending()-1)})
 		s.begin(i)
-		s.recreate(i)
+		s.recreate(i, nil) // the canary keeps its slot through its whole window
 		if s.outcomes[i].Result == docker.ResultRecreated {
 			break
 		}
@@ -74,28 +74,40 @@ func (s *schedule) run() ([]docker.Outcome, error) {
 }
 
 // fanOut recreates the rest, at most parallel at once, each as soon as a
-// slot is free and its dependencies are done.
+// slot is free and its dependencies are done. A container without a
+// healthcheck gives its slot up once it runs and only its stability
+// window is left: the windows overlap, so twenty containers do not wait
+// out twenty windows in fives.
 func (s *schedule) fanOut() {
-	done := make(chan struct{})
-	running := 0
+	type event struct{ finished bool }
+	events := make(chan event)
+	holding, active := 0, 0
 	for {
-		for running < s.parallel && !s.stopped() {
+		for holding < s.parallel && !s.stopped() {
 			i := s.next(false)
 			if i < 0 {
 				break
 			}
 			s.begin(i)
-			running++
+			holding, active = holding+1, active+1
 			go func() {
-				s.recreate(i)
-				done <- struct{}{}
+				release := sync.OnceFunc(func() {
+					s.settling(i)
+					events <- event{}
+				})
+				s.recreate(i, release)
+				release()
+				events <- event{finished: true}
 			}()
 		}
-		if running == 0 {
+		if active == 0 {
 			return
 		}
-		<-done
-		running--
+		if ev := <-events; ev.finished {
+			active--
+		} else {
+			holding--
+		}
 	}
 }
 
@@ -163,20 +175,23 @@ func (s *schedule) halt() {
 }
 
 // recreate recreates cs[i], pointed at the new containers of its
-// dependencies, and records its outcome.
-func (s *schedule) recreate(i int) {
+// dependencies, and records its outcome; settling, if set, is called when
+// only its stability window is left.
+func (s *schedule) recreate(i int, settling func()) {
 	c := s.withMovedDependencies(i)
+	opts := s.opts
+	opts.Settling = settling
 	report := func(step docker.Step, msg string) {
 		if step == docker.StepRollBack {
 			s.halt() // at once, not when the rollback is over
 		}
 		s.hooks.Progress(&Progress{Phase: phaseOf(step), Container: c.Name(), Message: msg, InFlight: s.flying()})
 	}
-	o, err := s.x.cfg.Engine.Recreate(s.ctx, c, s.target, s.opts, s.hooks.Step, report)
+	o, err := s.x.cfg.Engine.Recreate(s.ctx, c, s.target, opts, s.hooks.Step, report)
+	s.settling(i)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.outcomes[i], s.finished[i] = o, true
-	s.inFlight = slices.DeleteFunc(s.inFlight, func(n string) bool { return n == c.Name() })
 	switch {
 	case err != nil:
 		s.crash, s.halted = err, true
@@ -200,7 +215,16 @@ func (s *schedule) withMovedDependencies(i int) docker.Container {
 	return c
 }
 
-// flying names the containers being recreated now, for progress.
+// settling takes cs[i] off the containers in flight: it runs, and only
+// its stability window is left (or it is done).
+func (s *schedule) settling(i int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.inFlight = slices.DeleteFunc(s.inFlight, func(n string) bool { return n == s.cs[i].Name() })
+}
+
+// flying names the containers being recreated now (not those only
+// waiting out their stability window), for progress.
 func (s *schedule) flying() []string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
