@@ -317,9 +317,9 @@ func TestRefreshRecreatesDependenciesFirst(t *testing.T) {
 }
 
 // Without a healthcheck, a container gives up its slot once it runs and
-// only its stability window is left: with one slot, the next recreate
-// begins while the previous one's window runs. The canary waits out its
-// whole window first.
+// only its stability window is left: with two slots, the fourth
+// container's recreate begins while the windows of the two before it run.
+// The canary waits out its whole window first; one slot is one at a time.
 func TestRefreshOverlapsStabilityWindows(t *testing.T) {
 	t.Parallel()
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
@@ -333,26 +333,39 @@ func TestRefreshOverlapsStabilityWindows(t *testing.T) {
 		t.Fatal(err)
 	}
 	sel := docker.Selector{"molecule.org-id": "windows-" + f.workspace, "molecule.platform.managed": "true"}
-	names := []string{f.workspace + "-a", f.workspace + "-b", f.workspace + "-c"}
+	names := []string{f.workspace + "-a", f.workspace + "-b", f.workspace + "-c", f.workspace + "-d"}
 	for _, n := range names {
 		f.managed(t, ctx, sel, n, repo+"@"+v1, true, nil)
 	}
-	x, err := New(Config{Engine: f.engine, Selector: sel, MaxParallel: 1, StabilityWindow: 2 * time.Second, Logger: f.logger})
+	x, err := New(Config{Engine: f.engine, Selector: sel, MaxParallel: 2, StabilityWindow: 2 * time.Second, Logger: f.logger})
 	if err != nil {
 		t.Fatal(err)
 	}
-	rec := &stepRecorder{}
-	res, err := x.Refresh(ctx, &tenantagentv1.RefreshRuntimeImage{CommandId: "c-windows", Runtime: "codex", ImageRepository: repo, ImageDigest: v2}, rec.hooks())
-	if err != nil || res.GetOutcome() != tenantagentv1.CommandOutcome_COMMAND_OUTCOME_SUCCEEDED {
-		t.Fatalf("refresh: %v, %v (%s)", err, res.GetOutcome(), res.GetError())
+	refresh := func(id, digest string, parallel uint32) *stepRecorder {
+		rec := &stepRecorder{}
+		res, err := x.Refresh(ctx, &tenantagentv1.RefreshRuntimeImage{CommandId: id, Runtime: "codex", ImageRepository: repo, ImageDigest: digest,
+			Options: &tenantagentv1.RefreshOptions{MaxParallelContainers: parallel}}, rec.hooks())
+		if err != nil || res.GetOutcome() != tenantagentv1.CommandOutcome_COMMAND_OUTCOME_SUCCEEDED {
+			t.Fatalf("refresh %s: %v, %v (%s)", id, err, res.GetOutcome(), res.GetError())
+		}
+		if n := rec.maxInFlight(); n > int(max(parallel, 2)) {
+			t.Errorf("refresh %s: %d containers in flight at once", id, n)
+		}
+		if rec.at(names[1], docker.StepCreate) < rec.at(names[0], docker.StepDone) {
+			t.Errorf("refresh %s: the canary's window was not waited out before the rest began", id)
+		}
+		return rec
 	}
-	if rec.at(names[1], docker.StepCreate) < rec.at(names[0], docker.StepDone) {
-		t.Errorf("the canary's window was not waited out before the rest began")
+	rec := refresh("c-windows", v2, 0)
+	for _, n := range names[1:3] {
+		if rec.at(names[3], docker.StepCreate) > rec.at(n, docker.StepDone) {
+			t.Errorf("%s began after %s's stability window ended; want the windows to overlap", names[3], n)
+		}
 	}
-	if rec.at(names[2], docker.StepCreate) > rec.at(names[1], docker.StepDone) {
-		t.Errorf("%s began after %s's stability window ended; want the windows to overlap", names[2], names[1])
-	}
-	if n := rec.maxInFlight(); n != 1 {
-		t.Errorf("%d containers in flight at once, want 1", n)
+	rec = refresh("c-one", v1, 1)
+	for i := 2; i < len(names); i++ {
+		if rec.at(names[i], docker.StepCreate) < rec.at(names[i-1], docker.StepDone) {
+			t.Errorf("one at a time: %s began before %s was done", names[i], names[i-1])
+		}
 	}
 }

@@ -74,10 +74,11 @@ func (s *schedule) run() ([]docker.Outcome, error) {
 }
 
 // fanOut recreates the rest, at most parallel at once, each as soon as a
-// slot is free and its dependencies are done. A container without a
-// healthcheck gives its slot up once it runs and only its stability
-// window is left: the windows overlap, so twenty containers do not wait
-// out twenty windows in fives.
+// slot is free and its dependencies are done. With more than one slot, a
+// container without a healthcheck gives its slot up once it runs and only
+// its stability window is left: the windows overlap, so twenty containers
+// do not wait out twenty windows in fives. One slot is one at a time,
+// each container through its whole window, as a cautious operator asks.
 func (s *schedule) fanOut() {
 	type event struct{ finished bool }
 	events := make(chan event)
@@ -95,7 +96,11 @@ func (s *schedule) fanOut() {
 					s.settling(i)
 					events <- event{}
 				})
-				s.recreate(i, release)
+				settling := release
+				if s.parallel == 1 {
+					settling = nil // one at a time: each through its whole window
+				}
+				s.recreate(i, settling)
 				release()
 				events <- event{finished: true}
 			}()
