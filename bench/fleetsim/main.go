@@ -34,7 +34,6 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials"
 
 	"github.com/molecule-ai/tenant-agent/agent/channel"
 	"github.com/molecule-ai/tenant-agent/agent/docker"
@@ -137,7 +136,7 @@ func run(n int, cpBin, work string) (result, error) {
 	}
 	defer os.RemoveAll(dir)
 	certDir := filepath.Join(dir, "certs")
-	certs, roots, err := issueCerts(certDir, n)
+	certs, err := issueCerts(certDir, n)
 	if err != nil {
 		return res, err
 	}
@@ -158,7 +157,7 @@ func run(n int, cpBin, work string) (result, error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	start := time.Now()
-	if _, err := startFleet(ctx, filepath.Join(dir, "agents"), certs, roots, addrs[0]); err != nil {
+	if _, err := startFleet(ctx, filepath.Join(dir, "agents"), certs, addrs[0]); err != nil {
 		return res, err
 	}
 	if err := waitMetric(metricsURL, "tenantagent_controlplane_connected_agents", float64(n), 5*time.Minute, nil); err != nil {
@@ -170,6 +169,9 @@ func run(n int, cpBin, work string) (result, error) {
 	res.RSSPerAgentBytes = (res.RSSAfterBytes - res.RSSBeforeBytes) / int64(n)
 	res.HeapPerAgentBytes = int64((metric(metricsURL, "go_memstats_heap_inuse_bytes") - heapBefore) / float64(n))
 	res.StackPerAgentBytes = int64((metric(metricsURL, "go_memstats_stack_inuse_bytes") - stackBefore) / float64(n))
+	if f := os.Getenv("FLEETSIM_HEAP"); f != "" {
+		profile("http://"+addrs[2]+"/debug/pprof/heap?gc=1", f)
+	}
 
 	// Promote to the whole fleet at once.
 	fmt.Fprintf(os.Stderr, "promoting (load %s)\n", loadavg())
@@ -213,7 +215,7 @@ func run(n int, cpBin, work string) (result, error) {
 
 	// The floor: a bare broadcast over N mTLS streams of the same kind.
 	fmt.Fprintln(os.Stderr, "bare broadcast")
-	bare, err := bareBroadcast(n, certs, roots, certDir)
+	bare, err := bareBroadcast(n, certs.tls, certs.roots, certDir)
 	if err != nil {
 		return res, err
 	}
@@ -283,6 +285,10 @@ func restartStorm(cp *exec.Cmd, sig syscall.Signal, n int, cpBin, dir, certDir s
 	st.FullHandshakes = metric(metricsURL, `tenantagent_controlplane_tls_handshakes_total{resumed="false"}`)
 	st.ResumedHandshakes = metric(metricsURL, `tenantagent_controlplane_tls_handshakes_total{resumed="true"}`)
 	st.HandshakesShed = metric(metricsURL, `tenantagent_controlplane_agent_admissions_refused_total{reason="handshakes"}`)
+	if st.FullHandshakes >= 0 || st.ResumedHandshakes >= 0 {
+		// A control plane that counts handshakes: a missing series is none.
+		st.FullHandshakes, st.ResumedHandshakes, st.HandshakesShed = max(st.FullHandshakes, 0), max(st.ResumedHandshakes, 0), max(st.HandshakesShed, 0)
+	}
 	fmt.Fprintf(os.Stderr, "  %s: all %d back %.2f s after the restart (down %.2f s), peak %.0f/s; handshakes full %v, resumed %v, shed %v; control plane CPU %.2f s; load %s\n",
 		sig, n, st.Seconds, st.Down, st.PeakPerSec, st.FullHandshakes, st.ResumedHandshakes, st.HandshakesShed, st.CPUSeconds, loadavg())
 	return cp, st, nil
@@ -313,53 +319,77 @@ func raiseFileLimit(need int) {
 	}
 }
 
+// fleetCerts are the simulated agents' certificates, in memory (for the
+// bare broadcast) and as files (for the agents, which read them as the
+// real agent does, through mtls.Source).
+type fleetCerts struct {
+	tls   []tls.Certificate
+	files []mtls.Files
+	roots *x509.CertPool
+}
+
 // issueCerts makes a dev PKI in certDir and issues n agent certificates
 // in process, for tenants sim-00000 on.
-func issueCerts(certDir string, n int) ([]tls.Certificate, *x509.CertPool, error) {
+func issueCerts(certDir string, n int) (fleetCerts, error) {
+	var fc fleetCerts
 	if err := devpki.Run([]string{"--out", certDir}, io.Discard); err != nil {
-		return nil, nil, err
+		return fc, err
 	}
 	ca, err := pki.LoadCA(filepath.Join(certDir, "ca.pem"), filepath.Join(certDir, "ca-key.pem"))
 	if err != nil {
-		return nil, nil, err
+		return fc, err
 	}
-	roots := x509.NewCertPool()
-	roots.AppendCertsFromPEM(ca.CertPEM)
+	fc.roots = x509.NewCertPool()
+	fc.roots.AppendCertsFromPEM(ca.CertPEM)
+	agentDir := filepath.Join(certDir, "agents")
+	if err := os.MkdirAll(agentDir, 0o700); err != nil {
+		return fc, err
+	}
 	fmt.Fprintf(os.Stderr, "issuing %d agent certificates\n", n)
-	certs := make([]tls.Certificate, n)
-	for i := range certs {
+	fc.tls, fc.files = make([]tls.Certificate, n), make([]mtls.Files, n)
+	for i := range n {
 		issued, err := ca.Issue(pki.Leaf{SPIFFEID: fmt.Sprintf("spiffe://molecule.local/tenant/%s", simTenant(i)), Client: true})
 		if err != nil {
-			return nil, nil, err
+			return fc, err
 		}
-		if certs[i], err = issued.TLSCertificate(); err != nil {
-			return nil, nil, err
+		if fc.tls[i], err = issued.TLSCertificate(); err != nil {
+			return fc, err
 		}
+		certPath, keyPath, err := pki.WriteFiles(agentDir, simTenant(i), issued.CertPEM, issued.KeyPEM, true)
+		if err != nil {
+			return fc, err
+		}
+		fc.files[i] = mtls.Files{Cert: certPath, Key: keyPath, CA: filepath.Join(certDir, "ca.pem")}
 	}
-	return certs, roots, nil
+	return fc, nil
 }
 
 func simTenant(i int) string { return fmt.Sprintf("sim-%05d", i) }
 
 // startFleet starts one simulated agent per certificate, journals under
 // dir, each dialing addr (one address or a comma-separated list), until
-// ctx ends. wait returns when every agent has stopped.
-func startFleet(ctx context.Context, dir string, certs []tls.Certificate, roots *x509.CertPool, addr string) (wait func(), err error) {
+// ctx ends. Each has the agent's own credentials (mtls.ClientCredentials:
+// its files re-read at each handshake, its session cache). wait returns
+// when every agent has stopped.
+func startFleet(ctx context.Context, dir string, certs fleetCerts, addr string) (wait func(), err error) {
 	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
 	var wg sync.WaitGroup
-	for i := range certs {
+	for i, files := range certs.files {
 		j, err := journal.Open(filepath.Join(dir, strconv.Itoa(i)))
+		if err != nil {
+			return wg.Wait, err
+		}
+		src, err := mtls.NewSource(files, quiet)
 		if err != nil {
 			return wg.Wait, err
 		}
 		exec := &instantExecutor{}
 		r := runner.New(runner.Config{Journal: j, Executor: exec, Logger: quiet})
 		r.Start(ctx)
-		creds := credentials.NewTLS(&tls.Config{MinVersion: tls.VersionTLS13, Certificates: []tls.Certificate{certs[i]}, RootCAs: roots, ServerName: "localhost"})
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			channel.Run(ctx, channel.Config{Addr: addr, Creds: creds, Tenant: simTenant(i), Hostname: "sim", Version: "sim",
+			channel.Run(ctx, channel.Config{Addr: addr, Creds: mtls.ClientCredentials(src, "localhost"), Tenant: simTenant(i), Hostname: "sim", Version: "sim",
 				Inventory: exec.inventory, Runner: r, HeartbeatInterval: 15 * time.Second, Logger: quiet})
 			r.Wait()
 		}()

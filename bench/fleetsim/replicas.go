@@ -27,8 +27,6 @@ package main
 import (
 	"bufio"
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"net/http"
@@ -177,7 +175,7 @@ func runReplicas(n, k, promotes int, logStatements bool, cpBin, work string) (re
 		os.RemoveAll(dir)
 	})
 	certDir := filepath.Join(dir, "certs")
-	certs, roots, err := issueCerts(certDir, n)
+	certs, err := issueCerts(certDir, n)
 	if err != nil {
 		return res, err
 	}
@@ -229,7 +227,7 @@ func runReplicas(n, k, promotes int, logStatements bool, cpBin, work string) (re
 		if logStatements && s.Postgres {
 			pgLog = pg.LogPath()
 		}
-		sr, err := measureSetup(s, stores, pgPID, pgLog, promotes, cpBin, filepath.Join(dir, fmt.Sprintf("setup%d", i)), certDir, certs, roots)
+		sr, err := measureSetup(s, stores, pgPID, pgLog, promotes, cpBin, filepath.Join(dir, fmt.Sprintf("setup%d", i)), certDir, certs)
 		if err != nil {
 			return res, fmt.Errorf("%s: %w", s.Name, err)
 		}
@@ -245,9 +243,9 @@ func runReplicas(n, k, promotes int, logStatements bool, cpBin, work string) (re
 // measureSetup starts the setup's control planes and a fleet spread over
 // them, promotes through the first replica promotes times, and stops it
 // all.
-func measureSetup(s replicaSetup, stores []string, pgPID int, pgLog string, promotes int, cpBin, dir, certDir string, certs []tls.Certificate, roots *x509.CertPool) (res setupResult, err error) {
+func measureSetup(s replicaSetup, stores []string, pgPID int, pgLog string, promotes int, cpBin, dir, certDir string, certs fleetCerts) (res setupResult, err error) {
 	res = setupResult{Setup: s}
-	n := len(certs)
+	n := len(certs.files)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return res, err
 	}
@@ -275,7 +273,7 @@ func measureSetup(s replicaSetup, stores []string, pgPID int, pgLog string, prom
 	metrics := func(i int) string { return "http://" + cps[i][2] + "/metrics" }
 
 	ctx, cancel := context.WithCancel(context.Background())
-	wait, err := startFleet(ctx, filepath.Join(dir, "agents"), certs, roots, strings.Join(agentAddrs, ","))
+	wait, err := startFleet(ctx, filepath.Join(dir, "agents"), certs, strings.Join(agentAddrs, ","))
 	local.add(func() { cancel(); wait() }) // agents stop before the control planes
 	if err != nil {
 		return res, err
