@@ -90,8 +90,8 @@ BENCH_REPLICAS ?= 3
 BENCH_REPLICAS_N ?= 1000
 
 bench: build ## Fleet fan-out and memory at BENCH_N agents, promote acks across BENCH_REPLICAS replicas on PostgreSQL, recreate downtime over BENCH_ROUNDS rounds (needs Docker and PostgreSQL)
-	@echo "| N | connect | CP RSS per agent | acked p50 / p99 | all acked | all stored | bare broadcast p50 / p99 / all | all acked / bare | kill -9 storm | SIGTERM storm |"
-	@echo "|---|---|---|---|---|---|---|---|---|---|"
+	@echo "| N | connect | CP RSS per agent | acked p50 / p99 | all acked | all stored | bare broadcast p50 / p99 / all | all acked / bare | CPU: CP a command / bare a message | kill -9 storm | SIGTERM storm |"
+	@echo "|---|---|---|---|---|---|---|---|---|---|---|"
 	@for n in $(BENCH_N); do $(GO) run ./bench/fleetsim -n $$n || exit 1; done
 	@echo
 	@if [ "$(BENCH_REPLICAS)" != 0 ]; then \

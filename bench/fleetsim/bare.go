@@ -1,14 +1,19 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
 	"net"
+	"os"
+	"os/exec"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"sync"
+	"syscall"
 	"time"
 
 	"google.golang.org/grpc"
@@ -42,45 +47,66 @@ func (b *bareServer) Connect(s tenantagentv1.AgentService_ConnectServer) error {
 	return nil
 }
 
-// bareBroadcast opens n mTLS streams to a bare server and times one
-// message to each, returning sorted per-stream latencies in seconds.
-func bareBroadcast(n int, certs []tls.Certificate, roots *x509.CertPool, certDir string) ([]float64, error) {
-	serverCert, err := tls.LoadX509KeyPair(filepath.Join(certDir, "controlplane.pem"), filepath.Join(certDir, "controlplane-key.pem"))
+// bareResult is the floor: per-stream latencies of one broadcast, sorted,
+// in seconds, and the bare server's own CPU time for it.
+type bareResult struct {
+	latencies []float64
+	cpu       time.Duration
+}
+
+// bareBroadcast opens n mTLS streams to a bare server, a child process
+// (fleetsim -bare-serve) so that its CPU time is its own, and times one
+// message to each.
+func bareBroadcast(n int, certs []tls.Certificate, roots *x509.CertPool, certDir string) (bareResult, error) {
+	var res bareResult
+	self, err := os.Executable()
 	if err != nil {
-		return nil, err
+		return res, err
 	}
-	srvCreds := credentials.NewTLS(&tls.Config{MinVersion: tls.VersionTLS13, Certificates: []tls.Certificate{serverCert}, ClientCAs: roots, ClientAuth: tls.RequireAndVerifyClientCert})
-	bare := &bareServer{ready: make(chan struct{}), want: n, release: make(chan struct{})}
-	srv := grpc.NewServer(grpc.Creds(srvCreds))
-	tenantagentv1.RegisterAgentServiceServer(srv, bare)
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	child := exec.Command(self, "-bare-serve", "-n", strconv.Itoa(n), "-workdir", certDir)
+	child.Stderr = os.Stderr
+	child.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	toChild, err := child.StdinPipe()
 	if err != nil {
-		return nil, err
+		return res, err
 	}
-	go srv.Serve(lis)
-	defer srv.Stop()
-	defer close(bare.release)
+	fromChild, err := child.StdoutPipe()
+	if err != nil {
+		return res, err
+	}
+	if err := child.Start(); err != nil {
+		return res, err
+	}
+	defer func() { toChild.Close(); child.Wait() }()
+	lines := bufio.NewScanner(fromChild)
+	readLine := func() (string, error) {
+		if !lines.Scan() {
+			return "", fmt.Errorf("bare server ended: %v", lines.Err())
+		}
+		return lines.Text(), nil
+	}
+	addr, err := readLine()
+	if err != nil {
+		return res, err
+	}
 
 	received := make([]time.Time, n)
 	var wg sync.WaitGroup
 	errs := make(chan error, n)
-	sem := make(chan struct{}, 200)
 	for i := range n {
-		sem <- struct{}{}
 		creds := credentials.NewTLS(&tls.Config{MinVersion: tls.VersionTLS13, Certificates: []tls.Certificate{certs[i]}, RootCAs: roots, ServerName: "localhost"})
-		conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(creds))
+		conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(creds))
 		if err != nil {
-			return nil, err
+			return res, err
 		}
 		defer conn.Close()
 		stream, err := tenantagentv1.NewAgentServiceClient(conn).Connect(context.Background())
 		if err != nil {
-			return nil, err
+			return res, err
 		}
 		if err := stream.Send(&tenantagentv1.AgentMessage{Body: &tenantagentv1.AgentMessage_Hello{Hello: &tenantagentv1.Hello{}}}); err != nil {
-			return nil, err
+			return res, err
 		}
-		<-sem
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -91,34 +117,81 @@ func bareBroadcast(n int, certs []tls.Certificate, roots *x509.CertPool, certDir
 			received[i] = time.Now()
 		}()
 	}
-	select {
-	case <-bare.ready:
-	case <-time.After(5 * time.Minute):
-		return nil, fmt.Errorf("bare server: streams did not all open")
+	if line, err := readLine(); err != nil || line != "ready" {
+		return res, fmt.Errorf("bare server: %q, %v", line, err)
+	}
+	t0 := time.Now()
+	fmt.Fprintln(toChild, "send")
+	cpu, err := readLine()
+	if err != nil {
+		return res, err
+	}
+	ns, err := strconv.ParseInt(cpu, 10, 64)
+	if err != nil {
+		return res, fmt.Errorf("bare server CPU %q: %w", cpu, err)
+	}
+	res.cpu = time.Duration(ns)
+	wg.Wait()
+	close(errs)
+	if err := <-errs; err != nil {
+		return res, err
+	}
+	res.latencies = make([]float64, n)
+	for i, t := range received {
+		res.latencies[i] = t.Sub(t0).Seconds()
+	}
+	sort.Float64s(res.latencies)
+	return res, nil
+}
+
+// bareServe is the child of bareBroadcast: it serves a bare server on
+// loopback with certDir's control plane certificate, prints its address,
+// "ready" once n streams are open, and on "send" sends each one message
+// and prints its own CPU time for it in nanoseconds (getrusage).
+func bareServe(n int, certDir string) error {
+	serverCert, err := tls.LoadX509KeyPair(filepath.Join(certDir, "controlplane.pem"), filepath.Join(certDir, "controlplane-key.pem"))
+	if err != nil {
+		return err
+	}
+	caPEM, err := os.ReadFile(filepath.Join(certDir, "ca.pem"))
+	if err != nil {
+		return err
+	}
+	roots := x509.NewCertPool()
+	roots.AppendCertsFromPEM(caPEM)
+	srvCreds := credentials.NewTLS(&tls.Config{MinVersion: tls.VersionTLS13, Certificates: []tls.Certificate{serverCert}, ClientCAs: roots, ClientAuth: tls.RequireAndVerifyClientCert})
+	bare := &bareServer{ready: make(chan struct{}), want: n, release: make(chan struct{})}
+	// The same buffers as the control plane's agent listener: the floor
+	// of the same kind of stream.
+	srv := grpc.NewServer(grpc.Creds(srvCreds), grpc.ReadBufferSize(4<<10), grpc.WriteBufferSize(4<<10), grpc.SharedWriteBuffer(true))
+	tenantagentv1.RegisterAgentServiceServer(srv, bare)
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	go srv.Serve(lis)
+	fmt.Println(lis.Addr())
+	<-bare.ready
+	fmt.Println("ready")
+	in := bufio.NewScanner(os.Stdin)
+	if !in.Scan() || in.Text() != "send" {
+		return nil
 	}
 	msg := &tenantagentv1.ControlMessage{Body: &tenantagentv1.ControlMessage_Refresh{Refresh: &tenantagentv1.RefreshRuntimeImage{
 		CommandId: "c-bare", Runtime: "codex", ImageRepository: repo, ImageDigest: digestV2}}}
-	t0 := time.Now()
-	bare.mu.Lock()
-	streams := bare.streams
-	bare.mu.Unlock()
+	cpu0 := selfCPU()
 	// One goroutine per stream, as the control plane has one writer per
 	// session.
 	var sends sync.WaitGroup
-	for _, s := range streams {
+	for _, s := range bare.streams {
 		sends.Add(1)
 		go func() { defer sends.Done(); s.Send(msg) }()
 	}
 	sends.Wait()
-	wg.Wait()
-	close(errs)
-	if err := <-errs; err != nil {
-		return nil, err
-	}
-	out := make([]float64, n)
-	for i, t := range received {
-		out[i] = t.Sub(t0).Seconds()
-	}
-	sort.Float64s(out)
-	return out, nil
+	time.Sleep(200 * time.Millisecond) // the transport's writers flush after Send returns
+	fmt.Println(int64(selfCPU() - cpu0))
+	in.Scan() // until the parent is done
+	close(bare.release)
+	srv.Stop()
+	return nil
 }

@@ -69,6 +69,16 @@ type result struct {
 	BareP99             float64 `json:"bare_broadcast_p99_seconds"`
 	BareAll             float64 `json:"bare_broadcast_all_seconds"`
 	RatioToBare         float64 `json:"acked_all_ratio_to_bare"`
+	// CPU of the promote, from the processes' own counters: the control
+	// plane's from the promote call to COMPLETED (raw, and less its idle
+	// rate over that time), per agent; the bare server's for its one
+	// message to each stream, per message; the simulated agents'.
+	CPPromoteCPURaw      float64 `json:"cp_promote_cpu_raw_seconds"`
+	CPPromoteCPU         float64 `json:"cp_promote_cpu_seconds"`
+	CPPromoteCPUPerAgent float64 `json:"cp_promote_cpu_per_agent_seconds"`
+	BareCPUPerMessage    float64 `json:"bare_cpu_per_message_seconds"`
+	CPURatioToBare       float64 `json:"cpu_ratio_to_bare"`
+	AgentsPromoteCPU     float64 `json:"agents_promote_cpu_seconds"`
 	ReconnectSeconds    float64 `json:"reconnect_storm_seconds"`
 	PeakReconnectPerSec float64 `json:"peak_reconnects_per_second"`
 	Kill                storm   `json:"kill_storm"`
@@ -86,8 +96,16 @@ func main() {
 	replicas := flag.Int("replicas", 0, "instead: compare one replica on SQLite, one on PostgreSQL and this many on one PostgreSQL database (internal/pgserver), promoting through the first")
 	promotes := flag.Int("promotes", 3, "with -replicas: promotes per setup")
 	pgStatements := flag.Bool("pg-statements", false, "with -replicas: have PostgreSQL log every statement and count them per promote (slows PostgreSQL; a diagnosis, not a measurement)")
+	bareServeMode := flag.Bool("bare-serve", false, "internal: be the bare broadcast server of the parent fleetsim (certificates in -workdir)")
 	flag.Parse()
-	raiseFileLimit(2*max(*n, 1000) + 1000)
+	raiseFileLimit(*n)
+	if *bareServeMode {
+		if err := bareServe(*n, *work); err != nil {
+			fmt.Fprintln(os.Stderr, "fleetsim -bare-serve:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if *replicas > 0 {
 		res, err := runReplicas(*n, *replicas, *promotes, *pgStatements, *cpBin, *work)
 		if err != nil {
@@ -110,9 +128,10 @@ func main() {
 		json.NewEncoder(os.Stdout).Encode(res)
 		return
 	}
-	fmt.Printf("| %d | %.2f s | %s | %.0f ms / %.0f ms | %.2f s | %.2f s | %.0f ms / %.0f ms / %.2f s | %.2fx | %.2f s (peak %.0f/s) | %.2f s (peak %.0f/s) |\n",
+	fmt.Printf("| %d | %.2f s | %s | %.0f ms / %.0f ms | %.2f s | %.2f s | %.0f ms / %.0f ms / %.2f s | %.2fx | %.0f µs / %.1f µs (%.1fx) | %.2f s (peak %.0f/s) | %.2f s (peak %.0f/s) |\n",
 		res.N, res.ConnectSeconds, kib(res.RSSPerAgentBytes), res.AckedP50*1000, res.AckedP99*1000, res.AckedAll, res.StoredAll,
-		res.BareP50*1000, res.BareP99*1000, res.BareAll, res.RatioToBare, res.Kill.Seconds, res.Kill.PeakPerSec, res.Term.Seconds, res.Term.PeakPerSec)
+		res.BareP50*1000, res.BareP99*1000, res.BareAll, res.RatioToBare, res.CPPromoteCPUPerAgent*1e6, res.BareCPUPerMessage*1e6, res.CPURatioToBare,
+		res.Kill.Seconds, res.Kill.PeakPerSec, res.Term.Seconds, res.Term.PeakPerSec)
 }
 
 func kib(b int64) string { return fmt.Sprintf("%.1f KiB", float64(b)/1024) }
@@ -157,14 +176,20 @@ func run(n int, cpBin, work string) (result, error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	start := time.Now()
-	if _, err := startFleet(ctx, filepath.Join(dir, "agents"), certs, addrs[0]); err != nil {
+	stopFleet, err := startFleet(ctx, filepath.Join(dir, "agents"), certs, addrs[0])
+	if err != nil {
 		return res, err
 	}
 	if err := waitMetric(metricsURL, "tenantagent_controlplane_connected_agents", float64(n), 5*time.Minute, nil); err != nil {
 		return res, err
 	}
 	res.ConnectSeconds = time.Since(start).Seconds()
-	time.Sleep(3 * time.Second) // let the first heartbeats and GC settle
+	time.Sleep(2 * time.Second) // let the first heartbeats and GC settle
+	// The control plane's CPU rate when idle but for heartbeats, to take
+	// off the promote's.
+	idleCPU0, idleAt := procCPU(cp.Process.Pid), time.Now()
+	time.Sleep(time.Second)
+	idleRate := float64(procCPU(cp.Process.Pid)-idleCPU0) / float64(time.Since(idleAt))
 	res.RSSAfterBytes = rss(cp.Process.Pid)
 	res.RSSPerAgentBytes = (res.RSSAfterBytes - res.RSSBeforeBytes) / int64(n)
 	res.HeapPerAgentBytes = int64((metric(metricsURL, "go_memstats_heap_inuse_bytes") - heapBefore) / float64(n))
@@ -184,6 +209,7 @@ func run(n int, cpBin, work string) (result, error) {
 	if os.Getenv("FLEETSIM_PROFILE") != "" {
 		go profile("http://"+addrs[2]+"/debug/pprof/profile?seconds=3", os.Getenv("FLEETSIM_PROFILE"))
 	}
+	cpCPU0, agentsCPU0 := procCPU(cp.Process.Pid), selfCPU()
 	t0 := time.Now()
 	stream, err := admin.PromoteRuntimeImage(ctx, &controlplanev1.PromoteRuntimeImageRequest{Runtime: "codex", ImageRef: repo + "@" + digestV2,
 		Options: &controlplanev1.RolloutOptions{MaxParallelTenants: uint32(n)}})
@@ -198,6 +224,11 @@ func run(n int, cpBin, work string) (result, error) {
 		rolloutID = resp.GetEvent().GetRolloutId()
 		if k := resp.GetEvent().GetKind(); k == controlplanev1.RolloutEventKind_ROLLOUT_EVENT_KIND_COMPLETED || k == controlplanev1.RolloutEventKind_ROLLOUT_EVENT_KIND_HALTED {
 			res.StoredAll = time.Since(t0).Seconds()
+			raw := procCPU(cp.Process.Pid) - cpCPU0
+			res.CPPromoteCPURaw = raw.Seconds()
+			res.CPPromoteCPU = max(raw.Seconds()-idleRate*res.StoredAll, 0)
+			res.CPPromoteCPUPerAgent = res.CPPromoteCPU / float64(n)
+			res.AgentsPromoteCPU = (selfCPU() - agentsCPU0).Seconds()
 			if c := resp.GetEvent().GetCounts(); int(c.GetSucceeded()) != n {
 				return res, fmt.Errorf("rollout: %v", resp.GetEvent())
 			}
@@ -213,15 +244,6 @@ func run(n int, cpBin, work string) (result, error) {
 	}
 	res.AckedP50, res.AckedP99, res.AckedAll = pct(lat, 50), pct(lat, 99), lat[len(lat)-1]
 
-	// The floor: a bare broadcast over N mTLS streams of the same kind.
-	fmt.Fprintln(os.Stderr, "bare broadcast")
-	bare, err := bareBroadcast(n, certs.tls, certs.roots, certDir)
-	if err != nil {
-		return res, err
-	}
-	res.BareP50, res.BareP99, res.BareAll = pct(bare, 50), pct(bare, 99), bare[len(bare)-1]
-	res.RatioToBare = res.AckedAll / res.BareAll
-
 	// A control plane crash and restart: every agent redials with backoff
 	// and full jitter.
 	fmt.Fprintln(os.Stderr, "restart storm (kill -9)")
@@ -235,6 +257,24 @@ func run(n int, cpBin, work string) (result, error) {
 	if cp, res.Term, err = restartStorm(cp, syscall.SIGTERM, n, cpBin, dir, certDir, addrs); err != nil {
 		return res, err
 	}
+	// The floor: a bare broadcast over N mTLS streams of the same kind,
+	// once the fleet has stopped (its sockets and these would not fit
+	// under the open-file limit at 10,000).
+	cancel()
+	stopFleet()
+	fmt.Fprintln(os.Stderr, "bare broadcast")
+	bare, err := bareBroadcast(n, certs.tls, certs.roots, certDir)
+	if err != nil {
+		return res, err
+	}
+	bl := bare.latencies
+	res.BareP50, res.BareP99, res.BareAll = pct(bl, 50), pct(bl, 99), bl[len(bl)-1]
+	res.RatioToBare = res.AckedAll / res.BareAll
+	res.BareCPUPerMessage = bare.cpu.Seconds() / float64(n)
+	res.CPURatioToBare = res.CPPromoteCPUPerAgent / res.BareCPUPerMessage
+	fmt.Fprintf(os.Stderr, "  CPU: control plane %.0f µs a command (%.2f s a promote, idle rate taken off: %.2f s), bare server %.1f µs a message: %.1fx; agents (fleetsim) %.2f s; load %s\n",
+		res.CPPromoteCPUPerAgent*1e6, res.CPPromoteCPURaw, res.CPPromoteCPU, res.BareCPUPerMessage*1e6, res.CPURatioToBare, res.AgentsPromoteCPU, loadavg())
+
 	return res, nil
 }
 
@@ -308,14 +348,15 @@ func loadavg() string {
 // raiseFileLimit lifts this process's soft limit on open files to its hard
 // limit: every simulated agent holds a socket and the control plane (our
 // child, which inherits the limit) one per agent.
-func raiseFileLimit(need int) {
+func raiseFileLimit(agents int) {
 	var lim syscall.Rlimit
 	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
 		return
 	}
 	lim.Cur = lim.Max
+	need := agents + 1000 // a socket an agent, and room for journals and the rest
 	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil || lim.Cur < uint64(need) {
-		fmt.Fprintf(os.Stderr, "fleetsim: open files limited to %d; %d agents need about %d\n", lim.Cur, need/2, need)
+		fmt.Fprintf(os.Stderr, "fleetsim: open files limited to %d; %d agents need about %d\n", lim.Cur, agents, need)
 	}
 }
 
