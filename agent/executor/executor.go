@@ -380,14 +380,18 @@ func (x *Executor) Refresh(ctx context.Context, cmd *tenantagentv1.RefreshRuntim
 		return failed(id, ref, tenantagentv1.CommandPhase_COMMAND_PHASE_UNSPECIFIED, err), nil
 	}
 	result := &tenantagentv1.CommandResult{CommandId: id, ImageRef: ref, StartedAt: started}
-	var todo []docker.Container
+	var todo, current []docker.Container
 	for _, c := range containers {
 		if c.DigestFor(repo) == digest && c.Inspect.Config.Image == ref {
-			result.Containers = append(result.Containers, &tenantagentv1.ContainerResult{Name: c.Name(), OldContainerId: c.Inspect.ID, NewContainerId: c.Inspect.ID,
-				OldDigest: digest, NewDigest: digest, WasRunning: c.Inspect.State.Running, Outcome: tenantagentv1.ContainerOutcome_CONTAINER_OUTCOME_ALREADY_CURRENT})
+			current = append(current, c)
 		} else {
 			todo = append(todo, c)
 		}
+	}
+	todo, current = withNamespaceSharers(todo, current)
+	for _, c := range current {
+		result.Containers = append(result.Containers, &tenantagentv1.ContainerResult{Name: c.Name(), OldContainerId: c.Inspect.ID, NewContainerId: c.Inspect.ID,
+			OldDigest: digest, NewDigest: digest, WasRunning: c.Inspect.State.Running, Outcome: tenantagentv1.ContainerOutcome_CONTAINER_OUTCOME_ALREADY_CURRENT})
 	}
 	// Verified before the already-current shortcut too, so every result
 	// of an agent with a policy says whether its digest is signed.

@@ -87,6 +87,19 @@ func (f engineFixture) managed(t *testing.T, ctx context.Context, sel docker.Sel
 	}
 }
 
+// images serves workspace images of specs from a registry of their own
+// (another repository than the fixture's) and removes them at the end.
+func (f engineFixture) images(t *testing.T, specs ...registrytest.Image) (repo string, digests []string) {
+	t.Helper()
+	reg := registrytest.StartRegistry(t)
+	for _, spec := range specs {
+		r, d := reg.Push(t, "molecule-ai/workspace-template-codex", registrytest.WorkspaceImage(t, spec))
+		repo, digests = r, append(digests, d)
+	}
+	t.Cleanup(func() { registrytest.RemoveImages(t, f.cli, repo) })
+	return repo, digests
+}
+
 // seen is what the test knows of a container between refreshes.
 type seen struct{ id, startedAt, image string }
 
@@ -128,9 +141,8 @@ func TestRefreshTwentyContainersCanaryThenParallel(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	f := newEngineFixture(t, ctx)
-	reg := registrytest.StartRegistry(t)
-	badRepo, bad := reg.Push(t, "molecule-ai/workspace-template-codex", registrytest.WorkspaceImage(t, registrytest.Image{Version: "bad", Unhealthy: true}))
-	t.Cleanup(func() { registrytest.RemoveImages(t, f.cli, badRepo) })
+	badRepo, digests := f.images(t, registrytest.Image{Version: "bad", Unhealthy: true})
+	bad := digests[0]
 	sel := docker.Selector{"molecule.org-id": "twenty-" + f.workspace, "molecule.platform.managed": "true"}
 	names := make([]string, 20)
 	for i := range names {
@@ -290,6 +302,13 @@ func TestRefreshRecreatesDependenciesFirst(t *testing.T) {
 		f.managed(t, ctx, sel, name, image, name != f.workspace+"-ac-net", host)
 	}
 	f.managed(t, ctx, sel, f.workspace+"-mm-solo", image, true, nil)
+	// Already on v2, but in the base's namespace: it must follow the base.
+	if _, err := f.engine.Pull(ctx, f.repo+"@"+f.v2, docker.PullOptions{}, nil); err != nil {
+		t.Fatal(err)
+	}
+	current := f.workspace + "-ad-net-current"
+	dependants[current] = nil
+	f.managed(t, ctx, sel, current, f.repo+"@"+f.v2, false, func(h *container.HostConfig) { h.NetworkMode = container.NetworkMode("container:" + base) })
 
 	x, err := New(Config{Engine: f.engine, Selector: sel, MaxParallel: 4, Logger: f.logger})
 	if err != nil {
@@ -309,10 +328,18 @@ func TestRefreshRecreatesDependenciesFirst(t *testing.T) {
 			t.Errorf("%s's recreate began (step %d) before %s's was done (step %d)", name, i, base, baseDone)
 		}
 	}
+	if got := outcomesByName(res)[current]; got != recreated {
+		t.Errorf("%s, on v2 already in the base's namespace: %v, want recreated on the new base", current, got)
+	}
 	newBase := f.look(t, ctx, base).id
-	if in, err := f.cli.ContainerInspect(ctx, f.workspace+"-ac-net"); err != nil || in.Config.Image != f.repo+"@"+f.v2 ||
-		(string(in.HostConfig.NetworkMode) != "container:"+newBase && string(in.HostConfig.NetworkMode) != "container:"+base) {
-		t.Errorf("the network dependant: %v %v, want on v2 in the new %s's namespace", err, in.HostConfig, base)
+	for _, name := range []string{f.workspace + "-ac-net", current} {
+		in, err := f.cli.ContainerInspect(ctx, name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if mode := string(in.HostConfig.NetworkMode); in.Config.Image != f.repo+"@"+f.v2 || mode != "container:"+newBase && mode != "container:"+base {
+			t.Errorf("%s: %s in %s, want on v2 in the new %s's namespace", name, in.Config.Image, mode, base)
+		}
 	}
 }
 
@@ -325,10 +352,8 @@ func TestRefreshOverlapsStabilityWindows(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	f := newEngineFixture(t, ctx)
-	reg := registrytest.StartRegistry(t)
-	repo, v1 := reg.Push(t, "molecule-ai/workspace-template-codex", registrytest.WorkspaceImage(t, registrytest.Image{Version: "v1", NoHealthcheck: true}))
-	_, v2 := reg.Push(t, "molecule-ai/workspace-template-codex", registrytest.WorkspaceImage(t, registrytest.Image{Version: "v2", NoHealthcheck: true}))
-	t.Cleanup(func() { registrytest.RemoveImages(t, f.cli, repo) })
+	repo, digests := f.images(t, registrytest.Image{Version: "v1", NoHealthcheck: true}, registrytest.Image{Version: "v2", NoHealthcheck: true})
+	v1, v2 := digests[0], digests[1]
 	if _, err := f.engine.Pull(ctx, repo+"@"+v1, docker.PullOptions{}, nil); err != nil {
 		t.Fatal(err)
 	}

@@ -236,6 +236,32 @@ func (s *schedule) flying() []string {
 	return slices.Sorted(slices.Values(s.inFlight))
 }
 
+// withNamespaceSharers moves from current to todo every container that
+// shares the network namespace of one in todo (--network container:X),
+// directly or through another. Recreating X ends the namespace it joined,
+// and the Engine cannot move a container to another: it stays without a
+// network, and cannot even start again, until it is recreated on X's
+// replacement. Docker Compose does the same (network_mode: service:X
+// resolves to X's container ID, so a new X makes the dependant's config
+// differ and Compose recreates it).
+func withNamespaceSharers(todo, current []docker.Container) (_, _ []docker.Container) {
+	for moved := true; moved; {
+		moved = false
+		for i := 0; i < len(current); i++ {
+			h := current[i].Inspect.HostConfig
+			if h == nil || !h.NetworkMode.IsContainer() {
+				continue
+			}
+			owner := h.NetworkMode.ConnectedContainer()
+			if slices.ContainsFunc(todo, func(c docker.Container) bool { return c.Is(owner) }) {
+				todo, current = append(todo, current[i]), slices.Delete(current, i, i+1)
+				i, moved = i-1, true
+			}
+		}
+	}
+	return todo, current
+}
+
 // order sorts containers so that each follows the ones it depends on
 // among them (a dependency outside them is left alone), keeping the
 // given order otherwise, and returns each one's dependencies by index.

@@ -27,12 +27,8 @@ func TestOrderPutsDependenciesFirst(t *testing.T) {
 		base,
 	}
 	cs, deps := order(todo)
-	var names []string
-	for _, c := range cs {
-		names = append(names, c.Name())
-	}
-	if want := []string{"ac-outside", "zz-base", "aa-net", "ab-link", "ad-chain"}; !slices.Equal(names, want) {
-		t.Fatalf("order %v, want %v", names, want)
+	if got, want := names(cs), []string{"ac-outside", "zz-base", "aa-net", "ab-link", "ad-chain"}; !slices.Equal(got, want) {
+		t.Fatalf("order %v, want %v", got, want)
 	}
 	if want := [][]int{nil, nil, {1}, {1}, {2}}; !slices.EqualFunc(deps, want, slices.Equal) {
 		t.Errorf("dependencies %v, want %v", deps, want)
@@ -48,4 +44,28 @@ func TestParallelOnlyLowered(t *testing.T) {
 			t.Errorf("command asks %d: %d at once, want %d", asked, got, want)
 		}
 	}
+}
+
+// A container already on the digest that shares the namespace of one
+// that moves (directly or through another) moves too; others stay.
+func TestWithNamespaceSharers(t *testing.T) {
+	x := fakeContainer("x", "0123456789abcdef0123", container.HostConfig{})
+	joined := fakeContainer("joined", "j1", container.HostConfig{NetworkMode: "container:x"})
+	chained := fakeContainer("chained", "c1", container.HostConfig{NetworkMode: "container:joined"})
+	alone := fakeContainer("alone", "a1", container.HostConfig{VolumesFrom: []string{"x"}})
+	todo, current := withNamespaceSharers([]docker.Container{x}, []docker.Container{chained, alone, joined})
+	if got := names(todo); !slices.Equal(got, []string{"x", "joined", "chained"}) {
+		t.Errorf("todo %v", got)
+	}
+	if got := names(current); !slices.Equal(got, []string{"alone"}) {
+		t.Errorf("current %v", got)
+	}
+}
+
+func names(cs []docker.Container) []string {
+	var out []string
+	for _, c := range cs {
+		out = append(out, c.Name())
+	}
+	return out
 }
