@@ -1,6 +1,7 @@
 // Package docker is the agent's only contact with the Docker Engine: it
-// lists the tenant's managed containers, pulls images by digest with
-// progress, and recreates containers on a new image with rollback.
+// lists the tenant's managed containers and keeps their state from the
+// Engine's events, pulls images by digest with progress, and recreates
+// containers on a new image with rollback.
 package docker
 
 import (
