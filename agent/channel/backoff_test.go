@@ -1,7 +1,6 @@
 package channel
 
 import (
-	"context"
 	"errors"
 	"net"
 	"sync"
@@ -16,11 +15,8 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
 
-	"github.com/molecule-ai/tenant-agent/agent/journal"
-	"github.com/molecule-ai/tenant-agent/agent/runner"
 	"github.com/molecule-ai/tenant-agent/certs/pkitest"
 	tenantagentv1 "github.com/molecule-ai/tenant-agent/gen/tenantagent/v1"
-	"github.com/molecule-ai/tenant-agent/internal/testlog"
 	"github.com/molecule-ai/tenant-agent/pkg/mtls"
 )
 
@@ -99,23 +95,7 @@ func TestAgentHonoursTheHintAndResumes(t *testing.T) {
 	}
 	go gs.Serve(lis)
 	t.Cleanup(gs.Stop)
-	j, err := journal.Open(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	logs := &testlog.Buffer{}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	t.Cleanup(func() { cancel(); <-done })
-	go func() {
-		defer close(done)
-		Run(ctx, Config{
-			Addr: lis.Addr().String(), Creds: mtls.ClientCredentials(p.Source(t, "agent-acme"), "localhost"), Tenant: "acme",
-			Inventory: func(context.Context) ([]*tenantagentv1.RuntimeStatus, error) { return nil, nil },
-			Runner:    runner.New(runner.Config{Journal: j}), BackoffBase: time.Hour, BackoffMax: time.Hour,
-			Logger: logs.Logger(t, "agent"),
-		})
-	}()
+	logs := runWithBackoff(t, lis.Addr().String(), mtls.ClientCredentials(p.Source(t, "agent-acme"), "localhost"), time.Hour, time.Hour)
 	select {
 	case <-srv.welcome:
 	case <-time.After(20 * time.Second):

@@ -11,6 +11,7 @@ import (
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -59,6 +60,13 @@ func run(t *testing.T, srv *refusing, backoffMax time.Duration) *testlog.Buffer 
 	tenantagentv1.RegisterAgentServiceServer(gs, srv)
 	go gs.Serve(lis)
 	t.Cleanup(gs.Stop)
+	return runWithBackoff(t, lis.Addr().String(), insecure.NewCredentials(), 10*time.Millisecond, backoffMax)
+}
+
+// runWithBackoff runs the channel on addr until the test ends and returns its
+// log.
+func runWithBackoff(t *testing.T, addr string, creds credentials.TransportCredentials, backoffBase, backoffMax time.Duration) *testlog.Buffer {
+	t.Helper()
 	j, err := journal.Open(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
@@ -70,9 +78,9 @@ func run(t *testing.T, srv *refusing, backoffMax time.Duration) *testlog.Buffer 
 	go func() {
 		defer close(done)
 		Run(ctx, Config{
-			Addr: lis.Addr().String(), Creds: insecure.NewCredentials(), Tenant: "acme",
+			Addr: addr, Creds: creds, Tenant: "acme",
 			Inventory: func(context.Context) ([]*tenantagentv1.RuntimeStatus, error) { return nil, nil },
-			Runner:    runner.New(runner.Config{Journal: j}), BackoffBase: 10 * time.Millisecond, BackoffMax: backoffMax,
+			Runner:    runner.New(runner.Config{Journal: j}), BackoffBase: backoffBase, BackoffMax: backoffMax,
 			Logger: logs.Logger(t, "agent"),
 		})
 	}()

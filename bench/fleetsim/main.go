@@ -310,6 +310,9 @@ func restartStorm(cp *exec.Cmd, sig syscall.Signal, n int, cpBin, dir, certDir s
 	t1 := time.Now()
 	st.Down = t1.Sub(t0).Seconds()
 	metricsURL := "http://" + addrs[2] + "/metrics"
+	if f := os.Getenv("FLEETSIM_STORM_PROFILE"); f != "" {
+		go profile("http://"+addrs[2]+"/debug/pprof/profile?seconds=10", f+"."+strconv.Itoa(int(sig)))
+	}
 	last, lastAt := 0.0, t1
 	if err := waitMetric(metricsURL, "tenantagent_controlplane_connected_agents", float64(n), 5*time.Minute, func(v float64) {
 		now := time.Now()
@@ -329,8 +332,8 @@ func restartStorm(cp *exec.Cmd, sig syscall.Signal, n int, cpBin, dir, certDir s
 		// A control plane that counts handshakes: a missing series is none.
 		st.FullHandshakes, st.ResumedHandshakes, st.HandshakesShed = max(st.FullHandshakes, 0), max(st.ResumedHandshakes, 0), max(st.HandshakesShed, 0)
 	}
-	fmt.Fprintf(os.Stderr, "  %s: all %d back %.2f s after the restart (down %.2f s), peak %.0f/s; handshakes full %v, resumed %v, shed %v; control plane CPU %.2f s; load %s\n",
-		sig, n, st.Seconds, st.Down, st.PeakPerSec, st.FullHandshakes, st.ResumedHandshakes, st.HandshakesShed, st.CPUSeconds, loadavg())
+	fmt.Fprintf(os.Stderr, "  %s: all %d back %.2f s after the signal: %.2f s after the restart (down %.2f s), peak %.0f/s; handshakes full %v, resumed %v, shed %v; control plane CPU %.2f s; load %s\n",
+		sig, n, st.Down+st.Seconds, st.Seconds, st.Down, st.PeakPerSec, st.FullHandshakes, st.ResumedHandshakes, st.HandshakesShed, st.CPUSeconds, loadavg())
 	return cp, st, nil
 }
 

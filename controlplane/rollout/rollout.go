@@ -391,6 +391,10 @@ type run struct {
 	// issued holds the IDs of the commands this run issued, whose
 	// PENDING state its COMMAND_ISSUED event already told.
 	issued sync.Map
+	// preissued holds, per tenant of a first window, the commands preissue
+	// journaled for it (and those it found), so that tenant need not read
+	// them back: one query a tenant, thousands in a fan-out.
+	preissued sync.Map // tenant -> []*store.Command
 }
 
 // hold renews the run's lease every Lease/3 until ctx ends. It stops the
@@ -693,11 +697,13 @@ func (x *run) preissue(ctx context.Context, phase controlplanev1.RolloutPhase, k
 		return // each tenant reports it when it runs
 	}
 	var fresh []*store.Command
+	planned := map[string][]*store.Command{}
 	for _, t := range tenants {
-		_, f, err := x.plan(existing, kind, t, targets[t])
+		cmds, f, err := x.plan(existing, kind, t, targets[t])
 		if err != nil {
 			continue // the tenant reports it when it runs
 		}
+		planned[t] = cmds
 		fresh = append(fresh, f...)
 	}
 	if len(fresh) == 0 {
@@ -715,6 +721,22 @@ func (x *run) preissue(ctx context.Context, phase controlplanev1.RolloutPhase, k
 		x.issued.Store(c.ID, true)
 		x.emit(controlplanev1.RolloutEventKind_ROLLOUT_EVENT_KIND_COMMAND_ISSUED, phase, c.Tenant, c, "issued to "+c.Agent)
 	}
+	for t, cmds := range planned {
+		x.preissued.Store(t, cmds)
+	}
+}
+
+// takePreissued returns, once, the refreshes preissue journaled for
+// tenant, on its first attempt.
+func (x *run) takePreissued(kind controlplanev1.CommandKind, tenant string, attempt int) ([]*store.Command, bool) {
+	if kind != controlplanev1.CommandKind_COMMAND_KIND_REFRESH || attempt != 1 {
+		return nil, false
+	}
+	cmds, ok := x.preissued.LoadAndDelete(tenant)
+	if !ok {
+		return nil, false
+	}
+	return cmds.([]*store.Command), true
 }
 
 // plan returns a tenant's commands for this rollout: the ones already
@@ -753,16 +775,21 @@ func (x *run) tenant(ctx context.Context, phase controlplanev1.RolloutPhase, kin
 		}
 	}()
 	for attempt := 1; ; attempt++ {
-		existing, err := x.cfg.Store.ListCommands(ctx, store.CommandFilter{RolloutID: x.ro.ID, Tenant: tenant, Kind: kind})
-		if err != nil {
-			x.emit(controlplanev1.RolloutEventKind_ROLLOUT_EVENT_KIND_COMMAND_UPDATED, phase, tenant, nil, "cannot read commands: "+err.Error())
-			return failedOutcome
-		}
 		var fresh []*store.Command
-		cmds, fresh, err = x.plan(existing, kind, tenant, agents)
-		if err != nil {
-			x.emit(controlplanev1.RolloutEventKind_ROLLOUT_EVENT_KIND_COMMAND_UPDATED, phase, tenant, nil, "cannot build commands: "+err.Error())
-			return failedOutcome
+		var err error
+		if pre, ok := x.takePreissued(kind, tenant, attempt); ok {
+			cmds = pre // journaled by preissue: await reads their state
+		} else {
+			var existing []*store.Command
+			existing, err = x.cfg.Store.ListCommands(ctx, store.CommandFilter{RolloutID: x.ro.ID, Tenant: tenant, Kind: kind})
+			if err != nil {
+				x.emit(controlplanev1.RolloutEventKind_ROLLOUT_EVENT_KIND_COMMAND_UPDATED, phase, tenant, nil, "cannot read commands: "+err.Error())
+				return failedOutcome
+			}
+			if cmds, fresh, err = x.plan(existing, kind, tenant, agents); err != nil {
+				x.emit(controlplanev1.RolloutEventKind_ROLLOUT_EVENT_KIND_COMMAND_UPDATED, phase, tenant, nil, "cannot build commands: "+err.Error())
+				return failedOutcome
+			}
 		}
 		// Subscribe before issuing, so no update is missed.
 		for _, s := range subs {
@@ -822,8 +849,10 @@ func (x *run) await(ctx context.Context, phase controlplanev1.RolloutPhase, tena
 	if _, ok := x.issued.Load(c.ID); ok {
 		told = controlplanev1.CommandState_COMMAND_STATE_PENDING
 	}
+	// The store is read once, then again only on a recheck or after
+	// falling behind: an update carries the command as stored.
+	stored, err := x.cfg.Store.GetCommand(ctx, c.ID)
 	for {
-		stored, err := x.cfg.Store.GetCommand(ctx, c.ID)
 		if err != nil {
 			return failedOutcome
 		}
@@ -839,6 +868,7 @@ func (x *run) await(ctx context.Context, phase controlplanev1.RolloutPhase, tena
 			x.emit(controlplanev1.RolloutEventKind_ROLLOUT_EVENT_KIND_COMMAND_UPDATED, phase, tenant, stored, "agent offline: the command waits for it to connect")
 			return pending
 		}
+		// A state told once, however many updates repeat it.
 		if stored.State != told {
 			told = stored.State
 			x.emit(controlplanev1.RolloutEventKind_ROLLOUT_EVENT_KIND_COMMAND_UPDATED, phase, tenant, stored, describe(stored))
@@ -850,15 +880,17 @@ func (x *run) await(ctx context.Context, phase controlplanev1.RolloutPhase, tena
 			if !ok {
 				sub = x.cfg.Dispatcher.Watch(c.ID) // fell behind: re-attach and re-read
 				defer sub.Close()
+				stored, err = x.cfg.Store.GetCommand(ctx, c.ID)
 				continue
 			}
-			// A state told once, however many updates repeat it.
-			if u.Command != nil && !store.Terminal(u.Command.State) && u.Command.State != told {
-				told = u.Command.State
-				x.emit(controlplanev1.RolloutEventKind_ROLLOUT_EVENT_KIND_COMMAND_UPDATED, phase, tenant, u.Command, describe(u.Command))
+			// Progress leaves the stored state as it is; an update
+			// published late never takes the state back.
+			if u.Command != nil && store.StateOrder(u.Command.State) >= store.StateOrder(stored.State) {
+				stored = u.Command
 			}
 		case <-x.cfg.After(recheckEvery):
 			// Re-read: the agent may have gone offline meanwhile.
+			stored, err = x.cfg.Store.GetCommand(ctx, c.ID)
 		}
 	}
 }
