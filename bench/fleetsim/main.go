@@ -54,21 +54,21 @@ const (
 )
 
 type result struct {
-	N                   int     `json:"n"`
-	ConnectSeconds      float64 `json:"connect_seconds"`
-	RSSBeforeBytes      int64   `json:"rss_before_bytes"`
-	RSSAfterBytes       int64   `json:"rss_after_bytes"`
-	RSSPerAgentBytes    int64   `json:"rss_per_agent_bytes"`
-	HeapPerAgentBytes   int64   `json:"heap_per_agent_bytes"`
-	StackPerAgentBytes  int64   `json:"stack_per_agent_bytes"`
-	AckedP50            float64 `json:"acked_p50_seconds"`
-	AckedP99            float64 `json:"acked_p99_seconds"`
-	AckedAll            float64 `json:"acked_all_seconds"`
-	StoredAll           float64 `json:"stored_all_seconds"`
-	BareP50             float64 `json:"bare_broadcast_p50_seconds"`
-	BareP99             float64 `json:"bare_broadcast_p99_seconds"`
-	BareAll             float64 `json:"bare_broadcast_all_seconds"`
-	RatioToBare         float64 `json:"acked_all_ratio_to_bare"`
+	N                  int     `json:"n"`
+	ConnectSeconds     float64 `json:"connect_seconds"`
+	RSSBeforeBytes     int64   `json:"rss_before_bytes"`
+	RSSAfterBytes      int64   `json:"rss_after_bytes"`
+	RSSPerAgentBytes   int64   `json:"rss_per_agent_bytes"`
+	HeapPerAgentBytes  int64   `json:"heap_per_agent_bytes"`
+	StackPerAgentBytes int64   `json:"stack_per_agent_bytes"`
+	AckedP50           float64 `json:"acked_p50_seconds"`
+	AckedP99           float64 `json:"acked_p99_seconds"`
+	AckedAll           float64 `json:"acked_all_seconds"`
+	StoredAll          float64 `json:"stored_all_seconds"`
+	BareP50            float64 `json:"bare_broadcast_p50_seconds"`
+	BareP99            float64 `json:"bare_broadcast_p99_seconds"`
+	BareAll            float64 `json:"bare_broadcast_all_seconds"`
+	RatioToBare        float64 `json:"acked_all_ratio_to_bare"`
 	// CPU of the promote, from the processes' own counters: the control
 	// plane's from the promote call to COMPLETED (raw, and less its idle
 	// rate over that time), per agent; the bare server's for its one
@@ -79,10 +79,10 @@ type result struct {
 	BareCPUPerMessage    float64 `json:"bare_cpu_per_message_seconds"`
 	CPURatioToBare       float64 `json:"cpu_ratio_to_bare"`
 	AgentsPromoteCPU     float64 `json:"agents_promote_cpu_seconds"`
-	ReconnectSeconds    float64 `json:"reconnect_storm_seconds"`
-	PeakReconnectPerSec float64 `json:"peak_reconnects_per_second"`
-	Kill                storm   `json:"kill_storm"`
-	Term                storm   `json:"term_storm"`
+	ReconnectSeconds     float64 `json:"reconnect_storm_seconds"`
+	PeakReconnectPerSec  float64 `json:"peak_reconnects_per_second"`
+	Kill                 storm   `json:"kill_storm"`
+	Term                 storm   `json:"term_storm"`
 	// NoAckedEvent counts commands whose record has no ACKED event; their
 	// acked time is their result's.
 	NoAckedEvent int `json:"no_acked_event"`
