@@ -352,13 +352,14 @@ func (e *Engine) connectAll(ctx context.Context, spec Spec, id string) error {
 
 // imageConfig is an image's config for Rebuild, or nil if it cannot be
 // read (then the replacement's ExplicitLabel lists every explicit value).
+// It is read once per image, not once per container.
 func (e *Engine) imageConfig(ctx context.Context, id string) *container.Config {
-	img, err := e.cli.ImageInspect(ctx, id)
-	if err != nil {
-		e.logger.Warn("cannot read the new image's config", "image", id, "error", err)
+	img, ok := e.imageOf(ctx, id)
+	if !ok {
+		e.logger.Warn("cannot read the new image's config", "image", id)
 		return nil
 	}
-	return imageConfig(img.Config)
+	return img.config
 }
 
 // Recover completes a recreate a previous agent process left at st.Step:
