@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"sort"
 	"strconv"
 	"sync"
@@ -52,6 +53,9 @@ func (b *bareServer) Connect(s tenantagentv1.AgentService_ConnectServer) error {
 type bareResult struct {
 	latencies []float64
 	cpu       time.Duration
+	// heapPerStream and stackPerStream are the bare server's heap and
+	// stack in use per open stream, as the control plane's are measured.
+	heapPerStream, stackPerStream int64
 }
 
 // bareBroadcast opens n mTLS streams to a bare server, a child process
@@ -120,6 +124,13 @@ func bareBroadcast(n int, certs []tls.Certificate, roots *x509.CertPool, certDir
 	if line, err := readLine(); err != nil || line != "ready" {
 		return res, fmt.Errorf("bare server: %q, %v", line, err)
 	}
+	mem, err := readLine()
+	if err != nil {
+		return res, err
+	}
+	if _, err := fmt.Sscan(mem, &res.heapPerStream, &res.stackPerStream); err != nil {
+		return res, fmt.Errorf("bare server memory %q: %w", mem, err)
+	}
 	t0 := time.Now()
 	fmt.Fprintln(toChild, "send")
 	cpu, err := readLine()
@@ -169,10 +180,14 @@ func bareServe(n int, certDir string) error {
 	if err != nil {
 		return err
 	}
+	heap0, stack0 := memInUse()
 	go srv.Serve(lis)
 	fmt.Println(lis.Addr())
 	<-bare.ready
 	fmt.Println("ready")
+	time.Sleep(2 * time.Second) // as the control plane is measured: settled
+	heap1, stack1 := memInUse()
+	fmt.Println((heap1-heap0)/int64(n), (stack1-stack0)/int64(n))
 	in := bufio.NewScanner(os.Stdin)
 	if !in.Scan() || in.Text() != "send" {
 		return nil
@@ -194,4 +209,14 @@ func bareServe(n int, certDir string) error {
 	close(bare.release)
 	srv.Stop()
 	return nil
+}
+
+// memInUse is the heap and stack in use, after a collection (the control
+// plane's /metrics gives go_memstats_heap_inuse_bytes, read without one;
+// the difference is garbage, which both sides have little of when idle).
+func memInUse() (heap, stack int64) {
+	runtime.GC()
+	var m runtime.MemStats
+	runtime.ReadMemStats(&m)
+	return int64(m.HeapInuse), int64(m.StackInuse)
 }

@@ -61,6 +61,8 @@ type result struct {
 	RSSPerAgentBytes   int64   `json:"rss_per_agent_bytes"`
 	HeapPerAgentBytes  int64   `json:"heap_per_agent_bytes"`
 	StackPerAgentBytes int64   `json:"stack_per_agent_bytes"`
+	BareHeapPerStream  int64   `json:"bare_heap_per_stream_bytes"`
+	BareStackPerStream int64   `json:"bare_stack_per_stream_bytes"`
 	AckedP50           float64 `json:"acked_p50_seconds"`
 	AckedP99           float64 `json:"acked_p99_seconds"`
 	AckedAll           float64 `json:"acked_all_seconds"`
@@ -271,6 +273,9 @@ func run(n int, cpBin, work string) (result, error) {
 	res.BareP50, res.BareP99, res.BareAll = pct(bl, 50), pct(bl, 99), bl[len(bl)-1]
 	res.RatioToBare = res.AckedAll / res.BareAll
 	res.BareCPUPerMessage = bare.cpu.Seconds() / float64(n)
+	res.BareHeapPerStream, res.BareStackPerStream = bare.heapPerStream, bare.stackPerStream
+	fmt.Fprintf(os.Stderr, "  memory per agent: control plane heap %s + stack %s (RSS %s); bare stream heap %s + stack %s\n",
+		kib(res.HeapPerAgentBytes), kib(res.StackPerAgentBytes), kib(res.RSSPerAgentBytes), kib(res.BareHeapPerStream), kib(res.BareStackPerStream))
 	res.CPURatioToBare = res.CPPromoteCPUPerAgent / res.BareCPUPerMessage
 	fmt.Fprintf(os.Stderr, "  CPU: control plane %.0f µs a command (%.2f s a promote, idle rate taken off: %.2f s), bare server %.1f µs a message: %.1fx; agents (fleetsim) %.2f s; load %s\n",
 		res.CPPromoteCPUPerAgent*1e6, res.CPPromoteCPURaw, res.CPPromoteCPU, res.BareCPUPerMessage*1e6, res.CPURatioToBare, res.AgentsPromoteCPU, loadavg())

@@ -17,15 +17,17 @@ import (
 
 // DefaultMaxHandshakes is the default bound on concurrent handshakes:
 // enough to keep every core busy while most of them wait on the network
-// (a handshake holds its slot for a round trip to the agent; at 100 ms,
-// 64 a core still complete more handshakes a second than a core
-// computes), few enough that a storm queues instead of sharing the cores
-// so thinly that every handshake misses its deadline. bench/fleetsim at
-// 5,000 agents on 2 cores, all reconnecting after a kill -9: 4.3-4.5 s
-// with 32, 128 or 512; 18.8 s unbounded. Connecting afresh (full
-// handshakes, the agents on the same cores): 33 s with 32, 5.0 s with
-// 128, 6.5 s with 512, 8.1 s unbounded.
-func DefaultMaxHandshakes() int { return 64 * runtime.GOMAXPROCS(0) }
+// (a handshake holds its slot for a round trip to the agent), few enough
+// that a storm queues instead of sharing the cores so thinly that
+// handshakes miss their deadline, their agents drop their session tickets
+// and come back with full handshakes, which is how a storm collapses.
+// Measured with bench/fleetsim on 2 cores (agents on the same cores):
+// 5,000 agents back after a kill -9 in 4.3-4.5 s with 32, 128 or 512,
+// 18.8 s unbounded; connecting afresh, 33 s with 32, 5.0 s with 128,
+// 6.5 s with 512, 8.1 s unbounded; 10,000 agents with 128 shed half of
+// them (each shed one costs a handshake and a wait), and unbounded once
+// collapsed (a SIGTERM storm at load 30: 200 s, 4,554 full handshakes).
+func DefaultMaxHandshakes() int { return 256 * runtime.GOMAXPROCS(0) }
 
 // maxHint bounds a retry hint: past it the queue's length says more about
 // a burst than about how long it takes to drain.
