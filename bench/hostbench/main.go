@@ -27,6 +27,7 @@ import (
 	"time"
 
 	"github.com/molecule-ai/tenant-agent/agent/docker"
+	"github.com/molecule-ai/tenant-agent/e2e/demokit"
 	"github.com/molecule-ai/tenant-agent/internal/registrytest"
 )
 
@@ -79,32 +80,22 @@ func ints(s string) []int {
 	return out
 }
 
-// run runs the sections, turning a registrytest failure into exit 1 and
-// cleaning up whatever happens.
-func run(o options) (code int) {
-	d := &registrytest.Standalone{}
-	defer func() {
-		if r := recover(); r != nil {
-			f, ok := r.(registrytest.Failure)
-			if !ok {
-				panic(r)
-			}
-			fmt.Fprintln(os.Stderr, "hostbench:", f.Msg)
-			code = 1
+// run runs the sections and then cleans up, whatever happens (a failure,
+// Ctrl-C): containers, volumes, images, processes.
+func run(o options) int {
+	return demokit.Run(demokit.Demo{Name: "hostbench", Passed: "the figures are above", Body: func(ctx context.Context, d *registrytest.Standalone) int {
+		b := newBench(ctx, d)
+		if o.sections["refresh"] {
+			b.refreshTimes(o)
 		}
-		d.RunCleanups()
-	}()
-	b := newBench(d)
-	if o.sections["refresh"] {
-		b.refreshTimes(o)
-	}
-	if o.sections["requests"] {
-		b.idleRequests(o)
-	}
-	if o.sections["footprint"] {
-		b.footprint(o)
-	}
-	return 0
+		if o.sections["requests"] {
+			b.idleRequests(o)
+		}
+		if o.sections["footprint"] {
+			b.footprint(o)
+		}
+		return 0
+	}})
 }
 
 // bench is what the sections share: the Engine (its requests counted), a
@@ -125,8 +116,8 @@ type bench struct {
 	run            string
 }
 
-func newBench(d *registrytest.Standalone) *bench {
-	b := &bench{d: d, ctx: context.Background(), requests: &docker.RequestCounter{}, logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+func newBench(ctx context.Context, d *registrytest.Standalone) *bench {
+	b := &bench{d: d, ctx: ctx, requests: &docker.RequestCounter{}, logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
 		run: fmt.Sprintf("hostbench-%d", time.Now().UnixNano()%1e9)}
 	var err error
 	if b.engine, err = docker.NewWithOptions(docker.Options{Requests: b.requests, Logger: b.logger}); err != nil {
