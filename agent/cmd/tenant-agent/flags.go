@@ -74,8 +74,9 @@ func parseFlags(args []string, stdout io.Writer) (agent.Config, error) {
 	fs.DurationVar(&cfg.PullTimeout, "pull-timeout", cfg.PullTimeout, "longest pull (images are large and links slow)")
 	fs.IntVar(&cfg.MaxParallel, "max-parallel-recreates", cfg.MaxParallel, "containers of a runtime recreated at once: a refresh recreates one container (the canary) alone\n"+
 		"through its health gate, then the rest at most this many at once, each with its own health gate, never a\n"+
-		"container beside those it depends on (--network container:, --volumes-from, --link); a command may ask\n"+
-		"for fewer, never more")
+		"container beside those it depends on (--network container:, --volumes-from, --link). Above 1, a container\n"+
+		"without a healthcheck gives its place up once it runs, so stability windows overlap; 1 is one at a time,\n"+
+		"each through its whole window. A command may ask for fewer, never more")
 	legacyParallel := fs.Int("max-parallel", 0, "deprecated alias of --max-parallel-recreates (so is its variable); the new name wins if both are set")
 	fs.DurationVar(&cfg.HeartbeatInterval, "heartbeat-interval", cfg.HeartbeatInterval, "health report interval until the control plane sets one")
 	fs.DurationVar(&cfg.ResyncInterval, "resync-interval", cfg.ResyncInterval, "health reports come from Docker's event stream, re-read in full whenever the stream is\n"+
