@@ -24,9 +24,11 @@ import (
 // Measured with bench/fleetsim on 2 cores (agents on the same cores):
 // 5,000 agents back after a kill -9 in 4.3-4.5 s with 32, 128 or 512,
 // 18.8 s unbounded; connecting afresh, 33 s with 32, 5.0 s with 128,
-// 6.5 s with 512, 8.1 s unbounded; 10,000 agents with 128 shed half of
-// them (each shed one costs a handshake and a wait), and unbounded once
-// collapsed (a SIGTERM storm at load 30: 200 s, 4,554 full handshakes).
+// 6.5 s with 512, 8.1 s unbounded. With a shorter queue (half the
+// handshake timeout, counted from the accept) 10,000 agents shed half and
+// more of themselves, each shed one costing a handshake and a wait;
+// unbounded, a SIGTERM storm under outside load (30) collapsed: 200 s,
+// 4,554 full handshakes.
 func DefaultMaxHandshakes() int { return 256 * runtime.GOMAXPROCS(0) }
 
 // maxHint bounds a retry hint: past it the queue's length says more about
@@ -36,23 +38,26 @@ const maxHint = 15 * time.Second
 // Handshakes bounds concurrent TLS handshakes on the agent port, so that
 // a storm queues (each handshake done at full speed, in turn) instead of
 // sharing the cores so thinly that every handshake misses its deadline.
-// A connection that finds every slot taken waits up to wait for one;
-// past it, it is shed: its handshake still runs (a gRPC status can only
+// A connection that finds every slot taken waits up to wait for one (the
+// handshake's own timeout starts when it has a slot: waiting costs the
+// control plane nothing); past it, it is shed: its handshake still runs (a gRPC status can only
 // reach a peer over TLS, and only a verified peer is told anything), but
 // its first stream is answered with ResourceExhausted and a retry hint
 // (see Admit) instead of a session. That is honest about the cost: a
 // shed connection costs a handshake, resumed most of the time, and saves
 // the session's setup, which costs more, and the agent's climb up its
-// backoff. Shed handshakes have their own bound, as many again, with the
-// same wait; a connection over both is closed (the agent backs off as
-// for any failed dial).
+// backoff. So only a connection that would otherwise have timed out is
+// shed; a timed-out one costs more, since its agent drops its session
+// ticket and comes back with a full handshake. Shed handshakes have their
+// own bound, as many again, with a quarter of the wait; a connection over
+// both is closed (the agent backs off as for any failed dial).
 //
 // The hint spreads the shed agents over the time the queue, at the rate
 // handshakes are completing now, takes to drain (at most maxHint), so
 // they come back spread out rather than each climbing its own backoff.
 type Handshakes struct {
 	slots, shedSlots chan struct{}
-	wait             time.Duration
+	wait, timeout    time.Duration
 	// Observe, if set, is told of every completed handshake.
 	observe func(resumed bool)
 	refused func()
@@ -65,10 +70,12 @@ type Handshakes struct {
 }
 
 // NewHandshakes allows max concurrent handshakes, a connection waiting up
-// to wait for one. observe, if set, is told of every completed handshake,
-// and refused of every connection shed or closed over the bounds.
-func NewHandshakes(max int, wait time.Duration, observe func(resumed bool), refused func()) *Handshakes {
-	return &Handshakes{slots: make(chan struct{}, max), shedSlots: make(chan struct{}, max), wait: wait, observe: observe, refused: refused}
+// to wait for one, then timeout for its handshake. observe, if set, is
+// told of every completed handshake, and refused of every connection shed
+// or closed over the bounds.
+func NewHandshakes(max int, wait, timeout time.Duration, observe func(resumed bool), refused func()) *Handshakes {
+	return &Handshakes{slots: make(chan struct{}, max), shedSlots: make(chan struct{}, max), wait: wait, timeout: timeout,
+		observe: observe, refused: refused}
 }
 
 // Credentials wraps the server's transport credentials with the bound.
@@ -101,14 +108,14 @@ type boundedCredentials struct {
 
 func (c *boundedCredentials) ServerHandshake(raw net.Conn) (net.Conn, credentials.AuthInfo, error) {
 	h := c.h
-	if h.acquire(h.slots) {
+	if h.acquire(h.slots, h.wait) {
 		defer func() { <-h.slots }()
 		return h.handshake(c.TransportCredentials, raw)
 	}
 	if h.refused != nil {
 		h.refused()
 	}
-	if !h.acquire(h.shedSlots) {
+	if !h.acquire(h.shedSlots, h.wait/4) {
 		raw.Close()
 		return nil, nil, errShed
 	}
@@ -126,8 +133,8 @@ func (c *boundedCredentials) Clone() credentials.TransportCredentials {
 	return &boundedCredentials{TransportCredentials: c.TransportCredentials.Clone(), h: c.h}
 }
 
-// acquire takes a slot, waiting up to h.wait.
-func (h *Handshakes) acquire(slots chan struct{}) bool {
+// acquire takes a slot, waiting up to wait.
+func (h *Handshakes) acquire(slots chan struct{}, wait time.Duration) bool {
 	select {
 	case slots <- struct{}{}:
 		return true
@@ -135,7 +142,7 @@ func (h *Handshakes) acquire(slots chan struct{}) bool {
 	}
 	h.queued.Add(1)
 	defer h.queued.Add(-1)
-	t := time.NewTimer(h.wait)
+	t := time.NewTimer(wait)
 	defer t.Stop()
 	select {
 	case slots <- struct{}{}:
@@ -145,7 +152,10 @@ func (h *Handshakes) acquire(slots chan struct{}) bool {
 	}
 }
 
+// handshake runs one, under its own timeout (gRPC's, set when the
+// connection was accepted, also ran while it queued; gRPC clears it after).
 func (h *Handshakes) handshake(inner credentials.TransportCredentials, raw net.Conn) (net.Conn, credentials.AuthInfo, error) {
+	raw.SetDeadline(time.Now().Add(h.timeout))
 	conn, info, err := inner.ServerHandshake(raw)
 	if err != nil {
 		return conn, info, err

@@ -67,8 +67,8 @@ type Config struct {
 	// is closed as soon as it is accepted.
 	MaxAgentConns int
 	// MaxHandshakes bounds concurrent TLS handshakes on the agent
-	// listener; a connection that waits over half of HandshakeTimeout for
-	// one is told to come back later (admission.Handshakes).
+	// listener; a connection that waits over HandshakeTimeout for one is
+	// told to come back later (admission.Handshakes).
 	MaxHandshakes int
 	// MaxStreamsPerConn caps concurrent streams on one agent connection
 	// (an agent needs one).

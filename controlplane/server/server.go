@@ -224,9 +224,10 @@ func (s *Server) newGRPCServers(agents tenantagentv1.AgentServiceServer, admin c
 	// good on every replica.
 	creds := mtls.ServerCredentials(src, mtls.ServerOptions{TrustDomain: cfg.TrustDomain, Track: s.deny.TrackConn, Logger: logger,
 		Resume: s.deny.Check, TicketKeys: s.ticketKeys.Current})
-	// Half the handshake timeout in the queue leaves the other half for
-	// the handshake of a connection that waited in vain and is shed.
-	s.handshakes = admission.NewHandshakes(cfg.MaxHandshakes, cfg.HandshakeTimeout/2, s.metrics.Handshake, s.metrics.HandshakeShed)
+	// A connection queues up to the handshake timeout, then has that long
+	// for its handshake: the agent's own connect timeout (gRPC's 20 s)
+	// covers both.
+	s.handshakes = admission.NewHandshakes(cfg.MaxHandshakes, cfg.HandshakeTimeout, cfg.HandshakeTimeout, s.metrics.Handshake, s.metrics.HandshakeShed)
 	s.reconnects = admission.NewReconnects(cfg.ReconnectBurst, cfg.ReconnectInterval, logger)
 	common := append([]grpc.ServerOption{grpc.ConnectionTimeout(cfg.HandshakeTimeout)}, auth.Interceptors{
 		TrustDomain: cfg.TrustDomain, Policy: auth.NewPolicy(grants), Check: s.deny.Check, Tracker: s.deny, Admit: s.admit, Logger: logger,

@@ -62,19 +62,23 @@ func TestDeniedAgentIsNotResumed(t *testing.T) {
 	}
 }
 
-// Over the handshake bound, a connection waits half the handshake timeout, then
+// Over the handshake bound, a connection waits the handshake timeout, then
 // is told to come back later: ResourceExhausted with a retry hint, not a
 // closed connection. A slot free, the next dial is admitted.
 func TestOverTheHandshakeBoundTheAgentIsToldWhenToComeBack(t *testing.T) {
 	h := newHarnessWith(t, func(c *Config) { c.MaxHandshakes = 1; c.HandshakeTimeout = 2 * time.Second }, "acme")
-	// A connection that never says ClientHello holds the one slot.
-	hog, err := net.Dial("tcp", h.srv.AgentAddr())
-	if err != nil {
-		t.Fatal(err)
+	// Connections that never say ClientHello hold the one slot, each until
+	// its handshake times out: the first, then the second, which queued
+	// before the agent.
+	for range 2 {
+		hog, err := net.Dial("tcp", h.srv.AgentAddr())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer hog.Close()
+		time.Sleep(100 * time.Millisecond) // accepted, in its handshake or queued
 	}
-	defer hog.Close()
-	time.Sleep(100 * time.Millisecond) // accepted, in its handshake
-	err = dialErr(t, h, codex(digestV1))
+	err := dialErr(t, h, codex(digestV1))
 	st := status.Convert(err)
 	if st.Code() != codes.ResourceExhausted {
 		t.Fatalf("over the bound: %v; want ResourceExhausted", err)
@@ -91,8 +95,7 @@ func TestOverTheHandshakeBoundTheAgentIsToldWhenToComeBack(t *testing.T) {
 	if got := metricValue(t, h, `tenantagent_controlplane_agent_admissions_refused_total{reason="handshakes"}`); got != 1 {
 		t.Errorf("shed connections counted %v; want 1", got)
 	}
-	hog.Close()
-	h.agent("acme", codex(digestV1)).Close()
+	h.agent("acme", codex(digestV1)).Close() // once the hogs time out
 }
 
 // dialErr is how an agent's stream ends, when it ends by itself.

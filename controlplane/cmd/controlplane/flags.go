@@ -46,7 +46,7 @@ func parseFlags(args []string, stdout io.Writer) (server.Config, error) {
 	fs.IntVar(&cfg.SendQueue, "send-queue", cfg.SendQueue, "messages queued per agent before a non-reading agent is disconnected")
 	fs.DurationVar(&cfg.HandshakeTimeout, "handshake-timeout", cfg.HandshakeTimeout, "a new connection must finish its TLS and HTTP/2 handshake within this")
 	fs.IntVar(&cfg.MaxAgentConns, "max-agent-conns", cfg.MaxAgentConns, "open connections on the agent address; more are closed as soon as accepted")
-	fs.IntVar(&cfg.MaxHandshakes, "max-handshakes", cfg.MaxHandshakes, "concurrent TLS handshakes on the agent address (default 256 × cores); a connection that waits\nover half of --handshake-timeout for one is told to come back later (ResourceExhausted with a retry hint)")
+	fs.IntVar(&cfg.MaxHandshakes, "max-handshakes", cfg.MaxHandshakes, "concurrent TLS handshakes on the agent address (default 256 × cores); a connection that waits\nover --handshake-timeout for one is told to come back later (ResourceExhausted with a retry hint)")
 	fs.IntVar(&cfg.MaxStreamsPerConn, "max-streams-per-conn", cfg.MaxStreamsPerConn, "concurrent streams on one agent connection (an agent uses one)")
 	fs.DurationVar(&cfg.AgentIdleTimeout, "agent-idle-timeout", cfg.AgentIdleTimeout, "an agent connection with no stream for this long is closed")
 	fs.IntVar(&cfg.ReconnectBurst, "reconnect-burst", cfg.ReconnectBurst, "streams one agent identity may open at once before --reconnect-interval applies")
