@@ -88,8 +88,12 @@ BENCH_ROUNDS ?= 5
 # (SQLite, then PostgreSQL), BENCH_REPLICAS_N agents; BENCH_REPLICAS=0 skips it.
 BENCH_REPLICAS ?= 3
 BENCH_REPLICAS_N ?= 1000
+# One host: refresh time of 1, 5 and 20 containers one at a time and
+# canary-then-parallel, the idle agent's Engine requests, the agent
+# process's RSS and CPU (about 9 minutes; the one-at-a-time rows take most).
+BENCH_HOST ?= -sizes 1,5,20 -parallel 1,4 -footprint 60s
 
-bench: build ## Fleet fan-out and memory at BENCH_N agents, promote acks across BENCH_REPLICAS replicas on PostgreSQL, recreate downtime over BENCH_ROUNDS rounds (needs Docker and PostgreSQL)
+bench: build ## Fleet fan-out, memory and restart storms at BENCH_N agents, promote acks across BENCH_REPLICAS replicas on PostgreSQL, recreate downtime over BENCH_ROUNDS rounds, one host's refresh and the agent's footprint (needs Docker and PostgreSQL)
 	@echo "| N | connect | CP RSS per agent | acked p50 / p99 | all acked | all stored | bare broadcast p50 / p99 / all | all acked / bare | CPU: CP a command / bare a message | kill -9 storm | SIGTERM storm |"
 	@echo "|---|---|---|---|---|---|---|---|---|---|---|"
 	@for n in $(BENCH_N); do $(GO) run ./bench/fleetsim -n $$n || exit 1; done
@@ -100,6 +104,8 @@ bench: build ## Fleet fan-out and memory at BENCH_N agents, promote acks across 
 	@echo "| rounds | ours (median) | naive (median) | docker restart (median) | ours / restart | naive / restart |"
 	@echo "|---|---|---|---|---|---|"
 	@$(GO) run ./bench/downtime -rounds $(BENCH_ROUNDS)
+	@echo
+	@$(GO) run ./bench/hostbench $(BENCH_HOST)
 
 clean: ## Remove bin/
 	rm -rf $(BIN)
