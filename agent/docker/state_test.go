@@ -155,7 +155,8 @@ func TestWatchedStateFollowsEventsAndResyncs(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(t, state, "a killed", func(v map[string]docker.Status, ok bool) bool { return v[name+"-a"].State == container.StateExited })
-	if err := cli.ContainerRemove(ctx, b, container.RemoveOptions{Force: true}); err != nil {
+	// RemoveVolumes: b's anonymous /cache volume goes with it.
+	if err := cli.ContainerRemove(ctx, b, container.RemoveOptions{Force: true, RemoveVolumes: true}); err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, state, "b removed", func(v map[string]docker.Status, ok bool) bool { _, there := v[name+"-b"]; return ok && !there })
