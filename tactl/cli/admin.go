@@ -153,14 +153,10 @@ func (a *app) rolloutCommand() *cobra.Command {
 		Args:              args(rolloutIDArg),
 		ValidArgsFunction: a.completeRollouts,
 		RunE: func(cmd *cobra.Command, argv []string) error {
-			if err := a.wantOutput(cmd, "json"); err != nil {
-				return err
-			}
-			c, err := a.dialer.client()
+			c, ctx, cancel, err := a.connect(cmd, "json")
 			if err != nil {
 				return err
 			}
-			ctx, cancel := a.context()
 			defer cancel()
 			resp, err := c.GetRollout(ctx, &controlplanev1.GetRolloutRequest{RolloutId: argv[0]})
 			if err != nil {

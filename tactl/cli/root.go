@@ -23,6 +23,7 @@ import (
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
 
+	controlplanev1 "github.com/molecule-ai/tenant-agent/gen/controlplane/v1"
 	"github.com/molecule-ai/tenant-agent/pkg/mtls"
 	"github.com/molecule-ai/tenant-agent/pkg/version"
 )
@@ -235,6 +236,21 @@ func (a *app) context() (context.Context, context.CancelFunc) {
 		return context.WithTimeoutCause(a.ctx, a.timeout, errTimeout)
 	}
 	return context.WithCancel(a.ctx)
+}
+
+// connect readies a command's calls: it checks -o against the outputs
+// the command prints, connects to the admin API, and gives the calls'
+// context (--timeout, Ctrl-C).
+func (a *app) connect(cmd *cobra.Command, outputs ...string) (controlplanev1.AdminServiceClient, context.Context, context.CancelFunc, error) {
+	if err := a.wantOutput(cmd, outputs...); err != nil {
+		return nil, nil, nil, err
+	}
+	c, err := a.dialer.client()
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	ctx, cancel := a.context()
+	return c, ctx, cancel, nil
 }
 
 // tty reports whether progress is drawn as bars.

@@ -115,14 +115,10 @@ run the runtime's pin, out of the runtimes it reports; -o wide shows each
 runtime's containers on pin out of its total.`,
 		Args: args(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := a.wantOutput(cmd, "wide", "json"); err != nil {
-				return err
-			}
-			c, err := a.dialer.client()
+			c, ctx, cancel, err := a.connect(cmd, "wide", "json")
 			if err != nil {
 				return err
 			}
-			ctx, cancel := a.context()
 			defer cancel()
 			all := &controlplanev1.ListAgentsResponse{}
 			all.Agents, _, err = pages(0, func(token string, _ int) ([]*controlplanev1.Agent, string, error) {
@@ -187,14 +183,10 @@ func (a *app) pinsCommand() *cobra.Command {
 		Short: "List every runtime's pin, or one runtime's pin history",
 		Args:  args(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := a.wantOutput(cmd, "wide", "json"); err != nil {
-				return err
-			}
-			c, err := a.dialer.client()
+			c, ctx, cancel, err := a.connect(cmd, "wide", "json")
 			if err != nil {
 				return err
 			}
-			ctx, cancel := a.context()
 			defer cancel()
 			var pins []*controlplanev1.RuntimePin
 			if history != "" {

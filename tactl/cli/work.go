@@ -520,14 +520,10 @@ refresh and promote do, and exit as they would: 0 only if it succeeded.`,
 		}),
 		ValidArgsFunction: a.completeRollouts,
 		RunE: func(cmd *cobra.Command, argv []string) error {
-			if err := a.wantOutput(cmd, "json"); err != nil {
-				return err
-			}
-			c, err := a.dialer.client()
+			c, ctx, cancel, err := a.connect(cmd, "json")
 			if err != nil {
 				return err
 			}
-			ctx, cancel := a.context()
 			defer cancel()
 			id := argv[0]
 			if strings.HasPrefix(id, "r-") {
