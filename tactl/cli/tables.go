@@ -300,9 +300,6 @@ func (a *app) commandsCommand() *cobra.Command {
 		Short: "List commands, newest first",
 		Args:  args(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := a.wantOutput(cmd, "wide", "json"); err != nil {
-				return err
-			}
 			st, err := commandStates(states)
 			if err != nil {
 				return err
@@ -310,11 +307,10 @@ func (a *app) commandsCommand() *cobra.Command {
 			if limit <= 0 {
 				return usagef("--limit %d: want at least 1", limit)
 			}
-			c, err := a.dialer.client()
+			c, ctx, cancel, err := a.connect(cmd, "wide", "json")
 			if err != nil {
 				return err
 			}
-			ctx, cancel := a.context()
 			defer cancel()
 			all := &controlplanev1.ListCommandsResponse{}
 			all.Commands, all.NextPageToken, err = pages(limit, func(token string, size int) ([]*controlplanev1.Command, string, error) {
@@ -383,9 +379,6 @@ func (a *app) rolloutsCommand() *cobra.Command {
 		Short: "List rollouts, newest first",
 		Args:  args(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := a.wantOutput(cmd, "wide", "json"); err != nil {
-				return err
-			}
 			req := &controlplanev1.ListRolloutsRequest{Runtime: runtime}
 			if state != "" {
 				n, ok := controlplanev1.RolloutState_value["ROLLOUT_STATE_"+strings.ToUpper(state)]
@@ -397,11 +390,10 @@ func (a *app) rolloutsCommand() *cobra.Command {
 			if limit <= 0 {
 				return usagef("--limit %d: want at least 1", limit)
 			}
-			c, err := a.dialer.client()
+			c, ctx, cancel, err := a.connect(cmd, "wide", "json")
 			if err != nil {
 				return err
 			}
-			ctx, cancel := a.context()
 			defer cancel()
 			all := &controlplanev1.ListRolloutsResponse{}
 			all.Rollouts, all.NextPageToken, err = pages(limit, func(token string, size int) ([]*controlplanev1.Rollout, string, error) {
