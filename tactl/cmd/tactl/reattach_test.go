@@ -121,7 +121,6 @@ func TestDetachAndReattachRollout(t *testing.T) {
 	c := startCP(t, "acme", "beta")
 	c.agent("acme", cptest.Succeed)
 	b := c.agent("beta", cptest.Hang)
-	rolloutsServed(t, c)
 	r := c.tactl("promote", "codex", refV2, "--detach")
 	id := strings.TrimSpace(r.stdout)
 	if r.code != 0 || !strings.HasPrefix(id, "r-") || !strings.Contains(r.stderr, "tactl watch "+id) {
@@ -213,7 +212,6 @@ func TestJSONStreams(t *testing.T) {
 func TestAbortAndResumeHaltedRollout(t *testing.T) {
 	t.Parallel()
 	c := startCP(t, "acme", "beta", "gamma")
-	rolloutsServed(t, c)
 	var mu sync.Mutex
 	failFirst := map[string]bool{"acme": true}
 	flaky := func(tenant string) cptest.Executor {

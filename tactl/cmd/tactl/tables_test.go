@@ -6,22 +6,9 @@ import (
 	"strings"
 	"testing"
 
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
-
 	"github.com/molecule-ai/tenant-agent/controlplane/cptest"
 	controlplanev1 "github.com/molecule-ai/tenant-agent/gen/controlplane/v1"
 )
-
-// rolloutsServed skips a test when the control plane does not serve the
-// rollout RPCs yet.
-func rolloutsServed(t *testing.T, c *cp) {
-	t.Helper()
-	_, err := c.client.ListRollouts(context.Background(), &controlplanev1.ListRolloutsRequest{})
-	if status.Code(err) == codes.Unimplemented {
-		t.Skip("the control plane does not serve ListRollouts yet")
-	}
-}
 
 // TestTables: agents, pins, commands and rollouts as tables (golden),
 // wide, and JSON.
@@ -75,7 +62,6 @@ func TestTables(t *testing.T) {
 		t.Errorf("commands --state bogus: %s", r)
 	}
 
-	rolloutsServed(t, c)
 	r = c.tactl("rollouts")
 	if r.code != 0 {
 		t.Fatalf("rollouts: %s", r)
