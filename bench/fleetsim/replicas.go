@@ -18,14 +18,16 @@ package main
 // tenants it holds), before and after the promotes.
 //
 // For a diagnosis: FLEETSIM_DUMP=file appends every command's times to a
-// CSV file, FLEETSIM_PROFILE=prefix saves a 3 s CPU profile of each
-// replica during the first promote of each setup, FLEETSIM_KEEP=1 keeps
-// the scratch folder (control plane logs, agent journals),
+// CSV file, FLEETSIM_PROFILE=prefix saves a CPU profile of each
+// replica from the first promote of each setup on, for
+// FLEETSIM_PROFILE_SECONDS (default 3; 3 × -promotes covers every promote
+// and the pauses between them), FLEETSIM_KEEP=1 keeps the scratch folder (control plane logs, agent journals),
 // FLEETSIM_CP_LOG_LEVEL=info makes the control planes log more, and
 // -pg-statements counts PostgreSQL's statements per promote.
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -324,8 +326,9 @@ func measureSetup(s replicaSetup, stores []string, pgPID int, pgLog string, prom
 		// A new digest each time: every agent is off it.
 		digest := "sha256:" + strings.Repeat(strconv.Itoa(p%8+2), 64)
 		if prefix := os.Getenv("FLEETSIM_PROFILE"); prefix != "" && p == 0 {
+			seconds := cmp.Or(os.Getenv("FLEETSIM_PROFILE_SECONDS"), "3")
 			for i := range cps {
-				go profile("http://"+cps[i][2]+"/debug/pprof/profile?seconds=3", fmt.Sprintf("%s-%s-%c.pprof", prefix, strings.NewReplacer(" ", "", ",", "-").Replace(s.Name), 'A'+i))
+				go profile("http://"+cps[i][2]+"/debug/pprof/profile?seconds="+seconds, fmt.Sprintf("%s-%s-%c.pprof", prefix, strings.NewReplacer(" ", "", ",", "-").Replace(s.Name), 'A'+i))
 			}
 		}
 		var before, after []time.Duration
