@@ -10,7 +10,6 @@ import (
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -47,6 +46,30 @@ func TestAttemptsBackOffUntilAStreamLasts(t *testing.T) {
 	}
 }
 
+// After the control plane asked for a reconnect, failed dials (the
+// restarted process not listening yet) are retried within the first step
+// of the backoff, however many; past the window the backoff climbs again.
+func TestAttemptsDoNotClimbWhileTheControlPlaneRestarts(t *testing.T) {
+	a := &attempts{base: time.Second, max: time.Minute, stable: time.Minute, failures: 7}
+	now := time.Unix(1_000_000, 0)
+	refused := errors.New("connection refused")
+	a.requested(now.Add(2 * time.Second))
+	for i := range 50 {
+		if wait, _ := a.ended(time.Time{}, now.Add(time.Duration(i)*time.Second/2), refused); wait > a.base {
+			t.Fatalf("failed dial %d during the restart: wait %s; want at most %s", i, wait, a.base)
+		}
+	}
+	climbed := false
+	for range 50 {
+		if wait, _ := a.ended(time.Time{}, now.Add(time.Minute), refused); wait > a.base {
+			climbed = true
+		}
+	}
+	if !climbed {
+		t.Errorf("past the restart window the backoff did not climb (failures %d)", a.failures)
+	}
+}
+
 // shedding is a control plane over real mTLS that refuses its first
 // streams with ResourceExhausted and a short retry hint, then welcomes,
 // recording whether each connection resumed a TLS session.
@@ -61,9 +84,9 @@ type shedding struct {
 
 func (s *shedding) Connect(stream grpc.BidiStreamingServer[tenantagentv1.AgentMessage, tenantagentv1.ControlMessage]) error {
 	p, _ := peer.FromContext(stream.Context())
-	info, _ := p.AuthInfo.(credentials.TLSInfo)
+	state, _ := mtls.ConnectionState(p.AuthInfo)
 	s.mu.Lock()
-	s.resumed = append(s.resumed, info.State.DidResume)
+	s.resumed = append(s.resumed, state.DidResume)
 	n := len(s.resumed)
 	s.mu.Unlock()
 	if n <= s.refuse {

@@ -13,6 +13,8 @@ import (
 
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/peer"
+
+	"github.com/molecule-ai/tenant-agent/pkg/mtls"
 )
 
 // DefaultMaxHandshakes is the default bound on concurrent handshakes:
@@ -162,8 +164,8 @@ func (h *Handshakes) handshake(inner credentials.TransportCredentials, raw net.C
 	}
 	h.done.add(time.Now())
 	if h.observe != nil {
-		tlsInfo, _ := info.(credentials.TLSInfo)
-		h.observe(tlsInfo.State.DidResume)
+		state, _ := mtls.ConnectionState(info)
+		h.observe(state.DidResume)
 	}
 	return conn, info, nil
 }

@@ -196,20 +196,52 @@ func (c *serverCredentials) ServerHandshake(raw net.Conn) (net.Conn, credentials
 		c.refusals.refused(raw.RemoteAddr(), err)
 		return conn, info, err
 	}
-	if c.track == nil {
-		return conn, info, nil
+	if c.track != nil {
+		cert, err := PeerCertificate(info)
+		if err != nil {
+			conn.Close()
+			return nil, nil, err
+		}
+		id, err := identity.FromCertificate(cert, c.trustDomain)
+		if err != nil { // verifyPeer already refused these; never reached
+			conn.Close()
+			return nil, nil, err
+		}
+		conn = c.track(conn, id, cert)
 	}
-	cert, err := PeerCertificate(info)
-	if err != nil {
-		conn.Close()
-		return nil, nil, err
+	tlsInfo, _ := info.(credentials.TLSInfo)
+	return conn, serverAuthInfo{TLSInfo: tlsInfo, conn: conn}, nil
+}
+
+// serverAuthInfo is the AuthInfo of a connection ServerCredentials
+// accepted: its TLS state, and the connection, which a handler may close
+// (CloseConn).
+type serverAuthInfo struct {
+	credentials.TLSInfo
+	conn net.Conn
+}
+
+// CloseConn closes the connection of a peer ServerCredentials accepted
+// (info is its peer.AuthInfo), and reports whether it could: what ends a
+// call whose handler is blocked sending to a peer that stopped reading.
+func CloseConn(info credentials.AuthInfo) bool {
+	s, ok := info.(serverAuthInfo)
+	if !ok || s.conn == nil {
+		return false
 	}
-	id, err := identity.FromCertificate(cert, c.trustDomain)
-	if err != nil { // verifyPeer already refused these; never reached
-		conn.Close()
-		return nil, nil, err
+	s.conn.Close()
+	return true
+}
+
+// ConnectionState is the TLS state of a gRPC peer's connection.
+func ConnectionState(info credentials.AuthInfo) (tls.ConnectionState, bool) {
+	switch v := info.(type) {
+	case credentials.TLSInfo:
+		return v.State, true
+	case serverAuthInfo:
+		return v.State, true
 	}
-	return c.track(conn, id, cert), info, nil
+	return tls.ConnectionState{}, false
 }
 
 func (c *serverCredentials) Clone() credentials.TransportCredentials {
@@ -295,12 +327,12 @@ func (c *clientCredentials) OverrideServerName(name string) error {
 // PeerCertificate returns the verified leaf certificate of a gRPC peer's
 // TLS connection.
 func PeerCertificate(info credentials.AuthInfo) (*x509.Certificate, error) {
-	tlsInfo, ok := info.(credentials.TLSInfo)
+	state, ok := ConnectionState(info)
 	if !ok {
 		return nil, errors.New("connection is not TLS")
 	}
-	if len(tlsInfo.State.VerifiedChains) == 0 || len(tlsInfo.State.VerifiedChains[0]) == 0 {
+	if len(state.VerifiedChains) == 0 || len(state.VerifiedChains[0]) == 0 {
 		return nil, errors.New("no verified client certificate")
 	}
-	return tlsInfo.State.VerifiedChains[0][0], nil
+	return state.VerifiedChains[0][0], nil
 }
