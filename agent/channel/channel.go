@@ -152,7 +152,7 @@ func Run(ctx context.Context, cfg Config) error {
 		}
 		if errors.As(err, &rc) {
 			cfg.Logger.Info("control plane asked to reconnect", "address", addr, "after", rc.after, "reason", rc.reason)
-			tries.failures = 0
+			tries.requested(time.Now().Add(rc.after))
 			sleep(ctx, rc.after)
 			continue
 		}
@@ -179,11 +179,30 @@ func Run(ctx context.Context, cfg Config) error {
 // keeps the agent backing off.
 const stableAfter = time.Minute
 
+// restartWindow is how long after the time a control plane asked the
+// agent to reconnect at a failed dial is taken for the control plane
+// restarting: the agent redials within the first step of its backoff
+// instead of climbing it, so that a fleet told to come back during a
+// rolling deploy does not wait out a backoff grown while the new process
+// was starting. Past it, an absent control plane is backed off from as
+// from any other.
+const restartWindow = 30 * time.Second
+
 // attempts is the backoff between dial attempts.
 type attempts struct {
 	base, max, stable time.Duration
 	// failures counts attempts since the last stable stream.
 	failures int
+	// restarting is until when failed dials keep to the first step of
+	// the backoff (restartWindow).
+	restarting time.Time
+}
+
+// requested starts the backoff over for a reconnect the control plane
+// asked for at at.
+func (a *attempts) requested(at time.Time) {
+	a.failures = 0
+	a.restarting = at.Add(restartWindow)
 }
 
 // ended returns how long to wait after an attempt that ended with err,
@@ -198,6 +217,9 @@ func (a *attempts) ended(welcomedAt, now time.Time, err error) (wait, hint time.
 		return hintedWait(hint, a.max), hint
 	}
 	a.failures++
+	if now.Before(a.restarting) {
+		return backoff(a.base, a.base, a.failures), 0
+	}
 	return backoff(a.base, a.max, a.failures), 0
 }
 

@@ -82,7 +82,8 @@ type Config struct {
 	ReconnectBurst    int
 	ReconnectInterval time.Duration
 	// ShutdownGrace bounds draining streams at shutdown; ReconnectStagger
-	// spreads the agents' reconnects over this long.
+	// bounds how long the agents' reconnects are spread over (0.5 ms an
+	// agent, see reconnectSpread).
 	ShutdownGrace    time.Duration
 	ReconnectStagger time.Duration
 	// ClusterSweep is how often a replica on PostgreSQL re-reads the store

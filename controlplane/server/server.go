@@ -17,10 +17,12 @@ import (
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/health"
 	"google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/reflection"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/molecule-ai/tenant-agent/controlplane/adminsvc"
@@ -297,6 +299,9 @@ func (s *Server) admit(ctx context.Context, id identity.Identity, method string)
 	if method != tenantagentv1.AgentService_Connect_FullMethodName {
 		return nil
 	}
+	if !s.serving.Load() {
+		return status.Error(codes.Unavailable, agentsvc.ErrShuttingDown.Error())
+	}
 	if err := s.handshakes.Admit(ctx); err != nil {
 		return err
 	}
@@ -357,19 +362,25 @@ func (s *Server) Serve(ctx context.Context) error {
 func (s *Server) shutdown() {
 	log := s.cfg.Logger.With("component", "server")
 	log.Info("shutting down", "agents", s.sessions.Len())
+	// No new agent streams from here on (admit refuses them), and no new
+	// connections: an agent told to come back at once must not find this
+	// process still listening and open a session nobody will close.
 	s.serving.Store(false)
+	s.agentConns.Close()
 	s.health.Shutdown() // NOT_SERVING to every watcher
+	spread := reconnectSpread(s.cfg.ReconnectStagger, s.sessions.Len())
 	for _, sess := range s.sessions.List() {
 		after := time.Duration(0)
-		if s.cfg.ReconnectStagger > 0 {
-			after = rand.N(s.cfg.ReconnectStagger)
+		if spread > 0 {
+			after = rand.N(spread)
 		}
 		_ = sess.Send(&tenantagentv1.ControlMessage{Body: &tenantagentv1.ControlMessage_Reconnect{Reconnect: &tenantagentv1.Reconnect{
 			After: durationpb.New(after), Reason: "control plane shutting down",
 		}}})
 	}
-	// Give the writers a moment to flush Reconnect, then end the streams.
-	time.Sleep(200 * time.Millisecond)
+	// An agent told to reconnect ends its stream itself; the streams of
+	// the others (and of agents too old to) are ended after a moment.
+	s.awaitSessions(min(drainWait, s.cfg.ShutdownGrace))
 	s.sessions.CloseMatching(func(*session.Session) bool { return true }, agentsvc.ErrShuttingDown)
 
 	done := make(chan struct{})
@@ -393,6 +404,31 @@ func (s *Server) shutdown() {
 	s.wg.Wait()
 	s.close()
 	log.Info("stopped")
+}
+
+// drainWait bounds how long shutdown waits for agents told to reconnect
+// to end their streams themselves.
+const drainWait = time.Second
+
+// reconnectPace is the rate the reconnects after a shutdown are spread
+// at: a restarted control plane on 2 cores takes about 1,000 resumed
+// handshakes a second (bench/fleetsim), so spreading them over a fraction
+// of what they take anyway keeps the storm's peak down without making
+// small fleets wait.
+const reconnectPace = 2000 // agents a second
+
+// reconnectSpread is how long the agents' reconnects are spread over: n
+// agents at reconnectPace, at most stagger.
+func reconnectSpread(stagger time.Duration, n int) time.Duration {
+	return min(stagger, time.Duration(n)*time.Second/reconnectPace)
+}
+
+// awaitSessions waits up to d for every session to end.
+func (s *Server) awaitSessions(d time.Duration) {
+	deadline := time.Now().Add(d)
+	for s.sessions.Len() > 0 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
 }
 
 func (s *Server) close() {

@@ -21,6 +21,9 @@ Make dev certificates with "make certs", then for example:
   go tool grpcurl -cacert certs/dev/ca.pem -cert certs/dev/operator-dev.pem \
       -key certs/dev/operator-dev-key.pem localhost:7444 list`
 
+// memProfileRate is --mem-profile-rate, set for the process in main.
+var memProfileRate int
+
 func parseFlags(args []string, stdout io.Writer) (server.Config, error) {
 	cfg := server.Defaults()
 	cmd := cliflag.Command{Name: "controlplane", Summary: summary, EnvPrefix: "CONTROLPLANE", Version: version.String()}
@@ -52,7 +55,7 @@ func parseFlags(args []string, stdout io.Writer) (server.Config, error) {
 	fs.IntVar(&cfg.ReconnectBurst, "reconnect-burst", cfg.ReconnectBurst, "streams one agent identity may open at once before --reconnect-interval applies")
 	fs.DurationVar(&cfg.ReconnectInterval, "reconnect-interval", cfg.ReconnectInterval, "after the burst, one stream per agent identity per this; sooner ones are refused\n(ResourceExhausted with a retry hint the agent honours)")
 	fs.DurationVar(&cfg.ShutdownGrace, "shutdown-grace", cfg.ShutdownGrace, "how long streams may drain at shutdown")
-	fs.DurationVar(&cfg.ReconnectStagger, "reconnect-stagger", cfg.ReconnectStagger, "at shutdown, agents are told to reconnect after a random delay up to this")
+	fs.DurationVar(&cfg.ReconnectStagger, "reconnect-stagger", cfg.ReconnectStagger, "at shutdown, agents are told to reconnect after a random delay: spread over 0.5 ms an agent\n(10,000 agents over 5 s), at most this")
 	fs.DurationVar(&cfg.ClusterSweep, "cluster-sweep", cfg.ClusterSweep, "replicas on PostgreSQL: how often each re-reads the store for what a lost notification\nwould have told it (pending commands of its agents, who holds which stream)")
 	fs.DurationVar(&cfg.ReplicaTTL, "replica-ttl", cfg.ReplicaTTL, "replicas on PostgreSQL: a replica silent this long is dead and its agents count as offline")
 	fs.DurationVar(&cfg.RolloutLease, "rollout-lease", cfg.RolloutLease, "a running rollout's owner renews its lease every third of this; another replica\ntakes the rollout over when the lease runs out")
@@ -60,6 +63,7 @@ func parseFlags(args []string, stdout io.Writer) (server.Config, error) {
 	fs.StringVar(&cfg.RegistryCredentials, "registry-credentials", "", "Docker config file the signature check reads the registry with: auths, credHelpers and\ncredsStore, a helper being docker-credential-<name> on PATH; read again at each check\n(default: anonymous)")
 	fs.DurationVar(&cfg.SignatureTimeout, "signature-timeout", cfg.SignatureTimeout, "how long one signature check may take; past it the signatures count as unreadable\n(Unavailable under an enforce rule, a warning under a warn rule)")
 	fs.BoolVar(&cfg.Pprof, "pprof", false, "serve Go profiles under /debug/pprof/ on the HTTP address")
+	fs.IntVar(&memProfileRate, "mem-profile-rate", 0, "with --pprof: sample one allocation per this many bytes in heap profiles (0: Go's default, 512 KiB;\nsmaller is finer and costs more)")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	logFormat := fs.String("log-format", "text", "text or json")
 
