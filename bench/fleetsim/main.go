@@ -98,8 +98,12 @@ func main() {
 	replicas := flag.Int("replicas", 0, "instead: compare one replica on SQLite, one on PostgreSQL and this many on one PostgreSQL database (internal/pgserver), promoting through the first")
 	promotes := flag.Int("promotes", 3, "with -replicas: promotes per setup")
 	pgStatements := flag.Bool("pg-statements", false, "with -replicas: have PostgreSQL log every statement and count them per promote (slows PostgreSQL; a diagnosis, not a measurement)")
+	skipFlag := flag.String("skip", "", "phases to leave out, comma-separated: promote, kill, term (the two restart storms), bare (for iterating; make bench runs all)")
 	bareServeMode := flag.Bool("bare-serve", false, "internal: be the bare broadcast server of the parent fleetsim (certificates in -workdir)")
 	flag.Parse()
+	for _, p := range strings.Split(*skipFlag, ",") {
+		skip[strings.TrimSpace(p)] = true
+	}
 	raiseFileLimit(*n)
 	if *bareServeMode {
 		if err := bareServe(*n, *work); err != nil {
@@ -136,6 +140,9 @@ func main() {
 		res.Kill.Seconds, res.Kill.PeakPerSec, res.Term.Seconds, res.Term.PeakPerSec)
 }
 
+// skip holds the phases -skip leaves out.
+var skip = map[string]bool{}
+
 func kib(b int64) string { return fmt.Sprintf("%.1f KiB", float64(b)/1024) }
 
 func scratch(work string) (string, error) {
@@ -156,6 +163,9 @@ func run(n int, cpBin, work string) (result, error) {
 		return res, err
 	}
 	defer os.RemoveAll(dir)
+	if f := os.Getenv("FLEETSIM_CP_LOG"); f != "" {
+		defer copyFile(filepath.Join(dir, "controlplane.log"), f)
+	}
 	certDir := filepath.Join(dir, "certs")
 	certs, err := issueCerts(certDir, n)
 	if err != nil {
@@ -198,66 +208,35 @@ func run(n int, cpBin, work string) (result, error) {
 	res.StackPerAgentBytes = int64((metric(metricsURL, "go_memstats_stack_inuse_bytes") - stackBefore) / float64(n))
 	if f := os.Getenv("FLEETSIM_HEAP"); f != "" {
 		profile("http://"+addrs[2]+"/debug/pprof/heap?gc=1", f)
+		profile("http://"+addrs[2]+"/debug/pprof/goroutine?debug=1", f+".goroutines")
 	}
 
 	// Promote to the whole fleet at once.
-	fmt.Fprintf(os.Stderr, "promoting (load %s)\n", loadavg())
-	admin, err := adminClient(certDir, addrs[1])
-	if err != nil {
-		return res, err
-	}
-	admin.ListRuntimePins(ctx, &controlplanev1.ListRuntimePinsRequest{}) // the connection is up before the clock starts
-	var rolloutID string
-	if os.Getenv("FLEETSIM_PROFILE") != "" {
-		go profile("http://"+addrs[2]+"/debug/pprof/profile?seconds=3", os.Getenv("FLEETSIM_PROFILE"))
-	}
-	cpCPU0, agentsCPU0 := procCPU(cp.Process.Pid), selfCPU()
-	t0 := time.Now()
-	stream, err := admin.PromoteRuntimeImage(ctx, &controlplanev1.PromoteRuntimeImageRequest{Runtime: "codex", ImageRef: repo + "@" + digestV2,
-		Options: &controlplanev1.RolloutOptions{MaxParallelTenants: uint32(n)}})
-	if err != nil {
-		return res, err
-	}
-	for {
-		resp, err := stream.Recv()
-		if err != nil {
-			return res, fmt.Errorf("promote stream: %w", err)
-		}
-		rolloutID = resp.GetEvent().GetRolloutId()
-		if k := resp.GetEvent().GetKind(); k == controlplanev1.RolloutEventKind_ROLLOUT_EVENT_KIND_COMPLETED || k == controlplanev1.RolloutEventKind_ROLLOUT_EVENT_KIND_HALTED {
-			res.StoredAll = time.Since(t0).Seconds()
-			raw := procCPU(cp.Process.Pid) - cpCPU0
-			res.CPPromoteCPURaw = raw.Seconds()
-			res.CPPromoteCPU = max(raw.Seconds()-idleRate*res.StoredAll, 0)
-			res.CPPromoteCPUPerAgent = res.CPPromoteCPU / float64(n)
-			res.AgentsPromoteCPU = (selfCPU() - agentsCPU0).Seconds()
-			if c := resp.GetEvent().GetCounts(); int(c.GetSucceeded()) != n {
-				return res, fmt.Errorf("rollout: %v", resp.GetEvent())
-			}
-			break
+	if !skip["promote"] {
+		if err := promote(ctx, &res, n, cp, certDir, addrs, idleRate); err != nil {
+			return res, err
 		}
 	}
-	lat, unacked, err := ackLatencies(ctx, admin, rolloutID, t0)
-	if err != nil {
-		return res, err
-	}
-	if res.NoAckedEvent = unacked; unacked > 0 {
-		fmt.Fprintf(os.Stderr, "%d of %d commands have no ACKED event (their result was recorded first); timed by the result\n", unacked, n)
-	}
-	res.AckedP50, res.AckedP99, res.AckedAll = pct(lat, 50), pct(lat, 99), lat[len(lat)-1]
 
 	// A control plane crash and restart: every agent redials with backoff
 	// and full jitter.
-	fmt.Fprintln(os.Stderr, "restart storm (kill -9)")
-	if cp, res.Kill, err = restartStorm(cp, syscall.SIGKILL, n, cpBin, dir, certDir, addrs); err != nil {
-		return res, err
+	if !skip["kill"] {
+		fmt.Fprintln(os.Stderr, "restart storm (kill -9)")
+		if cp, res.Kill, err = restartStorm(cp, syscall.SIGKILL, n, cpBin, dir, certDir, addrs); err != nil {
+			return res, err
+		}
+		res.ReconnectSeconds, res.PeakReconnectPerSec = res.Kill.Seconds, res.Kill.PeakPerSec
 	}
-	res.ReconnectSeconds, res.PeakReconnectPerSec = res.Kill.Seconds, res.Kill.PeakPerSec
 	// A graceful stop: the control plane tells every agent to come back
 	// after a random delay up to its --reconnect-stagger.
-	fmt.Fprintln(os.Stderr, "restart storm (SIGTERM)")
-	if cp, res.Term, err = restartStorm(cp, syscall.SIGTERM, n, cpBin, dir, certDir, addrs); err != nil {
-		return res, err
+	if !skip["term"] {
+		fmt.Fprintln(os.Stderr, "restart storm (SIGTERM)")
+		if cp, res.Term, err = restartStorm(cp, syscall.SIGTERM, n, cpBin, dir, certDir, addrs); err != nil {
+			return res, err
+		}
+	}
+	if skip["bare"] {
+		return res, nil
 	}
 	// The floor: a bare broadcast over N mTLS streams of the same kind,
 	// once the fleet has stopped (its sockets and these would not fit
@@ -271,16 +250,69 @@ func run(n int, cpBin, work string) (result, error) {
 	}
 	bl := bare.latencies
 	res.BareP50, res.BareP99, res.BareAll = pct(bl, 50), pct(bl, 99), bl[len(bl)-1]
-	res.RatioToBare = res.AckedAll / res.BareAll
 	res.BareCPUPerMessage = bare.cpu.Seconds() / float64(n)
+	if !skip["promote"] {
+		res.RatioToBare = res.AckedAll / res.BareAll
+		res.CPURatioToBare = res.CPPromoteCPUPerAgent / res.BareCPUPerMessage
+	}
 	res.BareHeapPerStream, res.BareStackPerStream = bare.heapPerStream, bare.stackPerStream
 	fmt.Fprintf(os.Stderr, "  memory per agent: control plane heap %s + stack %s (RSS %s); bare stream heap %s + stack %s\n",
 		kib(res.HeapPerAgentBytes), kib(res.StackPerAgentBytes), kib(res.RSSPerAgentBytes), kib(res.BareHeapPerStream), kib(res.BareStackPerStream))
-	res.CPURatioToBare = res.CPPromoteCPUPerAgent / res.BareCPUPerMessage
 	fmt.Fprintf(os.Stderr, "  CPU: control plane %.0f µs a command (%.2f s a promote, idle rate taken off: %.2f s), bare server %.1f µs a message: %.1fx; agents (fleetsim) %.2f s; load %s\n",
 		res.CPPromoteCPUPerAgent*1e6, res.CPPromoteCPURaw, res.CPPromoteCPU, res.BareCPUPerMessage*1e6, res.CPURatioToBare, res.AgentsPromoteCPU, loadavg())
 
 	return res, nil
+}
+
+// promote promotes to the whole fleet at once and records in res how
+// long until acked and stored, and the control plane's CPU for it (less
+// idleRate, its CPU rate when idle).
+func promote(ctx context.Context, res *result, n int, cp *exec.Cmd, certDir string, addrs [3]string, idleRate float64) error {
+	fmt.Fprintf(os.Stderr, "promoting (load %s)\n", loadavg())
+	admin, err := adminClient(certDir, addrs[1])
+	if err != nil {
+		return err
+	}
+	admin.ListRuntimePins(ctx, &controlplanev1.ListRuntimePinsRequest{}) // the connection is up before the clock starts
+	var rolloutID string
+	if os.Getenv("FLEETSIM_PROFILE") != "" {
+		go profile("http://"+addrs[2]+"/debug/pprof/profile?seconds=3", os.Getenv("FLEETSIM_PROFILE"))
+	}
+	cpCPU0, agentsCPU0 := procCPU(cp.Process.Pid), selfCPU()
+	t0 := time.Now()
+	stream, err := admin.PromoteRuntimeImage(ctx, &controlplanev1.PromoteRuntimeImageRequest{Runtime: "codex", ImageRef: repo + "@" + digestV2,
+		Options: &controlplanev1.RolloutOptions{MaxParallelTenants: uint32(n)}})
+	if err != nil {
+		return err
+	}
+	for {
+		resp, err := stream.Recv()
+		if err != nil {
+			return fmt.Errorf("promote stream: %w", err)
+		}
+		rolloutID = resp.GetEvent().GetRolloutId()
+		if k := resp.GetEvent().GetKind(); k == controlplanev1.RolloutEventKind_ROLLOUT_EVENT_KIND_COMPLETED || k == controlplanev1.RolloutEventKind_ROLLOUT_EVENT_KIND_HALTED {
+			res.StoredAll = time.Since(t0).Seconds()
+			raw := procCPU(cp.Process.Pid) - cpCPU0
+			res.CPPromoteCPURaw = raw.Seconds()
+			res.CPPromoteCPU = max(raw.Seconds()-idleRate*res.StoredAll, 0)
+			res.CPPromoteCPUPerAgent = res.CPPromoteCPU / float64(n)
+			res.AgentsPromoteCPU = (selfCPU() - agentsCPU0).Seconds()
+			if c := resp.GetEvent().GetCounts(); int(c.GetSucceeded()) != n {
+				return fmt.Errorf("rollout: %v", resp.GetEvent())
+			}
+			break
+		}
+	}
+	lat, unacked, err := ackLatencies(ctx, admin, rolloutID, t0)
+	if err != nil {
+		return err
+	}
+	if res.NoAckedEvent = unacked; unacked > 0 {
+		fmt.Fprintf(os.Stderr, "%d of %d commands have no ACKED event (their result was recorded first); timed by the result\n", unacked, n)
+	}
+	res.AckedP50, res.AckedP99, res.AckedAll = pct(lat, 50), pct(lat, 99), lat[len(lat)-1]
+	return nil
 }
 
 // storm is one restart of the control plane under a connected fleet.
@@ -521,9 +553,13 @@ func startCPOn(bin, logPath, certDir string, addrs [3]string, store string) (*ex
 		return nil, err
 	}
 	defer logFile.Close() // the child holds its own copy
-	cmd := exec.Command(bin, "--agent-addr", addrs[0], "--admin-addr", addrs[1], "--http-addr", addrs[2],
+	args := []string{"--agent-addr", addrs[0], "--admin-addr", addrs[1], "--http-addr", addrs[2],
 		"--cert", filepath.Join(certDir, "controlplane.pem"), "--key", filepath.Join(certDir, "controlplane-key.pem"), "--ca", filepath.Join(certDir, "ca.pem"),
-		"--store", store, "--log-level", cmp.Or(os.Getenv("FLEETSIM_CP_LOG_LEVEL"), "warn"), "--pprof")
+		"--store", store, "--log-level", cmp.Or(os.Getenv("FLEETSIM_CP_LOG_LEVEL"), "warn"), "--pprof"}
+	if rate := os.Getenv("FLEETSIM_MEM_PROFILE_RATE"); rate != "" {
+		args = append(args, "--mem-profile-rate", rate) // finer heap profiles (FLEETSIM_HEAP)
+	}
+	cmd := exec.Command(bin, args...)
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	// The control plane dies with fleetsim, whatever ends it.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
@@ -619,4 +655,16 @@ func profile(url, file string) {
 	}
 	defer f.Close()
 	io.Copy(f, resp.Body)
+}
+
+// copyFile copies from to to, for keeping the control plane's log
+// (FLEETSIM_CP_LOG=file) past the scratch folder.
+func copyFile(from, to string) {
+	b, err := os.ReadFile(from)
+	if err == nil {
+		err = os.WriteFile(to, b, 0o600)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "fleetsim: keep the control plane log:", err)
+	}
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"runtime"
 	"syscall"
 
 	"github.com/molecule-ai/tenant-agent/controlplane/server"
@@ -21,6 +22,9 @@ func main() {
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "controlplane:", err)
 		os.Exit(2)
+	}
+	if memProfileRate > 0 {
+		runtime.MemProfileRate = memProfileRate
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
