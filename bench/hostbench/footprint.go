@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -39,11 +40,16 @@ func (b *bench) footprint(o options) {
 		"--state-dir", dir+"/agent", "--min-free-disk", "256MiB", "--log-level", "warn")
 	tactl := demokit.Tactl{CertDir: certDir, Addr: adminAddr}
 	tactl.WaitForAgent(ctx, d, tenant, "codex", dir+"/*.log")
-	time.Sleep(5 * time.Second) // Hello, the first resync and report are over
+	// Hello, the first resync and report are over, and the agent has
+	// released what only its start touched (10 s after it started).
+	time.Sleep(15 * time.Second)
 
+	atStart, startErr := readRSSSplit(agent.Pid)
+	refsErr := clearRefs(agent.Pid)
 	idleOver := make(chan struct{})
 	time.AfterFunc(o.footprint, func() { close(idleOver) })
 	idle := sampleUntil(agent.Pid, idleOver)
+	atEnd, endErr := readRSSSplit(agent.Pid)
 	done := make(chan struct{})
 	var promoteErr error
 	var took time.Duration
@@ -66,6 +72,12 @@ func (b *bench) footprint(o options) {
 	fmt.Println("|---|---:|---:|---:|---:|")
 	fmt.Printf("| idle (15 s heartbeats) | %s | %s | %s | %.2f %% |\n", idle.wall.Round(time.Second), mib(idle.maxRSS), mib(idle.meanRSS), idle.cpuPercent())
 	fmt.Printf("| promote of v2 (tactl, %s) | %s | %s | %s | %.2f %% |\n", took.Round(100*time.Millisecond), during.wall.Round(time.Second), mib(during.maxRSS), mib(during.meanRSS), during.cpuPercent())
+	if err := errors.Join(startErr, refsErr, endErr); err != nil {
+		fmt.Printf("\nNo split of the idle RSS: %v\n", err)
+		return
+	}
+	fmt.Printf("\nIdle RSS from /proc/<pid>/smaps, at the start of the idle window: %s.\n", atStart)
+	fmt.Printf("At its end (referenced: touched during the window): %s.\n", atEnd)
 }
 
 // usage is what the samples of a process say.

@@ -22,10 +22,14 @@ func (b *bench) refreshTimes(o options) {
 	fmt.Printf("\n## Refresh of one runtime's containers on one host (stability window %s, no healthcheck)\n\n", o.window)
 	fmt.Println("| containers | parallel | refresh | × one container | downtime median | downtime max | outcome |")
 	fmt.Println("|---:|---:|---:|---:|---:|---:|---|")
+	var logs []*stepLog
+	var labels []string
 	for _, p := range o.parallels {
 		var one time.Duration
 		for _, n := range o.sizes {
-			took, downtimes, outcome := b.refreshOnce(o, n, p)
+			log := newStepLog()
+			took, downtimes, outcome := b.refreshOnce(o, n, p, log)
+			logs, labels = append(logs, log), append(labels, fmt.Sprintf("%d at %d", n, p))
 			if n == 1 || one == 0 {
 				one = took
 			}
@@ -34,12 +38,21 @@ func (b *bench) refreshTimes(o options) {
 				ms(downtimes[len(downtimes)/2]), ms(downtimes[len(downtimes)-1]), outcome)
 		}
 	}
+	fmt.Println("\nThe window (from the stop or first rename to the start's return) split into its steps, medians over the")
+	fmt.Println("containers, and the share of the window that other containers spent in each of their own steps (1.00: one")
+	fmt.Println("other container throughout):")
+	fmt.Println()
+	fmt.Println("| containers at parallel | window | rename old | stop | rename new | start | others creating | others swapping | others in health gate | others removing |")
+	fmt.Println("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+	for i, l := range logs {
+		l.phaseTable(labels[i])
+	}
 }
 
 // refreshOnce starts n containers on v1, refreshes them to v2 with
 // parallel at once, removes them, and returns the refresh's time, each
 // container's downtime and the outcome.
-func (b *bench) refreshOnce(o options, n, parallel int) (time.Duration, []time.Duration, string) {
+func (b *bench) refreshOnce(o options, n, parallel int, log *stepLog) (time.Duration, []time.Duration, string) {
 	group := fmt.Sprintf("refresh-%d-%d", n, parallel)
 	sel := b.selector(group)
 	for i := range n {
@@ -49,7 +62,7 @@ func (b *bench) refreshOnce(o options, n, parallel int) (time.Duration, []time.D
 	if err != nil {
 		b.d.Fatal(err)
 	}
-	hooks := executor.Hooks{Step: func(docker.RecreateState) error { return nil }, Progress: func(*executor.Progress) {}}
+	hooks := executor.Hooks{Step: log.record, Progress: func(*executor.Progress) {}}
 	cmd := &tenantagentv1.RefreshRuntimeImage{CommandId: "c-" + group, Runtime: "plain", ImageRepository: b.plainRepo, ImageDigest: b.plain[1]}
 	start := time.Now()
 	res, err := x.Refresh(b.ctx, cmd, hooks)
