@@ -100,20 +100,21 @@ func (s *service) Connect(stream tenantagentv1.AgentService_ConnectServer) error
 
 	sess, replaced := s.cfg.Sessions.Register(id, serialOf(ctx), time.Now())
 	defer sess.Close(errors.New("stream closed"))
-	log := s.cfg.Logger.With("agent", id.ID)
+	// Not a logger With the agent: it would live as long as the stream.
+	log := s.cfg.Logger
 	if replaced != nil {
-		log.Info("new connection replaces the previous one")
+		log.Info("new connection replaces the previous one", "agent", id.ID)
 	}
 	// The claim makes this the agent's newest stream on every replica; a
 	// replica holding an older one closes it.
 	epoch, err := s.cfg.Cluster.Claim(ctx, id.ID)
 	if err != nil {
 		s.cfg.Sessions.Unregister(sess)
-		log.Error("cannot record the agent's stream; refused", "error", err)
+		log.Error("cannot record the agent's stream; refused", "agent", id.ID, "error", err)
 		return status.Error(codes.Unavailable, "the control plane cannot record this stream now; reconnect later")
 	}
 	sess.SetEpoch(epoch)
-	log.Info("agent connected", "epoch", epoch, "hostname", hello.GetHostname(), "version", hello.GetAgentVersion(), "docker", hello.GetDockerVersion())
+	log.Info("agent connected", "agent", id.ID, "epoch", epoch, "hostname", hello.GetHostname(), "version", hello.GetAgentVersion(), "docker", hello.GetDockerVersion())
 	defer func() {
 		unregistered := s.cfg.Sessions.Unregister(sess)
 		// Released before the record says disconnected, so every replica
@@ -124,38 +125,50 @@ func (s *service) Connect(stream tenantagentv1.AgentService_ConnectServer) error
 		if unregistered && !errors.Is(sess.Err(), session.ErrReplaced) {
 			s.cfg.Fleet.Disconnected(sess)
 		}
-		log.Info("agent disconnected", "cause", sess.Err())
+		log.Info("agent disconnected", "agent", id.ID, "cause", sess.Err())
 	}()
 
 	// Recorded before Welcome, so an agent that was welcomed is known.
 	agent := s.cfg.Fleet.Connected(sess, hello)
-	// The writer starts before anything is queued: delivery below may
-	// queue many commands.
-	writerDone := make(chan error, 1)
-	go func() { writerDone <- s.write(stream, sess) }()
 	_ = sess.Send(&tenantagentv1.ControlMessage{Body: &tenantagentv1.ControlMessage_Welcome{Welcome: &tenantagentv1.Welcome{
 		Identity: id.ID, Tenant: id.Tenant, AgentName: id.Name,
 		HeartbeatInterval: durationpb.New(s.cfg.HeartbeatInterval), ControlPlaneVersion: version.String(),
 	}}})
-	if err := s.cfg.Dispatcher.Deliver(ctx, sess, hello); err != nil {
-		log.Error("cannot deliver pending commands", "error", err)
-	}
-	s.cfg.Reconciler.Reconcile(ctx, agent)
-
+	// One goroutine delivers what waits for the agent, then reads the
+	// stream; this one writes (delivery may queue many commands) until
+	// the stream or the session ends.
 	readerDone := make(chan error, 1)
-	go func() { readerDone <- s.read(ctx, stream, sess, id) }()
+	go func() {
+		if err := s.cfg.Dispatcher.Deliver(ctx, sess, hello); err != nil {
+			log.Error("cannot deliver pending commands", "agent", id.ID, "error", err)
+		}
+		s.cfg.Reconciler.Reconcile(ctx, agent)
+		readerDone <- s.read(ctx, stream, sess, id)
+	}()
+	// A session closed while this goroutine is stuck sending to an agent
+	// that stopped reading (flow control) is cut off with its connection.
+	returned := make(chan struct{})
+	defer close(returned)
+	defer sess.AfterClose(func() { s.cutOff(ctx, id, returned) })()
+	return s.write(stream, sess, readerDone)
+}
 
+// cutOffAfter is how long a closed session's handler has to return
+// before its connection is closed under it.
+const cutOffAfter = time.Second
+
+// cutOff closes the connection of a closed session whose handler has not
+// returned within cutOffAfter: it is blocked sending to an agent that
+// stopped reading, and only the connection's end unblocks it.
+func (s *service) cutOff(ctx context.Context, id identity.Identity, returned <-chan struct{}) {
+	t := time.NewTimer(cutOffAfter)
+	defer t.Stop()
 	select {
-	case err := <-readerDone:
-		sess.Close(errors.New("stream ended by the agent"))
-		return err
-	case err := <-writerDone:
-		sess.Close(errors.New("stream write failed"))
-		return err
-	case <-sess.Done():
-		// Replaced, denied, too slow or shutting down: returning ends the
-		// stream, which also unblocks the reader and writer.
-		return closeStatus(sess.Err())
+	case <-returned:
+	case <-t.C:
+		if p, ok := peer.FromContext(ctx); ok && mtls.CloseConn(p.AuthInfo) {
+			s.cfg.Logger.Warn("agent stopped reading its stream; connection closed", "agent", id.ID)
+		}
 	}
 }
 
@@ -183,14 +196,28 @@ func (s *service) awaitHello(stream tenantagentv1.AgentService_ConnectServer) (*
 	}
 }
 
-func (s *service) write(stream tenantagentv1.AgentService_ConnectServer, sess *session.Session) error {
+// write sends what is queued for the agent, in order, until the stream
+// ends (what the reader returns), the session is closed or a send fails.
+func (s *service) write(stream tenantagentv1.AgentService_ConnectServer, sess *session.Session, readerDone <-chan error) error {
 	for {
 		select {
+		case err := <-readerDone:
+			sess.Close(errors.New("stream ended by the agent"))
+			return err
 		case <-sess.Done():
-			return nil
-		case msg := <-sess.Queue():
-			if err := stream.Send(msg); err != nil {
-				return err
+			// Replaced, denied, too slow or shutting down: returning ends
+			// the stream, which also ends the reader.
+			return closeStatus(sess.Err())
+		case <-sess.Ready():
+			for sess.Err() == nil {
+				msg, ok := sess.Next()
+				if !ok {
+					break
+				}
+				if err := stream.Send(msg); err != nil {
+					sess.Close(errors.New("stream write failed"))
+					return err
+				}
 			}
 		}
 	}

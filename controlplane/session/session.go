@@ -29,7 +29,14 @@ type Session struct {
 	Serial      string
 	ConnectedAt time.Time
 
-	queue    chan *tenantagentv1.ControlMessage
+	// queue holds what the stream's writer has yet to take, oldest
+	// first, at most max; it grows as messages come and is let go once
+	// empty, so an idle session keeps no buffer. ready has a token while
+	// it may hold something.
+	queueMu  sync.Mutex
+	queue    []*tenantagentv1.ControlMessage
+	max      int
+	ready    chan struct{}
 	ctx      context.Context
 	cancel   context.CancelCauseFunc
 	lastSeen atomic.Int64
@@ -76,17 +83,43 @@ func (s *Session) Send(msg *tenantagentv1.ControlMessage) error {
 	if err := s.Err(); err != nil {
 		return err
 	}
-	select {
-	case s.queue <- msg:
-		return nil
-	default:
+	s.queueMu.Lock()
+	if len(s.queue) >= s.max {
+		s.queueMu.Unlock()
 		s.Close(ErrSlow)
 		return ErrSlow
 	}
+	s.queue = append(s.queue, msg)
+	s.queueMu.Unlock()
+	select {
+	case s.ready <- struct{}{}:
+	default: // the writer has a token already
+	}
+	return nil
 }
 
-// Queue is what the stream's writer sends, in order.
-func (s *Session) Queue() <-chan *tenantagentv1.ControlMessage { return s.queue }
+// Ready has a token when messages may be queued: the stream's writer
+// then takes them with Next until it has none.
+func (s *Session) Ready() <-chan struct{} { return s.ready }
+
+// Next takes the oldest queued message, if there is one.
+func (s *Session) Next() (*tenantagentv1.ControlMessage, bool) {
+	s.queueMu.Lock()
+	defer s.queueMu.Unlock()
+	if len(s.queue) == 0 {
+		return nil, false
+	}
+	msg := s.queue[0]
+	s.queue[0] = nil
+	if s.queue = s.queue[1:]; len(s.queue) == 0 {
+		s.queue = nil // the buffer goes with the burst that grew it
+	}
+	return msg, true
+}
+
+// AfterClose calls f in its own goroutine once the session is closed;
+// stop keeps it from being called.
+func (s *Session) AfterClose(f func()) (stop func() bool) { return context.AfterFunc(s.ctx, f) }
 
 // Done is closed when the session is closed.
 func (s *Session) Done() <-chan struct{} { return s.ctx.Done() }
@@ -125,7 +158,7 @@ func NewRegistry(queueSize int) *Registry {
 // had is closed with ErrReplaced and returned.
 func (r *Registry) Register(id identity.Identity, serial string, now time.Time) (s *Session, replaced *Session) {
 	ctx, cancel := context.WithCancelCause(context.Background())
-	s = &Session{Identity: id, Serial: serial, ConnectedAt: now, queue: make(chan *tenantagentv1.ControlMessage, r.queueSize), ctx: ctx, cancel: cancel}
+	s = &Session{Identity: id, Serial: serial, ConnectedAt: now, max: r.queueSize, ready: make(chan struct{}, 1), ctx: ctx, cancel: cancel}
 	s.Touch(now)
 	r.mu.Lock()
 	replaced = r.sessions[id.ID]

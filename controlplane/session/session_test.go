@@ -65,11 +65,59 @@ func TestSendCommandOncePerStream(t *testing.T) {
 	if sent, _ := s.SendCommand("c-2", msg); !sent {
 		t.Error("another command was not sent")
 	}
-	if len(s.Queue()) != 2 {
-		t.Errorf("%d messages queued, want 2", len(s.Queue()))
+	if n := drain(s); n != 2 {
+		t.Errorf("%d messages queued, want 2", n)
 	}
 	next, _ := r.Register(acme, "1", time.Now())
 	if sent, _ := next.SendCommand("c-1", msg); !sent {
 		t.Error("a new stream did not carry the command")
 	}
+}
+
+// The queue holds what the writer has not taken, in order, up to its
+// bound; taken messages make room again, and Ready has a token whenever
+// something was queued since the writer last looked.
+func TestQueueKeepsOrderAndMakesRoomAsTheWriterTakes(t *testing.T) {
+	r := NewRegistry(3)
+	s, _ := r.Register(acme, "1", time.Now())
+	msgs := make([]*tenantagentv1.ControlMessage, 5)
+	for i := range msgs {
+		msgs[i] = &tenantagentv1.ControlMessage{}
+	}
+	for _, m := range msgs[:3] {
+		if err := s.Send(m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	select {
+	case <-s.Ready():
+	default:
+		t.Fatal("no token after a send")
+	}
+	for _, want := range msgs[:2] {
+		if got, ok := s.Next(); !ok || got != want {
+			t.Fatalf("Next = %p, %v; want %p", got, ok, want)
+		}
+	}
+	for _, m := range msgs[3:] {
+		if err := s.Send(m); err != nil {
+			t.Fatalf("a send after the writer took two: %v", err)
+		}
+	}
+	for _, want := range []*tenantagentv1.ControlMessage{msgs[2], msgs[3], msgs[4]} {
+		if got, ok := s.Next(); !ok || got != want {
+			t.Fatalf("Next = %p, %v; want %p", got, ok, want)
+		}
+	}
+	if _, ok := s.Next(); ok {
+		t.Fatal("Next on an empty queue returned a message")
+	}
+}
+
+func drain(s *Session) int {
+	n := 0
+	for _, ok := s.Next(); ok; _, ok = s.Next() {
+		n++
+	}
+	return n
 }
