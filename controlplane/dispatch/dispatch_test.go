@@ -149,7 +149,7 @@ func TestExpireNowExpiresOnlyCommandsPastTheirDeadline(t *testing.T) {
 	if st := e.state(t, sent.ID); st != controlplanev1.CommandState_COMMAND_STATE_SENT {
 		t.Fatalf("command to a connected agent is %v, want SENT", st)
 	}
-	<-s.Queue() // the refresh itself
+	s.Next() // the refresh itself
 
 	e.now = e.now.Add(ttl / 2)
 	waiting := e.issue(t, "globex", refresh) // deadline half a TTL later than sent's
@@ -159,13 +159,10 @@ func TestExpireNowExpiresOnlyCommandsPastTheirDeadline(t *testing.T) {
 	if st := e.state(t, sent.ID); st != controlplanev1.CommandState_COMMAND_STATE_EXPIRED {
 		t.Errorf("command past its deadline is %v, want EXPIRED", st)
 	}
-	select {
-	case m := <-s.Queue():
-		if m.GetCancel().GetCommandId() != sent.ID {
-			t.Errorf("agent got %v, want a cancel of the expired command", m)
-		}
-	default:
+	if m, ok := s.Next(); !ok {
 		t.Error("the agent holding the expired command was not told to cancel it")
+	} else if m.GetCancel().GetCommandId() != sent.ID {
+		t.Errorf("agent got %v, want a cancel of the expired command", m)
 	}
 	if st := e.state(t, waiting.ID); st != controlplanev1.CommandState_COMMAND_STATE_PENDING {
 		t.Errorf("command within its deadline is %v, want PENDING", st)
