@@ -126,7 +126,9 @@ type CommandFilter struct {
 	Agent string
 	// Agents selects commands for any of these agents (with Agent, both
 	// apply).
-	Agents    []string
+	Agents []string
+	// IDs selects these commands.
+	IDs       []string
 	Tenant    string
 	Runtime   string
 	RolloutID string

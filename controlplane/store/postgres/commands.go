@@ -61,81 +61,154 @@ func (s *Store) insertCommands(ctx context.Context, cmds []*store.Command) ([]st
 }
 
 // journal stores the commands, each refresh first superseding the PENDING
-// refreshes of its agent and runtime (oldest first, as SQLite does), in
-// one round trip for the lot (a fan-out journals thousands), plus one for
-// the superseded ones' events if there are any.
+// refreshes of its agent and runtime (oldest first, as SQLite does). A
+// fan-out journals thousands: each run of commands whose refreshes are
+// for distinct agents and runtimes (all of a fan-out) is three statements
+// on arrays, in one round trip, whatever its size: its supersedes, with
+// their events; its commands; their events. A refresh for the same agent
+// and runtime as one before it in cmds starts the next run, so it
+// supersedes that one, as one statement a command would.
 func journal(ctx context.Context, tx pgx.Tx, cmds []*store.Command) ([]string, error) {
-	var b pgx.Batch
-	for _, c := range cmds {
-		if c.Kind == controlplanev1.CommandKind_COMMAND_KIND_REFRESH {
-			b.Queue(`UPDATE commands SET state = $1, error = $2, updated_at = $3
-				WHERE agent = $4 AND runtime = $5 AND kind = $6 AND state = $7 RETURNING seq, id`,
-				int32(controlplanev1.CommandState_COMMAND_STATE_SUPERSEDED), "superseded by "+c.ID, c.CreatedAt.UnixNano(),
-				c.Agent, c.Runtime, int32(c.Kind), int32(controlplanev1.CommandState_COMMAND_STATE_PENDING))
-		}
-		options, err := sqlrow.MarshalOrNil(c.Options)
+	var superseded []string
+	for len(cmds) > 0 {
+		n := distinctRun(cmds)
+		ids, err := journalRun(ctx, tx, cmds[:n])
 		if err != nil {
 			return nil, err
 		}
-		b.Queue(`INSERT INTO commands (id, agent, tenant, kind, runtime, image_repository, image_digest, options, state, requested_by, rollout_id, created_at, updated_at, deadline)
-			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) RETURNING seq`,
-			c.ID, c.Agent, c.Tenant, int32(c.Kind), c.Runtime, c.Repository, c.Digest, options, int32(c.State), c.RequestedBy, c.RolloutID,
-			c.CreatedAt.UnixNano(), c.UpdatedAt.UnixNano(), c.Deadline.UnixNano())
-		if err := queueEvent(&b, store.Event{CommandID: c.ID, At: c.CreatedAt, State: c.State, Message: "journaled"}); err != nil {
+		superseded, cmds = append(superseded, ids...), cmds[n:]
+	}
+	return superseded, nil
+}
+
+// distinctRun is how many of cmds, from the first, have no refresh for
+// the agent and runtime of a refresh before it.
+func distinctRun(cmds []*store.Command) int {
+	type key struct{ agent, runtime string }
+	seen := make(map[key]bool, len(cmds))
+	for i, c := range cmds {
+		if c.Kind != controlplanev1.CommandKind_COMMAND_KIND_REFRESH {
+			continue
+		}
+		k := key{c.Agent, c.Runtime}
+		if seen[k] {
+			return i
+		}
+		seen[k] = true
+	}
+	return len(cmds)
+}
+
+// supersedeSQL moves the PENDING refreshes of each new refresh's agent
+// and runtime to SUPERSEDED, with an event each, and returns them with
+// the ID of the command that superseded them. The rows are locked in ID
+// order first, as every multi-row write here does (updateCommands).
+const supersedeSQL = `WITH n AS (SELECT * FROM unnest($2::text[], $3::text[], $4::text[], $5::bigint[]) AS n(agent, runtime, id, created_at)),
+old AS (SELECT c.id, n.id AS by, n.created_at FROM commands c JOIN n ON c.agent = n.agent AND c.runtime = n.runtime
+	WHERE c.kind = $6::int AND c.state = $7::int ORDER BY c.id FOR UPDATE OF c),
+moved AS (UPDATE commands c SET state = $1::int, error = 'superseded by ' || old.by, updated_at = old.created_at
+	FROM old WHERE c.id = old.id RETURNING c.seq, c.id, old.by, old.created_at),
+events AS (INSERT INTO command_events (command_id, at, state, message) SELECT id, created_at, $1::int, 'superseded by ' || by FROM moved)
+SELECT seq, id, by FROM moved`
+
+// insertCommandsSQL inserts commands from arrays, in array order.
+const insertCommandsSQL = `INSERT INTO commands (id, agent, tenant, kind, runtime, image_repository, image_digest, options, state, requested_by, rollout_id, created_at, updated_at, deadline)
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::text[], $6::text[], $7::text[], $8::bytea[], $9::int[], $10::text[], $11::text[], $12::bigint[], $13::bigint[], $14::bigint[])
+RETURNING id, seq`
+
+// journalRun journals commands none of which supersedes another.
+func journalRun(ctx context.Context, tx pgx.Tx, cmds []*store.Command) ([]string, error) {
+	var b pgx.Batch
+	var by []string // the refreshes, in order
+	var sup struct {
+		agents, runtimes, ids []string
+		created               []int64
+	}
+	n := len(cmds)
+	ids, agents, tenants, runtimes, repos, digests := make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
+	requested, rollouts := make([]string, n), make([]string, n)
+	kinds, states := make([]int32, n), make([]int32, n)
+	created, updated, deadlines := make([]int64, n), make([]int64, n), make([]int64, n)
+	options := make([][]byte, n)
+	evs := make([]store.Event, n)
+	for i, c := range cmds {
+		if c.Kind == controlplanev1.CommandKind_COMMAND_KIND_REFRESH {
+			by = append(by, c.ID)
+			sup.agents, sup.runtimes, sup.ids, sup.created = append(sup.agents, c.Agent), append(sup.runtimes, c.Runtime), append(sup.ids, c.ID), append(sup.created, c.CreatedAt.UnixNano())
+		}
+		var err error
+		if options[i], err = sqlrow.MarshalOrNil(c.Options); err != nil {
 			return nil, err
 		}
+		ids[i], agents[i], tenants[i], runtimes[i], repos[i], digests[i] = c.ID, c.Agent, c.Tenant, c.Runtime, c.Repository, c.Digest
+		requested[i], rollouts[i], kinds[i], states[i] = c.RequestedBy, c.RolloutID, int32(c.Kind), int32(c.State)
+		created[i], updated[i], deadlines[i] = c.CreatedAt.UnixNano(), c.UpdatedAt.UnixNano(), c.Deadline.UnixNano()
+		evs[i] = store.Event{CommandID: c.ID, At: c.CreatedAt, State: c.State, Message: "journaled"}
+	}
+	if len(by) > 0 {
+		b.Queue(supersedeSQL, int32(controlplanev1.CommandState_COMMAND_STATE_SUPERSEDED), sup.agents, sup.runtimes, sup.ids, sup.created,
+			int32(controlplanev1.CommandKind_COMMAND_KIND_REFRESH), int32(controlplanev1.CommandState_COMMAND_STATE_PENDING))
+	}
+	b.Queue(insertCommandsSQL, ids, agents, tenants, kinds, runtimes, repos, digests, options, states, requested, rollouts, created, updated, deadlines)
+	if err := queueEvents(&b, evs); err != nil {
+		return nil, err
 	}
 	results := tx.SendBatch(ctx, &b)
 	defer results.Close()
 	var superseded []string
-	var events pgx.Batch
-	for _, c := range cmds {
-		if c.Kind == controlplanev1.CommandKind_COMMAND_KIND_REFRESH {
-			ids, err := supersededBy(results)
-			if err != nil {
-				return nil, err
-			}
-			for _, id := range ids {
-				if err := queueEvent(&events, store.Event{CommandID: id, At: c.CreatedAt, State: controlplanev1.CommandState_COMMAND_STATE_SUPERSEDED, Message: "superseded by " + c.ID}); err != nil {
-					return nil, err
-				}
-			}
-			superseded = append(superseded, ids...)
-		}
-		if err := results.QueryRow().Scan(&c.Seq); err != nil {
-			return nil, fmt.Errorf("insert command %s: %w", c.ID, err)
-		}
-		if _, err := results.Exec(); err != nil {
+	if len(by) > 0 {
+		var err error
+		if superseded, err = supersededBy(results, by); err != nil {
 			return nil, err
 		}
 	}
-	if err := results.Close(); err != nil {
+	rows, err := results.Query()
+	if err != nil {
 		return nil, err
 	}
-	if events.Len() == 0 {
-		return superseded, nil
+	seqs := make(map[string]int64, n)
+	for rows.Next() {
+		var id string
+		var seq int64
+		if err := rows.Scan(&id, &seq); err != nil {
+			rows.Close()
+			return nil, err
+		}
+		seqs[id] = seq
 	}
-	return superseded, tx.SendBatch(ctx, &events).Close()
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("insert commands: %w", err)
+	}
+	for _, c := range cmds {
+		c.Seq = seqs[c.ID]
+	}
+	return superseded, results.Close()
 }
 
-// supersededBy reads the IDs a supersede statement moved, oldest first.
-func supersededBy(results pgx.BatchResults) ([]string, error) {
+// supersededBy reads the commands the supersede statement moved: by
+// refresh in by's order, each refresh's oldest first.
+func supersededBy(results pgx.BatchResults, by []string) ([]string, error) {
 	rows, err := results.Query()
 	if err != nil {
 		return nil, err
 	}
 	type row struct {
-		seq int64
-		id  string
+		seq     int64
+		id, by  string
+		ordinal int
 	}
 	moved, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (row, error) {
 		var x row
-		return x, r.Scan(&x.seq, &x.id)
+		return x, r.Scan(&x.seq, &x.id, &x.by)
 	})
 	if err != nil {
 		return nil, err
 	}
-	slices.SortFunc(moved, func(a, b row) int { return cmp.Compare(a.seq, b.seq) })
+	for i := range moved {
+		moved[i].ordinal = slices.Index(by, moved[i].by)
+	}
+	slices.SortFunc(moved, func(a, b row) int { return cmp.Or(cmp.Compare(a.ordinal, b.ordinal), cmp.Compare(a.seq, b.seq)) })
 	ids := make([]string, len(moved))
 	for i, m := range moved {
 		ids[i] = m.id
@@ -215,7 +288,7 @@ func updateCommands(ctx context.Context, tx pgx.Tx, updates []store.CommandUpdat
 		current[c.ID] = c
 	}
 	out := make([]store.UpdatedCommand, len(updates))
-	var writes pgx.Batch
+	var evs []store.Event
 	var changed []string
 	for i, u := range updates {
 		stored := current[u.ID]
@@ -233,24 +306,32 @@ func updateCommands(ctx context.Context, tx pgx.Tx, updates []store.CommandUpdat
 		}
 		if u.Event != nil {
 			if e := u.Event(&c); e != nil {
-				if err := queueEvent(&writes, *e); err != nil {
-					return nil, err
-				}
+				evs = append(evs, *e)
 			}
 		}
 		out[i] = store.UpdatedCommand{Command: &c, Changed: true}
 	}
-	for _, id := range changed {
-		c := current[id]
-		result, err := sqlrow.MarshalOrNil(c.Result)
-		if err != nil {
-			return nil, err
-		}
-		writes.Queue(`UPDATE commands SET state = $1, updated_at = $2, error = $3, result = $4 WHERE id = $5`,
-			int32(c.State), c.UpdatedAt.UnixNano(), c.Error, result, id)
-	}
-	if writes.Len() == 0 {
+	if len(changed) == 0 && len(evs) == 0 {
 		return out, nil
+	}
+	// Two statements on arrays, in one round trip, for the burst.
+	var writes pgx.Batch
+	if len(changed) > 0 {
+		states, updated, errs, results := make([]int32, len(changed)), make([]int64, len(changed)), make([]string, len(changed)), make([][]byte, len(changed))
+		for i, id := range changed {
+			c := current[id]
+			result, err := sqlrow.MarshalOrNil(c.Result)
+			if err != nil {
+				return nil, err
+			}
+			states[i], updated[i], errs[i], results[i] = int32(c.State), c.UpdatedAt.UnixNano(), c.Error, result
+		}
+		writes.Queue(`UPDATE commands c SET state = n.state, updated_at = n.updated_at, error = n.error, result = n.result
+			FROM unnest($1::text[], $2::int[], $3::bigint[], $4::text[], $5::bytea[]) AS n(id, state, updated_at, error, result)
+			WHERE c.id = n.id`, changed, states, updated, errs, results)
+	}
+	if err := queueEvents(&writes, evs); err != nil {
+		return nil, err
 	}
 	return out, tx.SendBatch(ctx, &writes).Close()
 }
@@ -301,14 +382,22 @@ func (s *Store) PruneHistory(ctx context.Context, cutoff time.Time) (int, error)
 	return int(n), err
 }
 
-// queueEvent adds an event's insert to a batch of writes.
-func queueEvent(b *pgx.Batch, ev store.Event) error {
-	progress, err := sqlrow.MarshalOrNil(ev.Progress)
-	if err != nil {
-		return err
+// queueEvents adds the insert of events, in their order, to a batch of
+// writes: one statement for the lot.
+func queueEvents(b *pgx.Batch, evs []store.Event) error {
+	if len(evs) == 0 {
+		return nil
 	}
-	b.Queue(`INSERT INTO command_events (command_id, at, state, progress, message) VALUES ($1, $2, $3, $4, $5)`,
-		ev.CommandID, ev.At.UnixNano(), int32(ev.State), progress, ev.Message)
+	ids, at, states, progress, messages := make([]string, len(evs)), make([]int64, len(evs)), make([]int32, len(evs)), make([][]byte, len(evs)), make([]string, len(evs))
+	for i, ev := range evs {
+		p, err := sqlrow.MarshalOrNil(ev.Progress)
+		if err != nil {
+			return err
+		}
+		ids[i], at[i], states[i], progress[i], messages[i] = ev.CommandID, ev.At.UnixNano(), int32(ev.State), p, ev.Message
+	}
+	b.Queue(`INSERT INTO command_events (command_id, at, state, progress, message)
+		SELECT * FROM unnest($1::text[], $2::bigint[], $3::int[], $4::bytea[], $5::text[])`, ids, at, states, progress, messages)
 	return nil
 }
 

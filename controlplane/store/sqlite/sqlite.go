@@ -15,6 +15,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"google.golang.org/protobuf/proto"
@@ -34,6 +35,10 @@ var migrations embed.FS
 type Store struct {
 	db   *sql.DB
 	lock *storeLock
+	// stmts holds the hot statements, prepared once on the store's one
+	// connection (query -> *sql.Stmt): parsing a statement costs SQLite
+	// more than running it, and a fan-out runs thousands.
+	stmts sync.Map
 }
 
 var _ store.Store = (*Store)(nil)
@@ -75,6 +80,10 @@ func Open(ctx context.Context, path string) (_ *Store, err error) {
 		db.Close()
 		return nil, fmt.Errorf("migrate %s: %w", path, err)
 	}
+	if err := s.prepare(ctx); err != nil {
+		s.Close()
+		return nil, fmt.Errorf("prepare statements on %s: %w", path, err)
+	}
 	return s, nil
 }
 
@@ -84,7 +93,12 @@ func (s *Store) Close() error {
 	if s == nil {
 		return nil
 	}
-	return errors.Join(s.db.Close(), s.lock.release())
+	var errs []error
+	s.stmts.Range(func(_, st any) bool {
+		errs = append(errs, st.(*sql.Stmt).Close())
+		return true
+	})
+	return errors.Join(append(errs, s.db.Close(), s.lock.release())...)
 }
 
 func (s *Store) migrate(ctx context.Context) error {
@@ -124,6 +138,41 @@ func (s *Store) migrate(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// hotStatements are prepared once, at Open, on the store's one
+// connection: parsing a statement costs SQLite more than running it, and
+// a fan-out runs thousands. (Not later: with one connection, preparing
+// outside a transaction would wait for the one the caller's holds.)
+var hotStatements = []string{
+	getCommandSQL, insertCommandSQL, pendingOfSQL, insertEventSQL, writeCommandSQL, listEventsSQL,
+	advanceSQL(1), advanceSQL(2), advanceSQL(3),
+}
+
+func (s *Store) prepare(ctx context.Context) error {
+	for _, q := range hotStatements {
+		st, err := s.db.PrepareContext(ctx, q)
+		if err != nil {
+			return err
+		}
+		s.stmts.Store(q, st)
+	}
+	return nil
+}
+
+// txStmt is query in tx: the statement as prepared at Open, or else
+// prepared for this transaction.
+func (s *Store) txStmt(ctx context.Context, tx *sql.Tx, query string) (*sql.Stmt, error) {
+	if st, ok := s.stmts.Load(query); ok {
+		return tx.StmtContext(ctx, st.(*sql.Stmt)), nil
+	}
+	return tx.PrepareContext(ctx, query)
+}
+
+// hot is one of hotStatements, outside a transaction.
+func (s *Store) hot(query string) *sql.Stmt {
+	st, _ := s.stmts.Load(query)
+	return st.(*sql.Stmt)
 }
 
 func (s *Store) tx(ctx context.Context, fn func(*sql.Tx) error) error {
@@ -170,22 +219,18 @@ func (s *Store) PinHistory(ctx context.Context, runtime string, limit int) ([]st
 func (s *Store) InsertCommands(ctx context.Context, cmds []*store.Command) ([]string, error) {
 	var superseded []string
 	err := s.tx(ctx, func(tx *sql.Tx) error {
-		// Prepared once per transaction: a fan-out inserts thousands.
-		insert, err := tx.PrepareContext(ctx, `INSERT INTO commands (id, agent, tenant, kind, runtime, image_repository, image_digest, options, state, requested_by, rollout_id, created_at, updated_at, deadline) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`)
+		insert, err := s.txStmt(ctx, tx, insertCommandSQL)
 		if err != nil {
 			return err
 		}
-		defer insert.Close()
-		pendingOf, err := tx.PrepareContext(ctx, `SELECT id FROM commands WHERE agent = ? AND runtime = ? AND kind = ? AND state = ?`)
+		pendingOf, err := s.txStmt(ctx, tx, pendingOfSQL)
 		if err != nil {
 			return err
 		}
-		defer pendingOf.Close()
-		events, err := tx.PrepareContext(ctx, insertEventSQL)
+		events, err := s.txStmt(ctx, tx, insertEventSQL)
 		if err != nil {
 			return err
 		}
-		defer events.Close()
 		for _, c := range cmds {
 			if c.Kind == controlplanev1.CommandKind_COMMAND_KIND_REFRESH {
 				ids, err := supersede(ctx, tx, pendingOf, events, c)
@@ -257,8 +302,23 @@ func supersede(ctx context.Context, tx *sql.Tx, pendingOf, events *sql.Stmt, c *
 	return ids, nil
 }
 
+const (
+	getCommandSQL    = `SELECT ` + sqlrow.CommandColumns + ` FROM commands WHERE id = ?`
+	insertCommandSQL = `INSERT INTO commands (id, agent, tenant, kind, runtime, image_repository, image_digest, options, state, requested_by, rollout_id, created_at, updated_at, deadline) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`
+	pendingOfSQL     = `SELECT id FROM commands WHERE agent = ? AND runtime = ? AND kind = ? AND state = ?`
+	writeCommandSQL  = `UPDATE commands SET state = ?, updated_at = ?, error = ?, result = ? WHERE id = ?`
+	listEventsSQL    = `SELECT command_id, at, state, progress, message FROM command_events WHERE command_id = ? ORDER BY seq`
+)
+
+// advanceSQL is AdvanceCommands' statement from n states. RETURNING hands
+// back the row as updated: no second read per command for the watchers.
+func advanceSQL(n int) string {
+	marks := strings.TrimSuffix(strings.Repeat("?,", n), ",")
+	return `UPDATE commands SET state = ?, updated_at = ? WHERE id = ? AND state IN (` + marks + `) RETURNING ` + sqlrow.CommandColumns
+}
+
 func (s *Store) GetCommand(ctx context.Context, id string) (*store.Command, error) {
-	c, err := sqlrow.ScanCommand(s.db.QueryRowContext(ctx, `SELECT `+sqlrow.CommandColumns+` FROM commands WHERE id = ?`, id))
+	c, err := sqlrow.ScanCommand(s.hot(getCommandSQL).QueryRowContext(ctx, id))
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, fmt.Errorf("command %q: %w", id, store.ErrNotFound)
 	}
@@ -286,21 +346,18 @@ func (s *Store) ListCommands(ctx context.Context, f store.CommandFilter) ([]*sto
 func (s *Store) UpdateCommands(ctx context.Context, updates []store.CommandUpdate) ([]store.UpdatedCommand, error) {
 	out := make([]store.UpdatedCommand, len(updates))
 	err := s.tx(ctx, func(tx *sql.Tx) error {
-		read, err := tx.PrepareContext(ctx, `SELECT `+sqlrow.CommandColumns+` FROM commands WHERE id = ?`)
+		read, err := s.txStmt(ctx, tx, getCommandSQL)
 		if err != nil {
 			return err
 		}
-		defer read.Close()
-		write, err := tx.PrepareContext(ctx, `UPDATE commands SET state = ?, updated_at = ?, error = ?, result = ? WHERE id = ?`)
+		write, err := s.txStmt(ctx, tx, writeCommandSQL)
 		if err != nil {
 			return err
 		}
-		defer write.Close()
-		events, err := tx.PrepareContext(ctx, insertEventSQL)
+		events, err := s.txStmt(ctx, tx, insertEventSQL)
 		if err != nil {
 			return err
 		}
-		defer events.Close()
 		for i, u := range updates {
 			c, err := sqlrow.ScanCommand(read.QueryRowContext(ctx, u.ID))
 			if errors.Is(err, sql.ErrNoRows) {
@@ -337,19 +394,14 @@ func (s *Store) UpdateCommands(ctx context.Context, updates []store.CommandUpdat
 func (s *Store) AdvanceCommands(ctx context.Context, ids []string, from []controlplanev1.CommandState, to controlplanev1.CommandState, at time.Time, message string) ([]*store.Command, error) {
 	var changed []*store.Command
 	err := s.tx(ctx, func(tx *sql.Tx) error {
-		marks := strings.TrimSuffix(strings.Repeat("?,", len(from)), ",")
-		// RETURNING hands back the row as updated: no second read per
-		// command for the watchers.
-		update, err := tx.PrepareContext(ctx, `UPDATE commands SET state = ?, updated_at = ? WHERE id = ? AND state IN (`+marks+`) RETURNING `+sqlrow.CommandColumns)
+		update, err := s.txStmt(ctx, tx, advanceSQL(len(from)))
 		if err != nil {
 			return err
 		}
-		defer update.Close()
-		events, err := tx.PrepareContext(ctx, insertEventSQL)
+		events, err := s.txStmt(ctx, tx, insertEventSQL)
 		if err != nil {
 			return err
 		}
-		defer events.Close()
 		for _, id := range ids {
 			args := []any{int32(to), at.UnixNano(), id}
 			for _, f := range from {
@@ -419,7 +471,7 @@ func (s *Store) AppendEvent(ctx context.Context, ev store.Event) error {
 }
 
 func (s *Store) ListEvents(ctx context.Context, commandID string) ([]store.Event, error) {
-	return queryAll(ctx, s.db, func(r sqlrow.Scanner) (store.Event, error) {
+	return queryAll(ctx, stmtQuerier{s.hot(listEventsSQL)}, func(r sqlrow.Scanner) (store.Event, error) {
 		ev := store.Event{}
 		var at int64
 		var state int32
@@ -435,7 +487,7 @@ func (s *Store) ListEvents(ctx context.Context, commandID string) ([]store.Event
 			}
 		}
 		return ev, nil
-	}, `SELECT command_id, at, state, progress, message FROM command_events WHERE command_id = ? ORDER BY seq`, commandID)
+	}, "", commandID)
 }
 
 // --- agents
@@ -603,6 +655,13 @@ func queryAll[T any](ctx context.Context, q querier, scan func(sqlrow.Scanner) (
 		out = append(out, v)
 	}
 	return out, rows.Err()
+}
+
+// stmtQuerier runs a prepared statement as a querier (the query is its own).
+type stmtQuerier struct{ *sql.Stmt }
+
+func (q stmtQuerier) QueryContext(ctx context.Context, _ string, args ...any) (*sql.Rows, error) {
+	return q.Stmt.QueryContext(ctx, args...)
 }
 
 // deleted reports whether a statement changed any row.

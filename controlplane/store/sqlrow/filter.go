@@ -44,6 +44,11 @@ func ListCommandsQuery(f store.CommandFilter, d Dialect) (string, []any, error) 
 			return "", nil, err
 		}
 	}
+	if len(f.IDs) > 0 {
+		if err := oneOf("id", f.IDs); err != nil {
+			return "", nil, err
+		}
+	}
 	if f.Tenant != "" {
 		add("tenant =", f.Tenant)
 	}

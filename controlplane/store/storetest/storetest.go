@@ -170,6 +170,17 @@ func testSupersede(t *testing.T, s store.Store) {
 	if got := insert(t, s, Cmd("y1", "a3", "codex"), Cmd("y2", "a3", "codex")); !slices.Equal(got, []string{"y1"}) {
 		t.Fatalf("superseded in batch = %v; want [y1]", got)
 	}
+	// Superseded ones come in the order of the refreshes that superseded
+	// them, whatever their own.
+	insert(t, s, Cmd("w1", "a5", "codex"), Cmd("v1", "a6", "codex"))
+	if got := insert(t, s, Cmd("v2", "a6", "codex"), Cmd("w2", "a5", "codex"), Cmd("v3", "a6", "codex")); !slices.Equal(got, []string{"v1", "w1", "v2"}) {
+		t.Fatalf("superseded = %v; want [v1 w1 v2]", got)
+	}
+	for id, by := range map[string]string{"v1": "v2", "w1": "w2", "v2": "v3"} {
+		if c, err := s.GetCommand(ctx, id); err != nil || c.State != controlplanev1.CommandState_COMMAND_STATE_SUPERSEDED || c.Error != "superseded by "+by {
+			t.Errorf("%s = %+v, %v; want superseded by %s", id, c, err, by)
+		}
+	}
 	if _, err := s.InsertCommands(ctx, []*store.Command{Cmd("c2", "a9", "codex")}); err == nil {
 		t.Fatal("duplicate command ID accepted")
 	}
@@ -245,9 +256,31 @@ func testUpdateCommands(t *testing.T, s store.Store) {
 	if err != nil || len(evs) != 2 || evs[1].Message != "result" || evs[1].State != succeeded {
 		t.Fatalf("events = %+v, %v", evs, err)
 	}
+	// One burst may change a command twice (its ack and its result): both
+	// events are stored, in order, and the last change is what is stored.
+	out, err = s.UpdateCommands(ctx, []store.CommandUpdate{
+		{ID: "c2", Fn: func(c *store.Command) bool { c.State = acked; return true },
+			Event: func(c *store.Command) *store.Event {
+				return &store.Event{CommandID: c.ID, At: at(60), State: c.State, Message: "ack"}
+			}},
+		{ID: "c2", Fn: func(c *store.Command) bool { c.State = succeeded; return true },
+			Event: func(c *store.Command) *store.Event {
+				return &store.Event{CommandID: c.ID, At: at(61), State: c.State, Message: "done"}
+			}},
+	})
+	if err != nil || out[0].Command.State != acked || out[1].Command.State != succeeded {
+		t.Fatalf("UpdateCommands twice = %+v, %v", out, err)
+	}
+	if c2, _ := s.GetCommand(ctx, "c2"); c2.State != succeeded {
+		t.Errorf("c2 = %v; want succeeded", c2.State)
+	}
+	if evs, _ := s.ListEvents(ctx, "c2"); len(evs) != 3 || evs[1].Message != "ack" || evs[2].Message != "done" {
+		t.Errorf("c2 events = %+v; want journaled, ack, done", evs)
+	}
+	insert(t, s, Cmd("c3", "b", "codex"))
 	// A failing update rolls the whole batch back.
 	if _, err := s.UpdateCommands(ctx, []store.CommandUpdate{
-		{ID: "c2", Fn: func(c *store.Command) bool { c.State = acked; return true }},
+		{ID: "c3", Fn: func(c *store.Command) bool { c.State = acked; return true }},
 		{ID: "c1", Fn: func(c *store.Command) bool {
 			c.Result = &tenantagentv1.CommandResult{CommandId: string([]byte{0xff})}
 			return true
@@ -255,8 +288,8 @@ func testUpdateCommands(t *testing.T, s store.Store) {
 	}); err == nil {
 		t.Fatal("an update with an unencodable result succeeded")
 	}
-	if c2, _ := s.GetCommand(ctx, "c2"); c2.State != pending {
-		t.Errorf("c2 = %v after a failed batch; want pending", c2.State)
+	if c3, _ := s.GetCommand(ctx, "c3"); c3.State != pending {
+		t.Errorf("c3 = %v after a failed batch; want pending", c3.State)
 	}
 }
 
@@ -283,6 +316,8 @@ func testListCommands(t *testing.T, s store.Store) {
 		{store.CommandFilter{Agents: []string{"x", "y"}, Oldest: true}, []string{"a", "b", "c", "d"}},
 		{store.CommandFilter{Agents: []string{"y", "nobody"}}, []string{"d", "b"}},
 		{store.CommandFilter{Agents: []string{"x"}, Runtime: "codex"}, []string{"a"}},
+		{store.CommandFilter{IDs: []string{"d", "a", "nope"}}, []string{"d", "a"}},
+		{store.CommandFilter{IDs: []string{"a", "c"}, Agent: "x", Runtime: "hermes"}, []string{"c"}},
 		{store.CommandFilter{Limit: 2}, []string{"d", "c"}},
 		{store.CommandFilter{Limit: 2, Oldest: true}, []string{"a", "b"}},
 	} {
