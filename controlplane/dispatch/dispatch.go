@@ -87,8 +87,13 @@ func (c *Config) CheckAndSetDefaults() error {
 
 // Dispatcher owns the command life cycle.
 type Dispatcher struct {
-	cfg       Config
-	updates   *pubsub.Hub[string, Update]
+	cfg     Config
+	updates *pubsub.Hub[string, Update]
+	// states carries stored changes only (Update.Command), for watchers
+	// that need no progress (a rollout following its commands): a
+	// command changes state a handful of times, so its buffer is small
+	// where updates' holds a pull's progress (16 KiB a subscription).
+	states    *pubsub.Hub[string, Update]
 	lastPhase sync.Map // command ID -> phase
 	// reread is the version of each command another replica changed that
 	// watchers here were last told of (Reread).
@@ -110,13 +115,35 @@ func New(cfg Config) (*Dispatcher, error) {
 	if err := cfg.CheckAndSetDefaults(); err != nil {
 		return nil, err
 	}
-	return &Dispatcher{cfg: cfg, updates: pubsub.NewHub[string, Update](1024), reports: make(chan report, 8192)}, nil
+	return &Dispatcher{cfg: cfg, updates: pubsub.NewHub[string, Update](1024), states: pubsub.NewHub[string, Update](statesBuffer),
+		reports: make(chan report, 8192)}, nil
 }
 
 // Watch subscribes to a command's updates. Subscribe before reading the
 // command from the store, so no update falls between the two.
 func (d *Dispatcher) Watch(commandID string) *pubsub.Subscription[Update] {
 	return d.updates.Subscribe(commandID)
+}
+
+// statesBuffer is how many stored changes of a command a WatchStates
+// subscription holds: more than a command's life has (PENDING to its
+// end), and a watcher that still falls behind re-attaches and re-reads.
+const statesBuffer = 16
+
+// WatchStates subscribes to a command's stored changes, without its
+// progress. Subscribe before issuing or reading the command, so no
+// change falls between the two.
+func (d *Dispatcher) WatchStates(commandID string) *pubsub.Subscription[Update] {
+	return d.states.Subscribe(commandID)
+}
+
+// watched reports whether a command has watchers here.
+func (d *Dispatcher) watched(id string) bool { return d.updates.Watched(id) || d.states.Watched(id) }
+
+// publish tells every watcher of c's command of its stored change.
+func (d *Dispatcher) publish(c *store.Command) {
+	d.updates.Publish(c.ID, Update{Command: c})
+	d.states.Publish(c.ID, Update{Command: c})
 }
 
 // Issue journals cmds in one transaction and sends each to its agent if
@@ -138,8 +165,11 @@ func (d *Dispatcher) Issue(ctx context.Context, cmds []*store.Command) error {
 		d.publishStored(ctx, id)
 	}
 	var sent []string
+	logged := d.cfg.Logger.Enabled(ctx, slog.LevelInfo) // not building a fan-out's log lines for nothing
 	for _, c := range cmds {
-		d.cfg.Logger.Info("command journaled", "command", c.ID, "agent", c.Agent, "kind", c.Kind, "runtime", c.Runtime, "digest", c.Digest, "requested_by", c.RequestedBy)
+		if logged {
+			d.cfg.Logger.Info("command journaled", "command", c.ID, "agent", c.Agent, "kind", c.Kind, "runtime", c.Runtime, "digest", c.Digest, "requested_by", c.RequestedBy)
+		}
 		d.changed(c)
 		if s := d.cfg.Sessions.Get(c.Agent); s != nil {
 			if ok, err := s.SendCommand(c.ID, ControlMessage(c)); err != nil {
@@ -210,7 +240,7 @@ func (d *Dispatcher) advance(ctx context.Context, id string, state controlplanev
 // changed tells watchers here and on other replicas that c changed in
 // the store.
 func (d *Dispatcher) changed(c *store.Command) {
-	d.updates.Publish(c.ID, Update{Command: c})
+	d.publish(c)
 	d.cfg.Cluster.CommandsChanged(c.ID)
 }
 

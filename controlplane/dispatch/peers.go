@@ -2,6 +2,7 @@ package dispatch
 
 import (
 	"context"
+	"slices"
 
 	"github.com/molecule-ai/tenant-agent/controlplane/session"
 	"github.com/molecule-ai/tenant-agent/controlplane/store"
@@ -68,31 +69,41 @@ func (d *Dispatcher) CancelHere(ctx context.Context, agent, id string) {
 }
 
 // Reread re-reads commands another replica changed, for the watchers
-// here; nil ids means every watched command.
+// here; nil ids means every watched command. One read for the lot.
 func (d *Dispatcher) Reread(ctx context.Context, ids []string) {
 	if ids == nil {
-		ids = d.updates.Keys()
+		ids = append(d.updates.Keys(), d.states.Keys()...)
+		slices.Sort(ids)
+		ids = slices.Compact(ids)
 	}
+	var watched []string
 	for _, id := range ids {
-		if !d.updates.Watched(id) {
+		if d.watched(id) {
+			watched = append(watched, id)
+		} else {
 			d.reread.Delete(id)
-			continue
 		}
-		c, err := d.cfg.Store.GetCommand(ctx, id)
-		if err != nil {
-			continue
-		}
+	}
+	if len(watched) == 0 {
+		return
+	}
+	cmds, err := d.cfg.Store.ListCommands(ctx, store.CommandFilter{IDs: watched})
+	if err != nil {
+		d.cfg.Logger.Warn("cannot re-read commands another replica changed", "commands", len(watched), "error", err)
+		return
+	}
+	for _, c := range cmds {
 		// Several doorbells may ring for one change: tell watchers of a
 		// change once.
-		if last, ok := d.reread.Load(id); ok && last.(commandVersion) == versionOf(c) {
+		if last, ok := d.reread.Load(c.ID); ok && last.(commandVersion) == versionOf(c) {
 			continue
 		}
 		if store.Terminal(c.State) {
-			d.reread.Delete(id)
+			d.reread.Delete(c.ID)
 		} else {
-			d.reread.Store(id, versionOf(c))
+			d.reread.Store(c.ID, versionOf(c))
 		}
-		d.updates.Publish(id, Update{Command: c})
+		d.publish(c)
 	}
 }
 

@@ -77,7 +77,8 @@ type Dispatcher interface {
 	Targets(tenant, runtime string) []store.Agent
 	Command(req dispatch.Request, a store.Agent) (*store.Command, error)
 	Issue(ctx context.Context, cmds []*store.Command) error
-	Watch(commandID string) *pubsub.Subscription[dispatch.Update]
+	// WatchStates subscribes to a command's stored changes.
+	WatchStates(commandID string) *pubsub.Subscription[dispatch.Update]
 	// Cancel cancels a command not yet sent at once (an abort's).
 	Cancel(ctx context.Context, id, reason string) error
 }
@@ -392,9 +393,10 @@ type run struct {
 	// PENDING state its COMMAND_ISSUED event already told.
 	issued sync.Map
 	// preissued holds, per tenant of a first window, the commands preissue
-	// journaled for it (and those it found), so that tenant need not read
-	// them back: one query a tenant, thousands in a fan-out.
-	preissued sync.Map // tenant -> []*store.Command
+	// journaled for it (and those it found), with their subscriptions, so
+	// that tenant need not read them back: one query a tenant, thousands
+	// in a fan-out.
+	preissued sync.Map // tenant -> []follow
 }
 
 // hold renews the run's lease every Lease/3 until ctx ends. It stops the
@@ -689,21 +691,53 @@ func (x *run) each(ctx context.Context, tenants []string, parallel int, canStart
 	return started
 }
 
+// follow is a command a tenant waits for, with its subscription.
+type follow struct {
+	c   *store.Command
+	sub *pubsub.Subscription[dispatch.Update]
+	// issued is set when c is the command as this run journals it, and
+	// sub was made before: every later change comes on sub, so await
+	// need not read the command back.
+	issued bool
+}
+
+// watch subscribes to cmds' changes; those among fresh are about to be
+// issued.
+func (x *run) watch(cmds, fresh []*store.Command) []follow {
+	out := make([]follow, len(cmds))
+	for i, c := range cmds {
+		out[i] = follow{c: c, sub: x.cfg.Dispatcher.WatchStates(c.ID), issued: slices.Contains(fresh, c)}
+	}
+	return out
+}
+
+func unwatch(fs []follow) {
+	for _, f := range fs {
+		f.sub.Close()
+	}
+}
+
 // preissue journals and sends the commands of several tenants at once
-// (one transaction for the lot); tenant then finds and follows them.
+// (one transaction for the lot), subscribed to before; tenant then
+// follows them.
 func (x *run) preissue(ctx context.Context, phase controlplanev1.RolloutPhase, kind controlplanev1.CommandKind, tenants []string, targets map[string][]store.Agent) {
 	existing, err := x.cfg.Store.ListCommands(ctx, store.CommandFilter{RolloutID: x.ro.ID, Kind: kind})
 	if err != nil {
 		return // each tenant reports it when it runs
 	}
 	var fresh []*store.Command
-	planned := map[string][]*store.Command{}
+	planned := map[string][]follow{}
+	defer func() {
+		for _, fs := range planned {
+			unwatch(fs) // not handed to their tenants
+		}
+	}()
 	for _, t := range tenants {
 		cmds, f, err := x.plan(existing, kind, t, targets[t])
 		if err != nil {
 			continue // the tenant reports it when it runs
 		}
-		planned[t] = cmds
+		planned[t] = x.watch(cmds, f)
 		fresh = append(fresh, f...)
 	}
 	if len(fresh) == 0 {
@@ -721,22 +755,23 @@ func (x *run) preissue(ctx context.Context, phase controlplanev1.RolloutPhase, k
 		x.issued.Store(c.ID, true)
 		x.emit(controlplanev1.RolloutEventKind_ROLLOUT_EVENT_KIND_COMMAND_ISSUED, phase, c.Tenant, c, "issued to "+c.Agent)
 	}
-	for t, cmds := range planned {
-		x.preissued.Store(t, cmds)
+	for t, fs := range planned {
+		x.preissued.Store(t, fs)
 	}
+	clear(planned)
 }
 
 // takePreissued returns, once, the refreshes preissue journaled for
 // tenant, on its first attempt.
-func (x *run) takePreissued(kind controlplanev1.CommandKind, tenant string, attempt int) ([]*store.Command, bool) {
+func (x *run) takePreissued(kind controlplanev1.CommandKind, tenant string, attempt int) ([]follow, bool) {
 	if kind != controlplanev1.CommandKind_COMMAND_KIND_REFRESH || attempt != 1 {
 		return nil, false
 	}
-	cmds, ok := x.preissued.LoadAndDelete(tenant)
+	fs, ok := x.preissued.LoadAndDelete(tenant)
 	if !ok {
 		return nil, false
 	}
-	return cmds.([]*store.Command), true
+	return fs.([]follow), true
 }
 
 // plan returns a tenant's commands for this rollout: the ones already
@@ -767,38 +802,26 @@ func (x *run) plan(existing []*store.Command, kind controlplanev1.CommandKind, t
 // reports the runtime, reusing commands this rollout already issued, and
 // waits for them unless the agent is offline.
 func (x *run) tenant(ctx context.Context, phase controlplanev1.RolloutPhase, kind controlplanev1.CommandKind, tenant string, agents []store.Agent) outcome {
-	var cmds []*store.Command
-	var subs []*pubsub.Subscription[dispatch.Update]
-	defer func() {
-		for _, s := range subs {
-			s.Close()
-		}
-	}()
+	var follows []follow
+	defer func() { unwatch(follows) }()
 	for attempt := 1; ; attempt++ {
-		var fresh []*store.Command
-		var err error
 		if pre, ok := x.takePreissued(kind, tenant, attempt); ok {
-			cmds = pre // journaled by preissue: await reads their state
-		} else {
-			var existing []*store.Command
-			existing, err = x.cfg.Store.ListCommands(ctx, store.CommandFilter{RolloutID: x.ro.ID, Tenant: tenant, Kind: kind})
-			if err != nil {
-				x.emit(controlplanev1.RolloutEventKind_ROLLOUT_EVENT_KIND_COMMAND_UPDATED, phase, tenant, nil, "cannot read commands: "+err.Error())
-				return failedOutcome
-			}
-			if cmds, fresh, err = x.plan(existing, kind, tenant, agents); err != nil {
-				x.emit(controlplanev1.RolloutEventKind_ROLLOUT_EVENT_KIND_COMMAND_UPDATED, phase, tenant, nil, "cannot build commands: "+err.Error())
-				return failedOutcome
-			}
+			follows = pre // journaled by preissue, subscribed to before
+			break
+		}
+		existing, err := x.cfg.Store.ListCommands(ctx, store.CommandFilter{RolloutID: x.ro.ID, Tenant: tenant, Kind: kind})
+		if err != nil {
+			x.emit(controlplanev1.RolloutEventKind_ROLLOUT_EVENT_KIND_COMMAND_UPDATED, phase, tenant, nil, "cannot read commands: "+err.Error())
+			return failedOutcome
+		}
+		cmds, fresh, err := x.plan(existing, kind, tenant, agents)
+		if err != nil {
+			x.emit(controlplanev1.RolloutEventKind_ROLLOUT_EVENT_KIND_COMMAND_UPDATED, phase, tenant, nil, "cannot build commands: "+err.Error())
+			return failedOutcome
 		}
 		// Subscribe before issuing, so no update is missed.
-		for _, s := range subs {
-			s.Close()
-		}
-		subs = subs[:0]
-		for _, c := range cmds {
-			subs = append(subs, x.cfg.Dispatcher.Watch(c.ID))
-		}
+		unwatch(follows)
+		follows = x.watch(cmds, fresh)
 		if len(fresh) == 0 {
 			break
 		}
@@ -823,8 +846,8 @@ func (x *run) tenant(ctx context.Context, phase controlplanev1.RolloutPhase, kin
 		}
 	}
 	result := succeeded
-	for i, c := range cmds {
-		o := x.await(ctx, phase, tenant, c, subs[i])
+	for _, f := range follows {
+		o := x.await(ctx, phase, tenant, f)
 		switch {
 		case o == failedOutcome:
 			result = failedOutcome
@@ -841,7 +864,8 @@ func (x *run) tenant(ctx context.Context, phase controlplanev1.RolloutPhase, kin
 
 // await follows a command until it ends; a command whose agent is offline
 // is left waiting for it.
-func (x *run) await(ctx context.Context, phase controlplanev1.RolloutPhase, tenant string, c *store.Command, sub *pubsub.Subscription[dispatch.Update]) outcome {
+func (x *run) await(ctx context.Context, phase controlplanev1.RolloutPhase, tenant string, f follow) outcome {
+	c, sub := f.c, f.sub
 	// told is the state watchers last heard of: a state reached before
 	// this await subscribed (a first window is issued before its tenants
 	// follow it) is told once from the store, never twice.
@@ -849,9 +873,13 @@ func (x *run) await(ctx context.Context, phase controlplanev1.RolloutPhase, tena
 	if _, ok := x.issued.Load(c.ID); ok {
 		told = controlplanev1.CommandState_COMMAND_STATE_PENDING
 	}
-	// The store is read once, then again only on a recheck or after
-	// falling behind: an update carries the command as stored.
-	stored, err := x.cfg.Store.GetCommand(ctx, c.ID)
+	// The store is read at most once (not at all for a command this run
+	// just issued, subscribed to before), then again only on a recheck
+	// or after falling behind: an update carries the command as stored.
+	stored, err := c, error(nil)
+	if !f.issued {
+		stored, err = x.cfg.Store.GetCommand(ctx, c.ID)
+	}
 	for {
 		if err != nil {
 			return failedOutcome
@@ -878,7 +906,7 @@ func (x *run) await(ctx context.Context, phase controlplanev1.RolloutPhase, tena
 			return pending
 		case u, ok := <-sub.C:
 			if !ok {
-				sub = x.cfg.Dispatcher.Watch(c.ID) // fell behind: re-attach and re-read
+				sub = x.cfg.Dispatcher.WatchStates(c.ID) // fell behind: re-attach and re-read
 				defer sub.Close()
 				stored, err = x.cfg.Store.GetCommand(ctx, c.ID)
 				continue

@@ -94,7 +94,7 @@ func (f *fakeDispatcher) Cancel(ctx context.Context, id, reason string) error {
 	return err
 }
 
-func (f *fakeDispatcher) Watch(id string) *pubsub.Subscription[dispatch.Update] {
+func (f *fakeDispatcher) WatchStates(id string) *pubsub.Subscription[dispatch.Update] {
 	return f.hub.Subscribe(id)
 }
 
