@@ -61,16 +61,21 @@ type result struct {
 	RSSPerAgentBytes   int64   `json:"rss_per_agent_bytes"`
 	HeapPerAgentBytes  int64   `json:"heap_per_agent_bytes"`
 	StackPerAgentBytes int64   `json:"stack_per_agent_bytes"`
-	BareHeapPerStream  int64   `json:"bare_heap_per_stream_bytes"`
-	BareStackPerStream int64   `json:"bare_stack_per_stream_bytes"`
-	AckedP50           float64 `json:"acked_p50_seconds"`
-	AckedP99           float64 `json:"acked_p99_seconds"`
-	AckedAll           float64 `json:"acked_all_seconds"`
-	StoredAll          float64 `json:"stored_all_seconds"`
-	BareP50            float64 `json:"bare_broadcast_p50_seconds"`
-	BareP99            float64 `json:"bare_broadcast_p99_seconds"`
-	BareAll            float64 `json:"bare_broadcast_all_seconds"`
-	RatioToBare        float64 `json:"acked_all_ratio_to_bare"`
+	// LiveHeapPerAgentBytes and LiveStackPerAgentBytes are measured
+	// after a collection (forced through pprof), before and after the
+	// fleet connects, as the bare server's are.
+	LiveHeapPerAgentBytes  int64   `json:"live_heap_per_agent_bytes"`
+	LiveStackPerAgentBytes int64   `json:"live_stack_per_agent_bytes"`
+	BareHeapPerStream      int64   `json:"bare_heap_per_stream_bytes"`
+	BareStackPerStream     int64   `json:"bare_stack_per_stream_bytes"`
+	AckedP50               float64 `json:"acked_p50_seconds"`
+	AckedP99               float64 `json:"acked_p99_seconds"`
+	AckedAll               float64 `json:"acked_all_seconds"`
+	StoredAll              float64 `json:"stored_all_seconds"`
+	BareP50                float64 `json:"bare_broadcast_p50_seconds"`
+	BareP99                float64 `json:"bare_broadcast_p99_seconds"`
+	BareAll                float64 `json:"bare_broadcast_all_seconds"`
+	RatioToBare            float64 `json:"acked_all_ratio_to_bare"`
 	// CPU of the promote, from the processes' own counters: the control
 	// plane's from the promote call to COMPLETED (raw, and less its idle
 	// rate over that time), per agent; the bare server's for its one
@@ -182,6 +187,9 @@ func run(n int, cpBin, work string) (result, error) {
 	res.RSSBeforeBytes = rss(cp.Process.Pid)
 	heapBefore := metric(metricsURL, "go_memstats_heap_inuse_bytes")
 	stackBefore := metric(metricsURL, "go_memstats_stack_inuse_bytes")
+	collect(addrs[2])
+	liveHeapBefore := metric(metricsURL, "go_memstats_heap_inuse_bytes")
+	liveStackBefore := metric(metricsURL, "go_memstats_stack_inuse_bytes")
 
 	// The fleet: real channels and runners, an executor that answers at once.
 	fmt.Fprintf(os.Stderr, "connecting %d agents (load %s)\n", n, loadavg())
@@ -206,6 +214,11 @@ func run(n int, cpBin, work string) (result, error) {
 	res.RSSPerAgentBytes = (res.RSSAfterBytes - res.RSSBeforeBytes) / int64(n)
 	res.HeapPerAgentBytes = int64((metric(metricsURL, "go_memstats_heap_inuse_bytes") - heapBefore) / float64(n))
 	res.StackPerAgentBytes = int64((metric(metricsURL, "go_memstats_stack_inuse_bytes") - stackBefore) / float64(n))
+	// The same after a collection, as the bare server is measured: what
+	// is live, and the stacks as a collection shrinks them.
+	collect(addrs[2])
+	res.LiveHeapPerAgentBytes = int64((metric(metricsURL, "go_memstats_heap_inuse_bytes") - liveHeapBefore) / float64(n))
+	res.LiveStackPerAgentBytes = int64((metric(metricsURL, "go_memstats_stack_inuse_bytes") - liveStackBefore) / float64(n))
 	if f := os.Getenv("FLEETSIM_HEAP"); f != "" {
 		profile("http://"+addrs[2]+"/debug/pprof/heap?gc=1", f)
 		profile("http://"+addrs[2]+"/debug/pprof/goroutine?debug=1", f+".goroutines")
@@ -256,8 +269,9 @@ func run(n int, cpBin, work string) (result, error) {
 		res.CPURatioToBare = res.CPPromoteCPUPerAgent / res.BareCPUPerMessage
 	}
 	res.BareHeapPerStream, res.BareStackPerStream = bare.heapPerStream, bare.stackPerStream
-	fmt.Fprintf(os.Stderr, "  memory per agent: control plane heap %s + stack %s (RSS %s); bare stream heap %s + stack %s\n",
-		kib(res.HeapPerAgentBytes), kib(res.StackPerAgentBytes), kib(res.RSSPerAgentBytes), kib(res.BareHeapPerStream), kib(res.BareStackPerStream))
+	fmt.Fprintf(os.Stderr, "  memory per agent: control plane heap %s + stack %s (RSS %s), after a collection %s + %s; bare stream (after a collection) heap %s + stack %s\n",
+		kib(res.HeapPerAgentBytes), kib(res.StackPerAgentBytes), kib(res.RSSPerAgentBytes), kib(res.LiveHeapPerAgentBytes), kib(res.LiveStackPerAgentBytes),
+		kib(res.BareHeapPerStream), kib(res.BareStackPerStream))
 	fmt.Fprintf(os.Stderr, "  CPU: control plane %.0f µs a command (%.2f s a promote, idle rate taken off: %.2f s), bare server %.1f µs a message: %.1fx; agents (fleetsim) %.2f s; load %s\n",
 		res.CPPromoteCPUPerAgent*1e6, res.CPPromoteCPURaw, res.CPPromoteCPU, res.BareCPUPerMessage*1e6, res.CPURatioToBare, res.AgentsPromoteCPU, loadavg())
 
@@ -667,4 +681,15 @@ func copyFile(from, to string) {
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "fleetsim: keep the control plane log:", err)
 	}
+}
+
+// collect has the control plane run a garbage collection (pprof's heap
+// profile with gc=1), so that what /metrics says next is what is live.
+func collect(httpAddr string) {
+	resp, err := http.Get("http://" + httpAddr + "/debug/pprof/heap?gc=1")
+	if err != nil {
+		return
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
 }

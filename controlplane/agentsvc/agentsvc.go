@@ -134,8 +134,10 @@ func (s *service) Connect(stream tenantagentv1.AgentService_ConnectServer) error
 		Identity: id.ID, Tenant: id.Tenant, AgentName: id.Name,
 		HeartbeatInterval: durationpb.New(s.cfg.HeartbeatInterval), ControlPlaneVersion: version.String(),
 	}}})
-	// One goroutine delivers what waits for the agent, then reads the
-	// stream; this one writes (delivery may queue many commands) until
+	// One goroutine delivers what waits for the agent, then starts the
+	// reader (a goroutine of its own, so that it does not keep the stack
+	// delivery grew, which reads the store, for as long as the stream
+	// lasts); this one writes (delivery may queue many commands) until
 	// the stream or the session ends.
 	readerDone := make(chan error, 1)
 	go func() {
@@ -143,7 +145,7 @@ func (s *service) Connect(stream tenantagentv1.AgentService_ConnectServer) error
 			log.Error("cannot deliver pending commands", "agent", id.ID, "error", err)
 		}
 		s.cfg.Reconciler.Reconcile(ctx, agent)
-		readerDone <- s.read(ctx, stream, sess, id)
+		go func() { readerDone <- s.read(ctx, stream, sess, id) }()
 	}()
 	// A session closed while this goroutine is stuck sending to an agent
 	// that stopped reading (flow control) is cut off with its connection.
