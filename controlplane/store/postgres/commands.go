@@ -287,53 +287,29 @@ func updateCommands(ctx context.Context, tx pgx.Tx, updates []store.CommandUpdat
 	for _, c := range rows {
 		current[c.ID] = c
 	}
-	out := make([]store.UpdatedCommand, len(updates))
-	var evs []store.Event
-	var changed []string
-	for i, u := range updates {
-		stored := current[u.ID]
-		if stored == nil {
-			continue
-		}
-		c := *stored // each update's result stays as it was after it
-		if !u.Fn(&c) {
-			out[i] = store.UpdatedCommand{Command: &c}
-			continue
-		}
-		current[u.ID] = &c
-		if !slices.Contains(changed, u.ID) {
-			changed = append(changed, u.ID)
-		}
-		if u.Event != nil {
-			if e := u.Event(&c); e != nil {
-				evs = append(evs, *e)
-			}
-		}
-		out[i] = store.UpdatedCommand{Command: &c, Changed: true}
-	}
-	if len(changed) == 0 && len(evs) == 0 {
-		return out, nil
+	a := sqlrow.ApplyUpdates(updates, current)
+	if len(a.Changed) == 0 && len(a.Events) == 0 {
+		return a.Out, nil
 	}
 	// Two statements on arrays, in one round trip, for the burst.
 	var writes pgx.Batch
-	if len(changed) > 0 {
-		states, updated, errs, results := make([]int32, len(changed)), make([]int64, len(changed)), make([]string, len(changed)), make([][]byte, len(changed))
-		for i, id := range changed {
-			c := current[id]
+	if n := len(a.Changed); n > 0 {
+		ids, states, updated, errs, results := make([]string, n), make([]int32, n), make([]int64, n), make([]string, n), make([][]byte, n)
+		for i, c := range a.Changed {
 			result, err := sqlrow.MarshalOrNil(c.Result)
 			if err != nil {
 				return nil, err
 			}
-			states[i], updated[i], errs[i], results[i] = int32(c.State), c.UpdatedAt.UnixNano(), c.Error, result
+			ids[i], states[i], updated[i], errs[i], results[i] = c.ID, int32(c.State), c.UpdatedAt.UnixNano(), c.Error, result
 		}
 		writes.Queue(`UPDATE commands c SET state = n.state, updated_at = n.updated_at, error = n.error, result = n.result
 			FROM unnest($1::text[], $2::int[], $3::bigint[], $4::text[], $5::bytea[]) AS n(id, state, updated_at, error, result)
-			WHERE c.id = n.id`, changed, states, updated, errs, results)
+			WHERE c.id = n.id`, ids, states, updated, errs, results)
 	}
-	if err := queueEvents(&writes, evs); err != nil {
+	if err := queueEvents(&writes, a.Events); err != nil {
 		return nil, err
 	}
-	return out, tx.SendBatch(ctx, &writes).Close()
+	return a.Out, tx.SendBatch(ctx, &writes).Close()
 }
 
 func (s *Store) AdvanceCommands(ctx context.Context, ids []string, from []controlplanev1.CommandState, to controlplanev1.CommandState, at time.Time, message string) ([]*store.Command, error) {

@@ -145,7 +145,7 @@ func (s *Store) migrate(ctx context.Context) error {
 // a fan-out runs thousands. (Not later: with one connection, preparing
 // outside a transaction would wait for the one the caller's holds.)
 var hotStatements = []string{
-	getCommandSQL, insertCommandSQL, pendingOfSQL, insertEventSQL, writeCommandSQL, listEventsSQL,
+	getCommandSQL, readCommandsSQL, insertCommandSQL, pendingOfSQL, insertEventSQL, writeCommandSQL, listEventsSQL,
 	advanceSQL(1), advanceSQL(2), advanceSQL(3),
 }
 
@@ -304,6 +304,7 @@ func supersede(ctx context.Context, tx *sql.Tx, pendingOf, events *sql.Stmt, c *
 
 const (
 	getCommandSQL    = `SELECT ` + sqlrow.CommandColumns + ` FROM commands WHERE id = ?`
+	readCommandsSQL  = `SELECT ` + sqlrow.CommandColumns + ` FROM commands WHERE id IN (SELECT value FROM json_each(?))`
 	insertCommandSQL = `INSERT INTO commands (id, agent, tenant, kind, runtime, image_repository, image_digest, options, state, requested_by, rollout_id, created_at, updated_at, deadline) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`
 	pendingOfSQL     = `SELECT id FROM commands WHERE agent = ? AND runtime = ? AND kind = ? AND state = ?`
 	writeCommandSQL  = `UPDATE commands SET state = ?, updated_at = ?, error = ?, result = ? WHERE id = ?`
@@ -343,52 +344,66 @@ func (s *Store) ListCommands(ctx context.Context, f store.CommandFilter) ([]*sto
 	return queryAll(ctx, s.db, sqlrow.ScanCommand, q, args...)
 }
 
+// UpdateCommands reads the burst's commands in one statement, applies
+// the updates in memory, in order (sqlrow.ApplyUpdates), then writes each
+// changed command once, as its last update left it, and the events.
 func (s *Store) UpdateCommands(ctx context.Context, updates []store.CommandUpdate) ([]store.UpdatedCommand, error) {
-	out := make([]store.UpdatedCommand, len(updates))
-	err := s.tx(ctx, func(tx *sql.Tx) error {
-		read, err := s.txStmt(ctx, tx, getCommandSQL)
+	ids := make([]string, len(updates))
+	for i, u := range updates {
+		ids[i] = u.ID
+	}
+	list, err := dialect.List(ids)
+	if err != nil {
+		return nil, err
+	}
+	var out []store.UpdatedCommand
+	err = s.tx(ctx, func(tx *sql.Tx) error {
+		read, err := s.txStmt(ctx, tx, readCommandsSQL)
 		if err != nil {
 			return err
 		}
-		write, err := s.txStmt(ctx, tx, writeCommandSQL)
+		rows, err := queryAll(ctx, stmtQuerier{read}, sqlrow.ScanCommand, "", list)
 		if err != nil {
 			return err
 		}
-		events, err := s.txStmt(ctx, tx, insertEventSQL)
-		if err != nil {
-			return err
+		current := make(map[string]*store.Command, len(rows))
+		for _, c := range rows {
+			current[c.ID] = c
 		}
-		for i, u := range updates {
-			c, err := sqlrow.ScanCommand(read.QueryRowContext(ctx, u.ID))
-			if errors.Is(err, sql.ErrNoRows) {
-				continue
-			}
+		a := sqlrow.ApplyUpdates(updates, current)
+		out = a.Out
+		if len(a.Changed) > 0 {
+			write, err := s.txStmt(ctx, tx, writeCommandSQL)
 			if err != nil {
 				return err
 			}
-			out[i].Command = c
-			if !u.Fn(c) {
-				continue
+			for _, c := range a.Changed {
+				result, err := sqlrow.MarshalOrNil(c.Result)
+				if err != nil {
+					return err
+				}
+				if _, err := write.ExecContext(ctx, int32(c.State), c.UpdatedAt.UnixNano(), c.Error, result, c.ID); err != nil {
+					return err
+				}
 			}
-			out[i].Changed = true
-			result, err := sqlrow.MarshalOrNil(c.Result)
+		}
+		if len(a.Events) > 0 {
+			events, err := s.txStmt(ctx, tx, insertEventSQL)
 			if err != nil {
 				return err
 			}
-			if _, err := write.ExecContext(ctx, int32(c.State), c.UpdatedAt.UnixNano(), c.Error, result, u.ID); err != nil {
-				return err
-			}
-			if u.Event != nil {
-				if e := u.Event(c); e != nil {
-					if err := execEvent(ctx, events, *e); err != nil {
-						return err
-					}
+			for _, e := range a.Events {
+				if err := execEvent(ctx, events, e); err != nil {
+					return err
 				}
 			}
 		}
 		return nil
 	})
-	return out, err
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
 }
 
 func (s *Store) AdvanceCommands(ctx context.Context, ids []string, from []controlplanev1.CommandState, to controlplanev1.CommandState, at time.Time, message string) ([]*store.Command, error) {

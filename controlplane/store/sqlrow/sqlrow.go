@@ -67,6 +67,55 @@ func ScanCommand(row Scanner) (*store.Command, error) {
 	return c, nil
 }
 
+// Applied is what a burst of UpdateCommands' updates did, in memory.
+type Applied struct {
+	// Out is UpdateCommands' answer.
+	Out []store.UpdatedCommand
+	// Changed holds the commands to write back, each as the last update
+	// left it, in the order they were first changed.
+	Changed []*store.Command
+	// Events are the events to store, in order.
+	Events []store.Event
+}
+
+// ApplyUpdates applies updates, in order, to current (the commands they
+// name, as stored, by ID; a missing one is no such command), as the SQL
+// stores do once they have read the burst's commands in one statement:
+// each update sees the ones before it, and each result stays as it was
+// after its update.
+func ApplyUpdates(updates []store.CommandUpdate, current map[string]*store.Command) Applied {
+	a := Applied{Out: make([]store.UpdatedCommand, len(updates))}
+	changed := make(map[string]bool, len(updates))
+	var order []string
+	for i, u := range updates {
+		stored := current[u.ID]
+		if stored == nil {
+			continue
+		}
+		c := *stored
+		if !u.Fn(&c) {
+			a.Out[i] = store.UpdatedCommand{Command: &c}
+			continue
+		}
+		current[u.ID] = &c
+		if !changed[u.ID] {
+			changed[u.ID] = true
+			order = append(order, u.ID)
+		}
+		if u.Event != nil {
+			if e := u.Event(&c); e != nil {
+				a.Events = append(a.Events, *e)
+			}
+		}
+		a.Out[i] = store.UpdatedCommand{Command: &c, Changed: true}
+	}
+	a.Changed = make([]*store.Command, len(order))
+	for i, id := range order {
+		a.Changed[i] = current[id]
+	}
+	return a
+}
+
 // ScanRollout reads a row of RolloutColumns.
 func ScanRollout(row Scanner) (store.Rollout, error) {
 	var ro store.Rollout
