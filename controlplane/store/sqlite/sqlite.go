@@ -3,6 +3,7 @@
 package sqlite
 
 import (
+	"cmp"
 	"context"
 	"database/sql"
 	"embed"
@@ -12,6 +13,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -146,7 +148,7 @@ func (s *Store) migrate(ctx context.Context) error {
 // outside a transaction would wait for the one the caller's holds.)
 var hotStatements = []string{
 	getCommandSQL, readCommandsSQL, insertCommandSQL, pendingOfSQL, insertEventSQL, writeCommandSQL, listEventsSQL,
-	advanceSQL(1), advanceSQL(2), advanceSQL(3),
+	advanceSQL, advanceEventsSQL,
 }
 
 func (s *Store) prepare(ctx context.Context) error {
@@ -309,14 +311,10 @@ const (
 	pendingOfSQL     = `SELECT id FROM commands WHERE agent = ? AND runtime = ? AND kind = ? AND state = ?`
 	writeCommandSQL  = `UPDATE commands SET state = ?, updated_at = ?, error = ?, result = ? WHERE id = ?`
 	listEventsSQL    = `SELECT command_id, at, state, progress, message FROM command_events WHERE command_id = ? ORDER BY seq`
+	advanceSQL       = `UPDATE commands SET state = ?, updated_at = ? WHERE id IN (SELECT value FROM json_each(?)) AND state IN (SELECT value FROM json_each(?)) RETURNING ` + sqlrow.CommandColumns
+	// advanceEventsSQL stores one event a command, in the array's order.
+	advanceEventsSQL = `INSERT INTO command_events (command_id, at, state, message) SELECT value, ?, ?, ? FROM json_each(?) ORDER BY key`
 )
-
-// advanceSQL is AdvanceCommands' statement from n states. RETURNING hands
-// back the row as updated: no second read per command for the watchers.
-func advanceSQL(n int) string {
-	marks := strings.TrimSuffix(strings.Repeat("?,", n), ",")
-	return `UPDATE commands SET state = ?, updated_at = ? WHERE id = ? AND state IN (` + marks + `) RETURNING ` + sqlrow.CommandColumns
-}
 
 func (s *Store) GetCommand(ctx context.Context, id string) (*store.Command, error) {
 	c, err := sqlrow.ScanCommand(s.hot(getCommandSQL).QueryRowContext(ctx, id))
@@ -406,35 +404,47 @@ func (s *Store) UpdateCommands(ctx context.Context, updates []store.CommandUpdat
 	return out, nil
 }
 
+// AdvanceCommands is two statements for the lot, on JSON arrays: the
+// update, whose RETURNING hands back the rows as updated (no second read
+// for the watchers), and the events.
 func (s *Store) AdvanceCommands(ctx context.Context, ids []string, from []controlplanev1.CommandState, to controlplanev1.CommandState, at time.Time, message string) ([]*store.Command, error) {
+	list, err := dialect.List(ids)
+	if err != nil {
+		return nil, err
+	}
+	states, err := dialect.List(from)
+	if err != nil {
+		return nil, err
+	}
 	var changed []*store.Command
-	err := s.tx(ctx, func(tx *sql.Tx) error {
-		update, err := s.txStmt(ctx, tx, advanceSQL(len(from)))
+	err = s.tx(ctx, func(tx *sql.Tx) error {
+		update, err := s.txStmt(ctx, tx, advanceSQL)
 		if err != nil {
 			return err
 		}
-		events, err := s.txStmt(ctx, tx, insertEventSQL)
+		if changed, err = queryAll(ctx, stmtQuerier{update}, sqlrow.ScanCommand, "", int32(to), at.UnixNano(), list, states); err != nil || len(changed) == 0 {
+			return err
+		}
+		// In the order asked, as the contract says.
+		pos := make(map[string]int, len(ids))
+		for i, id := range ids {
+			pos[id] = i
+		}
+		slices.SortFunc(changed, func(a, b *store.Command) int { return cmp.Compare(pos[a.ID], pos[b.ID]) })
+		done := make([]string, len(changed))
+		for i, c := range changed {
+			done[i] = c.ID
+		}
+		events, err := s.txStmt(ctx, tx, advanceEventsSQL)
 		if err != nil {
 			return err
 		}
-		for _, id := range ids {
-			args := []any{int32(to), at.UnixNano(), id}
-			for _, f := range from {
-				args = append(args, int32(f))
-			}
-			c, err := sqlrow.ScanCommand(update.QueryRowContext(ctx, args...))
-			if errors.Is(err, sql.ErrNoRows) {
-				continue
-			}
-			if err != nil {
-				return err
-			}
-			if err := execEvent(ctx, events, store.Event{CommandID: id, At: at, State: to, Message: message}); err != nil {
-				return err
-			}
-			changed = append(changed, c)
+		doneList, err := dialect.List(done)
+		if err != nil {
+			return err
 		}
-		return nil
+		_, err = events.ExecContext(ctx, at.UnixNano(), int32(to), message, doneList)
+		return err
 	})
 	return changed, err
 }
