@@ -71,7 +71,7 @@ func (s *Store) insertCommands(ctx context.Context, cmds []*store.Command) ([]st
 func journal(ctx context.Context, tx pgx.Tx, cmds []*store.Command) ([]string, error) {
 	var superseded []string
 	for len(cmds) > 0 {
-		n := distinctRun(cmds)
+		n := sqlrow.DistinctRun(cmds)
 		ids, err := journalRun(ctx, tx, cmds[:n])
 		if err != nil {
 			return nil, err
@@ -79,24 +79,6 @@ func journal(ctx context.Context, tx pgx.Tx, cmds []*store.Command) ([]string, e
 		superseded, cmds = append(superseded, ids...), cmds[n:]
 	}
 	return superseded, nil
-}
-
-// distinctRun is how many of cmds, from the first, have no refresh for
-// the agent and runtime of a refresh before it.
-func distinctRun(cmds []*store.Command) int {
-	type key struct{ agent, runtime string }
-	seen := make(map[key]bool, len(cmds))
-	for i, c := range cmds {
-		if c.Kind != controlplanev1.CommandKind_COMMAND_KIND_REFRESH {
-			continue
-		}
-		k := key{c.Agent, c.Runtime}
-		if seen[k] {
-			return i
-		}
-		seen[k] = true
-	}
-	return len(cmds)
 }
 
 // supersedeSQL moves the PENDING refreshes of each new refresh's agent

@@ -147,7 +147,7 @@ func (s *Store) migrate(ctx context.Context) error {
 // a fan-out runs thousands. (Not later: with one connection, preparing
 // outside a transaction would wait for the one the caller's holds.)
 var hotStatements = []string{
-	getCommandSQL, readCommandsSQL, insertCommandSQL, pendingOfSQL, insertEventSQL, writeCommandSQL, listEventsSQL,
+	getCommandSQL, readCommandsSQL, insertCommandSQL, pendingOfSQL, journaledEventsSQL, insertEventSQL, writeCommandSQL, listEventsSQL,
 	advanceSQL, advanceEventsSQL,
 }
 
@@ -218,50 +218,116 @@ func (s *Store) PinHistory(ctx context.Context, runtime string, limit int) ([]st
 
 // --- commands
 
+// InsertCommands journals the commands run by run (sqlrow.DistinctRun: a
+// fan-out is one run), each run in a few statements: one read of the
+// PENDING refreshes its refreshes supersede, an insert a command, one
+// statement for the journaled events.
 func (s *Store) InsertCommands(ctx context.Context, cmds []*store.Command) ([]string, error) {
 	var superseded []string
 	err := s.tx(ctx, func(tx *sql.Tx) error {
-		insert, err := s.txStmt(ctx, tx, insertCommandSQL)
-		if err != nil {
-			return err
-		}
-		pendingOf, err := s.txStmt(ctx, tx, pendingOfSQL)
-		if err != nil {
-			return err
-		}
-		events, err := s.txStmt(ctx, tx, insertEventSQL)
-		if err != nil {
-			return err
-		}
-		for _, c := range cmds {
-			if c.Kind == controlplanev1.CommandKind_COMMAND_KIND_REFRESH {
-				ids, err := supersede(ctx, tx, pendingOf, events, c)
-				if err != nil {
-					return err
-				}
-				superseded = append(superseded, ids...)
-			}
-			options, err := sqlrow.MarshalOrNil(c.Options)
+		for rest := cmds; len(rest) > 0; {
+			n := sqlrow.DistinctRun(rest)
+			ids, err := s.journalRun(ctx, tx, rest[:n])
 			if err != nil {
 				return err
 			}
-			res, err := insert.ExecContext(ctx, c.ID, c.Agent, c.Tenant, int32(c.Kind), c.Runtime, c.Repository, c.Digest, options, int32(c.State), c.RequestedBy, c.RolloutID, c.CreatedAt.UnixNano(), c.UpdatedAt.UnixNano(), c.Deadline.UnixNano())
-			if isRolloutCommandConflict(err) {
-				return fmt.Errorf("insert command %s: rollout %s already has a command of this kind for %s: %w", c.ID, c.RolloutID, c.Agent, store.ErrConflict)
-			}
-			if err != nil {
-				return fmt.Errorf("insert command %s: %w", c.ID, err)
-			}
-			if c.Seq, err = res.LastInsertId(); err != nil {
-				return err
-			}
-			if err := execEvent(ctx, events, store.Event{CommandID: c.ID, At: c.CreatedAt, State: c.State, Message: "journaled"}); err != nil {
-				return err
-			}
+			superseded, rest = append(superseded, ids...), rest[n:]
 		}
 		return nil
 	})
 	return superseded, err
+}
+
+// journalRun journals commands none of which supersedes another.
+func (s *Store) journalRun(ctx context.Context, tx *sql.Tx, cmds []*store.Command) ([]string, error) {
+	superseded, err := s.supersede(ctx, tx, cmds)
+	if err != nil {
+		return nil, err
+	}
+	insert, err := s.txStmt(ctx, tx, insertCommandSQL)
+	if err != nil {
+		return nil, err
+	}
+	journaled := make([][3]any, len(cmds))
+	for i, c := range cmds {
+		options, err := sqlrow.MarshalOrNil(c.Options)
+		if err != nil {
+			return nil, err
+		}
+		res, err := insert.ExecContext(ctx, c.ID, c.Agent, c.Tenant, int32(c.Kind), c.Runtime, c.Repository, c.Digest, options, int32(c.State), c.RequestedBy, c.RolloutID, c.CreatedAt.UnixNano(), c.UpdatedAt.UnixNano(), c.Deadline.UnixNano())
+		if isRolloutCommandConflict(err) {
+			return nil, fmt.Errorf("insert command %s: rollout %s already has a command of this kind for %s: %w", c.ID, c.RolloutID, c.Agent, store.ErrConflict)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("insert command %s: %w", c.ID, err)
+		}
+		if c.Seq, err = res.LastInsertId(); err != nil {
+			return nil, err
+		}
+		journaled[i] = [3]any{c.ID, c.CreatedAt.UnixNano(), int32(c.State)}
+	}
+	events, err := s.txStmt(ctx, tx, journaledEventsSQL)
+	if err != nil {
+		return nil, err
+	}
+	list, err := dialect.List(journaled)
+	if err != nil {
+		return nil, err
+	}
+	_, err = events.ExecContext(ctx, list)
+	return superseded, err
+}
+
+// supersede marks the PENDING refreshes of the agents and runtimes of
+// cmds' refreshes SUPERSEDED, each by the refresh of its agent and
+// runtime, and returns them by refresh in cmds' order, oldest first.
+func (s *Store) supersede(ctx context.Context, tx *sql.Tx, cmds []*store.Command) ([]string, error) {
+	var refreshes [][3]any // agent, runtime, index in cmds
+	for i, c := range cmds {
+		if c.Kind == controlplanev1.CommandKind_COMMAND_KIND_REFRESH {
+			refreshes = append(refreshes, [3]any{c.Agent, c.Runtime, i})
+		}
+	}
+	if len(refreshes) == 0 {
+		return nil, nil
+	}
+	list, err := dialect.List(refreshes)
+	if err != nil {
+		return nil, err
+	}
+	pendingOf, err := s.txStmt(ctx, tx, pendingOfSQL)
+	if err != nil {
+		return nil, err
+	}
+	type old struct {
+		id string
+		by int
+	}
+	found, err := queryAll(ctx, stmtQuerier{pendingOf}, func(r sqlrow.Scanner) (old, error) {
+		var o old
+		return o, r.Scan(&o.id, &o.by)
+	}, "", list, int32(controlplanev1.CommandKind_COMMAND_KIND_REFRESH), int32(controlplanev1.CommandState_COMMAND_STATE_PENDING))
+	if err != nil || len(found) == 0 {
+		return nil, err
+	}
+	events, err := s.txStmt(ctx, tx, insertEventSQL)
+	if err != nil {
+		return nil, err
+	}
+	ids := make([]string, len(found))
+	for i, o := range found {
+		c := cmds[o.by]
+		msg := "superseded by " + c.ID
+		if _, err := tx.ExecContext(ctx, `UPDATE commands SET state = ?, error = ?, updated_at = ? WHERE id = ?`,
+			int32(controlplanev1.CommandState_COMMAND_STATE_SUPERSEDED), msg, c.CreatedAt.UnixNano(), o.id); err != nil {
+			return nil, err
+		}
+		if err := execEvent(ctx, events, store.Event{CommandID: o.id, At: c.CreatedAt, State: controlplanev1.CommandState_COMMAND_STATE_SUPERSEDED, Message: msg}); err != nil {
+			return nil, err
+		}
+		ids[i] = o.id
+	}
+	return ids, nil
 }
 
 // isRolloutCommandConflict reports whether err is a violation of
@@ -273,45 +339,21 @@ func isRolloutCommandConflict(err error) bool {
 		strings.Contains(se.Error(), "commands.rollout_id, commands.agent, commands.kind")
 }
 
-// supersede marks PENDING refreshes for the command's agent and runtime as
-// SUPERSEDED by it.
-func supersede(ctx context.Context, tx *sql.Tx, pendingOf, events *sql.Stmt, c *store.Command) ([]string, error) {
-	pending := int32(controlplanev1.CommandState_COMMAND_STATE_PENDING)
-	rows, err := pendingOf.QueryContext(ctx, c.Agent, c.Runtime, int32(c.Kind), pending)
-	if err != nil {
-		return nil, err
-	}
-	var ids []string
-	for rows.Next() {
-		var id string
-		if err := rows.Scan(&id); err != nil {
-			rows.Close()
-			return nil, err
-		}
-		ids = append(ids, id)
-	}
-	rows.Close()
-	for _, id := range ids {
-		msg := "superseded by " + c.ID
-		if _, err := tx.ExecContext(ctx, `UPDATE commands SET state = ?, error = ?, updated_at = ? WHERE id = ?`,
-			int32(controlplanev1.CommandState_COMMAND_STATE_SUPERSEDED), msg, c.CreatedAt.UnixNano(), id); err != nil {
-			return nil, err
-		}
-		if err := execEvent(ctx, events, store.Event{CommandID: id, At: c.CreatedAt, State: controlplanev1.CommandState_COMMAND_STATE_SUPERSEDED, Message: msg}); err != nil {
-			return nil, err
-		}
-	}
-	return ids, nil
-}
-
 const (
 	getCommandSQL    = `SELECT ` + sqlrow.CommandColumns + ` FROM commands WHERE id = ?`
 	readCommandsSQL  = `SELECT ` + sqlrow.CommandColumns + ` FROM commands WHERE id IN (SELECT value FROM json_each(?))`
 	insertCommandSQL = `INSERT INTO commands (id, agent, tenant, kind, runtime, image_repository, image_digest, options, state, requested_by, rollout_id, created_at, updated_at, deadline) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`
-	pendingOfSQL     = `SELECT id FROM commands WHERE agent = ? AND runtime = ? AND kind = ? AND state = ?`
-	writeCommandSQL  = `UPDATE commands SET state = ?, updated_at = ?, error = ?, result = ? WHERE id = ?`
-	listEventsSQL    = `SELECT command_id, at, state, progress, message FROM command_events WHERE command_id = ? ORDER BY seq`
-	advanceSQL       = `UPDATE commands SET state = ?, updated_at = ? WHERE id IN (SELECT value FROM json_each(?)) AND state IN (SELECT value FROM json_each(?)) RETURNING ` + sqlrow.CommandColumns
+	// pendingOfSQL finds the PENDING refreshes of each [agent, runtime,
+	// index] of a JSON array, by index then oldest first (CROSS JOIN: the
+	// array outside, so each element is one search of commands_by_agent).
+	pendingOfSQL = `SELECT c.id, j.value ->> 2 FROM json_each(?) AS j
+		CROSS JOIN commands AS c ON c.agent = j.value ->> 0 AND c.runtime = j.value ->> 1 AND c.kind = ? AND c.state = ?
+		ORDER BY j.key, c.seq`
+	journaledEventsSQL = `INSERT INTO command_events (command_id, at, state, message)
+		SELECT value ->> 0, value ->> 1, value ->> 2, 'journaled' FROM json_each(?) ORDER BY key`
+	writeCommandSQL = `UPDATE commands SET state = ?, updated_at = ?, error = ?, result = ? WHERE id = ?`
+	listEventsSQL   = `SELECT command_id, at, state, progress, message FROM command_events WHERE command_id = ? ORDER BY seq`
+	advanceSQL      = `UPDATE commands SET state = ?, updated_at = ? WHERE id IN (SELECT value FROM json_each(?)) AND state IN (SELECT value FROM json_each(?)) RETURNING ` + sqlrow.CommandColumns
 	// advanceEventsSQL stores one event a command, in the array's order.
 	advanceEventsSQL = `INSERT INTO command_events (command_id, at, state, message) SELECT value, ?, ?, ? FROM json_each(?) ORDER BY key`
 )

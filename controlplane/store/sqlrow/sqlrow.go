@@ -67,6 +67,25 @@ func ScanCommand(row Scanner) (*store.Command, error) {
 	return c, nil
 }
 
+// DistinctRun is how many of cmds, from the first, have no refresh for
+// the agent and runtime of a refresh before it: a run the SQL stores
+// journal in a few statements, none of its commands superseding another.
+func DistinctRun(cmds []*store.Command) int {
+	type key struct{ agent, runtime string }
+	seen := make(map[key]bool, len(cmds))
+	for i, c := range cmds {
+		if c.Kind != controlplanev1.CommandKind_COMMAND_KIND_REFRESH {
+			continue
+		}
+		k := key{c.Agent, c.Runtime}
+		if seen[k] {
+			return i
+		}
+		seen[k] = true
+	}
+	return len(cmds)
+}
+
 // Applied is what a burst of UpdateCommands' updates did, in memory.
 type Applied struct {
 	// Out is UpdateCommands' answer.
