@@ -308,16 +308,7 @@ func (s *Store) AdvanceCommands(ctx context.Context, ids []string, from []contro
 		if err != nil || len(changed) == 0 {
 			return err
 		}
-		// In the order asked, as the contract says.
-		pos := make(map[string]int, len(ids))
-		for i, id := range ids {
-			pos[id] = i
-		}
-		slices.SortFunc(changed, func(a, b *store.Command) int { return cmp.Compare(pos[a.ID], pos[b.ID]) })
-		done := make([]string, len(changed))
-		for i, c := range changed {
-			done[i] = c.ID
-		}
+		done := sqlrow.InOrder(changed, ids) // in the order asked, as the contract says
 		_, err = tx.Exec(ctx, `INSERT INTO command_events (command_id, at, state, message) SELECT unnest($1::text[]), $2, $3, $4`,
 			done, at.UnixNano(), int32(to), message)
 		return err

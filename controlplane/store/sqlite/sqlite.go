@@ -3,7 +3,6 @@
 package sqlite
 
 import (
-	"cmp"
 	"context"
 	"database/sql"
 	"embed"
@@ -13,7 +12,6 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -467,16 +465,7 @@ func (s *Store) AdvanceCommands(ctx context.Context, ids []string, from []contro
 		if changed, err = queryAll(ctx, stmtQuerier{update}, sqlrow.ScanCommand, "", int32(to), at.UnixNano(), list, states); err != nil || len(changed) == 0 {
 			return err
 		}
-		// In the order asked, as the contract says.
-		pos := make(map[string]int, len(ids))
-		for i, id := range ids {
-			pos[id] = i
-		}
-		slices.SortFunc(changed, func(a, b *store.Command) int { return cmp.Compare(pos[a.ID], pos[b.ID]) })
-		done := make([]string, len(changed))
-		for i, c := range changed {
-			done[i] = c.ID
-		}
+		done := sqlrow.InOrder(changed, ids) // in the order asked, as the contract says
 		events, err := s.txStmt(ctx, tx, advanceEventsSQL)
 		if err != nil {
 			return err

@@ -86,6 +86,21 @@ func DistinctRun(cmds []*store.Command) int {
 	return len(cmds)
 }
 
+// InOrder sorts cmds (rows a statement returned in its own order) in the
+// order of ids, and returns their IDs in that order.
+func InOrder(cmds []*store.Command, ids []string) []string {
+	pos := make(map[string]int, len(ids))
+	for i, id := range ids {
+		pos[id] = i
+	}
+	slices.SortFunc(cmds, func(a, b *store.Command) int { return cmp.Compare(pos[a.ID], pos[b.ID]) })
+	out := make([]string, len(cmds))
+	for i, c := range cmds {
+		out[i] = c.ID
+	}
+	return out
+}
+
 // Applied is what a burst of UpdateCommands' updates did, in memory.
 type Applied struct {
 	// Out is UpdateCommands' answer.
