@@ -92,6 +92,14 @@ type RecreateOptions struct {
 	// healthcheck): its downtime is over, so the caller may start the
 	// next recreate while this one's window runs.
 	Settling func()
+	// Turn, if set, is called before the old container is touched (its
+	// restart policy, its stop): it blocks until this recreate may take
+	// its swap (stop, renames, start) and returns what ends the turn,
+	// called as soon as the replacement's start returned (or the recreate
+	// ended before). The old container serves while its recreate waits
+	// here, so a caller can keep the swaps of parallel recreates from
+	// competing for the daemon without adding to anyone's downtime.
+	Turn func() (end func())
 }
 
 // Recreate replaces c with a container on target (docs/design.md §6): create the
@@ -119,6 +127,7 @@ func (e *Engine) Recreate(ctx context.Context, c Container, target Target, opts 
 		OldDigest: c.DigestFor(c.Repository), NewDigest: target.Digest,
 	}
 	r.res = Outcome{Name: r.st.Name, OldID: r.st.OldID, NewID: r.st.OldID, OldDigest: r.st.OldDigest, NewDigest: r.st.OldDigest, WasRunning: r.st.WasRunning}
+	defer r.endTurn()
 	for _, step := range []func() bool{r.createReplacement, r.takeOver, r.startAndGate, r.removeOld} {
 		if !step() {
 			return r.res, r.crash
@@ -144,8 +153,10 @@ type recreation struct {
 	crash error
 	// stoppedAt is when old stopped, for the downtime.
 	stoppedAt time.Time
-	journal   func(RecreateState) error
-	report    Report
+	// turnEnd ends the turn opts.Turn gave, if one is held.
+	turnEnd func()
+	journal func(RecreateState) error
+	report  Report
 }
 
 // step journals s before it is taken.
@@ -243,6 +254,9 @@ func (r *recreation) rollback(step Step, cause error) bool {
 // stop, because the stop removes it.
 func (r *recreation) takeOver() bool {
 	st := &r.st
+	if r.opts.Turn != nil {
+		r.turnEnd = r.opts.Turn()
+	}
 	if !r.step(StepDisableRestart) {
 		return false
 	}
@@ -296,18 +310,29 @@ func (r *recreation) renameReplacement() bool {
 	return true
 }
 
+// endTurn ends the swap's turn, if one is held.
+func (r *recreation) endTurn() {
+	if r.turnEnd != nil {
+		r.turnEnd()
+		r.turnEnd = nil
+	}
+}
+
 // startAndGate starts the replacement and waits for it to prove itself; a
 // stopped container's replacement is left stopped.
 func (r *recreation) startAndGate() bool {
 	st := &r.st
 	if !st.WasRunning {
+		r.endTurn()
 		return true
 	}
 	r.report(StepStart, "starting "+st.Name+" on "+r.target.Digest)
 	if !r.step(StepStart) {
 		return false
 	}
-	if err := r.e.cli.ContainerStart(r.work, st.NewID, container.StartOptions{}); err != nil {
+	err := r.e.cli.ContainerStart(r.work, st.NewID, container.StartOptions{})
+	r.endTurn()
+	if err != nil {
 		return r.rollback(StepStart, fmt.Errorf("start replacement: %w", err))
 	}
 	r.res.Downtime = time.Since(r.stoppedAt)
@@ -578,46 +603,5 @@ func (e *Engine) removeOld(ctx context.Context, o owner, st RecreateState) {
 	}
 	if err != nil && !cerrdefs.IsNotFound(err) {
 		e.logger.Warn("old container not removed", "container", st.AsideName, "error", err)
-	}
-}
-
-// healthGate waits for a started container to prove itself: healthy if it
-// has a healthcheck, else running without a restart for the stability
-// window. It fails at once if the container exits or restarts.
-func (e *Engine) healthGate(ctx context.Context, id string, opts RecreateOptions) error {
-	in, err := e.cli.ContainerInspect(ctx, id)
-	if err != nil {
-		return err
-	}
-	startedAt, restarts := in.State.StartedAt, in.RestartCount
-	start := time.Now()
-	for {
-		in, err := e.cli.ContainerInspect(ctx, id)
-		if err != nil {
-			return fmt.Errorf("health gate: %w", err)
-		}
-		s := in.State
-		switch {
-		case !s.Running:
-			return fmt.Errorf("health gate: the new container exited with code %d", s.ExitCode)
-		case in.RestartCount != restarts || s.StartedAt != startedAt:
-			return errors.New("health gate: the new container restarted")
-		case s.Health != nil && s.Health.Status == container.Healthy:
-			return nil
-		case s.Health != nil && s.Health.Status == container.Unhealthy:
-			return fmt.Errorf("health gate: the new container is unhealthy (%d failing checks)", s.Health.FailingStreak)
-		case s.Health == nil && time.Since(start) >= opts.StabilityWindow:
-			return nil
-		case s.Health == nil && opts.Settling != nil:
-			opts.Settling()
-			opts.Settling = nil
-		case time.Since(start) > opts.HealthGateTimeout:
-			return fmt.Errorf("health gate: not healthy within %s", opts.HealthGateTimeout)
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(200 * time.Millisecond):
-		}
 	}
 }

@@ -54,6 +54,26 @@ func (r *stepRecorder) maxInFlight() int {
 	return n
 }
 
+// maxSwapping is the most containers at once between their journaled
+// disable-restart and start steps: a recreate journals the first once its
+// swap's turn has begun and ends the turn after the start it journaled,
+// so with turns no more than swapsAtOnce show at once.
+func (r *stepRecorder) maxSwapping() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	swapping, n := map[string]bool{}, 0
+	for _, st := range r.steps {
+		switch st.Step {
+		case docker.StepDisableRestart:
+			swapping[st.Name] = true
+		case docker.StepStart:
+			delete(swapping, st.Name)
+		}
+		n = max(n, len(swapping))
+	}
+	return n
+}
+
 func (r *stepRecorder) hooks() Hooks {
 	return Hooks{Step: func(st docker.RecreateState) error { r.step(st); return nil }, Progress: r.report}
 }
@@ -261,6 +281,9 @@ func TestRefreshTwentyContainersCanaryThenParallel(t *testing.T) {
 	}
 	if n := rec.maxInFlight(); n < 2 || n > 4 {
 		t.Errorf("the rest: at most %d containers in flight, want 2 to 4 (the agent's 4, not the command's 8)", n)
+	}
+	if n := rec.maxSwapping(); n < 1 || n > swapsAtOnce {
+		t.Errorf("the rest: %d containers stopped and started at once, want 1 to %d (their swaps take turns)", n, swapsAtOnce)
 	}
 	canaryDone := rec.at(names[1], docker.StepDone) // names[0] is current: names[1] is the canary
 	for _, n := range names[2:] {

@@ -36,6 +36,9 @@ type schedule struct {
 	started  []bool
 	finished []bool
 	inFlight []string
+	// turns holds a token for each swap (stop, renames, start) under way
+	// in the parallel phase; see swapsAtOnce.
+	turns chan struct{}
 	// halted: a rollback, a crash or a cancel; nothing new starts.
 	halted bool
 	crash  error
@@ -44,7 +47,22 @@ type schedule struct {
 func newSchedule(x *Executor, ctx context.Context, todo []docker.Container, target docker.Target, opts docker.RecreateOptions, parallel int, hooks Hooks) *schedule {
 	cs, deps := order(todo)
 	return &schedule{x: x, ctx: ctx, target: target, opts: opts, hooks: hooks, parallel: max(parallel, 1), cs: cs, deps: deps,
-		outcomes: make([]docker.Outcome, len(cs)), started: make([]bool, len(cs)), finished: make([]bool, len(cs))}
+		outcomes: make([]docker.Outcome, len(cs)), started: make([]bool, len(cs)), finished: make([]bool, len(cs)), turns: make(chan struct{}, swapsAtOnce)}
+}
+
+// swapsAtOnce bounds the swaps (stop, renames, start) of the parallel
+// phase under way at once, however many recreates are in flight: the
+// daemon's stops and starts of other containers are what lengthen a
+// container's downtime (bench/hostbench splits the window), so the
+// recreates in flight create their replacements at once but take their
+// swaps in turn, each waiting before its old container is touched, while
+// it still serves.
+const swapsAtOnce = 1
+
+// turn waits for a swap's turn and returns what ends it.
+func (s *schedule) turn() func() {
+	s.turns <- struct{}{}
+	return sync.OnceFunc(func() { <-s.turns })
 }
 
 // run recreates every container it may and returns every container's
@@ -186,6 +204,9 @@ func (s *schedule) recreate(i int, settling func()) {
 	c := s.withMovedDependencies(i)
 	opts := s.opts
 	opts.Settling = settling
+	if settling != nil {
+		opts.Turn = s.turn // the parallel phase
+	}
 	report := func(step docker.Step, msg string) {
 		if step == docker.StepRollBack {
 			s.halt() // at once, not when the rollback is over

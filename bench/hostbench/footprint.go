@@ -63,15 +63,16 @@ func (b *bench) footprint(o options) {
 		}
 	}()
 	during := sampleUntil(agent.Pid, done)
-	if promoteErr != nil {
-		d.Fatal(promoteErr)
-	}
 
 	fmt.Printf("\n## The agent process (%s) managing %d containers, sampled from /proc every second\n\n", o.agentBin, o.containers)
 	fmt.Println("| when | for | RSS max | RSS mean | CPU |")
 	fmt.Println("|---|---:|---:|---:|---:|")
 	fmt.Printf("| idle (15 s heartbeats) | %s | %s | %s | %.2f %% |\n", idle.wall.Round(time.Second), mib(idle.maxRSS), mib(idle.meanRSS), idle.cpuPercent())
 	fmt.Printf("| promote of v2 (tactl, %s) | %s | %s | %s | %.2f %% |\n", took.Round(100*time.Millisecond), during.wall.Round(time.Second), mib(during.maxRSS), mib(during.meanRSS), during.cpuPercent())
+	if promoteErr != nil {
+		// The idle figures stand; the promote's are of a failed one.
+		fmt.Printf("\nThe promote failed: %v\n", promoteErr)
+	}
 	if err := errors.Join(startErr, refsErr, endErr); err != nil {
 		fmt.Printf("\nNo split of the idle RSS: %v\n", err)
 		return

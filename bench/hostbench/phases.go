@@ -71,7 +71,7 @@ func window(at map[docker.Step]time.Time) (span, bool) {
 
 // phaseTable prints, over the containers of one refresh, the median time
 // of each phase inside the window, and how much of the window other
-// containers spent creating (create, connect, checks), swapping (their
+// containers spent creating (the create call itself), swapping (their
 // own windows), in their health gate, or removing their old container.
 func (l *stepLog) phaseTable(label string) {
 	l.mu.Lock()
@@ -95,7 +95,7 @@ func (l *stepLog) phaseTable(label string) {
 			if other == name {
 				continue
 			}
-			if s, ok := between(oat, docker.StepCreate, docker.StepDisableRestart); ok {
+			if s, ok := between(oat, docker.StepCreate, docker.StepConnect); ok {
 				share["create"] += w.overlap(s)
 			}
 			if s, ok := window(oat); ok {
