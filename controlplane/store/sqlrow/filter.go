@@ -56,7 +56,10 @@ func ListCommandsQuery(f store.CommandFilter, d Dialect) (string, []any, error) 
 		add("runtime =", f.Runtime)
 	}
 	if f.RolloutID != "" {
-		add("rollout_id =", f.RolloutID)
+		// The redundant clause lets either database use the partial index
+		// on rollout_id (commands_one_per_rollout_agent) for a parameter
+		// it cannot prove non-empty.
+		add("rollout_id <> '' AND rollout_id =", f.RolloutID)
 	}
 	if f.Kind != controlplanev1.CommandKind_COMMAND_KIND_UNSPECIFIED {
 		add("kind =", int32(f.Kind))
