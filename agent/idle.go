@@ -5,11 +5,11 @@ import (
 	"time"
 )
 
-// releaseWhenIdle calls release once the start has settled (after settle:
-// the first Hello, resync and report are over), and again after each
-// command the agent ran (busy, checked every interval, reports whether
-// one is running), so the pages and heap only the start or a refresh
-// needed do not stay resident through the agent's idle hours.
+// releaseWhenIdle calls release once the start has settled (after
+// settle), and then at every interval at which no command is running
+// (busy), so the pages and heap that only the start, a slow connect or a
+// refresh needed do not stay resident through the agent's idle hours:
+// what the idle agent keeps is what it touched in the last interval.
 func releaseWhenIdle(ctx context.Context, settle, every time.Duration, busy func() bool, release func()) {
 	wait := time.NewTimer(settle)
 	defer wait.Stop()
@@ -21,19 +21,14 @@ func releaseWhenIdle(ctx context.Context, settle, every time.Duration, busy func
 	release()
 	tick := time.NewTicker(every)
 	defer tick.Stop()
-	pending := false
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-tick.C:
 		}
-		switch {
-		case busy():
-			pending = true
-		case pending:
+		if !busy() {
 			release()
-			pending = false
 		}
 	}
 }

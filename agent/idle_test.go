@@ -7,35 +7,46 @@ import (
 	"time"
 )
 
-// The start is released once it settled; a command's pages once it is
-// over, at the first check that finds the agent idle again; an agent that
-// stays idle is not released again and again.
+// The start is released once it settled, and then at every check that
+// finds no command running; never while one runs.
 func TestReleaseWhenIdle(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	var running atomic.Bool
+	var running, lastBusy, releasedWhileBusy atomic.Bool
 	checks := make(chan bool)
-	released := make(chan struct{}, 10)
+	released := make(chan struct{}, 100)
 	busy := func() bool {
 		b := running.Load()
+		lastBusy.Store(b)
 		select {
 		case checks <- b:
 		case <-ctx.Done():
 		}
 		return b
 	}
-	go releaseWhenIdle(ctx, time.Millisecond, time.Millisecond, busy, func() { released <- struct{}{} })
+	release := func() {
+		if lastBusy.Load() { // the check before said a command runs
+			releasedWhileBusy.Store(true)
+		}
+		released <- struct{}{}
+	}
+	go releaseWhenIdle(ctx, time.Millisecond, time.Millisecond, busy, release)
 	<-released // the start
-	for range 3 {
-		<-checks // idle since: nothing to release
-	}
-	if len(released) != 0 {
-		t.Fatalf("released %d times while idle since the last release", len(released))
-	}
 	running.Store(true)
 	for b := false; !b; b = <-checks { // a command runs
 	}
+	for range 3 {
+		<-checks
+	}
+	for len(released) > 0 {
+		<-released // released before the command was seen
+	}
 	running.Store(false)
 	<-checks
-	<-released // after the command
+	<-released // idle again
+	<-checks
+	<-released // and at the next check too
+	if releasedWhileBusy.Load() {
+		t.Error("released while a command ran")
+	}
 }
