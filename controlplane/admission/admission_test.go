@@ -88,3 +88,23 @@ func isTimeout(err error) bool {
 	ne, ok := err.(net.Error)
 	return ok && ne.Timeout()
 }
+
+// Close ends a wait for a handshake slot however long it was to be (the
+// control plane shutting down must not wait for the queue), and later
+// waits at once.
+func TestCloseEndsWaitsForAHandshakeSlot(t *testing.T) {
+	h := NewHandshakes(1, time.Hour, time.Second, nil, nil)
+	h.slots <- struct{}{} // every slot taken
+	got := make(chan bool)
+	go func() { got <- h.acquire(h.slots, time.Hour) }()
+	for h.queued.Load() == 0 {
+		time.Sleep(time.Millisecond)
+	}
+	h.Close()
+	if <-got {
+		t.Fatal("a wait ended by Close took a slot")
+	}
+	if h.acquire(h.slots, time.Hour) {
+		t.Fatal("a wait after Close took a slot")
+	}
+}

@@ -66,6 +66,11 @@ type Handshakes struct {
 
 	queued atomic.Int64
 	done   rateMeter
+	// closing, closed by Close, ends every wait for a slot: at shutdown,
+	// a connection still queued for its handshake would hold the
+	// server's stop for up to the wait.
+	closing   chan struct{}
+	closeOnce sync.Once
 	// shed maps the remote address of each shed connection to its hint,
 	// until the connection closes.
 	shed sync.Map
@@ -77,8 +82,12 @@ type Handshakes struct {
 // or closed over the bounds.
 func NewHandshakes(max int, wait, timeout time.Duration, observe func(resumed bool), refused func()) *Handshakes {
 	return &Handshakes{slots: make(chan struct{}, max), shedSlots: make(chan struct{}, max), wait: wait, timeout: timeout,
-		observe: observe, refused: refused}
+		observe: observe, refused: refused, closing: make(chan struct{})}
 }
+
+// Close ends every wait for a slot, now and later: those connections
+// are closed (the control plane is shutting down).
+func (h *Handshakes) Close() { h.closeOnce.Do(func() { close(h.closing) }) }
 
 // Credentials wraps the server's transport credentials with the bound.
 func (h *Handshakes) Credentials(inner credentials.TransportCredentials) credentials.TransportCredentials {
@@ -150,6 +159,8 @@ func (h *Handshakes) acquire(slots chan struct{}, wait time.Duration) bool {
 	case slots <- struct{}{}:
 		return true
 	case <-t.C:
+		return false
+	case <-h.closing:
 		return false
 	}
 }

@@ -99,6 +99,9 @@ func (s *service) Connect(stream tenantagentv1.AgentService_ConnectServer) error
 	}
 
 	sess, replaced := s.cfg.Sessions.Register(id, serialOf(ctx), time.Now())
+	if err := sess.Err(); err != nil { // the registry is closed: shutting down
+		return closeStatus(err)
+	}
 	defer sess.Close(errors.New("stream closed"))
 	// Not a logger With the agent: it would live as long as the stream.
 	log := s.cfg.Logger

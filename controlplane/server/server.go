@@ -381,7 +381,10 @@ func (s *Server) shutdown() {
 	// An agent told to reconnect ends its stream itself; the streams of
 	// the others (and of agents too old to) are ended after a moment.
 	s.awaitSessions(min(drainWait, s.cfg.ShutdownGrace))
-	s.sessions.CloseMatching(func(*session.Session) bool { return true }, agentsvc.ErrShuttingDown)
+	// Streams still being set up register closed from here on, so none
+	// is left holding GracefulStop.
+	s.sessions.CloseAll(agentsvc.ErrShuttingDown)
+	s.handshakes.Close()
 
 	done := make(chan struct{})
 	go func() {

@@ -146,6 +146,9 @@ type Registry struct {
 	queueSize int
 	mu        sync.RWMutex
 	sessions  map[string]*Session
+	// closed, once set (CloseAll), closes every session registered
+	// after.
+	closed error
 }
 
 // NewRegistry returns a registry whose sessions queue up to queueSize
@@ -161,6 +164,11 @@ func (r *Registry) Register(id identity.Identity, serial string, now time.Time) 
 	s = &Session{Identity: id, Serial: serial, ConnectedAt: now, max: r.queueSize, ready: make(chan struct{}, 1), ctx: ctx, cancel: cancel}
 	s.Touch(now)
 	r.mu.Lock()
+	if r.closed != nil {
+		r.mu.Unlock()
+		s.Close(r.closed)
+		return s, nil
+	}
 	replaced = r.sessions[id.ID]
 	r.sessions[id.ID] = s
 	r.mu.Unlock()
@@ -234,6 +242,16 @@ func (r *Registry) CloseMatching(match func(*Session) bool, cause error) int {
 		}
 	}
 	return n
+}
+
+// CloseAll closes every session with cause, and every session
+// registered from now on (a stream that was being set up when the
+// control plane began to shut down).
+func (r *Registry) CloseAll(cause error) {
+	r.mu.Lock()
+	r.closed = cause
+	r.mu.Unlock()
+	r.CloseMatching(func(*Session) bool { return true }, cause)
 }
 
 // ErrDenied wraps a denial reason as a session close cause.

@@ -121,3 +121,21 @@ func drain(s *Session) int {
 	}
 	return n
 }
+
+// After CloseAll, a stream that registers (one that was being set up
+// when the control plane began to shut down) gets a session closed with
+// the same cause, and is not registered.
+func TestRegisterAfterCloseAllIsClosed(t *testing.T) {
+	r := NewRegistry(4)
+	before, _ := r.Register(acme, "1", time.Now())
+	cause := errors.New("shutting down")
+	r.CloseAll(cause)
+	if !errors.Is(before.Err(), cause) {
+		t.Fatalf("open session: Err = %v, want the cause", before.Err())
+	}
+	r.Unregister(before)
+	after, replaced := r.Register(acme, "1", time.Now())
+	if !errors.Is(after.Err(), cause) || replaced != nil || r.Len() != 0 {
+		t.Fatalf("registered after CloseAll: Err = %v, replaced %v, %d registered; want closed with the cause, none", after.Err(), replaced, r.Len())
+	}
+}
