@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"runtime/debug"
 	"strings"
 	"time"
 
@@ -221,7 +222,7 @@ func Run(ctx context.Context, cfg Config) error {
 		"signature_policy", cfg.SignaturePolicy)
 	run.Start(ctx)
 	defer run.Wait()
-	go releaseWhenIdle(ctx, 10*time.Second, 30*time.Second, func() bool { running, _ := run.Held(); return len(running) > 0 }, releaseUntouched)
+	go releaseWhenIdle(ctx, 10*time.Second, 30*time.Second, func() bool { running, _ := run.Held(); return len(running) > 0 }, debug.FreeOSMemory)
 	return channel.Run(ctx, channel.Config{
 		Addr: cfg.ControlPlane, Creds: mtls.ClientCredentialsWith(src, mtls.ClientOptions{ServerName: cfg.ServerName, ServerID: cfg.ControlPlaneID}), Tenant: id.Tenant,
 		Hostname: hostname, Version: version.String(), DockerVersion: engine.Version,
