@@ -407,3 +407,34 @@ func TestPullRetriesTransientFailures(t *testing.T) {
 		t.Fatalf("pull across a registry outage: %+v, %v", res, err)
 	}
 }
+
+// A recreate whose swap turn is refused (the refresh halted while it
+// waited) removes its replacement and leaves the old container as it was,
+// running, never stopped: NotAttempted.
+func TestRefusedTurnLeavesTheOldContainerUntouched(t *testing.T) {
+	f := newFixture(t)
+	f.start(true)
+	old := f.container()
+	opts := f.opts("t1")
+	opts.Turn = func() (func(), bool) { return nil, false }
+	res, _ := f.engine.Recreate(f.ctx(), old, f.target(f.v2), opts, noJournal, noReport)
+	if res.Result != docker.ResultNotAttempted || !strings.Contains(res.ErrorText(), "nothing was changed") {
+		t.Fatalf("outcome %v (%s), want NOT_ATTEMPTED, nothing changed", res.Result, res.ErrorText())
+	}
+	now := f.container()
+	if now.Inspect.ID != old.Inspect.ID || now.Name() != f.name || !now.Inspect.State.Running || now.Inspect.State.StartedAt != old.Inspect.State.StartedAt {
+		t.Errorf("old container touched: id %s name %s running %v started %s (was %s)", now.Inspect.ID, now.Name(), now.Inspect.State.Running, now.Inspect.State.StartedAt, old.Inspect.State.StartedAt)
+	}
+	if res.NewID != old.Inspect.ID {
+		t.Errorf("outcome's new ID %s, want the old one %s", res.NewID, old.Inspect.ID)
+	}
+	all, err := f.cli.ContainerList(f.ctx(), container.ListOptions{All: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range all {
+		if _, ours := c.Labels[docker.CommandLabel]; ours {
+			t.Errorf("replacement %s %v left behind", c.ID[:12], c.Names)
+		}
+	}
+}

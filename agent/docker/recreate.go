@@ -98,8 +98,10 @@ type RecreateOptions struct {
 	// called as soon as the replacement's start returned (or the recreate
 	// ended before). The old container serves while its recreate waits
 	// here, so a caller can keep the swaps of parallel recreates from
-	// competing for the daemon without adding to anyone's downtime.
-	Turn func() (end func())
+	// competing for the daemon without adding to anyone's downtime. If it
+	// returns false (the caller halted meanwhile), the replacement is
+	// removed and the old container left untouched (NotAttempted).
+	Turn func() (end func(), ok bool)
 }
 
 // Recreate replaces c with a container on target (docs/design.md §6): create the
@@ -255,7 +257,12 @@ func (r *recreation) rollback(step Step, cause error) bool {
 func (r *recreation) takeOver() bool {
 	st := &r.st
 	if r.opts.Turn != nil {
-		r.turnEnd = r.opts.Turn()
+		end, ok := r.opts.Turn()
+		if !ok {
+			r.e.discard(r.work, r.o, st.NewID)
+			return r.fail(StepCreate, ResultNotAttempted, errors.New("the refresh halted while this container waited for its turn; its replacement was removed, nothing was changed"))
+		}
+		r.turnEnd = end
 	}
 	if !r.step(StepDisableRestart) {
 		return false

@@ -59,10 +59,17 @@ func newSchedule(x *Executor, ctx context.Context, todo []docker.Container, targ
 // it still serves.
 const swapsAtOnce = 1
 
-// turn waits for a swap's turn and returns what ends it.
-func (s *schedule) turn() func() {
+// turn waits for a swap's turn and returns what ends it; false if the
+// refresh halted meanwhile: the old container, not yet touched, is left
+// as it is, since nothing new starts after a halt.
+func (s *schedule) turn() (func(), bool) {
 	s.turns <- struct{}{}
-	return sync.OnceFunc(func() { <-s.turns })
+	end := sync.OnceFunc(func() { <-s.turns })
+	if s.stopped() {
+		end()
+		return nil, false
+	}
+	return end, true
 }
 
 // run recreates every container it may and returns every container's

@@ -1,6 +1,7 @@
 package executor
 
 import (
+	"context"
 	"slices"
 	"testing"
 
@@ -68,4 +69,28 @@ func names(cs []docker.Container) []string {
 		out = append(out, c.Name())
 	}
 	return out
+}
+
+// Swaps take turns; a recreate that waited for its turn while the refresh
+// halted is refused it (its old container is left untouched), and the
+// refusal does not hold the turn.
+func TestTurnRefusedOnceHalted(t *testing.T) {
+	s := &schedule{ctx: context.Background(), turns: make(chan struct{}, 1)}
+	end, ok := s.turn()
+	if !ok {
+		t.Fatal("first turn refused before any halt")
+	}
+	waited := make(chan bool)
+	go func() {
+		_, ok := s.turn() // waits: the first turn is held
+		waited <- ok
+	}()
+	s.halt()
+	end()
+	if ok := <-waited; ok {
+		t.Error("a turn waited for through a halt was given")
+	}
+	if len(s.turns) != 0 {
+		t.Errorf("%d turns held after the refusal; want none", len(s.turns))
+	}
 }
