@@ -307,7 +307,9 @@ func WorkspaceImage(t T, spec Image) v1.Image {
 		StopSignal:   "SIGTERM",
 	}
 	if !spec.NoHealthcheck {
-		cfg.Config.Healthcheck = &v1.HealthConfig{Test: []string{"CMD", "/workspace", "health"}, Interval: 500 * time.Millisecond, Timeout: 2 * time.Second, Retries: 2}
+		// A start period: on a loaded daemon the server may listen only
+		// seconds after the start, and failures before it must not count.
+		cfg.Config.Healthcheck = &v1.HealthConfig{Test: []string{"CMD", "/workspace", "health"}, Interval: 500 * time.Millisecond, Timeout: 2 * time.Second, Retries: 2, StartPeriod: 5 * time.Second}
 	}
 	img, err = mutate.ConfigFile(img, cfg)
 	if err != nil {
