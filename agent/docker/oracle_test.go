@@ -176,7 +176,7 @@ func oracleCases() []oracleCase {
 			c.StopSignal, c.StopTimeout = "SIGINT", &timeout
 		})},
 		{name: "healthcheck full", cfg: cfg(func(c *container.Config) {
-			c.Healthcheck = &container.HealthConfig{Test: []string{"CMD", "/workspace", "health", "--full"}, Interval: 400 * time.Millisecond, Timeout: 2 * time.Second, StartPeriod: 5 * time.Second, Retries: 4}
+			c.Healthcheck = &container.HealthConfig{Test: []string{"CMD", "/workspace", "health", "--full"}, Interval: 400 * time.Millisecond, Timeout: 5 * time.Second, StartPeriod: 5 * time.Second, Retries: 4}
 		})},
 		{name: "healthcheck interval only", cfg: cfg(func(c *container.Config) { c.Healthcheck = &container.HealthConfig{Interval: 400 * time.Millisecond} })},
 		{name: "healthcheck test only", cfg: cfg(func(c *container.Config) {
