@@ -45,7 +45,7 @@ var oracleImages = map[string]v1.Config{
 		Volumes:      map[string]struct{}{"/cache": {}, "/v1vol": {}},
 		Labels:       map[string]string{"org.opencontainers.image.version": "v1", "title": "workspace", "only.v1": "yes"},
 		StopSignal:   "SIGTERM",
-		Healthcheck:  &v1.HealthConfig{Test: []string{"CMD", "/workspace", "health"}, Interval: 500 * time.Millisecond, Timeout: 2 * time.Second, Retries: 2, StartPeriod: 5 * time.Second},
+		Healthcheck:  &v1.HealthConfig{Test: []string{"CMD", "/workspace", "health"}, Interval: 500 * time.Millisecond, Timeout: 4 * time.Second, Retries: 6, StartPeriod: 5 * time.Second},
 	},
 	"v2": {
 		Entrypoint: []string{"/workspace", "serve"}, Cmd: []string{"--v2"},
@@ -56,7 +56,7 @@ var oracleImages = map[string]v1.Config{
 		Volumes:      map[string]struct{}{"/cache": {}, "/v2vol": {}},
 		Labels:       map[string]string{"org.opencontainers.image.version": "v2", "title": "workspace", "only.v2": "yes"},
 		StopSignal:   "SIGINT",
-		Healthcheck:  &v1.HealthConfig{Test: []string{"CMD", "/workspace", "health", "--v2"}, Interval: 300 * time.Millisecond, Timeout: 3 * time.Second, Retries: 3, StartPeriod: 5 * time.Second},
+		Healthcheck:  &v1.HealthConfig{Test: []string{"CMD", "/workspace", "health", "--v2"}, Interval: 300 * time.Millisecond, Timeout: 6 * time.Second, Retries: 7, StartPeriod: 5 * time.Second},
 	},
 }
 
@@ -176,7 +176,7 @@ func oracleCases() []oracleCase {
 			c.StopSignal, c.StopTimeout = "SIGINT", &timeout
 		})},
 		{name: "healthcheck full", cfg: cfg(func(c *container.Config) {
-			c.Healthcheck = &container.HealthConfig{Test: []string{"CMD", "/workspace", "health", "--full"}, Interval: 400 * time.Millisecond, Timeout: 5 * time.Second, StartPeriod: 5 * time.Second, Retries: 4}
+			c.Healthcheck = &container.HealthConfig{Test: []string{"CMD", "/workspace", "health", "--full"}, Interval: 400 * time.Millisecond, Timeout: 5 * time.Second, StartPeriod: 5 * time.Second, Retries: 8}
 		})},
 		{name: "healthcheck interval only", cfg: cfg(func(c *container.Config) { c.Healthcheck = &container.HealthConfig{Interval: 400 * time.Millisecond} })},
 		{name: "healthcheck test only", cfg: cfg(func(c *container.Config) {

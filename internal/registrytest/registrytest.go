@@ -307,9 +307,17 @@ func WorkspaceImage(t T, spec Image) v1.Image {
 		StopSignal:   "SIGTERM",
 	}
 	if !spec.NoHealthcheck {
-		// A start period: on a loaded daemon the server may listen only
-		// seconds after the start, and failures before it must not count.
-		cfg.Config.Healthcheck = &v1.HealthConfig{Test: []string{"CMD", "/workspace", "health"}, Interval: 500 * time.Millisecond, Timeout: 2 * time.Second, Retries: 2, StartPeriod: 5 * time.Second}
+		// Tolerant of a loaded daemon: the server may listen only seconds
+		// after the start (failures in the start period do not count) and
+		// an exec of the check may take seconds (CI saw a healthy image
+		// declared unhealthy after two such failures). The image that is
+		// unhealthy by design fails every check, so it is declared
+		// unhealthy after two, quickly.
+		hc := &v1.HealthConfig{Test: []string{"CMD", "/workspace", "health"}, Interval: 500 * time.Millisecond, Timeout: 5 * time.Second, Retries: 6, StartPeriod: 5 * time.Second}
+		if spec.Unhealthy {
+			hc.Retries = 2
+		}
+		cfg.Config.Healthcheck = hc
 	}
 	img, err = mutate.ConfigFile(img, cfg)
 	if err != nil {
