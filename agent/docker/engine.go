@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	cerrdefs "github.com/containerd/errdefs"
 	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/api/types/filters"
 	"github.com/docker/docker/client"
@@ -148,9 +149,14 @@ func (e *Engine) List(ctx context.Context, sel Selector) ([]Container, error) {
 	out := make([]Container, 0, len(summaries))
 	for _, s := range summaries {
 		c, err := e.inspect(ctx, s.ID)
-		if err != nil {
-			e.logger.Warn("container vanished while listing", "id", s.ID, "error", err)
+		if cerrdefs.IsNotFound(err) {
+			e.logger.Warn("container vanished while listing", "id", shortID(s.ID))
 			continue
+		}
+		if err != nil {
+			// Not skipped: a refresh that left out a container it could not
+			// see would report success for containers it never looked at.
+			return nil, fmt.Errorf("inspect container %s: %w", shortID(s.ID), err)
 		}
 		out = append(out, c)
 	}

@@ -570,7 +570,7 @@ func (x *run) execute(ctx context.Context, first *Event) {
 
 	if opts.Prefetch {
 		phase := controlplanev1.RolloutPhase_ROLLOUT_PHASE_PREFETCH
-		x.emit(controlplanev1.RolloutEventKind_ROLLOUT_EVENT_KIND_PHASE_STARTED, phase, "", nil, fmt.Sprintf("prefetching on %d tenants", len(canaries)+len(rest)))
+		x.emit(controlplanev1.RolloutEventKind_ROLLOUT_EVENT_KIND_PHASE_STARTED, phase, "", nil, "prefetching on "+countTenants(len(canaries)+len(rest)))
 		// A failed prefetch does not count: the refresh pulls again.
 		always := func() bool { return true }
 		x.each(ctx, append(slices.Clone(canaries), rest...), parallel, always, func(t string) {
@@ -594,7 +594,7 @@ func (x *run) execute(ctx context.Context, first *Event) {
 
 	if halted == "" && len(rest) > 0 {
 		phase := controlplanev1.RolloutPhase_ROLLOUT_PHASE_FLEET
-		x.emit(controlplanev1.RolloutEventKind_ROLLOUT_EVENT_KIND_PHASE_STARTED, phase, "", nil, fmt.Sprintf("refreshing %d tenants, %d at a time", len(rest), parallel))
+		x.emit(controlplanev1.RolloutEventKind_ROLLOUT_EVENT_KIND_PHASE_STARTED, phase, "", nil, fmt.Sprintf("refreshing %s, %d at a time", countTenants(len(rest)), parallel))
 		limit := opts.HaltAfterFailures
 		var mu sync.Mutex
 		var failures uint32
@@ -939,4 +939,12 @@ func classify(s controlplanev1.CommandState) outcome {
 		return skipped
 	}
 	return failedOutcome
+}
+
+// countTenants is "1 tenant" or "n tenants", for event messages people read.
+func countTenants(n int) string {
+	if n == 1 {
+		return "1 tenant"
+	}
+	return fmt.Sprintf("%d tenants", n)
 }

@@ -245,3 +245,11 @@ func TestRolloutRereadsAQuietCommandOnItsClock(t *testing.T) {
 		t.Fatalf("last event %v %q; want COMPLETED with 1 waiting", ev.Kind, ev.Message)
 	}
 }
+
+func TestCountTenantsReadsAsEnglish(t *testing.T) {
+	for n, want := range map[int]string{0: "0 tenants", 1: "1 tenant", 2: "2 tenants"} {
+		if got := countTenants(n); got != want {
+			t.Errorf("countTenants(%d) = %q, want %q", n, got, want)
+		}
+	}
+}
