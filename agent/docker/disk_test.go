@@ -16,24 +16,16 @@ import (
 // mounted) skips the free-disk check with one log line saying why, rather
 // than refusing every pull.
 func TestCheckDiskSkippedWhenDataRootIsNotVisible(t *testing.T) {
-	engineAPI := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	var logs testlog.Buffer
+	e := fakeEngine(t, &logs, func(w http.ResponseWriter, r *http.Request) {
 		switch {
-		case strings.HasSuffix(r.URL.Path, "/_ping"):
-			w.Header().Set("API-Version", "1.41")
 		case strings.HasSuffix(r.URL.Path, "/info"):
 			w.Write([]byte(`{"DockerRootDir": "/nonexistent/docker-root"}`))
 		default: // the image is not present
 			w.WriteHeader(http.StatusNotFound)
 			w.Write([]byte(`{"message": "no such image"}`))
 		}
-	}))
-	defer engineAPI.Close()
-	var logs testlog.Buffer
-	e, err := New("tcp://"+engineAPI.Listener.Addr().String(), logs.Logger(t, "docker"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer e.Close()
+	})
 	ref := "registry.invalid/molecule-ai/workspace-template-codex@sha256:" + strings.Repeat("a", 64)
 	if err := e.CheckDisk(context.Background(), ref, registry.AuthConfig{}, 1<<60); err != nil {
 		t.Fatalf("CheckDisk: %v; want the check skipped", err)
@@ -49,4 +41,24 @@ func TestHumanBytes(t *testing.T) {
 			t.Errorf("HumanBytes(%d) = %q, want %q", n, got, want)
 		}
 	}
+}
+
+// fakeEngine is an Engine whose API is served by handle (the version
+// ping is answered for it), logging into logs; closed at the test's end.
+func fakeEngine(t *testing.T, logs *testlog.Buffer, handle http.HandlerFunc) *Engine {
+	t.Helper()
+	engineAPI := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if strings.HasSuffix(r.URL.Path, "/_ping") {
+			w.Header().Set("API-Version", "1.41")
+			return
+		}
+		handle(w, r)
+	}))
+	t.Cleanup(engineAPI.Close)
+	e, err := New("tcp://"+engineAPI.Listener.Addr().String(), logs.Logger(t, "docker"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { e.Close() })
+	return e
 }

@@ -3,7 +3,6 @@ package docker
 import (
 	"context"
 	"net/http"
-	"net/http/httptest"
 	"strings"
 	"testing"
 
@@ -24,10 +23,9 @@ func TestListSkipsOnlyVanishedContainers(t *testing.T) {
 		{name: "daemon error", inspect: http.StatusInternalServerError, wantErr: true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			engineAPI := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			var logs testlog.Buffer
+			e := fakeEngine(t, &logs, func(w http.ResponseWriter, r *http.Request) {
 				switch {
-				case strings.HasSuffix(r.URL.Path, "/_ping"):
-					w.Header().Set("API-Version", "1.41")
 				case strings.HasSuffix(r.URL.Path, "/containers/json"):
 					w.Write([]byte(`[{"Id": "aaaa"}, {"Id": "bbbb"}]`))
 				case strings.HasSuffix(r.URL.Path, "/containers/aaaa/json"):
@@ -39,14 +37,7 @@ func TestListSkipsOnlyVanishedContainers(t *testing.T) {
 					w.WriteHeader(http.StatusNotFound)
 					w.Write([]byte(`{"message": "no such image"}`))
 				}
-			}))
-			defer engineAPI.Close()
-			var logs testlog.Buffer
-			e, err := New("tcp://"+engineAPI.Listener.Addr().String(), logs.Logger(t, "docker"))
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer e.Close()
+			})
 			got, err := e.List(context.Background(), Selector{"managed": "true"})
 			if tc.wantErr {
 				if err == nil || !strings.Contains(err.Error(), "bbbb") {
