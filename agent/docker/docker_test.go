@@ -14,7 +14,9 @@ import (
 	"testing"
 	"time"
 
+	cerrdefs "github.com/containerd/errdefs"
 	"github.com/docker/docker/api/types/container"
+	"github.com/docker/docker/api/types/mount"
 	"github.com/docker/docker/api/types/network"
 	"github.com/docker/docker/api/types/volume"
 	"github.com/docker/docker/client"
@@ -305,6 +307,59 @@ func TestUnhealthyImageRollsBack(t *testing.T) {
 	}
 	if now.Inspect.HostConfig.RestartPolicy.Name != container.RestartPolicyOnFailure {
 		t.Errorf("restart policy not restored: %+v", now.Inspect.HostConfig.RestartPolicy)
+	}
+	if hist, _ := f.get("/file?path=/data/history"); !strings.Contains(hist, " v1 ") {
+		t.Errorf("data lost: %q", hist)
+	}
+}
+
+// A rollback removes the anonymous volume the Engine made for the
+// replacement (a VOLUME the bad image declares and the old container
+// lacks) and keeps every volume of the old container.
+func TestRollbackRemovesOnlyTheReplacementsOwnVolume(t *testing.T) {
+	f := newFixture(t)
+	_, bad := f.reg.Push(t, "molecule-ai/workspace-template-codex", registrytest.WorkspaceImage(t, registrytest.Image{Version: "bad", Unhealthy: true, Volume: "/fresh"}))
+	f.start(true)
+	old := f.container()
+	volumeAt := func(in container.InspectResponse, dest string) string {
+		for _, m := range in.Mounts {
+			if m.Destination == dest {
+				return m.Name
+			}
+		}
+		return ""
+	}
+	var fresh, cache string
+	journal := func(st docker.RecreateState) error {
+		if st.Step == docker.StepHealthGate {
+			in, err := f.cli.ContainerInspect(context.Background(), st.NewID)
+			if err != nil {
+				return err
+			}
+			fresh, cache = volumeAt(in, "/fresh"), volumeAt(in, "/cache")
+		}
+		return nil
+	}
+	res, _ := f.engine.Recreate(f.ctx(), old, f.target(bad), f.opts("t1"), journal, noReport)
+	if res.Result != docker.ResultRolledBack {
+		t.Fatalf("outcome %v (%s), want ROLLED_BACK", res.Result, res.ErrorText())
+	}
+	if fresh == "" || cache != volumeAt(old.Inspect, "/cache") {
+		t.Fatalf("replacement's volumes: /fresh %q, /cache %q (old's %q)", fresh, cache, volumeAt(old.Inspect, "/cache"))
+	}
+	if _, err := f.cli.VolumeInspect(context.Background(), fresh); !cerrdefs.IsNotFound(err) {
+		t.Errorf("the replacement's own volume %s: %v, want removed with it", fresh, err)
+		f.cli.VolumeRemove(context.Background(), fresh, true)
+	}
+	f.waitHTTP("/version", "v1")
+	now := f.container()
+	for _, m := range old.Inspect.Mounts {
+		if m.Type != mount.TypeVolume {
+			continue
+		}
+		if _, err := f.cli.VolumeInspect(context.Background(), m.Name); err != nil || volumeAt(now.Inspect, m.Destination) != m.Name {
+			t.Errorf("old container's volume %s at %s: %v, mounted now: %q", m.Name, m.Destination, err, volumeAt(now.Inspect, m.Destination))
+		}
 	}
 	if hist, _ := f.get("/file?path=/data/history"); !strings.Contains(hist, " v1 ") {
 		t.Errorf("data lost: %q", hist)

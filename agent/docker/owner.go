@@ -108,8 +108,12 @@ func (e *Engine) checkCreated(ctx context.Context, o owner, id string) error {
 	return err
 }
 
-// removeCreated force-removes a container this command created; a
-// container that is already gone is fine, anything else is left alone.
+// removeCreated force-removes a container this command created, with
+// the anonymous volumes the Engine made for it alone (an image VOLUME the
+// old container did not have): the Engine removes only volumes mounted
+// without a source, and none another container uses, so the old
+// container's volumes, carried by name, stay. A container that is
+// already gone is fine, anything else is left alone.
 func (e *Engine) removeCreated(ctx context.Context, o owner, id string) error {
 	if err := e.checkCreated(ctx, o, id); err != nil {
 		if cerrdefs.IsNotFound(err) {
@@ -117,7 +121,7 @@ func (e *Engine) removeCreated(ctx context.Context, o owner, id string) error {
 		}
 		return err
 	}
-	if err := e.cli.ContainerRemove(ctx, id, container.RemoveOptions{Force: true}); err != nil && !cerrdefs.IsNotFound(err) {
+	if err := e.cli.ContainerRemove(ctx, id, container.RemoveOptions{Force: true, RemoveVolumes: true}); err != nil && !cerrdefs.IsNotFound(err) {
 		return fmt.Errorf("remove %s: %w", shortID(id), err)
 	}
 	return nil

@@ -229,6 +229,8 @@ type Image struct {
 	Unhealthy bool
 	// NoHealthcheck leaves the HEALTHCHECK out.
 	NoHealthcheck bool
+	// Volume is a VOLUME the image declares besides /cache.
+	Volume string
 	// Padding adds a layer of that many random bytes, for pull progress.
 	Padding int
 	// Created is the image's creation time (default: none, the epoch).
@@ -305,6 +307,9 @@ func WorkspaceImage(t T, spec Image) v1.Image {
 		WorkingDir:   "/",
 		Labels:       map[string]string{"org.opencontainers.image.version": spec.Version, "org.opencontainers.image.title": "workspace"},
 		StopSignal:   "SIGTERM",
+	}
+	if spec.Volume != "" {
+		cfg.Config.Volumes[spec.Volume] = struct{}{}
 	}
 	if !spec.NoHealthcheck {
 		// Tolerant of a loaded daemon: the server may listen only seconds
