@@ -560,3 +560,44 @@ func TestDeniedCallNamesRoleAndMethodNotTheGrant(t *testing.T) {
 		}
 	}
 }
+
+// Admin calls are logged when they finish; agent streams are not (the
+// agent service logs them, and the interceptor would keep its fields for
+// as long as each stream stays open).
+func TestAgentStreamsAreLeftToTheAgentServiceLog(t *testing.T) {
+	e := start(t)
+	stream, err := connect(t, e.dialAs(t, e.agentAddr, "agent-acme"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	stream.CloseSend()
+	// The status arrives after the server's interceptors returned, so a
+	// log line of theirs for this stream would be written by now.
+	for {
+		if _, err := stream.Recv(); err != nil {
+			if !errors.Is(err, io.EOF) {
+				t.Fatalf("stream ended with %v, want io.EOF", err)
+			}
+			break
+		}
+	}
+	_, err = controlplanev1.NewAdminServiceClient(e.dialAs(t, e.adminAddr, "operator-dev")).ListAgents(ctxShort(t), &controlplanev1.ListAgentsRequest{})
+	if c := status.Code(err); c != codes.OK && c != codes.Unimplemented {
+		t.Fatalf("ListAgents: %v, want it past authorization", err)
+	}
+	logs := e.logs.String()
+	finished := func(method string) bool {
+		for line := range strings.Lines(logs) {
+			if strings.Contains(line, "finished call") && strings.Contains(line, method) {
+				return true
+			}
+		}
+		return false
+	}
+	if !finished("ListAgents") {
+		t.Errorf("no finished-call line for ListAgents:\n%s", logs)
+	}
+	if finished("Connect") {
+		t.Errorf("the agent stream was logged by the interceptor:\n%s", logs)
+	}
+}

@@ -19,6 +19,7 @@ import (
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
+	tenantagentv1 "github.com/molecule-ai/tenant-agent/gen/tenantagent/v1"
 	"github.com/molecule-ai/tenant-agent/pkg/identity"
 	"github.com/molecule-ai/tenant-agent/pkg/mtls"
 )
@@ -62,8 +63,12 @@ func (c Interceptors) ServerOptions() []grpc.ServerOption {
 		return status.Error(codes.Internal, "internal error")
 	})
 	authenticate := c.authenticate(logger)
-	notHealth := selector.MatchFunc(func(_ context.Context, call interceptors.CallMeta) bool {
-		return call.Service != grpc_health_v1.Health_ServiceDesc.ServiceName
+	// Health checks are not logged. Nor are agent streams: the agent
+	// service logs each one's start and end with its cause, and the
+	// logging interceptor would keep about 1.5 KiB of fields for every
+	// open stream for as long as it lasts (10,000 agents: 15 MiB).
+	logged := selector.MatchFunc(func(_ context.Context, call interceptors.CallMeta) bool {
+		return call.Service != grpc_health_v1.Health_ServiceDesc.ServiceName && call.FullMethod() != tenantagentv1.AgentService_Connect_FullMethodName
 	})
 	loggingOpts := []logging.Option{
 		logging.WithLogOnEvents(logging.FinishCall),
@@ -82,13 +87,13 @@ func (c Interceptors) ServerOptions() []grpc.ServerOption {
 			recovery.UnaryServerInterceptor(recoveryOpt),
 			grpcauth.UnaryServerInterceptor(authenticate),
 			c.trackUnary,
-			selector.UnaryServerInterceptor(logging.UnaryServerInterceptor(slogger, loggingOpts...), notHealth),
+			selector.UnaryServerInterceptor(logging.UnaryServerInterceptor(slogger, loggingOpts...), logged),
 		),
 		grpc.ChainStreamInterceptor(
 			recovery.StreamServerInterceptor(recoveryOpt),
 			grpcauth.StreamServerInterceptor(authenticate),
 			c.trackStream,
-			selector.StreamServerInterceptor(logging.StreamServerInterceptor(slogger, loggingOpts...), notHealth),
+			selector.StreamServerInterceptor(logging.StreamServerInterceptor(slogger, loggingOpts...), logged),
 		),
 	}
 }
