@@ -58,7 +58,11 @@ type Config struct {
 	// HistoryRetention is how long finished commands and their events
 	// are kept; zero keeps them forever. Pruned hourly.
 	HistoryRetention time.Duration
-	Now              func() time.Time
+	// RecordRetry is how long agents' acks and results are retried when
+	// the store fails before their streams are ended, so that the agents
+	// send them again on new streams. Defaults to 10 s.
+	RecordRetry time.Duration
+	Now         func() time.Time
 }
 
 // CheckAndSetDefaults validates the config and fills in defaults.
@@ -78,6 +82,9 @@ func (c *Config) CheckAndSetDefaults() error {
 	c.Logger = c.Logger.With("component", "dispatch")
 	if c.ExpireEvery <= 0 {
 		c.ExpireEvery = 5 * time.Second
+	}
+	if c.RecordRetry <= 0 {
+		c.RecordRetry = 10 * time.Second
 	}
 	if c.Now == nil {
 		c.Now = time.Now
@@ -365,14 +372,7 @@ func (d *Dispatcher) apply(ctx context.Context, reports []report) {
 				return &store.Event{CommandID: c.ID, At: now, State: c.State, Message: finishMessage(c.State, c.Error)}
 			}}
 	}
-	out, err := d.cfg.Store.UpdateCommands(ctx, updates)
-	if err != nil && ctx.Err() == nil {
-		// Once more, on a fresh connection: a database restart or failover
-		// fails each pooled connection's next query once.
-		d.cfg.Logger.Warn("cannot record agent reports; trying once more", "reports", len(reports), "error", err)
-		time.Sleep(100 * time.Millisecond)
-		out, err = d.cfg.Store.UpdateCommands(ctx, updates)
-	}
+	out, err := d.record(ctx, updates)
 	if err != nil {
 		// Unconfirmed, an agent keeps its results and sends them again
 		// on its next stream: end these streams so that comes soon.
@@ -412,6 +412,28 @@ func (d *Dispatcher) apply(ctx context.Context, reports []report) {
 			d.cfg.Logger.Info("duplicate result ignored", "command", id, "agent", r.from.Identity.ID)
 			d.confirm(r.from, id)
 		}
+	}
+}
+
+// record stores a burst of reports, trying again for up to RecordRetry:
+// a database restart or failover takes a second or a few, and ending
+// every reporting agent's stream over it would turn a short outage into
+// a reconnect storm. Meanwhile the reports queue up behind this burst.
+func (d *Dispatcher) record(ctx context.Context, updates []store.CommandUpdate) ([]store.UpdatedCommand, error) {
+	giveUp := time.Now().Add(d.cfg.RecordRetry)
+	pause := 100 * time.Millisecond
+	for {
+		out, err := d.cfg.Store.UpdateCommands(ctx, updates)
+		if err == nil || ctx.Err() != nil || time.Now().Add(pause).After(giveUp) {
+			return out, err
+		}
+		d.cfg.Logger.Warn("cannot record agent reports; trying again", "reports", len(updates), "retry_in", pause, "error", err)
+		select {
+		case <-ctx.Done():
+			return nil, err
+		case <-time.After(pause):
+		}
+		pause = min(2*pause, 2*time.Second)
 	}
 }
 

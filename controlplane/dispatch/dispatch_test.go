@@ -2,8 +2,10 @@ package dispatch
 
 import (
 	"context"
+	"errors"
 	"io"
 	"log/slog"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -172,5 +174,62 @@ func TestExpireNowExpiresOnlyCommandsPastTheirDeadline(t *testing.T) {
 	e.d.ExpireNow(context.Background())
 	if st := e.state(t, waiting.ID); st != controlplanev1.CommandState_COMMAND_STATE_EXPIRED {
 		t.Errorf("pending command past its deadline is %v, want EXPIRED", st)
+	}
+}
+
+// failingStore fails UpdateCommands the next failures times, as a
+// database does while it restarts.
+type failingStore struct {
+	store.Store
+	failures atomic.Int64
+	calls    atomic.Int64
+}
+
+func (s *failingStore) UpdateCommands(ctx context.Context, updates []store.CommandUpdate) ([]store.UpdatedCommand, error) {
+	s.calls.Add(1)
+	if s.failures.Add(-1) >= 0 {
+		return nil, errors.New("unexpected EOF")
+	}
+	return s.Store.UpdateCommands(ctx, updates)
+}
+
+func TestAgentReportsOutlastAShortStoreOutageAndEndTheStreamOfALongOne(t *testing.T) {
+	a := agent("acme", "a1", repo, "codex")
+	e := newEnv(t, agents{a})
+	failing := &failingStore{Store: e.st}
+	e.d.cfg.Store = failing
+	s := e.online(a)
+	result := func(id string) report {
+		return report{from: s, result: &tenantagentv1.CommandResult{CommandId: id, Outcome: tenantagentv1.CommandOutcome_COMMAND_OUTCOME_SUCCEEDED}}
+	}
+
+	short := e.issue(t, "acme", refresh)
+	s.Next() // the refresh
+	failing.failures.Store(3)
+	e.d.apply(context.Background(), []report{result(short.ID)})
+	if st := e.state(t, short.ID); st != controlplanev1.CommandState_COMMAND_STATE_SUCCEEDED {
+		t.Errorf("result reported through three store failures: command is %v, want SUCCEEDED", st)
+	}
+	if m, ok := s.Next(); !ok || m.GetResultReceived().GetCommandId() != short.ID {
+		t.Errorf("after a short outage the agent got %v; want its result confirmed", m)
+	}
+	if s.Err() != nil {
+		t.Errorf("a short store outage ended the agent's stream: %v", s.Err())
+	}
+
+	long := e.issue(t, "acme", refresh)
+	s.Next()
+	e.d.cfg.RecordRetry = 500 * time.Millisecond
+	failing.failures.Store(1 << 30)
+	failing.calls.Store(0)
+	e.d.apply(context.Background(), []report{result(long.ID)})
+	if st := e.state(t, long.ID); st != controlplanev1.CommandState_COMMAND_STATE_SENT {
+		t.Errorf("result that could not be stored: command is %v, want still SENT", st)
+	}
+	if !errors.Is(s.Err(), ErrNotRecorded) {
+		t.Errorf("stream of an agent whose result could not be stored: err %v; want it ended with ErrNotRecorded so the agent sends it again", s.Err())
+	}
+	if n := failing.calls.Load(); n < 2 {
+		t.Errorf("store tried %d times before the stream was ended; want retries", n)
 	}
 }

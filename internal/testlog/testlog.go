@@ -12,9 +12,14 @@ import (
 
 // Buffer is a log sink safe for concurrent writers.
 type Buffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
+	mu     sync.Mutex
+	buf    bytes.Buffer
+	dumped sync.Once
 }
+
+// failureTail is how much of a failed test's log is printed without -v:
+// enough to see what led to the failure, not a whole run's chatter.
+const failureTail = 64 << 10
 
 func (b *Buffer) Write(p []byte) (int, error) {
 	b.mu.Lock()
@@ -30,9 +35,26 @@ func (b *Buffer) String() string {
 }
 
 // Logger returns a debug-level text logger writing to b and, when the
-// test runs with -v, to the test's log with name in front.
+// test runs with -v, to the test's log with name in front. Without -v, a
+// test that fails prints the end of b when it finishes, so a failure in
+// CI comes with what the component logged before it.
 func (b *Buffer) Logger(t testing.TB, name string) *slog.Logger {
+	b.dumped.Do(func() {
+		t.Cleanup(func() {
+			if t.Failed() && !testing.Verbose() {
+				t.Log(name + " logged (the last 64 KiB at most):\n" + b.tail(failureTail))
+			}
+		})
+	})
 	return slog.New(slog.NewTextHandler(io.MultiWriter(b, echo{t, name}), &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+func (b *Buffer) tail(n int) string {
+	s := b.String()
+	if len(s) > n {
+		s = s[len(s)-n:]
+	}
+	return s
 }
 
 type echo struct {
