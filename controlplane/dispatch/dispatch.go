@@ -420,14 +420,21 @@ func (d *Dispatcher) apply(ctx context.Context, reports []report) {
 // every reporting agent's stream over it would turn a short outage into
 // a reconnect storm. Meanwhile the reports queue up behind this burst.
 func (d *Dispatcher) record(ctx context.Context, updates []store.CommandUpdate) ([]store.UpdatedCommand, error) {
+	const firstPause = 100 * time.Millisecond
 	giveUp := time.Now().Add(d.cfg.RecordRetry)
-	pause := 100 * time.Millisecond
+	pause := firstPause
 	for {
 		out, err := d.cfg.Store.UpdateCommands(ctx, updates)
 		if err == nil || ctx.Err() != nil || time.Now().Add(pause).After(giveUp) {
 			return out, err
 		}
-		d.cfg.Logger.Warn("cannot record agent reports; trying again", "reports", len(updates), "retry_in", pause, "error", err)
+		// One warning a burst; its retries only at debug, since during an
+		// outage every reporting stream may be retrying at once.
+		level := slog.LevelDebug
+		if pause == firstPause {
+			level = slog.LevelWarn
+		}
+		d.cfg.Logger.Log(ctx, level, "cannot record agent reports; trying again", "reports", len(updates), "retry_in", pause, "error", err)
 		select {
 		case <-ctx.Done():
 			return nil, err

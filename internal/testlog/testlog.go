@@ -12,9 +12,9 @@ import (
 
 // Buffer is a log sink safe for concurrent writers.
 type Buffer struct {
-	mu     sync.Mutex
-	buf    bytes.Buffer
-	dumped sync.Once
+	mu            sync.Mutex
+	buf           bytes.Buffer
+	dumpOnFailure sync.Once
 }
 
 // failureTail is how much of a failed test's log is printed without -v:
@@ -39,7 +39,7 @@ func (b *Buffer) String() string {
 // test that fails prints the end of b when it finishes, so a failure in
 // CI comes with what the component logged before it.
 func (b *Buffer) Logger(t testing.TB, name string) *slog.Logger {
-	b.dumped.Do(func() {
+	b.dumpOnFailure.Do(func() {
 		t.Cleanup(func() {
 			if t.Failed() && !testing.Verbose() {
 				t.Log(name + " logged (the last 64 KiB at most):\n" + b.tail(failureTail))
