@@ -112,9 +112,17 @@ func (h *harness) agent(tenant string, opts cptest.Options) *cptest.Agent {
 	return a
 }
 
+// waitConnected waits until both the stream registry and the fleet's view
+// (what rollouts and ListAgents go by) agree on whether agent id is
+// connected. On PostgreSQL the view also asks the cluster's sessions
+// table, released just after the stream leaves the registry.
 func (h *harness) waitConnected(id string, want bool) {
 	h.t.Helper()
-	eventually(h.t, "agent "+id+" connected="+boolString(want), func() bool { return (h.srv.sessions.Get(id) != nil) == want })
+	eventually(h.t, "agent "+id+" connected="+boolString(want), func() bool {
+		a, known := h.srv.fleet.Agent(id)
+		inView := known && h.srv.fleet.View(a).Connected
+		return (h.srv.sessions.Get(id) != nil) == want && inView == want
+	})
 }
 
 func boolString(b bool) string {

@@ -294,7 +294,17 @@ func (c *Cluster) Release(ctx context.Context, agent string, epoch int64) {
 		c.releases[agent] = epoch
 		c.mu.Unlock()
 		c.log.Warn("cannot release an agent's session; the sweep retries", "agent", agent, "epoch", epoch, "error", err)
+		return
 	}
+	// Once more now that the release is committed: a sweep that began
+	// after the first mark may have read the row before the commit and
+	// put the claim back; marked at this generation, no sweep that read
+	// before the commit overrides it.
+	c.mu.Lock()
+	if p := c.presence[agent]; p.epoch == epoch && (p.replica == c.cfg.Replica || p.replica == "") {
+		c.presence[agent] = holder{epoch: epoch, gen: c.gen}
+	}
+	c.mu.Unlock()
 }
 
 func (c *Cluster) release(ctx context.Context, agent string, epoch int64) error {
