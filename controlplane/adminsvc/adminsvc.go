@@ -241,7 +241,7 @@ func (s *service) follow(ctx context.Context, id string, sub *pubsub.Subscriptio
 			// Updates queued before the snapshot was read, or repeated by
 			// several doorbells, are not news: states only move forward.
 			if u.Command != nil {
-				if u.Command.State == told.State || u.Command.UpdatedAt.Before(told.UpdatedAt) {
+				if store.StateOrder(u.Command.State) <= store.StateOrder(told.State) || u.Command.UpdatedAt.Before(told.UpdatedAt) {
 					continue
 				}
 				told = u.Command
@@ -257,9 +257,10 @@ func (s *service) follow(ctx context.Context, id string, sub *pubsub.Subscriptio
 }
 
 // sendQueued sends the updates already waiting in sub that precede the
-// terminal snapshot final, skipping repeated states.
+// terminal snapshot final, skipping states that repeat or go back (a
+// SENT published after the fast agent's ACKED).
 func sendQueued(sub *pubsub.Subscription[dispatch.Update], final *store.Command, send func(*controlplanev1.CommandEvent) error) error {
-	var told controlplanev1.CommandState
+	told := -1 // the order of the last state sent
 	for {
 		select {
 		case u, ok := <-sub.C:
@@ -267,10 +268,10 @@ func sendQueued(sub *pubsub.Subscription[dispatch.Update], final *store.Command,
 				return nil
 			}
 			if c := u.Command; c != nil {
-				if c.State == told || store.Terminal(c.State) || c.UpdatedAt.After(final.UpdatedAt) {
+				if store.StateOrder(c.State) <= told || store.Terminal(c.State) || c.UpdatedAt.After(final.UpdatedAt) {
 					continue
 				}
-				told = c.State
+				told = store.StateOrder(c.State)
 			}
 			if err := send(updateEvent(u)); err != nil {
 				return err

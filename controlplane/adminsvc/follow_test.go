@@ -23,8 +23,8 @@ func (f finishedStore) GetCommand(context.Context, string) (*store.Command, erro
 
 // TestFollowTellsWhatCameBeforeAFinishedSnapshot: when an agent finishes
 // before the stream reads the command back, the updates the subscription
-// already holds are told first (once each), and the stream ends with the
-// result.
+// already holds are told first (once each, never going back), and the
+// stream ends with the result.
 func TestFollowTellsWhatCameBeforeAFinishedSnapshot(t *testing.T) {
 	t0 := time.Now()
 	at := func(state controlplanev1.CommandState, d time.Duration) *store.Command {
@@ -38,6 +38,8 @@ func TestFollowTellsWhatCameBeforeAFinishedSnapshot(t *testing.T) {
 		{Command: at(controlplanev1.CommandState_COMMAND_STATE_SENT, 0)},
 		{Command: at(controlplanev1.CommandState_COMMAND_STATE_SENT, 0)}, // a second doorbell
 		{Command: at(controlplanev1.CommandState_COMMAND_STATE_RUNNING, time.Second)},
+		// The fan-out's SENT, published after the fast agent's RUNNING.
+		{Command: at(controlplanev1.CommandState_COMMAND_STATE_SENT, time.Second)},
 		{Progress: &tenantagentv1.CommandProgress{CommandId: "c-1", Phase: tenantagentv1.CommandPhase_COMMAND_PHASE_PULLING}},
 		{Command: final},
 	} {
