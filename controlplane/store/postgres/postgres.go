@@ -66,6 +66,7 @@ func Open(ctx context.Context, dsn string, opts ...Option) (*Store, error) {
 	}
 	s := &Store{}
 	s.pingAfterFatal(cfg)
+	customPlans(cfg)
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
 		return nil, errors.New("postgres store: invalid pool configuration")
@@ -100,6 +101,21 @@ func (s *Store) pingAfterFatal(cfg *pgxpool.Config) {
 	}
 	cfg.ShouldPing = func(_ context.Context, p pgxpool.ShouldPingParams) bool {
 		return p.IdleDuration > time.Second || time.Now().UnixNano() < s.suspectUntil.Load()
+	}
+}
+
+// customPlans has PostgreSQL plan every statement for its arguments
+// (plan_cache_mode force_custom_plan) unless the DSN says otherwise. The
+// store's hot statements look commands up by arrays of IDs; pgx prepares
+// them, and a generic plan made while the table was small (a new
+// database's first fan-out) went on scanning it whole as it grew, until
+// autovacuum's next analyze: a burst of 50 acks scanned 5,000 rows,
+// comparing each with all 50 IDs. A custom plan sees the array (an index
+// scan, a hashed ANY) for a few tens of microseconds of planning a
+// statement, and statements here carry whole bursts.
+func customPlans(cfg *pgxpool.Config) {
+	if _, set := cfg.ConnConfig.RuntimeParams["plan_cache_mode"]; !set {
+		cfg.ConnConfig.RuntimeParams["plan_cache_mode"] = "force_custom_plan"
 	}
 }
 

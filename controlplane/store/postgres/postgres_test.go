@@ -3,6 +3,7 @@ package postgres
 import (
 	"context"
 	"io/fs"
+	"net/url"
 	"os"
 	"sync"
 	"testing"
@@ -87,5 +88,24 @@ func TestConcurrentRefreshesLeaveOnePending(t *testing.T) {
 	cs, err := a.ListCommands(ctx, store.CommandFilter{States: []controlplanev1.CommandState{controlplanev1.CommandState_COMMAND_STATE_PENDING}})
 	if err != nil || len(cs) != 1 {
 		t.Fatalf("pending = %d, %v; want exactly 1", len(cs), err)
+	}
+}
+
+// The store's sessions plan every statement for its arguments unless the
+// DSN says otherwise (customPlans).
+func TestSessionsPlanForTheirArgumentsUnlessTheDSNSays(t *testing.T) {
+	dsn := pgtest.DSN(t)
+	auto := dsn + " plan_cache_mode=auto"
+	if u, err := url.Parse(dsn); err == nil && u.Scheme != "" {
+		q := u.Query()
+		q.Set("plan_cache_mode", "auto")
+		u.RawQuery = q.Encode()
+		auto = u.String()
+	}
+	for dsn, want := range map[string]string{dsn: "force_custom_plan", auto: "auto"} {
+		var got string
+		if err := open(t, dsn).pool.QueryRow(context.Background(), `SHOW plan_cache_mode`).Scan(&got); err != nil || got != want {
+			t.Errorf("plan_cache_mode = %q, %v; want %q", got, err, want)
+		}
 	}
 }
