@@ -24,14 +24,18 @@ import (
 )
 
 // bareServer is the floor for the control plane's bookkeeping: an
-// AgentService that only holds streams and sends each one message.
+// AgentService that only holds streams and sends each one message, then
+// (on exchange) goes through one command's messages with each, and
+// nothing else.
 type bareServer struct {
 	tenantagentv1.UnimplementedAgentServiceServer
-	mu      sync.Mutex
-	streams []tenantagentv1.AgentService_ConnectServer
-	ready   chan struct{}
-	want    int
-	release chan struct{}
+	mu        sync.Mutex
+	streams   []tenantagentv1.AgentService_ConnectServer
+	ready     chan struct{}
+	want      int
+	exchange  chan struct{}
+	exchanged sync.WaitGroup
+	release   chan struct{}
 }
 
 func (b *bareServer) Connect(s tenantagentv1.AgentService_ConnectServer) error {
@@ -40,12 +44,61 @@ func (b *bareServer) Connect(s tenantagentv1.AgentService_ConnectServer) error {
 	}
 	b.mu.Lock()
 	b.streams = append(b.streams, s)
+	b.exchanged.Add(1)
 	if len(b.streams) == b.want {
 		close(b.ready)
 	}
 	b.mu.Unlock()
+	select {
+	case <-b.exchange:
+		err := exchangeServer(s)
+		b.exchanged.Done()
+		if err != nil {
+			return err
+		}
+	case <-b.release:
+		return nil
+	}
 	<-b.release
 	return nil
+}
+
+// The messages of one command, as the control plane and an agent trade
+// them: the command, its ack, its result, the confirmation.
+var (
+	bareCommand = &tenantagentv1.ControlMessage{Body: &tenantagentv1.ControlMessage_Refresh{Refresh: &tenantagentv1.RefreshRuntimeImage{
+		CommandId: "c-bare", Runtime: "codex", ImageRepository: repo, ImageDigest: digestV2}}}
+	bareAck    = &tenantagentv1.AgentMessage{Body: &tenantagentv1.AgentMessage_Ack{Ack: &tenantagentv1.CommandAck{CommandId: "c-bare"}}}
+	bareReport = &tenantagentv1.AgentMessage{Body: &tenantagentv1.AgentMessage_Result{Result: &tenantagentv1.CommandResult{
+		CommandId: "c-bare", Outcome: tenantagentv1.CommandOutcome_COMMAND_OUTCOME_SUCCEEDED, ImageRef: repo + "@" + digestV2}}}
+	bareConfirm = &tenantagentv1.ControlMessage{Body: &tenantagentv1.ControlMessage_ResultReceived{ResultReceived: &tenantagentv1.ResultReceived{CommandId: "c-bare"}}}
+)
+
+// exchangeServer is the control plane's side of one command, bare.
+func exchangeServer(s tenantagentv1.AgentService_ConnectServer) error {
+	if err := s.Send(bareCommand); err != nil {
+		return err
+	}
+	for range 2 { // the ack and the result
+		if _, err := s.Recv(); err != nil {
+			return err
+		}
+	}
+	return s.Send(bareConfirm)
+}
+
+// exchangeAgent is the agent's side of one command, bare.
+func exchangeAgent(s tenantagentv1.AgentService_ConnectClient) error {
+	if _, err := s.Recv(); err != nil {
+		return err
+	}
+	for _, m := range []*tenantagentv1.AgentMessage{bareAck, bareReport} {
+		if err := s.Send(m); err != nil {
+			return err
+		}
+	}
+	_, err := s.Recv()
+	return err
 }
 
 // bareResult is the floor: per-stream latencies of one broadcast, sorted,
@@ -53,6 +106,9 @@ func (b *bareServer) Connect(s tenantagentv1.AgentService_ConnectServer) error {
 type bareResult struct {
 	latencies []float64
 	cpu       time.Duration
+	// exchangeCPU is the bare server's CPU for one command's messages
+	// with every stream (see exchangeServer).
+	exchangeCPU time.Duration
 	// heapPerStream and stackPerStream are the bare server's heap and
 	// stack in use per open stream, as the control plane's are measured.
 	heapPerStream, stackPerStream int64
@@ -119,6 +175,9 @@ func bareBroadcast(n int, certs []tls.Certificate, roots *x509.CertPool, certDir
 				return
 			}
 			received[i] = time.Now()
+			if err := exchangeAgent(stream); err != nil {
+				errs <- err
+			}
 		}()
 	}
 	if line, err := readLine(); err != nil || line != "ready" {
@@ -142,6 +201,14 @@ func bareBroadcast(n int, certs []tls.Certificate, roots *x509.CertPool, certDir
 		return res, fmt.Errorf("bare server CPU %q: %w", cpu, err)
 	}
 	res.cpu = time.Duration(ns)
+	fmt.Fprintln(toChild, "exchange")
+	if cpu, err = readLine(); err != nil {
+		return res, err
+	}
+	if ns, err = strconv.ParseInt(cpu, 10, 64); err != nil {
+		return res, fmt.Errorf("bare server exchange CPU %q: %w", cpu, err)
+	}
+	res.exchangeCPU = time.Duration(ns)
 	wg.Wait()
 	close(errs)
 	if err := <-errs; err != nil {
@@ -157,8 +224,10 @@ func bareBroadcast(n int, certs []tls.Certificate, roots *x509.CertPool, certDir
 
 // bareServe is the child of bareBroadcast: it serves a bare server on
 // loopback with certDir's control plane certificate, prints its address,
-// "ready" once n streams are open, and on "send" sends each one message
-// and prints its own CPU time for it in nanoseconds (getrusage).
+// "ready" once n streams are open, on "send" sends each one message and
+// prints its own CPU time for it in nanoseconds (getrusage), and on
+// "exchange" goes through one command's messages with each stream and
+// prints its CPU time for that.
 func bareServe(n int, certDir string) error {
 	serverCert, err := tls.LoadX509KeyPair(filepath.Join(certDir, "controlplane.pem"), filepath.Join(certDir, "controlplane-key.pem"))
 	if err != nil {
@@ -171,7 +240,7 @@ func bareServe(n int, certDir string) error {
 	roots := x509.NewCertPool()
 	roots.AppendCertsFromPEM(caPEM)
 	srvCreds := credentials.NewTLS(&tls.Config{MinVersion: tls.VersionTLS13, Certificates: []tls.Certificate{serverCert}, ClientCAs: roots, ClientAuth: tls.RequireAndVerifyClientCert})
-	bare := &bareServer{ready: make(chan struct{}), want: n, release: make(chan struct{})}
+	bare := &bareServer{ready: make(chan struct{}), want: n, exchange: make(chan struct{}), release: make(chan struct{})}
 	// The same buffers as the control plane's agent listener: the floor
 	// of the same kind of stream.
 	srv := grpc.NewServer(grpc.Creds(srvCreds), grpc.ReadBufferSize(4<<10), grpc.WriteBufferSize(4<<10), grpc.SharedWriteBuffer(true))
@@ -192,8 +261,7 @@ func bareServe(n int, certDir string) error {
 	if !in.Scan() || in.Text() != "send" {
 		return nil
 	}
-	msg := &tenantagentv1.ControlMessage{Body: &tenantagentv1.ControlMessage_Refresh{Refresh: &tenantagentv1.RefreshRuntimeImage{
-		CommandId: "c-bare", Runtime: "codex", ImageRepository: repo, ImageDigest: digestV2}}}
+	msg := bareCommand
 	cpu0 := selfCPU()
 	// One goroutine per stream, as the control plane has one writer per
 	// session.
@@ -204,6 +272,14 @@ func bareServe(n int, certDir string) error {
 	}
 	sends.Wait()
 	time.Sleep(200 * time.Millisecond) // the transport's writers flush after Send returns
+	fmt.Println(int64(selfCPU() - cpu0))
+	if !in.Scan() || in.Text() != "exchange" {
+		return nil
+	}
+	cpu0 = selfCPU()
+	close(bare.exchange)
+	bare.exchanged.Wait()
+	time.Sleep(200 * time.Millisecond) // the last confirmations flushed
 	fmt.Println(int64(selfCPU() - cpu0))
 	in.Scan() // until the parent is done
 	close(bare.release)

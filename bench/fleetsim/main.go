@@ -85,11 +85,16 @@ type result struct {
 	CPPromoteCPUPerAgent float64 `json:"cp_promote_cpu_per_agent_seconds"`
 	BareCPUPerMessage    float64 `json:"bare_cpu_per_message_seconds"`
 	CPURatioToBare       float64 `json:"cpu_ratio_to_bare"`
-	AgentsPromoteCPU     float64 `json:"agents_promote_cpu_seconds"`
-	ReconnectSeconds     float64 `json:"reconnect_storm_seconds"`
-	PeakReconnectPerSec  float64 `json:"peak_reconnects_per_second"`
-	Kill                 storm   `json:"kill_storm"`
-	Term                 storm   `json:"term_storm"`
+	// BareCPUPerExchange is the bare server's CPU for one command's four
+	// messages (command, ack, result, confirmation) with a stream: the
+	// floor of a command that does nothing but trade them.
+	BareCPUPerExchange     float64 `json:"bare_cpu_per_exchange_seconds"`
+	CPURatioToBareExchange float64 `json:"cpu_ratio_to_bare_exchange"`
+	AgentsPromoteCPU       float64 `json:"agents_promote_cpu_seconds"`
+	ReconnectSeconds       float64 `json:"reconnect_storm_seconds"`
+	PeakReconnectPerSec    float64 `json:"peak_reconnects_per_second"`
+	Kill                   storm   `json:"kill_storm"`
+	Term                   storm   `json:"term_storm"`
 	// NoAckedEvent counts commands whose record has no ACKED event; their
 	// acked time is their result's.
 	NoAckedEvent int `json:"no_acked_event"`
@@ -139,9 +144,10 @@ func main() {
 		json.NewEncoder(os.Stdout).Encode(res)
 		return
 	}
-	fmt.Printf("| %d | %.2f s | %s | %.0f ms / %.0f ms | %.2f s | %.2f s | %.0f ms / %.0f ms / %.2f s | %.2fx | %.0f µs / %.1f µs (%.1fx) | %.2f s (peak %.0f/s) | %.2f s (peak %.0f/s) |\n",
+	fmt.Printf("| %d | %.2f s | %s | %.0f ms / %.0f ms | %.2f s | %.2f s | %.0f ms / %.0f ms / %.2f s | %.2fx | %.0f µs / %.1f µs (%.1fx) / %.1f µs (%.1fx) | %.2f s (peak %.0f/s) | %.2f s (peak %.0f/s) |\n",
 		res.N, res.ConnectSeconds, kib(res.RSSPerAgentBytes), res.AckedP50*1000, res.AckedP99*1000, res.AckedAll, res.StoredAll,
 		res.BareP50*1000, res.BareP99*1000, res.BareAll, res.RatioToBare, res.CPPromoteCPUPerAgent*1e6, res.BareCPUPerMessage*1e6, res.CPURatioToBare,
+		res.BareCPUPerExchange*1e6, res.CPURatioToBareExchange,
 		res.Kill.Seconds, res.Kill.PeakPerSec, res.Term.Seconds, res.Term.PeakPerSec)
 }
 
@@ -264,16 +270,19 @@ func run(n int, cpBin, work string) (result, error) {
 	bl := bare.latencies
 	res.BareP50, res.BareP99, res.BareAll = pct(bl, 50), pct(bl, 99), bl[len(bl)-1]
 	res.BareCPUPerMessage = bare.cpu.Seconds() / float64(n)
+	res.BareCPUPerExchange = bare.exchangeCPU.Seconds() / float64(n)
 	if !skip["promote"] {
 		res.RatioToBare = res.AckedAll / res.BareAll
 		res.CPURatioToBare = res.CPPromoteCPUPerAgent / res.BareCPUPerMessage
+		res.CPURatioToBareExchange = res.CPPromoteCPUPerAgent / res.BareCPUPerExchange
 	}
 	res.BareHeapPerStream, res.BareStackPerStream = bare.heapPerStream, bare.stackPerStream
 	fmt.Fprintf(os.Stderr, "  memory per agent: control plane heap %s + stack %s (RSS %s), after a collection %s + %s; bare stream (after a collection) heap %s + stack %s\n",
 		kib(res.HeapPerAgentBytes), kib(res.StackPerAgentBytes), kib(res.RSSPerAgentBytes), kib(res.LiveHeapPerAgentBytes), kib(res.LiveStackPerAgentBytes),
 		kib(res.BareHeapPerStream), kib(res.BareStackPerStream))
-	fmt.Fprintf(os.Stderr, "  CPU: control plane %.0f µs a command (%.2f s a promote, idle rate taken off: %.2f s), bare server %.1f µs a message: %.1fx; agents (fleetsim) %.2f s; load %s\n",
-		res.CPPromoteCPUPerAgent*1e6, res.CPPromoteCPURaw, res.CPPromoteCPU, res.BareCPUPerMessage*1e6, res.CPURatioToBare, res.AgentsPromoteCPU, loadavg())
+	fmt.Fprintf(os.Stderr, "  CPU: control plane %.0f µs a command (%.2f s a promote, idle rate taken off: %.2f s), bare server %.1f µs a message: %.1fx, %.1f µs a command's four messages: %.1fx; agents (fleetsim) %.2f s; load %s\n",
+		res.CPPromoteCPUPerAgent*1e6, res.CPPromoteCPURaw, res.CPPromoteCPU, res.BareCPUPerMessage*1e6, res.CPURatioToBare,
+		res.BareCPUPerExchange*1e6, res.CPURatioToBareExchange, res.AgentsPromoteCPU, loadavg())
 
 	return res, nil
 }
