@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"runtime/pprof"
 	"sort"
 	"strconv"
 	"sync"
@@ -257,6 +258,11 @@ func bareServe(n int, certDir string) error {
 	time.Sleep(2 * time.Second) // as the control plane is measured: settled
 	heap1, stack1 := memInUse()
 	fmt.Println((heap1-heap0)/int64(n), (stack1-stack0)/int64(n))
+	if f := os.Getenv("FLEETSIM_BARE_HEAP"); f != "" {
+		if err := writeHeapProfile(f); err != nil {
+			return err
+		}
+	}
 	in := bufio.NewScanner(os.Stdin)
 	if !in.Scan() || in.Text() != "send" {
 		return nil
@@ -285,6 +291,18 @@ func bareServe(n int, certDir string) error {
 	close(bare.release)
 	srv.Stop()
 	return nil
+}
+
+// writeHeapProfile saves the bare server's heap profile with its streams
+// open (FLEETSIM_BARE_HEAP=file, beside the control plane's FLEETSIM_HEAP;
+// FLEETSIM_MEM_PROFILE_RATE sets both sampling rates).
+func writeHeapProfile(file string) error {
+	f, err := os.Create(file)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	return pprof.Lookup("heap").WriteTo(f, 0)
 }
 
 // memInUse is the heap and stack in use, after a collection (the control

@@ -25,6 +25,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"sort"
 	"strconv"
 	"strings"
@@ -116,6 +117,9 @@ func main() {
 	}
 	raiseFileLimit(*n)
 	if *bareServeMode {
+		if rate, err := strconv.Atoi(os.Getenv("FLEETSIM_MEM_PROFILE_RATE")); err == nil {
+			runtime.MemProfileRate = rate // as the control plane's --mem-profile-rate
+		}
 		if err := bareServe(*n, *work); err != nil {
 			fmt.Fprintln(os.Stderr, "fleetsim -bare-serve:", err)
 			os.Exit(1)
