@@ -388,6 +388,9 @@ func (d *Dispatcher) apply(ctx context.Context, reports []report) {
 		if r.result != nil {
 			what = "result"
 		}
+		if c != nil && c.Agent == r.from.Identity.ID {
+			r.from.Forget(id) // recorded past SENT: no delivery sends it again
+		}
 		switch {
 		case c == nil:
 			d.cfg.Logger.Warn("agent "+what+" for an unknown command ignored", "command", id, "agent", r.from.Identity.ID)

@@ -233,3 +233,23 @@ func TestAgentReportsOutlastAShortStoreOutageAndEndTheStreamOfALongOne(t *testin
 		t.Errorf("store tried %d times before the stream was ended; want retries", n)
 	}
 }
+
+// Once an agent's ack is recorded its stream forgets carrying the
+// command (a long-lived stream would otherwise keep every ID it carried):
+// sending it again is no longer refused as a repeat.
+func TestARecordedAckIsForgottenByTheStream(t *testing.T) {
+	a := agent("acme", "a1", repo, "codex")
+	e := newEnv(t, agents{a})
+	s := e.online(a)
+	c := e.issue(t, "acme", refresh)
+	if sent, _ := s.SendCommand(c.ID, ControlMessage(c)); sent {
+		t.Fatal("a command just sent was sent again before its ack")
+	}
+	e.d.apply(context.Background(), []report{{from: s, ack: c.ID}}) // as Run records a burst
+	if got := e.state(t, c.ID); got != controlplanev1.CommandState_COMMAND_STATE_ACKED {
+		t.Fatalf("state %v, want ACKED", got)
+	}
+	if sent, _ := s.SendCommand(c.ID, ControlMessage(c)); !sent {
+		t.Error("the stream still remembers a command whose ack is recorded")
+	}
+}

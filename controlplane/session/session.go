@@ -71,6 +71,20 @@ func (s *Session) SendCommand(id string, msg *tenantagentv1.ControlMessage) (sen
 	return true, nil
 }
 
+// Forget drops command id from what the session remembers carrying, once
+// the agent's ack or result for it is recorded: from then on the store
+// says it is past SENT, so no delivery reads it as one to send, and a
+// stream that lives for weeks does not keep every ID it ever carried (up
+// to maxRemembered of them). An idle session keeps no map.
+func (s *Session) Forget(id string) {
+	s.sentMu.Lock()
+	delete(s.sent, id)
+	if len(s.sent) == 0 {
+		s.sent = nil
+	}
+	s.sentMu.Unlock()
+}
+
 // SetEpoch records the epoch of the cluster's claim on this stream.
 func (s *Session) SetEpoch(e int64) { s.epoch.Store(e) }
 

@@ -74,6 +74,28 @@ func TestSendCommandOncePerStream(t *testing.T) {
 	}
 }
 
+// A forgotten command (its ack recorded) leaves nothing behind: the
+// session keeps no map once it has forgotten every command it carried.
+func TestForgetLeavesAnIdleSessionNoMemoryOfItsCommands(t *testing.T) {
+	r := NewRegistry(8)
+	s, _ := r.Register(acme, "1", time.Now())
+	msg := &tenantagentv1.ControlMessage{}
+	s.SendCommand("c-1", msg)
+	s.SendCommand("c-2", msg)
+	s.Forget("c-1")
+	if sent, _ := s.SendCommand("c-2", msg); sent {
+		t.Error("a command not forgotten was sent again")
+	}
+	s.Forget("c-2")
+	s.Forget("c-3") // never carried: nothing happens
+	if s.sent != nil {
+		t.Errorf("the session still holds %d command IDs after forgetting them all", len(s.sent))
+	}
+	if sent, _ := s.SendCommand("c-1", msg); !sent {
+		t.Error("a forgotten command was refused")
+	}
+}
+
 // The queue holds what the writer has not taken, in order, up to its
 // bound; taken messages make room again, and Ready has a token whenever
 // something was queued since the writer last looked.
