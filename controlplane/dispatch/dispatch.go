@@ -100,8 +100,8 @@ type Dispatcher struct {
 	// that need no progress (a rollout following its commands): a
 	// command changes state a handful of times, so its buffer is small
 	// where updates' holds a pull's progress (16 KiB a subscription).
-	states    *pubsub.Hub[string, Update]
-	lastPhase sync.Map // command ID -> phase
+	states  *pubsub.Hub[string, Update]
+	running sync.Map // command ID -> runningCommand (HandleProgress)
 	// reread is the version of each command another replica changed that
 	// watchers here were last told of (Reread).
 	reread sync.Map // command ID -> commandVersion
@@ -404,7 +404,7 @@ func (d *Dispatcher) apply(ctx context.Context, reports []report) {
 		case out[i].Changed:
 			d.changed(c)
 			if r.result != nil {
-				d.lastPhase.Delete(id)
+				d.running.Delete(id)
 				d.cfg.Logger.Info("command finished", "command", id, "agent", c.Agent, "state", c.State, "error", c.Error)
 				if d.cfg.Observer != nil {
 					d.cfg.Observer.CommandFinished(c)
@@ -470,6 +470,7 @@ func (d *Dispatcher) Run(ctx context.Context) {
 			return
 		case <-expire.C:
 			d.ExpireNow(ctx)
+			d.forgetQuietCommands()
 		case <-prune.C:
 			d.pruneHistory(ctx)
 		case first := <-d.reports:
@@ -489,24 +490,74 @@ func (d *Dispatcher) Run(ctx context.Context) {
 }
 
 // HandleProgress records a command as RUNNING, stores a new phase as an
-// event, and passes every report to watchers.
+// event, and passes every report to watchers. The store is read for the
+// first report of a command, for each new phase, and then at most every
+// progressRecheck: a pull reports every 250 ms, and reading the command
+// for each report made a promote to N pulling agents 4N reads a second.
+// A command ended meanwhile elsewhere (another replica failed it when
+// the agent reconnected there) has its byte counts passed on for at most
+// that long; no event is stored after its end.
 func (d *Dispatcher) HandleProgress(ctx context.Context, from *session.Session, p *tenantagentv1.CommandProgress) {
-	c, err := d.owned(ctx, from.Identity, p.GetCommandId(), "progress")
-	if err != nil || store.Terminal(c.State) {
-		return
-	}
-	if c.State != controlplanev1.CommandState_COMMAND_STATE_RUNNING {
-		d.ackFirst(ctx, from, c)
-		d.advance(ctx, c.ID, controlplanev1.CommandState_COMMAND_STATE_RUNNING, "running")
-	}
+	id, now := p.GetCommandId(), d.cfg.Now()
 	step := phase{p.GetPhase(), p.GetContainer()}
-	if last, ok := d.lastPhase.Swap(c.ID, step); !ok || last != step {
-		if err := d.cfg.Store.AppendEvent(ctx, store.Event{CommandID: c.ID, At: d.cfg.Now(), State: controlplanev1.CommandState_COMMAND_STATE_RUNNING, Progress: p, Message: p.GetMessage()}); err != nil {
-			d.cfg.Logger.Error("cannot store progress", "command", c.ID, "error", err)
+	known, ok := d.running.Load(id)
+	rc, _ := known.(runningCommand)
+	newStep := !ok || rc.step != step
+	if !ok || rc.agent != from.Identity.ID || newStep || now.Sub(rc.checked) >= progressRecheck {
+		c, err := d.owned(ctx, from.Identity, id, "progress")
+		if err != nil {
+			return
+		}
+		if store.Terminal(c.State) {
+			d.running.Delete(id)
+			return
+		}
+		if c.State != controlplanev1.CommandState_COMMAND_STATE_RUNNING {
+			d.ackFirst(ctx, from, c)
+			d.advance(ctx, c.ID, controlplanev1.CommandState_COMMAND_STATE_RUNNING, "running")
+		}
+		rc = runningCommand{agent: c.Agent, checked: now}
+	}
+	rc.step = step
+	d.running.Store(id, rc)
+	if newStep {
+		if err := d.cfg.Store.AppendEvent(ctx, store.Event{CommandID: id, At: now, State: controlplanev1.CommandState_COMMAND_STATE_RUNNING, Progress: p, Message: p.GetMessage()}); err != nil {
+			d.cfg.Logger.Error("cannot store progress", "command", id, "error", err)
 		}
 	}
-	d.updates.Publish(c.ID, Update{Progress: p})
+	d.updates.Publish(id, Update{Progress: p})
 	d.cfg.Cluster.Progress(p)
+}
+
+// progressRecheck is how long HandleProgress trusts what it last read of
+// a running command (see there).
+const progressRecheck = 5 * time.Second
+
+// runningCommand is what HandleProgress last read of a command it
+// recorded RUNNING: whose it is and when it was read, and the last step
+// stored. It goes with the command's result, or when no report came for
+// forgetRunningAfter.
+type runningCommand struct {
+	agent   string
+	step    phase
+	checked time.Time
+}
+
+// forgetRunningAfter drops what HandleProgress knows of a command whose
+// reports stopped without a result here (its agent moved to another
+// replica, or it was canceled): one read brings it back.
+const forgetRunningAfter = 10 * time.Minute
+
+// forgetQuietCommands drops running commands no report rechecked within
+// forgetRunningAfter.
+func (d *Dispatcher) forgetQuietCommands() {
+	cutoff := d.cfg.Now().Add(-forgetRunningAfter)
+	d.running.Range(func(id, v any) bool {
+		if v.(runningCommand).checked.Before(cutoff) {
+			d.running.CompareAndDelete(id, v)
+		}
+		return true
+	})
 }
 
 // phase is a step of a command; a new one is stored as an event, while
@@ -539,7 +590,7 @@ func (d *Dispatcher) finish(ctx context.Context, id string, state controlplanev1
 		return false
 	}
 	if changed {
-		d.lastPhase.Delete(id)
+		d.running.Delete(id)
 		d.cfg.Logger.Info("command finished", "command", id, "agent", c.Agent, "state", state, "error", msg)
 		d.changed(c)
 		if d.cfg.Observer != nil {

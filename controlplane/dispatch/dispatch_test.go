@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"slices"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -51,7 +52,7 @@ type env struct {
 	now      time.Time
 }
 
-func newEnv(t *testing.T, fleet agents) *env {
+func newEnv(t testing.TB, fleet agents) *env {
 	t.Helper()
 	st := teststore.Open(t)
 	e := &env{st: st, sessions: session.NewRegistry(16), now: time.Unix(1_000_000, 0)}
@@ -78,7 +79,7 @@ func (e *env) state(t *testing.T, id string) controlplanev1.CommandState {
 	return c.State
 }
 
-func (e *env) issue(t *testing.T, tenant string, req Request) *store.Command {
+func (e *env) issue(t testing.TB, tenant string, req Request) *store.Command {
 	t.Helper()
 	cmds, err := e.d.Plan(tenant, req)
 	if err != nil {
@@ -251,5 +252,105 @@ func TestARecordedAckIsForgottenByTheStream(t *testing.T) {
 	}
 	if sent, _ := s.SendCommand(c.ID, ControlMessage(c)); !sent {
 		t.Error("the stream still remembers a command whose ack is recorded")
+	}
+}
+
+// readCountingStore counts the commands read one by one.
+type readCountingStore struct {
+	store.Store
+	reads atomic.Int64
+}
+
+func (s *readCountingStore) GetCommand(ctx context.Context, id string) (*store.Command, error) {
+	s.reads.Add(1)
+	return s.Store.GetCommand(ctx, id)
+}
+
+// A pull reports every 250 ms: its progress is read from the store for
+// the first report, for each new step and once every progressRecheck,
+// not for every report; a command ended meanwhile gets no event after
+// its end, and its reports stop reaching watchers once it is reread.
+func TestProgressReadsTheStoreForNewStepsAndRechecksOnly(t *testing.T) {
+	ctx := context.Background()
+	a := agent("acme", "a1", repo, "codex")
+	e := newEnv(t, agents{a})
+	s := e.online(a)
+	c := e.issue(t, "acme", refresh)
+	counting := &readCountingStore{Store: e.st}
+	e.d.cfg.Store = counting
+	report := func(step tenantagentv1.CommandPhase, n uint64) {
+		e.d.HandleProgress(ctx, s, &tenantagentv1.CommandProgress{CommandId: c.ID, Phase: step, CurrentBytes: n, TotalBytes: 1 << 20})
+	}
+	for i := range 40 { // ten seconds of a pull
+		report(tenantagentv1.CommandPhase_COMMAND_PHASE_PULLING, uint64(i))
+		e.now = e.now.Add(250 * time.Millisecond)
+	}
+	if got, most := counting.reads.Load(), 1+int64(10*time.Second/progressRecheck); got > most || got == 0 {
+		t.Errorf("40 reports of one step read the command %d times, want 1 to %d", got, most)
+	}
+	if got := e.state(t, c.ID); got != controlplanev1.CommandState_COMMAND_STATE_RUNNING {
+		t.Fatalf("state %v, want RUNNING", got)
+	}
+	reads := counting.reads.Load()
+	report(tenantagentv1.CommandPhase_COMMAND_PHASE_PULLED, 0)
+	if counting.reads.Load() != reads+1 {
+		t.Errorf("a new step was not checked against the store")
+	}
+
+	// Ended behind this replica's back (as another replica would).
+	if _, err := e.st.UpdateCommands(ctx, []store.CommandUpdate{{ID: c.ID, Fn: func(c *store.Command) bool {
+		c.State = controlplanev1.CommandState_COMMAND_STATE_FAILED
+		return true
+	}}}); err != nil {
+		t.Fatal(err)
+	}
+	sub := e.d.Watch(c.ID)
+	defer sub.Close()
+	report(tenantagentv1.CommandPhase_COMMAND_PHASE_CREATING, 0) // a new step: read, and dropped
+	e.now = e.now.Add(progressRecheck)
+	report(tenantagentv1.CommandPhase_COMMAND_PHASE_PULLED, 1) // forgotten when dropped: read, and dropped
+	select {
+	case u := <-sub.C:
+		t.Errorf("a report of an ended command reached watchers: %v", u.Progress)
+	default:
+	}
+	evs, err := e.st.ListEvents(ctx, c.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var steps []tenantagentv1.CommandPhase
+	for _, ev := range evs {
+		if ev.Progress != nil {
+			steps = append(steps, ev.Progress.GetPhase())
+		}
+	}
+	if want := []tenantagentv1.CommandPhase{tenantagentv1.CommandPhase_COMMAND_PHASE_PULLING, tenantagentv1.CommandPhase_COMMAND_PHASE_PULLED}; !slices.Equal(steps, want) {
+		t.Errorf("stored steps %v, want %v: one event a step, none after the end", steps, want)
+	}
+}
+
+// Another agent's report for a command is refused however recently the
+// command's own agent reported.
+func TestProgressForAnotherAgentsCommandIsRefused(t *testing.T) {
+	ctx := context.Background()
+	a, b := agent("acme", "a1", repo, "codex"), agent("other", "b1", repo, "codex")
+	e := newEnv(t, agents{a, b})
+	sa, sb := e.online(a), e.online(b)
+	c := e.issue(t, "acme", refresh)
+	pulling := &tenantagentv1.CommandProgress{CommandId: c.ID, Phase: tenantagentv1.CommandPhase_COMMAND_PHASE_PULLING}
+	e.d.HandleProgress(ctx, sa, pulling)
+	sub := e.d.Watch(c.ID)
+	defer sub.Close()
+	e.d.HandleProgress(ctx, sb, &tenantagentv1.CommandProgress{CommandId: c.ID, Phase: tenantagentv1.CommandPhase_COMMAND_PHASE_PULLED})
+	select {
+	case u := <-sub.C:
+		t.Errorf("another agent's report reached watchers: %v", u.Progress)
+	default:
+	}
+	evs, _ := e.st.ListEvents(ctx, c.ID)
+	for _, ev := range evs {
+		if ev.Progress.GetPhase() == tenantagentv1.CommandPhase_COMMAND_PHASE_PULLED {
+			t.Errorf("another agent's report was stored")
+		}
 	}
 }
