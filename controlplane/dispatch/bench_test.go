@@ -14,10 +14,7 @@ import (
 // (SQLite, or PostgreSQL with TENANT_AGENT_TEST_STORE=postgres).
 func BenchmarkHandleProgress(b *testing.B) {
 	ctx := context.Background()
-	a := agent("acme", "a1", repo, "codex")
-	e := newEnv(b, agents{a})
-	s := e.online(a)
-	c := e.issue(b, "acme", refresh)
+	e, s, c := withSentRefresh(b)
 	pulling := func(n uint64) *tenantagentv1.CommandProgress {
 		return &tenantagentv1.CommandProgress{CommandId: c.ID, Phase: tenantagentv1.CommandPhase_COMMAND_PHASE_PULLING, CurrentBytes: n, TotalBytes: 1 << 30}
 	}

@@ -503,7 +503,7 @@ func (d *Dispatcher) HandleProgress(ctx context.Context, from *session.Session, 
 	known, ok := d.running.Load(id)
 	rc, _ := known.(runningCommand)
 	newStep := !ok || rc.step != step
-	if !ok || rc.agent != from.Identity.ID || newStep || now.Sub(rc.checked) >= progressRecheck {
+	if newStep || rc.agent != from.Identity.ID || now.Sub(rc.checked) >= progressRecheck {
 		c, err := d.owned(ctx, from.Identity, id, "progress")
 		if err != nil {
 			return

@@ -65,6 +65,15 @@ func newEnv(t testing.TB, fleet agents) *env {
 	return e
 }
 
+// withSentRefresh is a dispatcher whose one agent (acme's a1) is online
+// and has been sent a refresh: the command's ID is in c.
+func withSentRefresh(t testing.TB) (e *env, s *session.Session, c *store.Command) {
+	a := agent("acme", "a1", repo, "codex")
+	e = newEnv(t, agents{a})
+	s = e.online(a)
+	return e, s, e.issue(t, "acme", refresh)
+}
+
 func (e *env) online(a store.Agent) *session.Session {
 	s, _ := e.sessions.Register(identity.Identity{ID: a.Identity, Kind: identity.KindAgent, Tenant: a.Tenant, Name: a.Name}, "01", e.now)
 	return s
@@ -239,10 +248,7 @@ func TestAgentReportsOutlastAShortStoreOutageAndEndTheStreamOfALongOne(t *testin
 // command (a long-lived stream would otherwise keep every ID it carried):
 // sending it again is no longer refused as a repeat.
 func TestARecordedAckIsForgottenByTheStream(t *testing.T) {
-	a := agent("acme", "a1", repo, "codex")
-	e := newEnv(t, agents{a})
-	s := e.online(a)
-	c := e.issue(t, "acme", refresh)
+	e, s, c := withSentRefresh(t)
 	if sent, _ := s.SendCommand(c.ID, ControlMessage(c)); sent {
 		t.Fatal("a command just sent was sent again before its ack")
 	}
@@ -272,10 +278,7 @@ func (s *readCountingStore) GetCommand(ctx context.Context, id string) (*store.C
 // its end, and its reports stop reaching watchers once it is reread.
 func TestProgressReadsTheStoreForNewStepsAndRechecksOnly(t *testing.T) {
 	ctx := context.Background()
-	a := agent("acme", "a1", repo, "codex")
-	e := newEnv(t, agents{a})
-	s := e.online(a)
-	c := e.issue(t, "acme", refresh)
+	e, s, c := withSentRefresh(t)
 	counting := &readCountingStore{Store: e.st}
 	e.d.cfg.Store = counting
 	report := func(step tenantagentv1.CommandPhase, n uint64) {
