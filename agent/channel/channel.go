@@ -324,7 +324,7 @@ func session(ctx context.Context, cfg Config, client tenantagentv1.AgentServiceC
 		return time.Time{}, err
 	}
 	welcomedAt := time.Now()
-	w := &welcomed{cfg: cfg, stream: stream, out: make(chan *tenantagentv1.AgentMessage, 1024), recvErr: make(chan error, 1)}
+	w := &welcomed{cfg: cfg, stream: stream, out: make(chan *tenantagentv1.AgentMessage, 1024), recvErr: make(chan error, 1), endAsked: make(chan struct{})}
 	cfg.Runner.SetSender(w.queue)
 	defer cfg.Runner.SetSender(nil)
 	if err := w.sendOutbox(); err != nil {
@@ -374,6 +374,9 @@ type welcomed struct {
 	out chan *tenantagentv1.AgentMessage
 	// recvErr is how the stream ended, as receive saw it.
 	recvErr chan error
+	// endAsked is closed when the control plane asks (EndStream) that
+	// serve close the agent's side of the stream.
+	endAsked chan struct{}
 }
 
 // queue is the runner's sender: it never blocks.
@@ -409,6 +412,13 @@ func (w *welcomed) receive() {
 			w.recvErr <- &reconnectError{after: rc.GetAfter().AsDuration(), reason: rc.GetReason()}
 			return
 		}
+		if m.GetEndStream() != nil {
+			// The control plane ends the stream; its status, which says
+			// why, comes once this side is closed.
+			close(w.endAsked)
+			w.recvErr <- w.statusAfterEnd()
+			return
+		}
 		w.cfg.Runner.Handle(m)
 	}
 }
@@ -425,6 +435,12 @@ func (w *welcomed) serve(ctx context.Context, interval time.Duration) error {
 		select {
 		case rerr := <-w.recvErr:
 			return rerr
+		case <-w.endAsked:
+			// Only this goroutine sends, so only it may close the side.
+			err = w.stream.CloseSend()
+			if err == nil {
+				return w.awaitEnd()
+			}
 		case m := <-w.out:
 			err = w.stream.Send(m)
 		case <-heartbeat.C:
@@ -444,6 +460,33 @@ func (w *welcomed) serve(ctx context.Context, interval time.Duration) error {
 		}
 		if err != nil {
 			return w.ended(err)
+		}
+	}
+}
+
+// endTimeout bounds how long the agent waits, its side closed, for the
+// control plane to end a stream it asked to end.
+const endTimeout = 5 * time.Second
+
+// awaitEnd is the status of a stream whose side the agent closed when
+// asked; a control plane that does not end it in endTimeout has it
+// canceled (when serve returns).
+func (w *welcomed) awaitEnd() error {
+	select {
+	case err := <-w.recvErr:
+		return err
+	case <-time.After(endTimeout):
+		return errors.New("the control plane asked to end the stream and did not end it")
+	}
+}
+
+// statusAfterEnd reads on, once the control plane asked to end the
+// stream, to the status it ends it with; messages after EndStream are not
+// the control plane's to send, and are dropped.
+func (w *welcomed) statusAfterEnd() error {
+	for {
+		if _, err := w.stream.Recv(); err != nil {
+			return err
 		}
 	}
 }

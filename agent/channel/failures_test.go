@@ -2,6 +2,8 @@ package channel
 
 import (
 	"context"
+	"errors"
+	"io"
 	"log/slog"
 	"net"
 	"strings"
@@ -9,6 +11,8 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/molecule-ai/tenant-agent/agent/journal"
 	"github.com/molecule-ai/tenant-agent/agent/runner"
@@ -35,16 +39,46 @@ func (welcoming) Connect(stream grpc.BidiStreamingServer[tenantagentv1.AgentMess
 	return nil
 }
 
+// ending welcomes the agent, then ends its stream as the control plane
+// does: EndStream, and once the agent has closed its side, the status
+// that says why.
+type ending struct {
+	tenantagentv1.UnimplementedAgentServiceServer
+}
+
+var errReplaced = status.Error(codes.Aborted, "replaced by a newer connection of the same agent")
+
+func (ending) Connect(stream grpc.BidiStreamingServer[tenantagentv1.AgentMessage, tenantagentv1.ControlMessage]) error {
+	if _, err := stream.Recv(); err != nil {
+		return err
+	}
+	for _, m := range []*tenantagentv1.ControlMessage{
+		{Body: &tenantagentv1.ControlMessage_Welcome{Welcome: &tenantagentv1.Welcome{}}},
+		{Body: &tenantagentv1.ControlMessage_EndStream{EndStream: &tenantagentv1.EndStream{}}},
+	} {
+		if err := stream.Send(m); err != nil {
+			return err
+		}
+	}
+	for {
+		if _, err := stream.Recv(); errors.Is(err, io.EOF) {
+			return errReplaced // sent only once the agent's side is closed
+		} else if err != nil {
+			return err
+		}
+	}
+}
+
 var quiet = slog.New(slog.DiscardHandler)
 
 // serveMTLS runs an agent port with the control plane's own credentials
 // and interceptors (deny list at the call) on loopback.
-func serveMTLS(t *testing.T, p *pkitest.PKI, deny *auth.DenyList) string {
+func serveMTLS(t *testing.T, p *pkitest.PKI, deny *auth.DenyList, svc tenantagentv1.AgentServiceServer) string {
 	t.Helper()
 	creds := mtls.ServerCredentials(p.Source(t, "controlplane"), mtls.ServerOptions{TrustDomain: pkitest.TrustDomain, Track: deny.TrackConn, Logger: quiet})
 	gs := grpc.NewServer(append([]grpc.ServerOption{grpc.Creds(creds)},
 		auth.Interceptors{TrustDomain: pkitest.TrustDomain, Policy: auth.NewPolicy(nil), Check: deny.Check, Logger: quiet}.ServerOptions()...)...)
-	tenantagentv1.RegisterAgentServiceServer(gs, welcoming{})
+	tenantagentv1.RegisterAgentServiceServer(gs, svc)
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -96,7 +130,7 @@ func warnLines(log string) []string {
 func TestUntrustedControlPlaneIsOneShortLine(t *testing.T) {
 	cp := pkitest.New(t, "acme")
 	other := pkitest.New(t, "acme") // the agent's own CA: not the control plane's
-	addr := serveMTLS(t, cp, auth.NewDenyList())
+	addr := serveMTLS(t, cp, auth.NewDenyList(), welcoming{})
 	files := other.Files("agent-acme")
 	log := runAgent(t, addr, files, 1500*time.Millisecond, nil)
 
@@ -119,13 +153,24 @@ func TestUntrustedControlPlaneIsOneShortLine(t *testing.T) {
 	}
 }
 
+// Asked to end its stream, the agent closes its side and logs the status
+// the control plane then ends it with.
+func TestAgentAskedToEndItsStreamLogsWhy(t *testing.T) {
+	p := pkitest.New(t, "acme")
+	addr := serveMTLS(t, p, auth.NewDenyList(), ending{})
+	log := runAgent(t, addr, p.Files("agent-acme"), time.Second, nil)
+	if !strings.Contains(log, "Aborted: replaced by a newer connection of the same agent") {
+		t.Fatalf("the agent did not log why its stream ended:\n%s", log)
+	}
+}
+
 // A denied agent completes the handshake and is told why, once per
 // doubling of its backoff at warn; it is never welcomed.
 func TestDeniedAgentLogsTheReason(t *testing.T) {
 	p := pkitest.New(t, "acme")
 	deny := auth.NewDenyList()
 	deny.DenyTenant("acme", "incident 42")
-	addr := serveMTLS(t, p, deny)
+	addr := serveMTLS(t, p, deny, welcoming{})
 	obs := &countingObserver{}
 	log := runAgent(t, addr, p.Files("agent-acme"), time.Second, obs)
 

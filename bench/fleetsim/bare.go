@@ -111,8 +111,10 @@ type bareResult struct {
 	// with every stream (see exchangeServer).
 	exchangeCPU time.Duration
 	// heapPerStream and stackPerStream are the bare server's heap and
-	// stack in use per open stream, as the control plane's are measured.
-	heapPerStream, stackPerStream int64
+	// stack in use per open stream, as the control plane's are measured;
+	// rssPerStream its resident memory per open stream, as the control
+	// plane's RSS per agent is (settled, no collection forced).
+	heapPerStream, stackPerStream, rssPerStream int64
 }
 
 // bareBroadcast opens n mTLS streams to a bare server, a child process
@@ -188,7 +190,7 @@ func bareBroadcast(n int, certs []tls.Certificate, roots *x509.CertPool, certDir
 	if err != nil {
 		return res, err
 	}
-	if _, err := fmt.Sscan(mem, &res.heapPerStream, &res.stackPerStream); err != nil {
+	if _, err := fmt.Sscan(mem, &res.heapPerStream, &res.stackPerStream, &res.rssPerStream); err != nil {
 		return res, fmt.Errorf("bare server memory %q: %w", mem, err)
 	}
 	t0 := time.Now()
@@ -251,13 +253,15 @@ func bareServe(n int, certDir string) error {
 		return err
 	}
 	heap0, stack0 := memInUse()
+	rss0 := rss(os.Getpid())
 	go srv.Serve(lis)
 	fmt.Println(lis.Addr())
 	<-bare.ready
 	fmt.Println("ready")
 	time.Sleep(2 * time.Second) // as the control plane is measured: settled
+	rss1 := rss(os.Getpid())
 	heap1, stack1 := memInUse()
-	fmt.Println((heap1-heap0)/int64(n), (stack1-stack0)/int64(n))
+	fmt.Println((heap1-heap0)/int64(n), (stack1-stack0)/int64(n), (rss1-rss0)/int64(n))
 	if f := os.Getenv("FLEETSIM_BARE_HEAP"); f != "" {
 		if err := writeHeapProfile(f); err != nil {
 			return err

@@ -69,6 +69,7 @@ type result struct {
 	LiveStackPerAgentBytes int64   `json:"live_stack_per_agent_bytes"`
 	BareHeapPerStream      int64   `json:"bare_heap_per_stream_bytes"`
 	BareStackPerStream     int64   `json:"bare_stack_per_stream_bytes"`
+	BareRSSPerStream       int64   `json:"bare_rss_per_stream_bytes"`
 	AckedP50               float64 `json:"acked_p50_seconds"`
 	AckedP99               float64 `json:"acked_p99_seconds"`
 	AckedAll               float64 `json:"acked_all_seconds"`
@@ -280,10 +281,10 @@ func run(n int, cpBin, work string) (result, error) {
 		res.CPURatioToBare = res.CPPromoteCPUPerAgent / res.BareCPUPerMessage
 		res.CPURatioToBareExchange = res.CPPromoteCPUPerAgent / res.BareCPUPerExchange
 	}
-	res.BareHeapPerStream, res.BareStackPerStream = bare.heapPerStream, bare.stackPerStream
-	fmt.Fprintf(os.Stderr, "  memory per agent: control plane heap %s + stack %s (RSS %s), after a collection %s + %s; bare stream (after a collection) heap %s + stack %s\n",
+	res.BareHeapPerStream, res.BareStackPerStream, res.BareRSSPerStream = bare.heapPerStream, bare.stackPerStream, bare.rssPerStream
+	fmt.Fprintf(os.Stderr, "  memory per agent: control plane heap %s + stack %s (RSS %s), after a collection %s + %s; bare stream RSS %s, after a collection heap %s + stack %s\n",
 		kib(res.HeapPerAgentBytes), kib(res.StackPerAgentBytes), kib(res.RSSPerAgentBytes), kib(res.LiveHeapPerAgentBytes), kib(res.LiveStackPerAgentBytes),
-		kib(res.BareHeapPerStream), kib(res.BareStackPerStream))
+		kib(res.BareRSSPerStream), kib(res.BareHeapPerStream), kib(res.BareStackPerStream))
 	fmt.Fprintf(os.Stderr, "  CPU: control plane %.0f µs a command (%.2f s a promote, idle rate taken off: %.2f s), bare server %.1f µs a message: %.1fx, %.1f µs a command's four messages: %.1fx; agents (fleetsim) %.2f s; load %s\n",
 		res.CPPromoteCPUPerAgent*1e6, res.CPPromoteCPURaw, res.CPPromoteCPU, res.BareCPUPerMessage*1e6, res.CPURatioToBare,
 		res.BareCPUPerExchange*1e6, res.CPURatioToBareExchange, res.AgentsPromoteCPU, loadavg())

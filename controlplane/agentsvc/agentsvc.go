@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc/codes"
@@ -137,44 +138,59 @@ func (s *service) Connect(stream tenantagentv1.AgentService_ConnectServer) error
 		Identity: id.ID, Tenant: id.Tenant, AgentName: id.Name,
 		HeartbeatInterval: durationpb.New(s.cfg.HeartbeatInterval), ControlPlaneVersion: version.String(),
 	}}})
-	// One goroutine delivers what waits for the agent, then starts the
-	// reader (a goroutine of its own, so that it does not keep the stack
-	// delivery grew, which reads the store, for as long as the stream
-	// lasts); this one writes (delivery may queue many commands) until
-	// the stream or the session ends.
-	readerDone := make(chan error, 1)
+	// This goroutine reads; the session sends from a goroutine of its own
+	// only while messages wait, so an idle stream holds no goroutine of
+	// ours but this one. gRPC ends a blocked Recv only with the stream,
+	// so a session closed here (replaced, denied, too slow, shutting
+	// down) asks the agent to end its side (EndStream): Recv then returns
+	// and the status this returns tells the agent why. An agent that does
+	// not, or has stopped reading, is cut off with its connection.
+	var returned atomic.Bool
+	defer func() {
+		sess.Close(errors.New("stream closed")) // first, so that a stuck send is cut off
+		sess.StopWriting()                      // gRPC allows no send once this returns
+		returned.Store(true)
+	}()
+	sess.StartWriting(session.Writer{
+		Send:   stream.Send,
+		Last:   endStream,
+		Closed: func() { s.cutOffLater(ctx, sess, &returned) },
+	})
+	// Delivery (which may queue many commands, and reads the store) runs
+	// before reading and in a goroutine of its own, so that this one
+	// does not keep the stack it grows for as long as the stream lasts.
+	delivered := make(chan struct{})
 	go func() {
+		defer close(delivered)
 		if err := s.cfg.Dispatcher.Deliver(ctx, sess, hello); err != nil {
 			log.Error("cannot deliver pending commands", "agent", id.ID, "error", err)
 		}
 		s.cfg.Reconciler.Reconcile(ctx, agent)
-		go func() { readerDone <- s.read(ctx, stream, sess, id) }()
 	}()
-	// A session closed while this goroutine is stuck sending to an agent
-	// that stopped reading (flow control) is cut off with its connection.
-	returned := make(chan struct{})
-	defer close(returned)
-	defer sess.AfterClose(func() { s.cutOff(ctx, id, returned) })()
-	return s.write(stream, sess, readerDone)
+	<-delivered
+	return s.read(ctx, stream, sess, id)
 }
+
+// endStream is the last message on a stream whose session was closed.
+var endStream = &tenantagentv1.ControlMessage{Body: &tenantagentv1.ControlMessage_EndStream{EndStream: &tenantagentv1.EndStream{}}}
 
 // cutOffAfter is how long a closed session's handler has to return
 // before its connection is closed under it.
 const cutOffAfter = time.Second
 
-// cutOff closes the connection of a closed session whose handler has not
-// returned within cutOffAfter: it is blocked sending to an agent that
-// stopped reading, and only the connection's end unblocks it.
-func (s *service) cutOff(ctx context.Context, id identity.Identity, returned <-chan struct{}) {
-	t := time.NewTimer(cutOffAfter)
-	defer t.Stop()
-	select {
-	case <-returned:
-	case <-t.C:
-		if p, ok := peer.FromContext(ctx); ok && mtls.CloseConn(p.AuthInfo) {
-			s.cfg.Logger.Warn("agent stopped reading its stream; connection closed", "agent", id.ID)
+// cutOffLater closes the connection of a closed session whose handler has
+// not returned within cutOffAfter: its agent did not end the stream when
+// asked, or stopped reading (a send to it is stuck on flow control), and
+// only the connection's end unblocks the handler.
+func (s *service) cutOffLater(ctx context.Context, sess *session.Session, returned *atomic.Bool) {
+	time.AfterFunc(cutOffAfter, func() {
+		if returned.Load() {
+			return
 		}
-	}
+		if p, ok := peer.FromContext(ctx); ok && mtls.CloseConn(p.AuthInfo) {
+			s.cfg.Logger.Warn("agent did not end its stream when asked; connection closed", "agent", sess.Identity.ID, "cause", sess.Err())
+		}
+	})
 }
 
 func (s *service) awaitHello(stream tenantagentv1.AgentService_ConnectServer) (*tenantagentv1.Hello, error) {
@@ -201,37 +217,15 @@ func (s *service) awaitHello(stream tenantagentv1.AgentService_ConnectServer) (*
 	}
 }
 
-// write sends what is queued for the agent, in order, until the stream
-// ends (what the reader returns), the session is closed or a send fails.
-func (s *service) write(stream tenantagentv1.AgentService_ConnectServer, sess *session.Session, readerDone <-chan error) error {
-	for {
-		select {
-		case err := <-readerDone:
-			sess.Close(errors.New("stream ended by the agent"))
-			return err
-		case <-sess.Done():
-			// Replaced, denied, too slow or shutting down: returning ends
-			// the stream, which also ends the reader.
-			return closeStatus(sess.Err())
-		case <-sess.Ready():
-			for sess.Err() == nil {
-				msg, ok := sess.Next()
-				if !ok {
-					break
-				}
-				if err := stream.Send(msg); err != nil {
-					sess.Close(errors.New("stream write failed"))
-					return err
-				}
-			}
-		}
-	}
-}
-
 func (s *service) read(ctx context.Context, stream tenantagentv1.AgentService_ConnectServer, sess *session.Session, id identity.Identity) error {
 	for {
 		msg, err := stream.Recv()
 		if err != nil {
+			if cause := sess.Err(); cause != nil {
+				// Closed here: the agent ended its side when asked, or its
+				// connection was cut off.
+				return closeStatus(cause)
+			}
 			return nil // the agent went away; the deferred cleanup records it
 		}
 		sess.Touch(time.Now())

@@ -45,6 +45,9 @@ type Agent struct {
 	conn   *grpc.ClientConn
 	stream tenantagentv1.AgentService_ConnectClient
 	cancel context.CancelFunc
+	// sendMu keeps sends and CloseSend apart, as gRPC requires.
+	sendMu          sync.Mutex
+	ignoreEndStream bool
 
 	mu       sync.Mutex
 	runtimes []*tenantagentv1.RuntimeStatus
@@ -67,6 +70,10 @@ type Options struct {
 	DialOptions []grpc.DialOption
 	// NoRead leaves the stream unread after Hello: a stuck agent.
 	NoRead bool
+	// IgnoreEndStream keeps the agent's side of the stream open when the
+	// control plane asks it to end the stream, as an agent built before
+	// EndStream does.
+	IgnoreEndStream bool
 }
 
 // Runtime is a RuntimeStatus with n containers on digest.
@@ -115,7 +122,7 @@ func Dial(t testing.TB, addr string, files mtls.Files, opts Options) (*Agent, er
 	if opts.Executor == nil {
 		opts.Executor = Succeed
 	}
-	a := &Agent{t: t, conn: conn, stream: stream, cancel: cancel, executor: opts.Executor, changed: make(chan struct{}, 1), done: make(chan struct{})}
+	a := &Agent{t: t, conn: conn, stream: stream, cancel: cancel, executor: opts.Executor, changed: make(chan struct{}, 1), done: make(chan struct{}), ignoreEndStream: opts.IgnoreEndStream}
 	for _, r := range opts.Runtimes {
 		a.runtimes = append(a.runtimes, proto.Clone(r).(*tenantagentv1.RuntimeStatus))
 	}
@@ -159,7 +166,11 @@ func (a *Agent) Err() error {
 func (a *Agent) Done() <-chan struct{} { return a.done }
 
 // Send sends a message on the agent's stream.
-func (a *Agent) Send(msg *tenantagentv1.AgentMessage) error { return a.stream.Send(msg) }
+func (a *Agent) Send(msg *tenantagentv1.AgentMessage) error {
+	a.sendMu.Lock()
+	defer a.sendMu.Unlock()
+	return a.stream.Send(msg)
+}
 
 // SendHealth sends a health report of the agent's current runtimes.
 func (a *Agent) SendHealth() error {
@@ -220,6 +231,10 @@ func (a *Agent) loop() {
 		switch {
 		case msg.GetRefresh() != nil:
 			a.run(msg.GetRefresh())
+		case msg.GetEndStream() != nil && !a.ignoreEndStream:
+			a.sendMu.Lock()
+			_ = a.stream.CloseSend() // reading on, for the status
+			a.sendMu.Unlock()
 		case msg.GetPrefetch() != nil:
 			p := msg.GetPrefetch()
 			a.ack(p.GetCommandId())

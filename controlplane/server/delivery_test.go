@@ -262,6 +262,34 @@ func TestSecondConnectionReplacesTheFirst(t *testing.T) {
 	}
 }
 
+// An agent that keeps its side open when asked to end the stream (one
+// built before EndStream) is cut off with its connection: its handler
+// cannot return before, and an older stream must not stay.
+func TestAgentThatDoesNotEndItsStreamIsCutOff(t *testing.T) {
+	h := newHarness(t, "old")
+	opts := codex(digestV1)
+	opts.IgnoreEndStream = true
+	first := h.agent("old", opts)
+	start := time.Now()
+	second := h.agent("old", codex(digestV1))
+	<-first.Done()
+	took := time.Since(start)
+	if status.Code(first.Err()) != codes.Unavailable || took < cutOffAfterForTests/2 || took > 5*cutOffAfterForTests {
+		t.Errorf("older stream ended after %s with %v; want its connection closed (Unavailable) about %s after it was asked to end", took, first.Err(), cutOffAfterForTests)
+	}
+	if n := len(first.Received()); n == 0 || first.Received()[n-1].GetEndStream() == nil {
+		t.Errorf("the older stream's last message is not EndStream")
+	}
+	id := refresh(t, h.operator(), "old", digestV2)
+	h.waitState(id, stateSucceeded)
+	if len(second.Refreshes()) != 1 {
+		t.Errorf("the new connection did not get the command")
+	}
+}
+
+// cutOffAfterForTests is agentsvc's cut-off.
+const cutOffAfterForTests = time.Second
+
 func TestDenyTenantDisconnectsAtOnce(t *testing.T) {
 	h := newHarness(t, "bad", "good")
 	bad := h.agent("bad", codex(digestV1))

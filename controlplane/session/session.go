@@ -21,6 +21,8 @@ var (
 	ErrSlow = errors.New("agent is not reading its stream (send queue full); disconnected")
 	// ErrReplaced closes a session when the same identity connects again.
 	ErrReplaced = errors.New("replaced by a newer connection of the same agent")
+	// ErrWriteFailed closes a session whose stream could not be written.
+	ErrWriteFailed = errors.New("stream write failed")
 )
 
 // Session is one agent's open stream.
@@ -29,14 +31,22 @@ type Session struct {
 	Serial      string
 	ConnectedAt time.Time
 
-	// queue holds what the stream's writer has yet to take, oldest
+	// queue holds what the stream's writer has yet to send, oldest
 	// first, at most max; it grows as messages come and is let go once
-	// empty, so an idle session keeps no buffer. ready has a token while
-	// it may hold something.
-	queueMu  sync.Mutex
-	queue    []*tenantagentv1.ControlMessage
-	max      int
-	ready    chan struct{}
+	// empty, so an idle session keeps no buffer. A writer goroutine runs
+	// only while something waits (writing), so an idle stream costs no
+	// goroutine of ours: its handler reads.
+	queueMu sync.Mutex
+	queue   []*tenantagentv1.ControlMessage
+	max     int
+	writer  Writer
+	writing bool
+	closed  bool
+	stopped bool
+	// sendMu is held by the writer while it takes a message and sends
+	// it, so that StopWriting can wait for a send in flight.
+	sendMu sync.Mutex
+
 	ctx      context.Context
 	cancel   context.CancelCauseFunc
 	lastSeen atomic.Int64
@@ -44,6 +54,19 @@ type Session struct {
 
 	sentMu sync.Mutex
 	sent   map[string]struct{} // command IDs this stream carried
+}
+
+// Writer is how a session reaches its stream.
+type Writer struct {
+	// Send sends one message on the stream; the session never calls it
+	// from two goroutines at once.
+	Send func(*tenantagentv1.ControlMessage) error
+	// Last, if set, is sent once the session is closed, in place of
+	// whatever was still queued: it asks the agent to end the stream.
+	Last *tenantagentv1.ControlMessage
+	// Closed, if set, is called once when the session is closed, in the
+	// goroutine that closed it.
+	Closed func()
 }
 
 // maxRemembered bounds the command IDs a session remembers sending; past
@@ -94,33 +117,102 @@ func (s *Session) Epoch() int64 { return s.epoch.Load() }
 // Send queues msg for the agent without blocking. If the queue is full the
 // session is closed with ErrSlow.
 func (s *Session) Send(msg *tenantagentv1.ControlMessage) error {
-	if err := s.Err(); err != nil {
-		return err
-	}
 	s.queueMu.Lock()
+	if s.closed {
+		s.queueMu.Unlock()
+		return s.Err()
+	}
 	if len(s.queue) >= s.max {
 		s.queueMu.Unlock()
 		s.Close(ErrSlow)
 		return ErrSlow
 	}
 	s.queue = append(s.queue, msg)
+	start := s.startWriterLocked()
 	s.queueMu.Unlock()
-	select {
-	case s.ready <- struct{}{}:
-	default: // the writer has a token already
+	if start {
+		go s.write()
 	}
 	return nil
 }
 
-// Ready has a token when messages may be queued: the stream's writer
-// then takes them with Next until it has none.
-func (s *Session) Ready() <-chan struct{} { return s.ready }
+// StartWriting hands the session its stream: what is queued and what
+// comes later is sent with w.Send, in order. Until then messages wait.
+func (s *Session) StartWriting(w Writer) {
+	s.queueMu.Lock()
+	s.writer = w
+	closed := s.closed
+	if closed {
+		s.queue = s.lastLocked()
+	}
+	start := s.startWriterLocked()
+	s.queueMu.Unlock()
+	if start {
+		go s.write()
+	}
+	if closed && w.Closed != nil {
+		w.Closed()
+	}
+}
 
-// Next takes the oldest queued message, if there is one.
+// startWriterLocked reports whether a writer goroutine must start: there
+// is a stream, something waits and no writer runs.
+func (s *Session) startWriterLocked() bool {
+	if s.writing || s.stopped || s.writer.Send == nil || len(s.queue) == 0 {
+		return false
+	}
+	s.writing = true
+	return true
+}
+
+func (s *Session) lastLocked() []*tenantagentv1.ControlMessage {
+	if s.writer.Last == nil {
+		return nil
+	}
+	return []*tenantagentv1.ControlMessage{s.writer.Last}
+}
+
+// write sends what is queued, oldest first, and returns once nothing
+// waits or a send fails (which closes the session).
+func (s *Session) write() {
+	for {
+		s.sendMu.Lock()
+		msg, ok := s.Next()
+		if !ok {
+			s.sendMu.Unlock()
+			return
+		}
+		err := s.writer.Send(msg)
+		s.sendMu.Unlock()
+		if err != nil {
+			s.Close(ErrWriteFailed)
+			s.queueMu.Lock()
+			s.queue, s.writing = nil, false // the stream is gone: Last too
+			s.queueMu.Unlock()
+			return
+		}
+	}
+}
+
+// StopWriting drops what is queued, starts no writer again and waits for
+// a send in flight: the stream's handler calls it before it returns, as
+// gRPC allows no send after that. A send stuck on an agent that stopped
+// reading ends when its connection does.
+func (s *Session) StopWriting() {
+	s.queueMu.Lock()
+	s.stopped, s.queue = true, nil
+	s.queueMu.Unlock()
+	s.sendMu.Lock()
+	defer s.sendMu.Unlock()
+}
+
+// Next takes the oldest queued message, if there is one; with none, the
+// writer (if one runs) is done.
 func (s *Session) Next() (*tenantagentv1.ControlMessage, bool) {
 	s.queueMu.Lock()
 	defer s.queueMu.Unlock()
-	if len(s.queue) == 0 {
+	if len(s.queue) == 0 || s.stopped {
+		s.writing = false
 		return nil, false
 	}
 	msg := s.queue[0]
@@ -130,10 +222,6 @@ func (s *Session) Next() (*tenantagentv1.ControlMessage, bool) {
 	}
 	return msg, true
 }
-
-// AfterClose calls f in its own goroutine once the session is closed;
-// stop keeps it from being called.
-func (s *Session) AfterClose(f func()) (stop func() bool) { return context.AfterFunc(s.ctx, f) }
 
 // Done is closed when the session is closed.
 func (s *Session) Done() <-chan struct{} { return s.ctx.Done() }
@@ -146,8 +234,27 @@ func (s *Session) Err() error {
 	return context.Cause(s.ctx)
 }
 
-// Close ends the session; the first cause wins.
-func (s *Session) Close(cause error) { s.cancel(cause) }
+// Close ends the session; the first cause wins. What is still queued is
+// dropped for the writer's Last, and the writer's Closed is called.
+func (s *Session) Close(cause error) {
+	s.queueMu.Lock()
+	if s.closed {
+		s.queueMu.Unlock()
+		return
+	}
+	s.closed = true
+	s.cancel(cause)
+	s.queue = s.lastLocked()
+	start := s.startWriterLocked()
+	closed := s.writer.Closed
+	s.queueMu.Unlock()
+	if start {
+		go s.write()
+	}
+	if closed != nil {
+		closed()
+	}
+}
 
 // Touch records that the agent sent something.
 func (s *Session) Touch(now time.Time) { s.lastSeen.Store(now.UnixNano()) }
@@ -175,7 +282,7 @@ func NewRegistry(queueSize int) *Registry {
 // had is closed with ErrReplaced and returned.
 func (r *Registry) Register(id identity.Identity, serial string, now time.Time) (s *Session, replaced *Session) {
 	ctx, cancel := context.WithCancelCause(context.Background())
-	s = &Session{Identity: id, Serial: serial, ConnectedAt: now, max: r.queueSize, ready: make(chan struct{}, 1), ctx: ctx, cancel: cancel}
+	s = &Session{Identity: id, Serial: serial, ConnectedAt: now, max: r.queueSize, ctx: ctx, cancel: cancel}
 	s.Touch(now)
 	r.mu.Lock()
 	if r.closed != nil {

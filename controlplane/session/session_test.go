@@ -2,6 +2,8 @@ package session
 
 import (
 	"errors"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -97,8 +99,7 @@ func TestForgetLeavesAnIdleSessionNoMemoryOfItsCommands(t *testing.T) {
 }
 
 // The queue holds what the writer has not taken, in order, up to its
-// bound; taken messages make room again, and Ready has a token whenever
-// something was queued since the writer last looked.
+// bound; taken messages make room again.
 func TestQueueKeepsOrderAndMakesRoomAsTheWriterTakes(t *testing.T) {
 	r := NewRegistry(3)
 	s, _ := r.Register(acme, "1", time.Now())
@@ -110,11 +111,6 @@ func TestQueueKeepsOrderAndMakesRoomAsTheWriterTakes(t *testing.T) {
 		if err := s.Send(m); err != nil {
 			t.Fatal(err)
 		}
-	}
-	select {
-	case <-s.Ready():
-	default:
-		t.Fatal("no token after a send")
 	}
 	for _, want := range msgs[:2] {
 		if got, ok := s.Next(); !ok || got != want {
@@ -159,5 +155,145 @@ func TestRegisterAfterCloseAllIsClosed(t *testing.T) {
 	after, replaced := r.Register(acme, "1", time.Now())
 	if !errors.Is(after.Err(), cause) || replaced != nil || r.Len() != 0 {
 		t.Fatalf("registered after CloseAll: Err = %v, replaced %v, %d registered; want closed with the cause, none", after.Err(), replaced, r.Len())
+	}
+}
+
+// stream records what a session's writer sends; block, if set, holds
+// each send until a value comes.
+type stream struct {
+	mu     sync.Mutex
+	sent   []*tenantagentv1.ControlMessage
+	block  chan struct{}
+	active atomic.Int32 // sends in flight at once
+	twice  atomic.Bool  // two sends were in flight at once
+}
+
+func (st *stream) send(m *tenantagentv1.ControlMessage) error {
+	if st.active.Add(1) > 1 {
+		st.twice.Store(true)
+	}
+	defer st.active.Add(-1)
+	if st.block != nil {
+		<-st.block
+	}
+	st.mu.Lock()
+	st.sent = append(st.sent, m)
+	st.mu.Unlock()
+	return nil
+}
+
+func (st *stream) got() []*tenantagentv1.ControlMessage {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	return append([]*tenantagentv1.ControlMessage(nil), st.sent...)
+}
+
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(5 * time.Second); !cond(); {
+		if time.Now().After(deadline) {
+			t.Fatal(what)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// Messages queued before the stream is handed over, and after, go out in
+// order, one send at a time, and no writer goroutine stays once the
+// queue is empty.
+func TestWriterSendsInOrderOneAtATimeAndOnlyWhileMessagesWait(t *testing.T) {
+	r := NewRegistry(100)
+	s, _ := r.Register(acme, "1", time.Now())
+	msgs := make([]*tenantagentv1.ControlMessage, 60)
+	for i := range msgs {
+		msgs[i] = &tenantagentv1.ControlMessage{}
+	}
+	for _, m := range msgs[:10] {
+		if err := s.Send(m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	st := &stream{}
+	s.StartWriting(Writer{Send: st.send})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() { // a fan-out queueing while the writer sends
+		defer wg.Done()
+		for _, m := range msgs[10:] {
+			if err := s.Send(m); err != nil {
+				t.Error(err)
+			}
+		}
+	}()
+	wg.Wait()
+	eventually(t, "not everything was sent", func() bool { return len(st.got()) == len(msgs) })
+	for i, m := range st.got() {
+		if m != msgs[i] {
+			t.Fatalf("message %d sent out of order", i)
+		}
+	}
+	if st.twice.Load() {
+		t.Fatal("two sends ran at once")
+	}
+	eventually(t, "the writer did not stop once the queue was empty", func() bool {
+		s.queueMu.Lock()
+		defer s.queueMu.Unlock()
+		return !s.writing
+	})
+}
+
+// A closed session drops what waits, sends the writer's Last and calls
+// Closed once; StopWriting waits for the send in flight, and nothing is
+// sent after it returns.
+func TestCloseSendsLastInPlaceOfTheQueueAndStopWritingWaitsForTheSend(t *testing.T) {
+	r := NewRegistry(100)
+	s, _ := r.Register(acme, "1", time.Now())
+	first, dropped, last := &tenantagentv1.ControlMessage{}, &tenantagentv1.ControlMessage{}, &tenantagentv1.ControlMessage{}
+	st := &stream{block: make(chan struct{})}
+	var closed atomic.Int32
+	s.StartWriting(Writer{Send: st.send, Last: last, Closed: func() { closed.Add(1) }})
+	if err := s.Send(first); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the first send did not start", func() bool { return st.active.Load() == 1 })
+	if err := s.Send(dropped); err != nil {
+		t.Fatal(err)
+	}
+	s.Close(ErrReplaced)
+	s.Close(errors.New("a second cause"))
+	if err := s.Send(&tenantagentv1.ControlMessage{}); !errors.Is(err, ErrReplaced) {
+		t.Fatalf("Send after Close: %v, want the first cause", err)
+	}
+	if closed.Load() != 1 {
+		t.Fatalf("Closed called %d times, want once", closed.Load())
+	}
+	st.block <- struct{}{} // first goes out
+	st.block <- struct{}{} // then Last
+	eventually(t, "Last was not sent", func() bool { return len(st.got()) == 2 })
+	if got := st.got(); got[0] != first || got[1] != last {
+		t.Fatalf("sent %p %p, want first then Last (%p %p)", got[0], got[1], first, last)
+	}
+
+	// A send in flight when the handler stops the writer.
+	s2, _ := r.Register(acme, "2", time.Now())
+	st2 := &stream{block: make(chan struct{})}
+	s2.StartWriting(Writer{Send: st2.send, Last: last})
+	if err := s2.Send(first); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the send did not start", func() bool { return st2.active.Load() == 1 })
+	s2.Close(errors.New("stream closed"))
+	stopped := make(chan struct{})
+	go func() { s2.StopWriting(); close(stopped) }()
+	select {
+	case <-stopped:
+		t.Fatal("StopWriting returned while a send was in flight")
+	case <-time.After(50 * time.Millisecond):
+	}
+	close(st2.block)
+	<-stopped
+	time.Sleep(20 * time.Millisecond)
+	if got := st2.got(); len(got) != 1 || got[0] != first {
+		t.Fatalf("sent %d messages; want only the one in flight (Last must not follow StopWriting)", len(got))
 	}
 }

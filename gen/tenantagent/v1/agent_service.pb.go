@@ -555,6 +555,7 @@ type ControlMessage struct {
 	//	*ControlMessage_Cancel
 	//	*ControlMessage_ResultReceived
 	//	*ControlMessage_Reconnect
+	//	*ControlMessage_EndStream
 	Body          isControlMessage_Body `protobuf_oneof:"body"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -651,6 +652,15 @@ func (x *ControlMessage) GetReconnect() *Reconnect {
 	return nil
 }
 
+func (x *ControlMessage) GetEndStream() *EndStream {
+	if x != nil {
+		if x, ok := x.Body.(*ControlMessage_EndStream); ok {
+			return x.EndStream
+		}
+	}
+	return nil
+}
+
 type isControlMessage_Body interface {
 	isControlMessage_Body()
 }
@@ -688,6 +698,13 @@ type ControlMessage_Reconnect struct {
 	Reconnect *Reconnect `protobuf:"bytes,6,opt,name=reconnect,proto3,oneof"`
 }
 
+type ControlMessage_EndStream struct {
+	// end_stream is the last message on a stream the control plane ends:
+	// the agent closes its side and reads on for the status that says
+	// why.
+	EndStream *EndStream `protobuf:"bytes,7,opt,name=end_stream,json=endStream,proto3,oneof"`
+}
+
 func (*ControlMessage_Welcome) isControlMessage_Body() {}
 
 func (*ControlMessage_Refresh) isControlMessage_Body() {}
@@ -699,6 +716,8 @@ func (*ControlMessage_Cancel) isControlMessage_Body() {}
 func (*ControlMessage_ResultReceived) isControlMessage_Body() {}
 
 func (*ControlMessage_Reconnect) isControlMessage_Body() {}
+
+func (*ControlMessage_EndStream) isControlMessage_Body() {}
 
 // Hello introduces the agent. It is the first message on every stream.
 type Hello struct {
@@ -2179,6 +2198,47 @@ func (x *ResultReceived) GetCommandId() string {
 	return ""
 }
 
+// EndStream asks the agent to close its side of the stream (CloseSend)
+// and go on reading: the control plane then ends the stream with a status
+// that says why (replaced by a newer connection, denied, too slow to read,
+// shutting down). An agent that has not closed its side a second later
+// has its connection closed instead.
+type EndStream struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EndStream) Reset() {
+	*x = EndStream{}
+	mi := &file_tenantagent_v1_agent_service_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EndStream) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EndStream) ProtoMessage() {}
+
+func (x *EndStream) ProtoReflect() protoreflect.Message {
+	mi := &file_tenantagent_v1_agent_service_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EndStream.ProtoReflect.Descriptor instead.
+func (*EndStream) Descriptor() ([]byte, []int) {
+	return file_tenantagent_v1_agent_service_proto_rawDescGZIP(), []int{18}
+}
+
 // Reconnect asks the agent to close the stream and dial again after a delay.
 type Reconnect struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -2192,7 +2252,7 @@ type Reconnect struct {
 
 func (x *Reconnect) Reset() {
 	*x = Reconnect{}
-	mi := &file_tenantagent_v1_agent_service_proto_msgTypes[18]
+	mi := &file_tenantagent_v1_agent_service_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2204,7 +2264,7 @@ func (x *Reconnect) String() string {
 func (*Reconnect) ProtoMessage() {}
 
 func (x *Reconnect) ProtoReflect() protoreflect.Message {
-	mi := &file_tenantagent_v1_agent_service_proto_msgTypes[18]
+	mi := &file_tenantagent_v1_agent_service_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2217,7 +2277,7 @@ func (x *Reconnect) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Reconnect.ProtoReflect.Descriptor instead.
 func (*Reconnect) Descriptor() ([]byte, []int) {
-	return file_tenantagent_v1_agent_service_proto_rawDescGZIP(), []int{18}
+	return file_tenantagent_v1_agent_service_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *Reconnect) GetAfter() *durationpb.Duration {
@@ -2245,14 +2305,16 @@ const file_tenantagent_v1_agent_service_proto_rawDesc = "" +
 	"\x03ack\x18\x03 \x01(\v2\x1a.tenantagent.v1.CommandAckH\x00R\x03ack\x12=\n" +
 	"\bprogress\x18\x04 \x01(\v2\x1f.tenantagent.v1.CommandProgressH\x00R\bprogress\x127\n" +
 	"\x06result\x18\x05 \x01(\v2\x1d.tenantagent.v1.CommandResultH\x00R\x06resultB\x06\n" +
-	"\x04body\"\x91\x03\n" +
+	"\x04body\"\xcd\x03\n" +
 	"\x0eControlMessage\x123\n" +
 	"\awelcome\x18\x01 \x01(\v2\x17.tenantagent.v1.WelcomeH\x00R\awelcome\x12?\n" +
 	"\arefresh\x18\x02 \x01(\v2#.tenantagent.v1.RefreshRuntimeImageH\x00R\arefresh\x12B\n" +
 	"\bprefetch\x18\x03 \x01(\v2$.tenantagent.v1.PrefetchRuntimeImageH\x00R\bprefetch\x127\n" +
 	"\x06cancel\x18\x04 \x01(\v2\x1d.tenantagent.v1.CancelCommandH\x00R\x06cancel\x12I\n" +
 	"\x0fresult_received\x18\x05 \x01(\v2\x1e.tenantagent.v1.ResultReceivedH\x00R\x0eresultReceived\x129\n" +
-	"\treconnect\x18\x06 \x01(\v2\x19.tenantagent.v1.ReconnectH\x00R\treconnectB\x06\n" +
+	"\treconnect\x18\x06 \x01(\v2\x19.tenantagent.v1.ReconnectH\x00R\treconnect\x12:\n" +
+	"\n" +
+	"end_stream\x18\a \x01(\v2\x19.tenantagent.v1.EndStreamH\x00R\tendStreamB\x06\n" +
 	"\x04body\"\xcb\x02\n" +
 	"\x05Hello\x12\x16\n" +
 	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12#\n" +
@@ -2389,7 +2451,8 @@ const file_tenantagent_v1_agent_service_proto_rawDesc = "" +
 	"\x06reason\x18\x02 \x01(\tR\x06reason\"/\n" +
 	"\x0eResultReceived\x12\x1d\n" +
 	"\n" +
-	"command_id\x18\x01 \x01(\tR\tcommandId\"T\n" +
+	"command_id\x18\x01 \x01(\tR\tcommandId\"\v\n" +
+	"\tEndStream\"T\n" +
 	"\tReconnect\x12/\n" +
 	"\x05after\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\x05after\x12\x16\n" +
 	"\x06reason\x18\x02 \x01(\tR\x06reason*\xfb\x01\n" +
@@ -2454,7 +2517,7 @@ func file_tenantagent_v1_agent_service_proto_rawDescGZIP() []byte {
 }
 
 var file_tenantagent_v1_agent_service_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
-var file_tenantagent_v1_agent_service_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
+var file_tenantagent_v1_agent_service_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
 var file_tenantagent_v1_agent_service_proto_goTypes = []any{
 	(ContainerState)(0),           // 0: tenantagent.v1.ContainerState
 	(ContainerHealth)(0),          // 1: tenantagent.v1.ContainerHealth
@@ -2479,9 +2542,10 @@ var file_tenantagent_v1_agent_service_proto_goTypes = []any{
 	(*PrefetchRuntimeImage)(nil),  // 20: tenantagent.v1.PrefetchRuntimeImage
 	(*CancelCommand)(nil),         // 21: tenantagent.v1.CancelCommand
 	(*ResultReceived)(nil),        // 22: tenantagent.v1.ResultReceived
-	(*Reconnect)(nil),             // 23: tenantagent.v1.Reconnect
-	(*timestamppb.Timestamp)(nil), // 24: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),   // 25: google.protobuf.Duration
+	(*EndStream)(nil),             // 23: tenantagent.v1.EndStream
+	(*Reconnect)(nil),             // 24: tenantagent.v1.Reconnect
+	(*timestamppb.Timestamp)(nil), // 25: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),   // 26: google.protobuf.Duration
 }
 var file_tenantagent_v1_agent_service_proto_depIdxs = []int32{
 	7,  // 0: tenantagent.v1.AgentMessage.hello:type_name -> tenantagent.v1.Hello
@@ -2494,42 +2558,43 @@ var file_tenantagent_v1_agent_service_proto_depIdxs = []int32{
 	20, // 7: tenantagent.v1.ControlMessage.prefetch:type_name -> tenantagent.v1.PrefetchRuntimeImage
 	21, // 8: tenantagent.v1.ControlMessage.cancel:type_name -> tenantagent.v1.CancelCommand
 	22, // 9: tenantagent.v1.ControlMessage.result_received:type_name -> tenantagent.v1.ResultReceived
-	23, // 10: tenantagent.v1.ControlMessage.reconnect:type_name -> tenantagent.v1.Reconnect
-	9,  // 11: tenantagent.v1.Hello.runtimes:type_name -> tenantagent.v1.RuntimeStatus
-	24, // 12: tenantagent.v1.HealthReport.observed_at:type_name -> google.protobuf.Timestamp
-	9,  // 13: tenantagent.v1.HealthReport.runtimes:type_name -> tenantagent.v1.RuntimeStatus
-	10, // 14: tenantagent.v1.RuntimeStatus.containers:type_name -> tenantagent.v1.ContainerStatus
-	0,  // 15: tenantagent.v1.ContainerStatus.state:type_name -> tenantagent.v1.ContainerState
-	1,  // 16: tenantagent.v1.ContainerStatus.health:type_name -> tenantagent.v1.ContainerHealth
-	24, // 17: tenantagent.v1.ContainerStatus.started_at:type_name -> google.protobuf.Timestamp
-	24, // 18: tenantagent.v1.CommandProgress.time:type_name -> google.protobuf.Timestamp
-	2,  // 19: tenantagent.v1.CommandProgress.phase:type_name -> tenantagent.v1.CommandPhase
-	13, // 20: tenantagent.v1.CommandProgress.layers:type_name -> tenantagent.v1.LayerProgress
-	3,  // 21: tenantagent.v1.CommandResult.outcome:type_name -> tenantagent.v1.CommandOutcome
-	2,  // 22: tenantagent.v1.CommandResult.failed_phase:type_name -> tenantagent.v1.CommandPhase
-	24, // 23: tenantagent.v1.CommandResult.started_at:type_name -> google.protobuf.Timestamp
-	24, // 24: tenantagent.v1.CommandResult.finished_at:type_name -> google.protobuf.Timestamp
-	25, // 25: tenantagent.v1.CommandResult.pull_duration:type_name -> google.protobuf.Duration
-	16, // 26: tenantagent.v1.CommandResult.containers:type_name -> tenantagent.v1.ContainerResult
-	15, // 27: tenantagent.v1.CommandResult.signature:type_name -> tenantagent.v1.SignatureCheck
-	4,  // 28: tenantagent.v1.ContainerResult.outcome:type_name -> tenantagent.v1.ContainerOutcome
-	25, // 29: tenantagent.v1.ContainerResult.downtime:type_name -> google.protobuf.Duration
-	25, // 30: tenantagent.v1.ContainerResult.health_gate:type_name -> google.protobuf.Duration
-	2,  // 31: tenantagent.v1.ContainerResult.failed_phase:type_name -> tenantagent.v1.CommandPhase
-	25, // 32: tenantagent.v1.Welcome.heartbeat_interval:type_name -> google.protobuf.Duration
-	19, // 33: tenantagent.v1.RefreshRuntimeImage.options:type_name -> tenantagent.v1.RefreshOptions
-	24, // 34: tenantagent.v1.RefreshRuntimeImage.deadline:type_name -> google.protobuf.Timestamp
-	25, // 35: tenantagent.v1.RefreshOptions.health_gate_timeout:type_name -> google.protobuf.Duration
-	25, // 36: tenantagent.v1.RefreshOptions.stability_window:type_name -> google.protobuf.Duration
-	24, // 37: tenantagent.v1.PrefetchRuntimeImage.deadline:type_name -> google.protobuf.Timestamp
-	25, // 38: tenantagent.v1.Reconnect.after:type_name -> google.protobuf.Duration
-	5,  // 39: tenantagent.v1.AgentService.Connect:input_type -> tenantagent.v1.AgentMessage
-	6,  // 40: tenantagent.v1.AgentService.Connect:output_type -> tenantagent.v1.ControlMessage
-	40, // [40:41] is the sub-list for method output_type
-	39, // [39:40] is the sub-list for method input_type
-	39, // [39:39] is the sub-list for extension type_name
-	39, // [39:39] is the sub-list for extension extendee
-	0,  // [0:39] is the sub-list for field type_name
+	24, // 10: tenantagent.v1.ControlMessage.reconnect:type_name -> tenantagent.v1.Reconnect
+	23, // 11: tenantagent.v1.ControlMessage.end_stream:type_name -> tenantagent.v1.EndStream
+	9,  // 12: tenantagent.v1.Hello.runtimes:type_name -> tenantagent.v1.RuntimeStatus
+	25, // 13: tenantagent.v1.HealthReport.observed_at:type_name -> google.protobuf.Timestamp
+	9,  // 14: tenantagent.v1.HealthReport.runtimes:type_name -> tenantagent.v1.RuntimeStatus
+	10, // 15: tenantagent.v1.RuntimeStatus.containers:type_name -> tenantagent.v1.ContainerStatus
+	0,  // 16: tenantagent.v1.ContainerStatus.state:type_name -> tenantagent.v1.ContainerState
+	1,  // 17: tenantagent.v1.ContainerStatus.health:type_name -> tenantagent.v1.ContainerHealth
+	25, // 18: tenantagent.v1.ContainerStatus.started_at:type_name -> google.protobuf.Timestamp
+	25, // 19: tenantagent.v1.CommandProgress.time:type_name -> google.protobuf.Timestamp
+	2,  // 20: tenantagent.v1.CommandProgress.phase:type_name -> tenantagent.v1.CommandPhase
+	13, // 21: tenantagent.v1.CommandProgress.layers:type_name -> tenantagent.v1.LayerProgress
+	3,  // 22: tenantagent.v1.CommandResult.outcome:type_name -> tenantagent.v1.CommandOutcome
+	2,  // 23: tenantagent.v1.CommandResult.failed_phase:type_name -> tenantagent.v1.CommandPhase
+	25, // 24: tenantagent.v1.CommandResult.started_at:type_name -> google.protobuf.Timestamp
+	25, // 25: tenantagent.v1.CommandResult.finished_at:type_name -> google.protobuf.Timestamp
+	26, // 26: tenantagent.v1.CommandResult.pull_duration:type_name -> google.protobuf.Duration
+	16, // 27: tenantagent.v1.CommandResult.containers:type_name -> tenantagent.v1.ContainerResult
+	15, // 28: tenantagent.v1.CommandResult.signature:type_name -> tenantagent.v1.SignatureCheck
+	4,  // 29: tenantagent.v1.ContainerResult.outcome:type_name -> tenantagent.v1.ContainerOutcome
+	26, // 30: tenantagent.v1.ContainerResult.downtime:type_name -> google.protobuf.Duration
+	26, // 31: tenantagent.v1.ContainerResult.health_gate:type_name -> google.protobuf.Duration
+	2,  // 32: tenantagent.v1.ContainerResult.failed_phase:type_name -> tenantagent.v1.CommandPhase
+	26, // 33: tenantagent.v1.Welcome.heartbeat_interval:type_name -> google.protobuf.Duration
+	19, // 34: tenantagent.v1.RefreshRuntimeImage.options:type_name -> tenantagent.v1.RefreshOptions
+	25, // 35: tenantagent.v1.RefreshRuntimeImage.deadline:type_name -> google.protobuf.Timestamp
+	26, // 36: tenantagent.v1.RefreshOptions.health_gate_timeout:type_name -> google.protobuf.Duration
+	26, // 37: tenantagent.v1.RefreshOptions.stability_window:type_name -> google.protobuf.Duration
+	25, // 38: tenantagent.v1.PrefetchRuntimeImage.deadline:type_name -> google.protobuf.Timestamp
+	26, // 39: tenantagent.v1.Reconnect.after:type_name -> google.protobuf.Duration
+	5,  // 40: tenantagent.v1.AgentService.Connect:input_type -> tenantagent.v1.AgentMessage
+	6,  // 41: tenantagent.v1.AgentService.Connect:output_type -> tenantagent.v1.ControlMessage
+	41, // [41:42] is the sub-list for method output_type
+	40, // [40:41] is the sub-list for method input_type
+	40, // [40:40] is the sub-list for extension type_name
+	40, // [40:40] is the sub-list for extension extendee
+	0,  // [0:40] is the sub-list for field type_name
 }
 
 func init() { file_tenantagent_v1_agent_service_proto_init() }
@@ -2551,6 +2616,7 @@ func file_tenantagent_v1_agent_service_proto_init() {
 		(*ControlMessage_Cancel)(nil),
 		(*ControlMessage_ResultReceived)(nil),
 		(*ControlMessage_Reconnect)(nil),
+		(*ControlMessage_EndStream)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -2558,7 +2624,7 @@ func file_tenantagent_v1_agent_service_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tenantagent_v1_agent_service_proto_rawDesc), len(file_tenantagent_v1_agent_service_proto_rawDesc)),
 			NumEnums:      5,
-			NumMessages:   19,
+			NumMessages:   20,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
