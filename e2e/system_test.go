@@ -72,7 +72,13 @@ func TestSystemPromoteTwoTenantsTwoRuntimes(t *testing.T) {
 	if d := late.digest(); d != e.v2 {
 		t.Errorf("latecomer digest %s", d)
 	}
-	if out := e.grpcurl("ListCommands", `{"tenant":"latecomer"}`); !strings.Contains(out, `"requestedBy": "reconcile"`) || !strings.Contains(out, "COMMAND_STATE_SUCCEEDED") {
+	// The new container serves before the agent's result is stored (the
+	// agent checks the container, then reports).
+	eventually(t, "the latecomer's reconcile command recorded SUCCEEDED", func() bool {
+		out = e.grpcurl("ListCommands", `{"tenant":"latecomer"}`)
+		return strings.Contains(out, "COMMAND_STATE_SUCCEEDED")
+	})
+	if !strings.Contains(out, `"requestedBy": "reconcile"`) {
 		t.Errorf("latecomer's commands:\n%s", out)
 	}
 }

@@ -226,7 +226,8 @@ func (s *service) read(ctx context.Context, stream tenantagentv1.AgentService_Co
 				// connection was cut off.
 				return closeStatus(cause)
 			}
-			return nil // the agent went away; the deferred cleanup records it
+			sess.Close(errors.New("stream ended by the agent"))
+			return nil // the deferred cleanup records it
 		}
 		sess.Touch(time.Now())
 		if err := checkMessage(msg); err != nil {
