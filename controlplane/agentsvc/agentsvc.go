@@ -204,6 +204,9 @@ func (s *service) awaitHello(stream tenantagentv1.AgentService_ConnectServer) (*
 		}
 		got <- msg
 	}()
+	// Stopped on return, so that it is not kept until it would fire.
+	timeout := time.NewTimer(s.cfg.HelloTimeout)
+	defer timeout.Stop()
 	select {
 	case msg := <-got:
 		if msg.GetHello() == nil {
@@ -212,7 +215,7 @@ func (s *service) awaitHello(stream tenantagentv1.AgentService_ConnectServer) (*
 		return msg.GetHello(), nil
 	case err := <-failed:
 		return nil, err
-	case <-time.After(s.cfg.HelloTimeout):
+	case <-timeout.C:
 		return nil, status.Errorf(codes.DeadlineExceeded, "no Hello within %s", s.cfg.HelloTimeout)
 	}
 }
