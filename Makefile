@@ -98,7 +98,7 @@ BENCH_REPLICAS_N ?= 1000
 BENCH_HOST ?= -sizes 1,5,20 -parallel 1,4 -footprint 60s
 
 bench: build ## Fleet fan-out, memory and restart storms at BENCH_N agents, promote acks across BENCH_REPLICAS replicas on PostgreSQL, recreate downtime over BENCH_ROUNDS rounds, one host's refresh and the agent's footprint (needs Docker and PostgreSQL)
-	@echo "| N | connect | CP RSS per agent | acked p50 / p99 | all acked | all stored | bare broadcast p50 / p99 / all | all acked / bare | CPU: CP a command / bare a message / bare a command | kill -9 storm | SIGTERM storm |"
+	@echo "| N | connect | CP RSS per agent (bare stream) | acked p50 / p99 | all acked | all stored | bare broadcast p50 / p99 / all | all acked / bare | CPU: CP a command / bare a message / bare a command | kill -9 storm | SIGTERM storm |"
 	@echo "|---|---|---|---|---|---|---|---|---|---|---|"
 	@for n in $(BENCH_N); do $(GO) run ./bench/fleetsim -n $$n || exit 1; done
 	@echo

@@ -149,8 +149,8 @@ func main() {
 		json.NewEncoder(os.Stdout).Encode(res)
 		return
 	}
-	fmt.Printf("| %d | %.2f s | %s | %.0f ms / %.0f ms | %.2f s | %.2f s | %.0f ms / %.0f ms / %.2f s | %.2fx | %.0f µs / %.1f µs (%.1fx) / %.1f µs (%.1fx) | %.2f s (peak %.0f/s) | %.2f s (peak %.0f/s) |\n",
-		res.N, res.ConnectSeconds, kib(res.RSSPerAgentBytes), res.AckedP50*1000, res.AckedP99*1000, res.AckedAll, res.StoredAll,
+	fmt.Printf("| %d | %.2f s | %s (bare %s) | %.0f ms / %.0f ms | %.2f s | %.2f s | %.0f ms / %.0f ms / %.2f s | %.2fx | %.0f µs / %.1f µs (%.1fx) / %.1f µs (%.1fx) | %.2f s (peak %.0f/s) | %.2f s (peak %.0f/s) |\n",
+		res.N, res.ConnectSeconds, kib(res.RSSPerAgentBytes), kib(res.BareRSSPerStream), res.AckedP50*1000, res.AckedP99*1000, res.AckedAll, res.StoredAll,
 		res.BareP50*1000, res.BareP99*1000, res.BareAll, res.RatioToBare, res.CPPromoteCPUPerAgent*1e6, res.BareCPUPerMessage*1e6, res.CPURatioToBare,
 		res.BareCPUPerExchange*1e6, res.CPURatioToBareExchange,
 		res.Kill.Seconds, res.Kill.PeakPerSec, res.Term.Seconds, res.Term.PeakPerSec)
