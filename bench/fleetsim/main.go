@@ -215,7 +215,11 @@ func run(n int, cpBin, work string) (result, error) {
 		return res, err
 	}
 	res.ConnectSeconds = time.Since(start).Seconds()
-	time.Sleep(2 * time.Second) // let the first heartbeats and GC settle
+	// Memory is read once every agent has sent a heartbeat (every 15 s)
+	// besides its Hello: a fleet's steady state, where the first seconds
+	// after connecting would show less (a stream's handler grows its
+	// stack handling one).
+	time.Sleep(17 * time.Second)
 	// The control plane's CPU rate when idle but for heartbeats, to take
 	// off the promote's.
 	idleCPU0, idleAt := procCPU(cp.Process.Pid), time.Now()
@@ -697,13 +701,17 @@ func copyFile(from, to string) {
 	}
 }
 
-// collect has the control plane run a garbage collection (pprof's heap
+// collect has the control plane run garbage collections (pprof's heap
 // profile with gc=1), so that what /metrics says next is what is live.
+// Three: each shrinks a goroutine's stack by half at most, as a running
+// control plane's collections do over time.
 func collect(httpAddr string) {
-	resp, err := http.Get("http://" + httpAddr + "/debug/pprof/heap?gc=1")
-	if err != nil {
-		return
+	for range 3 {
+		resp, err := http.Get("http://" + httpAddr + "/debug/pprof/heap?gc=1")
+		if err != nil {
+			return
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
 	}
-	io.Copy(io.Discard, resp.Body)
-	resp.Body.Close()
 }

@@ -80,30 +80,60 @@ func New(cfg Config) (tenantagentv1.AgentServiceServer, error) {
 	return &service{cfg: cfg}, nil
 }
 
+// agentStream is one agent's stream once open: what reading it needs.
+type agentStream struct {
+	grpc tenantagentv1.AgentService_ConnectServer
+	ctx  context.Context
+	id   identity.Identity
+	sess *session.Session
+	// epoch is the cluster's claim on the stream.
+	epoch int64
+	// returned is set once the handler is done with the stream (see
+	// cutOffLater).
+	returned atomic.Bool
+}
+
+// Connect opens the stream, then reads it until it ends. The handler's
+// goroutine is the one goroutine of ours an idle stream holds, parked in
+// Recv for as long as the stream lasts: setting up (open) and handling a
+// message (handle) run in frames of their own that are gone while it
+// waits, so that its stack, shrunk by the collector to twice what the
+// wait uses at most, stays small (fleetsim: 8 KiB a stream).
 func (s *service) Connect(stream tenantagentv1.AgentService_ConnectServer) error {
-	ctx := stream.Context()
-	id, ok := identity.FromContext(ctx)
-	if !ok || id.Kind != identity.KindAgent {
-		return status.Error(codes.PermissionDenied, "only tenant agents may connect")
-	}
-	hello, err := s.awaitHello(stream)
+	as, err := s.open(stream)
 	if err != nil {
 		return err
 	}
+	defer s.close(as)
+	return s.read(as)
+}
+
+// open checks the agent's Hello, registers and claims its stream, welcomes
+// it, and delivers what waits for it. On error nothing of the stream is
+// left registered.
+func (s *service) open(stream tenantagentv1.AgentService_ConnectServer) (*agentStream, error) {
+	ctx := stream.Context()
+	id, ok := identity.FromContext(ctx)
+	if !ok || id.Kind != identity.KindAgent {
+		return nil, status.Error(codes.PermissionDenied, "only tenant agents may connect")
+	}
+	hello, err := s.awaitHello(stream)
+	if err != nil {
+		return nil, err
+	}
 	// Checked before anything is registered, stored or logged.
 	if err := checkHello(hello); err != nil {
-		return s.refuse(id, err)
+		return nil, s.refuse(id, err)
 	}
 	if hello.GetTenant() != "" && hello.GetTenant() != id.Tenant {
 		s.cfg.Logger.Warn("hello claims another tenant; refused", "agent", id.ID, "claimed", limits.Quoted(hello.GetTenant()))
-		return status.Errorf(codes.PermissionDenied, "certificate %s is for tenant %q; Hello claims tenant %s", id.ID, id.Tenant, limits.Quoted(hello.GetTenant()))
+		return nil, status.Errorf(codes.PermissionDenied, "certificate %s is for tenant %q; Hello claims tenant %s", id.ID, id.Tenant, limits.Quoted(hello.GetTenant()))
 	}
 
 	sess, replaced := s.cfg.Sessions.Register(id, serialOf(ctx), time.Now())
 	if err := sess.Err(); err != nil { // the registry is closed: shutting down
-		return closeStatus(err)
+		return nil, closeStatus(err)
 	}
-	defer sess.Close(errors.New("stream closed"))
 	// Not a logger With the agent: it would live as long as the stream.
 	log := s.cfg.Logger
 	if replaced != nil {
@@ -114,23 +144,13 @@ func (s *service) Connect(stream tenantagentv1.AgentService_ConnectServer) error
 	epoch, err := s.cfg.Cluster.Claim(ctx, id.ID)
 	if err != nil {
 		s.cfg.Sessions.Unregister(sess)
+		sess.Close(errors.New("stream not recorded"))
 		log.Error("cannot record the agent's stream; refused", "agent", id.ID, "error", err)
-		return status.Error(codes.Unavailable, "the control plane cannot record this stream now; reconnect later")
+		return nil, status.Error(codes.Unavailable, "the control plane cannot record this stream now; reconnect later")
 	}
 	sess.SetEpoch(epoch)
 	log.Info("agent connected", "agent", id.ID, "epoch", epoch, "hostname", hello.GetHostname(), "version", hello.GetAgentVersion(), "docker", hello.GetDockerVersion())
-	defer func() {
-		unregistered := s.cfg.Sessions.Unregister(sess)
-		// Released before the record says disconnected, so every replica
-		// (this one too) sees the agent offline when it reads the record.
-		s.cfg.Cluster.Release(context.WithoutCancel(ctx), id.ID, epoch)
-		// A stream replaced by a newer one (here or on another replica)
-		// leaves the agent's record to the newer one.
-		if unregistered && !errors.Is(sess.Err(), session.ErrReplaced) {
-			s.cfg.Fleet.Disconnected(sess)
-		}
-		log.Info("agent disconnected", "agent", id.ID, "cause", sess.Err())
-	}()
+	as := &agentStream{grpc: stream, ctx: ctx, id: id, sess: sess, epoch: epoch}
 
 	// Recorded before Welcome, so an agent that was welcomed is known.
 	agent := s.cfg.Fleet.Connected(sess, hello)
@@ -138,27 +158,19 @@ func (s *service) Connect(stream tenantagentv1.AgentService_ConnectServer) error
 		Identity: id.ID, Tenant: id.Tenant, AgentName: id.Name,
 		HeartbeatInterval: durationpb.New(s.cfg.HeartbeatInterval), ControlPlaneVersion: version.String(),
 	}}})
-	// This goroutine reads; the session sends from a goroutine of its own
-	// only while messages wait, so an idle stream holds no goroutine of
-	// ours but this one. gRPC ends a blocked Recv only with the stream,
-	// so a session closed here (replaced, denied, too slow, shutting
-	// down) asks the agent to end its side (EndStream): Recv then returns
-	// and the status this returns tells the agent why. An agent that does
-	// not, or has stopped reading, is cut off with its connection.
-	var returned atomic.Bool
-	defer func() {
-		sess.Close(errors.New("stream closed")) // first, so that a stuck send is cut off
-		sess.StopWriting()                      // gRPC allows no send once this returns
-		returned.Store(true)
-	}()
+	// The session sends from a goroutine of its own only while messages
+	// wait. gRPC ends a blocked Recv only with the stream, so a session
+	// closed here (replaced, denied, too slow, shutting down) asks the
+	// agent to end its side (EndStream): Recv then returns and the status
+	// the handler returns tells the agent why. An agent that does not,
+	// or has stopped reading, is cut off with its connection.
 	sess.StartWriting(session.Writer{
 		Send:   stream.Send,
 		Last:   endStream,
-		Closed: func() { s.cutOffLater(ctx, sess, &returned) },
+		Closed: func() { s.cutOffLater(as) },
 	})
 	// Delivery (which may queue many commands, and reads the store) runs
-	// before reading and in a goroutine of its own, so that this one
-	// does not keep the stack it grows for as long as the stream lasts.
+	// before reading, in a goroutine of its own: its stack goes with it.
 	delivered := make(chan struct{})
 	go func() {
 		defer close(delivered)
@@ -168,7 +180,25 @@ func (s *service) Connect(stream tenantagentv1.AgentService_ConnectServer) error
 		s.cfg.Reconciler.Reconcile(ctx, agent)
 	}()
 	<-delivered
-	return s.read(ctx, stream, sess, id)
+	return as, nil
+}
+
+// close ends what open began, once the handler is done reading.
+func (s *service) close(as *agentStream) {
+	sess := as.sess
+	sess.Close(errors.New("stream closed")) // first, so that a stuck send is cut off
+	sess.StopWriting()                      // gRPC allows no send once the handler returns
+	as.returned.Store(true)
+	unregistered := s.cfg.Sessions.Unregister(sess)
+	// Released before the record says disconnected, so every replica
+	// (this one too) sees the agent offline when it reads the record.
+	s.cfg.Cluster.Release(context.WithoutCancel(as.ctx), as.id.ID, as.epoch)
+	// A stream replaced by a newer one (here or on another replica)
+	// leaves the agent's record to the newer one.
+	if unregistered && !errors.Is(sess.Err(), session.ErrReplaced) {
+		s.cfg.Fleet.Disconnected(sess)
+	}
+	s.cfg.Logger.Info("agent disconnected", "agent", as.id.ID, "cause", sess.Err())
 }
 
 // endStream is the last message on a stream whose session was closed.
@@ -182,13 +212,16 @@ const cutOffAfter = time.Second
 // not returned within cutOffAfter: its agent did not end the stream when
 // asked, or stopped reading (a send to it is stuck on flow control), and
 // only the connection's end unblocks the handler.
-func (s *service) cutOffLater(ctx context.Context, sess *session.Session, returned *atomic.Bool) {
+func (s *service) cutOffLater(as *agentStream) {
+	if as.returned.Load() {
+		return
+	}
 	time.AfterFunc(cutOffAfter, func() {
-		if returned.Load() {
+		if as.returned.Load() {
 			return
 		}
-		if p, ok := peer.FromContext(ctx); ok && mtls.CloseConn(p.AuthInfo) {
-			s.cfg.Logger.Warn("agent did not end its stream when asked; connection closed", "agent", sess.Identity.ID, "cause", sess.Err())
+		if p, ok := peer.FromContext(as.ctx); ok && mtls.CloseConn(p.AuthInfo) {
+			s.cfg.Logger.Warn("agent did not end its stream when asked; connection closed", "agent", as.id.ID, "cause", as.sess.Err())
 		}
 	})
 }
@@ -220,40 +253,50 @@ func (s *service) awaitHello(stream tenantagentv1.AgentService_ConnectServer) (*
 	}
 }
 
-func (s *service) read(ctx context.Context, stream tenantagentv1.AgentService_ConnectServer, sess *session.Session, id identity.Identity) error {
+// read hands what the agent sends to handle until the stream ends.
+func (s *service) read(as *agentStream) error {
 	for {
-		msg, err := stream.Recv()
+		msg, err := as.grpc.Recv()
 		if err != nil {
-			if cause := sess.Err(); cause != nil {
+			if cause := as.sess.Err(); cause != nil {
 				// Closed here: the agent ended its side when asked, or its
 				// connection was cut off.
 				return closeStatus(cause)
 			}
-			sess.Close(errors.New("stream ended by the agent"))
-			return nil // the deferred cleanup records it
+			as.sess.Close(errors.New("stream ended by the agent"))
+			return nil // close records it
 		}
-		sess.Touch(time.Now())
-		if err := checkMessage(msg); err != nil {
-			return s.refuse(id, err)
-		}
-		switch body := msg.GetBody().(type) {
-		case *tenantagentv1.AgentMessage_Health:
-			if err := s.cfg.Fleet.CheckSession(sess); err != nil {
-				return status.Error(codes.PermissionDenied, err.Error())
-			}
-			s.cfg.Reconciler.Reconcile(ctx, s.cfg.Fleet.Health(sess, body.Health))
-		case *tenantagentv1.AgentMessage_Ack:
-			s.cfg.Dispatcher.HandleAck(ctx, sess, body.Ack)
-		case *tenantagentv1.AgentMessage_Progress:
-			s.cfg.Dispatcher.HandleProgress(ctx, sess, body.Progress)
-		case *tenantagentv1.AgentMessage_Result:
-			s.cfg.Dispatcher.HandleResult(ctx, sess, body.Result)
-		case *tenantagentv1.AgentMessage_Hello:
-			return cperr.Status(s.cfg.Logger, cperr.Invalid("Hello may be sent only once per stream"))
-		default:
-			return cperr.Status(s.cfg.Logger, cperr.Invalid("empty or unknown agent message"))
+		if err := s.handle(as, msg); err != nil {
+			return err
 		}
 	}
+}
+
+// handle acts on one message of the agent's; an error ends the stream.
+func (s *service) handle(as *agentStream, msg *tenantagentv1.AgentMessage) error {
+	ctx, sess := as.ctx, as.sess
+	sess.Touch(time.Now())
+	if err := checkMessage(msg); err != nil {
+		return s.refuse(as.id, err)
+	}
+	switch body := msg.GetBody().(type) {
+	case *tenantagentv1.AgentMessage_Health:
+		if err := s.cfg.Fleet.CheckSession(sess); err != nil {
+			return status.Error(codes.PermissionDenied, err.Error())
+		}
+		s.cfg.Reconciler.Reconcile(ctx, s.cfg.Fleet.Health(sess, body.Health))
+	case *tenantagentv1.AgentMessage_Ack:
+		s.cfg.Dispatcher.HandleAck(ctx, sess, body.Ack)
+	case *tenantagentv1.AgentMessage_Progress:
+		s.cfg.Dispatcher.HandleProgress(ctx, sess, body.Progress)
+	case *tenantagentv1.AgentMessage_Result:
+		s.cfg.Dispatcher.HandleResult(ctx, sess, body.Result)
+	case *tenantagentv1.AgentMessage_Hello:
+		return cperr.Status(s.cfg.Logger, cperr.Invalid("Hello may be sent only once per stream"))
+	default:
+		return cperr.Status(s.cfg.Logger, cperr.Invalid("empty or unknown agent message"))
+	}
+	return nil
 }
 
 // refuse ends a stream whose message broke a limit: logged once, here,
