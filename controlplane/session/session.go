@@ -65,7 +65,8 @@ type Writer struct {
 	// whatever was still queued: it asks the agent to end the stream.
 	Last *tenantagentv1.ControlMessage
 	// Closed, if set, is called once when the session is closed, in the
-	// goroutine that closed it.
+	// goroutine that closed it (in StartWriting's, if it was closed
+	// before).
 	Closed func()
 }
 
