@@ -244,9 +244,15 @@ func bareServe(n int, certDir string) error {
 	roots.AppendCertsFromPEM(caPEM)
 	srvCreds := credentials.NewTLS(&tls.Config{MinVersion: tls.VersionTLS13, Certificates: []tls.Certificate{serverCert}, ClientCAs: roots, ClientAuth: tls.RequireAndVerifyClientCert})
 	bare := &bareServer{ready: make(chan struct{}), want: n, exchange: make(chan struct{}), release: make(chan struct{})}
-	// The same buffers as the control plane's agent listener: the floor
-	// of the same kind of stream.
-	srv := grpc.NewServer(grpc.Creds(srvCreds), grpc.ReadBufferSize(4<<10), grpc.WriteBufferSize(4<<10), grpc.SharedWriteBuffer(true))
+	// The floor issue #16 set: 4 KiB buffers and a shared write buffer.
+	// The control plane's agent listener has no read buffer of gRPC's
+	// own since; FLEETSIM_BARE_READ_BUFFER=0 measures the bare stream
+	// that way too.
+	readBuffer := 4 << 10
+	if b, err := strconv.Atoi(os.Getenv("FLEETSIM_BARE_READ_BUFFER")); err == nil {
+		readBuffer = b
+	}
+	srv := grpc.NewServer(grpc.Creds(srvCreds), grpc.ReadBufferSize(readBuffer), grpc.WriteBufferSize(4<<10), grpc.SharedWriteBuffer(true))
 	tenantagentv1.RegisterAgentServiceServer(srv, bare)
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

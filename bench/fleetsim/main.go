@@ -307,8 +307,10 @@ func promote(ctx context.Context, res *result, n int, cp *exec.Cmd, certDir stri
 	}
 	admin.ListRuntimePins(ctx, &controlplanev1.ListRuntimePinsRequest{}) // the connection is up before the clock starts
 	var rolloutID string
-	if os.Getenv("FLEETSIM_PROFILE") != "" {
-		go profile("http://"+addrs[2]+"/debug/pprof/profile?seconds=3", os.Getenv("FLEETSIM_PROFILE"))
+	if f := os.Getenv("FLEETSIM_PROFILE"); f != "" {
+		var profiled sync.WaitGroup
+		profiled.Go(func() { profile("http://"+addrs[2]+"/debug/pprof/profile?seconds=3", f) })
+		defer profiled.Wait() // the control plane lives until the profile is saved
 	}
 	cpCPU0, agentsCPU0 := procCPU(cp.Process.Pid), selfCPU()
 	t0 := time.Now()

@@ -48,9 +48,9 @@ import (
 )
 
 const (
-	maxAgentMessage = 1 << 20   // a health report of many containers fits
-	maxAdminMessage = 256 << 10 // admin requests are small
-	agentConnBuffer = 4 << 10
+	maxAgentMessage  = 1 << 20   // a health report of many containers fits
+	maxAdminMessage  = 256 << 10 // admin requests are small
+	agentWriteBuffer = 4 << 10
 )
 
 // Server is a running control plane.
@@ -238,11 +238,15 @@ func (s *Server) newGRPCServers(agents tenantagentv1.AgentServiceServer, admin c
 	s.agentSrv = grpc.NewServer(append(common,
 		grpc.Creds(s.handshakes.Credentials(creds)),
 		grpc.MaxRecvMsgSize(maxAgentMessage),
-		// Thousands of mostly idle streams: small per-connection buffers
+		// Thousands of mostly idle streams: no read buffer of gRPC's own
 		// and one shared write buffer keep memory per agent down (measured
-		// with bench/fleetsim; see the README's benchmark table).
-		grpc.ReadBufferSize(agentConnBuffer),
-		grpc.WriteBufferSize(agentConnBuffer),
+		// with bench/fleetsim; see the README's benchmark table). crypto/tls
+		// already holds each record it decrypts, so the framer reads frames
+		// from it directly; gRPC's buffer would be 4 KiB more a connection
+		// for the whole of its life (it pools read buffers only on plain
+		// TCP connections).
+		grpc.ReadBufferSize(0),
+		grpc.WriteBufferSize(agentWriteBuffer),
 		grpc.SharedWriteBuffer(true),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: cfg.KeepaliveMinTime, PermitWithoutStream: true}),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: cfg.KeepaliveTime, Timeout: cfg.KeepaliveTimeout, MaxConnectionIdle: cfg.AgentIdleTimeout}),
