@@ -175,7 +175,10 @@ func (a *Agent) Send(msg *tenantagentv1.AgentMessage) error {
 // SendHealth sends a health report of the agent's current runtimes.
 func (a *Agent) SendHealth() error {
 	a.mu.Lock()
-	h := &tenantagentv1.HealthReport{ObservedAt: timestamppb.Now(), AgentVersion: "fake", DockerReachable: true, Runtimes: a.runtimes}
+	h := &tenantagentv1.HealthReport{ObservedAt: timestamppb.Now(), AgentVersion: "fake", DockerReachable: true}
+	for _, rt := range a.runtimes { // copies: a refresh changes them while the report is marshaled
+		h.Runtimes = append(h.Runtimes, proto.Clone(rt).(*tenantagentv1.RuntimeStatus))
+	}
 	a.mu.Unlock()
 	return a.Send(&tenantagentv1.AgentMessage{Body: &tenantagentv1.AgentMessage_Health{Health: h}})
 }
