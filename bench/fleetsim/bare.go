@@ -112,8 +112,10 @@ type bareResult struct {
 	exchangeCPU time.Duration
 	// heapPerStream and stackPerStream are the bare server's heap and
 	// stack in use per open stream, as the control plane's are measured;
-	// rssPerStream its resident memory per open stream, as the control
-	// plane's RSS per agent is (settled, no collection forced).
+	// rssPerStream its resident memory per open stream, with no collection
+	// forced, as the control plane's RSS per agent is (read two seconds
+	// after the streams opened: the bare server handles nothing they send,
+	// where the control plane is read after a heartbeat).
 	heapPerStream, stackPerStream, rssPerStream int64
 }
 
@@ -264,7 +266,7 @@ func bareServe(n int, certDir string) error {
 	fmt.Println(lis.Addr())
 	<-bare.ready
 	fmt.Println("ready")
-	time.Sleep(2 * time.Second) // as the control plane is measured: settled
+	time.Sleep(2 * time.Second) // settled; it has nothing to handle
 	rss1 := rss(os.Getpid())
 	heap1, stack1 := memInUse()
 	fmt.Println((heap1-heap0)/int64(n), (stack1-stack0)/int64(n), (rss1-rss0)/int64(n))

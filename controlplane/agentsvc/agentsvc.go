@@ -187,8 +187,9 @@ func (s *service) open(stream tenantagentv1.AgentService_ConnectServer) (*agentS
 // close ends what open began, once the handler is done reading.
 func (s *service) close(as *agentStream) {
 	sess := as.sess
-	sess.Close(errors.New("stream closed")) // first, so that a stuck send is cut off
-	sess.StopWriting()                      // gRPC allows no send once the handler returns
+	// gRPC allows no send once the handler returns. Closing the session
+	// arms the cut-off (cutOffLater) for a send stuck in flight.
+	sess.StopWriting(errors.New("stream closed"))
 	as.returned.Store(true)
 	unregistered := s.cfg.Sessions.Unregister(sess)
 	// Released before the record says disconnected, so every replica
@@ -264,7 +265,8 @@ func (s *service) read(as *agentStream) error {
 				// connection was cut off.
 				return closeStatus(cause)
 			}
-			as.sess.Close(errors.New("stream ended by the agent"))
+			// Nothing more to send on it: not even EndStream.
+			as.sess.StopWriting(errors.New("stream ended by the agent"))
 			return nil // close records it
 		}
 		if err := s.handle(as, msg); err != nil {

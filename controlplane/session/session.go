@@ -195,14 +195,17 @@ func (s *Session) write() {
 	}
 }
 
-// StopWriting drops what is queued, starts no writer again and waits for
-// a send in flight: the stream's handler calls it before it returns, as
-// gRPC allows no send after that. A send stuck on an agent that stopped
-// reading ends when its connection does.
-func (s *Session) StopWriting() {
+// StopWriting drops what is queued, starts no writer again, closes the
+// session with cause if it is open (without sending Last: the handler is
+// done with the stream) and waits for a send in flight: the stream's
+// handler calls it before it returns, as gRPC allows no send after that.
+// A send stuck on an agent that stopped reading ends when its connection
+// does (Writer.Closed, called by the close, may see to that).
+func (s *Session) StopWriting(cause error) {
 	s.queueMu.Lock()
 	s.stopped, s.queue = true, nil
 	s.queueMu.Unlock()
+	s.Close(cause)
 	s.sendMu.Lock()
 	defer s.sendMu.Unlock()
 }
@@ -245,7 +248,9 @@ func (s *Session) Close(cause error) {
 	}
 	s.closed = true
 	s.cancel(cause)
-	s.queue = s.lastLocked()
+	if !s.stopped {
+		s.queue = s.lastLocked()
+	}
 	start := s.startWriterLocked()
 	closed := s.writer.Closed
 	s.queueMu.Unlock()

@@ -243,8 +243,8 @@ func TestWriterSendsInOrderOneAtATimeAndOnlyWhileMessagesWait(t *testing.T) {
 }
 
 // A closed session drops what waits, sends the writer's Last and calls
-// Closed once; StopWriting waits for the send in flight, and nothing is
-// sent after it returns.
+// Closed once; StopWriting closes the session without Last, waits for the
+// send in flight, and nothing is sent after it returns.
 func TestCloseSendsLastInPlaceOfTheQueueAndStopWritingWaitsForTheSend(t *testing.T) {
 	r := NewRegistry(100)
 	s, _ := r.Register(acme, "1", time.Now())
@@ -274,21 +274,27 @@ func TestCloseSendsLastInPlaceOfTheQueueAndStopWritingWaitsForTheSend(t *testing
 		t.Fatalf("sent %p %p, want first then Last (%p %p)", got[0], got[1], first, last)
 	}
 
-	// A send in flight when the handler stops the writer.
+	// A send in flight when the handler stops the writer of an open
+	// session: StopWriting closes it (Closed is called, so a stuck send
+	// can be cut off) without sending Last.
 	s2, _ := r.Register(acme, "2", time.Now())
 	st2 := &stream{block: make(chan struct{})}
-	s2.StartWriting(Writer{Send: st2.send, Last: last})
+	var closed2 atomic.Int32
+	s2.StartWriting(Writer{Send: st2.send, Last: last, Closed: func() { closed2.Add(1) }})
 	if err := s2.Send(first); err != nil {
 		t.Fatal(err)
 	}
 	eventually(t, "the send did not start", func() bool { return st2.active.Load() == 1 })
-	s2.Close(errors.New("stream closed"))
+	stopCause := errors.New("stream ended by the agent")
 	stopped := make(chan struct{})
-	go func() { s2.StopWriting(); close(stopped) }()
+	go func() { s2.StopWriting(stopCause); close(stopped) }()
 	select {
 	case <-stopped:
 		t.Fatal("StopWriting returned while a send was in flight")
 	case <-time.After(50 * time.Millisecond):
+	}
+	if !errors.Is(s2.Err(), stopCause) || closed2.Load() != 1 {
+		t.Fatalf("StopWriting: session error %v, Closed called %d times; want its cause and once", s2.Err(), closed2.Load())
 	}
 	close(st2.block)
 	<-stopped
