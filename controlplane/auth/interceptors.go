@@ -6,6 +6,7 @@ import (
 	"errors"
 	"log/slog"
 	"runtime/debug"
+	"slices"
 
 	middleware "github.com/grpc-ecosystem/go-grpc-middleware/v2"
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors"
@@ -37,6 +38,11 @@ type Interceptors struct {
 	// Tracker, if set, follows every authorized call so that a denial
 	// while it runs ends it (a WatchAgents stream stays open for days).
 	Tracker CallTracker
+	// Untracked names the methods (full names) whose calls a denial ends
+	// by other means, so that the Tracker does not follow them: the agent
+	// stream's session is closed by the fleet, and a context tracked for
+	// each of thousands of idle streams would cost half a KiB apiece.
+	Untracked []string
 	// Admit, if set, may refuse an authorized call, e.g. an agent that
 	// reconnects too often; it returns a gRPC status error.
 	Admit  func(ctx context.Context, id identity.Identity, method string) error
@@ -139,24 +145,34 @@ func (c Interceptors) authenticate(logger *slog.Logger) grpcauth.AuthFunc {
 	}
 }
 
-func (c Interceptors) trackUnary(ctx context.Context, req any, _ *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+func (c Interceptors) trackUnary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	if !c.tracked(info.FullMethod) {
+		return handler(ctx, req)
+	}
 	ctx, done := c.track(ctx)
 	defer done()
 	resp, err := handler(ctx, req)
 	return resp, revokedStatus(ctx, err)
 }
 
-func (c Interceptors) trackStream(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+func (c Interceptors) trackStream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+	if !c.tracked(info.FullMethod) {
+		return handler(srv, ss)
+	}
 	ctx, done := c.track(ss.Context())
 	defer done()
 	err := handler(srv, &middleware.WrappedServerStream{ServerStream: ss, WrappedContext: ctx})
 	return revokedStatus(ctx, err)
 }
 
+func (c Interceptors) tracked(method string) bool {
+	return c.Tracker != nil && !slices.Contains(c.Untracked, method)
+}
+
 func (c Interceptors) track(ctx context.Context) (context.Context, func()) {
 	id, ok := identity.FromContext(ctx)
 	p, pok := peer.FromContext(ctx)
-	if c.Tracker == nil || !ok || !pok {
+	if !ok || !pok {
 		return ctx, func() {}
 	}
 	cert, err := mtls.PeerCertificate(p.AuthInfo)

@@ -132,3 +132,27 @@ func deniedAgentDial(t *testing.T, h *harness, stem string) error {
 		}
 	}
 }
+
+// Agent streams are not tracked call by call (a denial closes their
+// sessions, as above): thousands of idle streams would each keep a
+// tracked context. An admin stream is tracked.
+func TestAgentStreamsAreNotTrackedCallByCall(t *testing.T) {
+	h := newHarness(t, "acme", "globex")
+	h.agent("acme", codex(digestV1))
+	h.agent("globex", codex(digestV1))
+	if calls, _ := h.srv.deny.Open(); calls != 0 {
+		t.Fatalf("%d calls tracked with two agents connected; want none", calls)
+	}
+	watchCtx, cancel := context.WithTimeout(context.Background(), wait)
+	defer cancel()
+	stream, err := h.operator().WatchAgents(watchCtx, &controlplanev1.WatchAgentsRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := stream.Recv(); err != nil {
+		t.Fatal(err)
+	}
+	if calls, _ := h.srv.deny.Open(); calls != 1 {
+		t.Fatalf("%d calls tracked with a WatchAgents stream open; want 1", calls)
+	}
+}

@@ -233,6 +233,9 @@ func (s *Server) newGRPCServers(agents tenantagentv1.AgentServiceServer, admin c
 	s.reconnects = admission.NewReconnects(cfg.ReconnectBurst, cfg.ReconnectInterval, logger)
 	common := append([]grpc.ServerOption{grpc.ConnectionTimeout(cfg.HandshakeTimeout)}, auth.Interceptors{
 		TrustDomain: cfg.TrustDomain, Policy: auth.NewPolicy(grants), Check: s.deny.Check, Tracker: s.deny, Admit: s.admit, Logger: logger,
+		// A denial closes the agent's session (fleet), which ends its
+		// stream with the reason; its connection is tracked like any other.
+		Untracked: []string{tenantagentv1.AgentService_Connect_FullMethodName},
 	}.ServerOptions()...)
 
 	s.agentSrv = grpc.NewServer(append(common,

@@ -94,15 +94,21 @@ func ServerCredentials(src *Source, opts ServerOptions) credentials.TransportCre
 			return err == nil && opts.Resume(id, cert) == nil
 		}
 	}
-	creds := credentials.NewTLS(&tls.Config{
+	base := &tls.Config{
 		MinVersion: tls.VersionTLS13,
+		NextProtos: alpnH2,
 		GetConfigForClient: func(*tls.ClientHelloInfo) (*tls.Config, error) {
 			return configs.current(), nil
 		},
-	})
-	return &serverCredentials{TransportCredentials: creds, trustDomain: opts.TrustDomain, track: opts.Track,
+	}
+	// gRPC's own credentials serve Info and the client side; the handshake
+	// is ours (ServerHandshake).
+	return &serverCredentials{TransportCredentials: credentials.NewTLS(base), base: base, trustDomain: opts.TrustDomain, track: opts.Track,
 		refusals: newRefusalLog(logger, RefusalLogInterval)}
 }
+
+// alpnH2 is the one application protocol gRPC speaks over TLS.
+var alpnH2 = []string{"h2"}
 
 // serverConfigs is the tls.Config of the current files and ticket keys,
 // built again only when either changes: handshakes share it.
@@ -133,6 +139,7 @@ func (c *serverConfigs) current() *tls.Config {
 	}
 	cfg := &tls.Config{
 		MinVersion:       tls.VersionTLS13,
+		NextProtos:       alpnH2,
 		Certificates:     []tls.Certificate{m.Certificate},
 		ClientCAs:        m.Roots,
 		ClientAuth:       tls.RequireAndVerifyClientCert,
@@ -181,27 +188,32 @@ func (c *serverConfigs) unwrap(cfg *tls.Config) func([]byte, tls.ConnectionState
 	}
 }
 
-// serverCredentials logs failed handshakes and hands each connection that
-// passed to a ConnTracker, if there is one.
+// serverCredentials runs the server's handshakes, logs failed ones and
+// hands each connection that passed to a ConnTracker, if there is one.
 type serverCredentials struct {
 	credentials.TransportCredentials
+	base        *tls.Config
 	trustDomain string
 	track       ConnTracker
 	refusals    *refusalLog
 }
 
+// ServerHandshake is gRPC's TLS server handshake without its copy of the
+// configuration: gRPC's credentials clone whatever GetConfigForClient
+// returns, and each connection would keep its clone (half a KiB) for as
+// long as it lasts, while the configuration here is shared and already
+// has what gRPC adds (ALPN h2; TLS 1.3, so no cipher suites to pick).
 func (c *serverCredentials) ServerHandshake(raw net.Conn) (net.Conn, credentials.AuthInfo, error) {
-	conn, info, err := c.TransportCredentials.ServerHandshake(raw)
+	tlsConn := tls.Server(raw, c.base)
+	info, err := handshake(tlsConn)
 	if err != nil {
+		tlsConn.Close()
 		c.refusals.refused(raw.RemoteAddr(), err)
-		return conn, info, err
+		return nil, nil, err
 	}
+	var conn net.Conn = tlsConn
 	if c.track != nil {
-		cert, err := PeerCertificate(info)
-		if err != nil {
-			conn.Close()
-			return nil, nil, err
-		}
+		cert := info.State.PeerCertificates[0]
 		id, err := identity.FromCertificate(cert, c.trustDomain)
 		if err != nil { // verifyPeer already refused these; never reached
 			conn.Close()
@@ -209,8 +221,24 @@ func (c *serverCredentials) ServerHandshake(raw net.Conn) (net.Conn, credentials
 		}
 		conn = c.track(conn, id, cert)
 	}
-	tlsInfo, _ := info.(credentials.TLSInfo)
-	return conn, serverAuthInfo{TLSInfo: tlsInfo, conn: conn}, nil
+	return conn, serverAuthInfo{TLSInfo: info, conn: conn}, nil
+}
+
+// handshake completes conn's handshake and returns what gRPC's TLS
+// credentials would report of it (but the SPIFFE ID: the identity package
+// reads it from the certificate).
+func handshake(conn *tls.Conn) (credentials.TLSInfo, error) {
+	if err := conn.Handshake(); err != nil {
+		return credentials.TLSInfo{}, err
+	}
+	cs := conn.ConnectionState()
+	if cs.NegotiatedProtocol != alpnH2[0] {
+		return credentials.TLSInfo{}, errors.New("the client did not offer ALPN protocol h2, which gRPC over TLS requires")
+	}
+	if len(cs.PeerCertificates) == 0 { // RequireAndVerifyClientCert: never reached
+		return credentials.TLSInfo{}, errors.New("no client certificate")
+	}
+	return credentials.TLSInfo{State: cs, CommonAuthInfo: credentials.CommonAuthInfo{SecurityLevel: credentials.PrivacyAndIntegrity}}, nil
 }
 
 // serverAuthInfo is the AuthInfo of a connection ServerCredentials
@@ -245,7 +273,7 @@ func ConnectionState(info credentials.AuthInfo) (tls.ConnectionState, bool) {
 }
 
 func (c *serverCredentials) Clone() credentials.TransportCredentials {
-	return &serverCredentials{TransportCredentials: c.TransportCredentials.Clone(), trustDomain: c.trustDomain, track: c.track, refusals: c.refusals}
+	return &serverCredentials{TransportCredentials: c.TransportCredentials.Clone(), base: c.base, trustDomain: c.trustDomain, track: c.track, refusals: c.refusals}
 }
 
 // ClientCredentials returns gRPC client credentials that present the

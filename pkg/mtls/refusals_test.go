@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/molecule-ai/tenant-agent/certs/pki"
@@ -30,13 +29,7 @@ func TestServerLogsRefusedHandshakesRateLimited(t *testing.T) {
 	var tracked atomic.Int32
 	srv := grpc.NewServer(grpc.Creds(mtls.ServerCredentials(p.Source(t, "controlplane"), mtls.ServerOptions{TrustDomain: pkitest.TrustDomain, Logger: logs.Logger(t, "cp"),
 		Track: func(c net.Conn, _ identity.Identity, _ *x509.Certificate) net.Conn { tracked.Add(1); return c }})))
-	healthpb.RegisterHealthServer(srv, health.NewServer())
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go srv.Serve(lis)
-	t.Cleanup(srv.Stop)
+	addr := serveHealth(t, srv)
 
 	otherCA, err := pki.NewCA(pkitest.TrustDomain, time.Hour)
 	if err != nil {
@@ -48,7 +41,7 @@ func TestServerLogsRefusedHandshakesRateLimited(t *testing.T) {
 		t.Fatal(err)
 	}
 	for range 5 {
-		if err := healthOnce(t, lis.Addr().String(), strangerSrc); err == nil {
+		if err := healthOnce(t, addr, strangerSrc); err == nil {
 			t.Fatal("a certificate from another CA was accepted")
 		}
 	}
@@ -57,7 +50,7 @@ func TestServerLogsRefusedHandshakesRateLimited(t *testing.T) {
 		t.Errorf("want one line for five refusals, naming the peer and the reason; got %d:\n%s", lines, logs.String())
 	}
 	// Track still sees every accepted connection.
-	if err := healthOnce(t, lis.Addr().String(), p.Source(t, "agent-acme")); err != nil || tracked.Load() != 1 {
+	if err := healthOnce(t, addr, p.Source(t, "agent-acme")); err != nil || tracked.Load() != 1 {
 		t.Errorf("a good client: %v, tracked %d connections; want 1", err, tracked.Load())
 	}
 }

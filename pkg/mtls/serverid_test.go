@@ -25,7 +25,13 @@ func serve(t *testing.T, p *pkitest.PKI, stem, spiffeID string) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := grpc.NewServer(grpc.Creds(mtls.ServerCredentials(src, mtls.ServerOptions{TrustDomain: pkitest.TrustDomain})))
+	return serveHealth(t, grpc.NewServer(grpc.Creds(mtls.ServerCredentials(src, mtls.ServerOptions{TrustDomain: pkitest.TrustDomain}))))
+}
+
+// serveHealth serves the health service on srv on a loopback port until
+// the test ends, and returns its address.
+func serveHealth(t *testing.T, srv *grpc.Server) string {
+	t.Helper()
 	healthpb.RegisterHealthServer(srv, health.NewServer())
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
