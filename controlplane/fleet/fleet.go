@@ -163,8 +163,16 @@ func (f *Fleet) put(a store.Agent, kind controlplanev1.AgentEventKind) {
 	f.agents[a.Identity] = &a
 	f.dirty[a.Identity] = true
 	f.mu.Unlock()
-	f.watches.Publish(struct{}{}, Change{Kind: kind, Agent: f.View(a)})
+	if f.watched() {
+		f.watches.Publish(struct{}{}, Change{Kind: kind, Agent: f.View(a)})
+	}
 }
+
+// watched reports whether anyone watches the fleet. Every heartbeat of
+// every agent is put, and a view is built only for watchers: one who
+// starts watching after this check subscribes before reading its
+// snapshot (Watch), which has the record already.
+func (f *Fleet) watched() bool { return f.watches.Watched(struct{}{}) }
 
 // Run writes changed agent records to the store every interval, in one
 // transaction, until ctx ends; then it writes what is left. A crash loses

@@ -23,7 +23,7 @@ type env struct {
 	deny     *auth.DenyList
 }
 
-func newEnv(t *testing.T, st store.Store) *env {
+func newEnv(t testing.TB, st store.Store) *env {
 	t.Helper()
 	e := &env{st: st, sessions: session.NewRegistry(8), deny: auth.NewDenyList()}
 	var err error
@@ -104,5 +104,45 @@ func TestReportsAreKeptUnderTheSessionsIdentityAndViewComparesWithThePin(t *test
 	stored, err := e.st.ListAgents(context.Background())
 	if err != nil || len(stored) != 1 || stored[0].Tenant != "acme" {
 		t.Errorf("stored agents = %+v, %v", stored, err)
+	}
+}
+
+// A heartbeat builds a view only for watchers; one who starts watching
+// between two heartbeats gets the next one, compared with the pin.
+func TestHealthReachesWatchersWhoStartBetweenHeartbeats(t *testing.T) {
+	e := newEnv(t, openStore(t))
+	e.f.SetPin(store.Pin{Runtime: "codex", Digest: "sha256:new"})
+	s := e.connect("acme", "a1", "01")
+	e.f.Connected(s, &tenantagentv1.Hello{})
+	report := func(digest string) {
+		e.f.Health(s, &tenantagentv1.HealthReport{DockerReachable: true, Runtimes: []*tenantagentv1.RuntimeStatus{{Runtime: "codex", Containers: []*tenantagentv1.ContainerStatus{
+			{Name: "ws-1", ImageDigest: digest}}}}})
+	}
+	report("sha256:old") // nobody watches
+	sub := e.f.Watch()
+	defer sub.Close()
+	report("sha256:new")
+	select {
+	case ch := <-sub.C:
+		if len(ch.Agent.Runtimes) != 1 || ch.Agent.Runtimes[0].OnPin != 1 || ch.Agent.Agent.Identity != s.Identity.ID {
+			t.Fatalf("change %+v; want acme's runtime on the pin", ch)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("a watcher got no change for a heartbeat")
+	}
+}
+
+// BenchmarkHealth is one heartbeat's handling in the fleet with nobody
+// watching, a fleet's usual state.
+func BenchmarkHealth(b *testing.B) {
+	report := &tenantagentv1.HealthReport{DockerReachable: true, Runtimes: []*tenantagentv1.RuntimeStatus{{Runtime: "codex", Containers: []*tenantagentv1.ContainerStatus{
+		{Name: "ws-1", ImageDigest: "sha256:old"}, {Name: "ws-2", ImageDigest: "sha256:new"}}}}}
+	e := newEnv(b, teststore.Open(b))
+	e.f.SetPin(store.Pin{Runtime: "codex", Digest: "sha256:new"})
+	s := e.connect("acme", "a1", "01")
+	e.f.Connected(s, &tenantagentv1.Hello{})
+	b.ReportAllocs()
+	for b.Loop() {
+		e.f.Health(s, report)
 	}
 }

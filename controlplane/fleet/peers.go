@@ -104,6 +104,9 @@ func (f *Fleet) ReloadAgents(ctx context.Context, ids []string, all bool) error 
 		}
 		f.agents[a.Identity] = &a
 		f.mu.Unlock()
+		if !f.watched() {
+			continue
+		}
 		kind := controlplanev1.AgentEventKind_AGENT_EVENT_KIND_HEALTH
 		switch {
 		case !f.cfg.Cluster.Online(a.Identity):
