@@ -65,19 +65,24 @@ type result struct {
 	// LiveHeapPerAgentBytes and LiveStackPerAgentBytes are measured
 	// after a collection (forced through pprof), before and after the
 	// fleet connects, as the bare server's are.
-	LiveHeapPerAgentBytes  int64   `json:"live_heap_per_agent_bytes"`
-	LiveStackPerAgentBytes int64   `json:"live_stack_per_agent_bytes"`
-	BareHeapPerStream      int64   `json:"bare_heap_per_stream_bytes"`
-	BareStackPerStream     int64   `json:"bare_stack_per_stream_bytes"`
-	BareRSSPerStream       int64   `json:"bare_rss_per_stream_bytes"`
-	AckedP50               float64 `json:"acked_p50_seconds"`
-	AckedP99               float64 `json:"acked_p99_seconds"`
-	AckedAll               float64 `json:"acked_all_seconds"`
-	StoredAll              float64 `json:"stored_all_seconds"`
-	BareP50                float64 `json:"bare_broadcast_p50_seconds"`
-	BareP99                float64 `json:"bare_broadcast_p99_seconds"`
-	BareAll                float64 `json:"bare_broadcast_all_seconds"`
-	RatioToBare            float64 `json:"acked_all_ratio_to_bare"`
+	LiveHeapPerAgentBytes  int64 `json:"live_heap_per_agent_bytes"`
+	LiveStackPerAgentBytes int64 `json:"live_stack_per_agent_bytes"`
+	// IdleCPUCores is the control plane's CPU, in cores, and
+	// IdleAllocPerAgentSecond what it allocates a second an agent, over
+	// ten seconds of a connected fleet that only sends heartbeats.
+	IdleCPUCores            float64 `json:"idle_cpu_cores"`
+	IdleAllocPerAgentSecond int64   `json:"idle_alloc_per_agent_second_bytes"`
+	BareHeapPerStream       int64   `json:"bare_heap_per_stream_bytes"`
+	BareStackPerStream      int64   `json:"bare_stack_per_stream_bytes"`
+	BareRSSPerStream        int64   `json:"bare_rss_per_stream_bytes"`
+	AckedP50                float64 `json:"acked_p50_seconds"`
+	AckedP99                float64 `json:"acked_p99_seconds"`
+	AckedAll                float64 `json:"acked_all_seconds"`
+	StoredAll               float64 `json:"stored_all_seconds"`
+	BareP50                 float64 `json:"bare_broadcast_p50_seconds"`
+	BareP99                 float64 `json:"bare_broadcast_p99_seconds"`
+	BareAll                 float64 `json:"bare_broadcast_all_seconds"`
+	RatioToBare             float64 `json:"acked_all_ratio_to_bare"`
 	// CPU of the promote, from the processes' own counters: the control
 	// plane's from the promote call to COMPLETED (raw, and less its idle
 	// rate over that time), per agent; the bare server's for its one
@@ -219,12 +224,21 @@ func run(n int, cpBin, work string) (result, error) {
 	// besides its Hello: a fleet's steady state, where the first seconds
 	// after connecting would show less (a stream's handler grows its
 	// stack handling one).
-	time.Sleep(17 * time.Second)
-	// The control plane's CPU rate when idle but for heartbeats, to take
-	// off the promote's.
-	idleCPU0, idleAt := procCPU(cp.Process.Pid), time.Now()
-	time.Sleep(time.Second)
+	time.Sleep(7 * time.Second)
+	// The control plane's CPU rate when idle but for heartbeats (also
+	// taken off the promote's), over ten seconds: two thirds of a
+	// heartbeat interval.
+	// Reading the allocation counter scrapes /metrics, which allocates
+	// too (about half a KiB an agent): two reads back to back measure
+	// one scrape, taken off.
+	scrape0 := metric(metricsURL, "go_memstats_alloc_bytes_total")
+	idleCPU0, idleAlloc0, idleAt := procCPU(cp.Process.Pid), metric(metricsURL, "go_memstats_alloc_bytes_total"), time.Now()
+	time.Sleep(10 * time.Second)
 	idleRate := float64(procCPU(cp.Process.Pid)-idleCPU0) / float64(time.Since(idleAt))
+	res.IdleCPUCores = idleRate
+	idleAlloc := metric(metricsURL, "go_memstats_alloc_bytes_total") - idleAlloc0 - (idleAlloc0 - scrape0)
+	res.IdleAllocPerAgentSecond = int64(idleAlloc / time.Since(idleAt).Seconds() / float64(n))
+	fmt.Fprintf(os.Stderr, "  idle but for heartbeats: control plane %.1f%% of a core, %d B allocated a second an agent\n", 100*res.IdleCPUCores, res.IdleAllocPerAgentSecond)
 	res.RSSAfterBytes = rss(cp.Process.Pid)
 	res.RSSPerAgentBytes = (res.RSSAfterBytes - res.RSSBeforeBytes) / int64(n)
 	res.HeapPerAgentBytes = int64((metric(metricsURL, "go_memstats_heap_inuse_bytes") - heapBefore) / float64(n))

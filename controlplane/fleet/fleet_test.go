@@ -11,6 +11,7 @@ import (
 	"github.com/molecule-ai/tenant-agent/controlplane/auth"
 	"github.com/molecule-ai/tenant-agent/controlplane/session"
 	"github.com/molecule-ai/tenant-agent/controlplane/store"
+	controlplanev1 "github.com/molecule-ai/tenant-agent/gen/controlplane/v1"
 	tenantagentv1 "github.com/molecule-ai/tenant-agent/gen/tenantagent/v1"
 	"github.com/molecule-ai/tenant-agent/internal/teststore"
 	"github.com/molecule-ai/tenant-agent/pkg/identity"
@@ -133,16 +134,89 @@ func TestHealthReachesWatchersWhoStartBetweenHeartbeats(t *testing.T) {
 }
 
 // BenchmarkHealth is one heartbeat's handling in the fleet with nobody
-// watching, a fleet's usual state.
+// watching, a fleet's usual state: a report like the last one (each
+// unmarshaled afresh, as from the stream), or one that changed.
 func BenchmarkHealth(b *testing.B) {
-	report := &tenantagentv1.HealthReport{DockerReachable: true, Runtimes: []*tenantagentv1.RuntimeStatus{{Runtime: "codex", Containers: []*tenantagentv1.ContainerStatus{
-		{Name: "ws-1", ImageDigest: "sha256:old"}, {Name: "ws-2", ImageDigest: "sha256:new"}}}}}
-	e := newEnv(b, teststore.Open(b))
-	e.f.SetPin(store.Pin{Runtime: "codex", Digest: "sha256:new"})
-	s := e.connect("acme", "a1", "01")
-	e.f.Connected(s, &tenantagentv1.Hello{})
-	b.ReportAllocs()
-	for b.Loop() {
-		e.f.Health(s, report)
+	report := func(digest string) *tenantagentv1.HealthReport {
+		return &tenantagentv1.HealthReport{DockerReachable: true, Runtimes: []*tenantagentv1.RuntimeStatus{{Runtime: "codex", Containers: []*tenantagentv1.ContainerStatus{
+			{Name: "ws-1", ImageDigest: "sha256:old", Id: "0123456789ab", State: tenantagentv1.ContainerState_CONTAINER_STATE_RUNNING}, {Name: "ws-2", ImageDigest: digest, Id: "ba9876543210", State: tenantagentv1.ContainerState_CONTAINER_STATE_RUNNING}}}}}
+	}
+	for _, changed := range []bool{false, true} {
+		b.Run(map[bool]string{false: "unchanged", true: "changed"}[changed], func(b *testing.B) {
+			e := newEnv(b, teststore.Open(b))
+			e.f.SetPin(store.Pin{Runtime: "codex", Digest: "sha256:new"})
+			s := e.connect("acme", "a1", "01")
+			e.f.Connected(s, &tenantagentv1.Hello{})
+			reports := [2]*tenantagentv1.HealthReport{report("sha256:new"), report("sha256:new")}
+			if changed {
+				reports[1] = report("sha256:newer")
+			}
+			b.ReportAllocs()
+			i := 0
+			for b.Loop() {
+				e.f.Health(s, reports[i%2])
+				i++
+			}
+		})
+	}
+}
+
+// A heartbeat that changes nothing but the time is stored once a minute
+// (LastSeenEvery); one that changes the agent's health is stored at
+// once. Watchers here hear of every heartbeat.
+func TestUnchangedHeartbeatsStoreTheirTimeOnlyEveryLastSeenEvery(t *testing.T) {
+	st := openStore(t)
+	sessions := session.NewRegistry(8)
+	now := time.Unix(1000, 0)
+	f, err := New(context.Background(), Config{Store: st, Sessions: sessions, Deny: auth.NewDenyList(),
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Now: func() time.Time { return now }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := identity.Identity{ID: "spiffe://td/tenant/acme/agent/a1", Kind: identity.KindAgent, Tenant: "acme", Name: "a1"}
+	s, _ := sessions.Register(id, "01", now)
+	health := func(digest string) *tenantagentv1.HealthReport {
+		return &tenantagentv1.HealthReport{DockerReachable: true, Runtimes: []*tenantagentv1.RuntimeStatus{{Runtime: "codex", Containers: []*tenantagentv1.ContainerStatus{
+			{Name: "ws-1", ImageDigest: digest}}}}}
+	}
+	f.Connected(s, &tenantagentv1.Hello{DockerReachable: true, Runtimes: health("sha256:old").Runtimes})
+	stored := func() store.Agent {
+		t.Helper()
+		f.Flush(context.Background())
+		agents, err := st.ListAgents(context.Background())
+		if err != nil || len(agents) != 1 {
+			t.Fatalf("stored agents %v, %v", agents, err)
+		}
+		return agents[0]
+	}
+	connectedAt := stored().LastSeen
+	sub := f.Watch()
+	defer sub.Close()
+
+	now = now.Add(30 * time.Second)
+	f.Health(s, health("sha256:old"))
+	if got := stored(); !got.LastSeen.Equal(connectedAt) {
+		t.Errorf("an unchanged heartbeat 30 s on stored last seen %v; want %v kept", got.LastSeen, connectedAt)
+	}
+	select {
+	case ch := <-sub.C:
+		if ch.Kind != controlplanev1.AgentEventKind_AGENT_EVENT_KIND_HEALTH {
+			t.Errorf("watchers got %v for a heartbeat; want HEALTH", ch.Kind)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("watchers did not hear of an unchanged heartbeat")
+	}
+
+	now = now.Add(31 * time.Second)
+	f.Health(s, health("sha256:old"))
+	if got := stored(); !got.LastSeen.Equal(now) {
+		t.Errorf("an unchanged heartbeat a minute on stored last seen %v; want %v", got.LastSeen, now)
+	}
+
+	now = now.Add(time.Second)
+	f.Health(s, health("sha256:new"))
+	got := stored()
+	if !got.LastSeen.Equal(now) || got.Runtimes[0].GetContainers()[0].GetImageDigest() != "sha256:new" {
+		t.Errorf("a changed heartbeat a second on stored %v with %v; want it at once", got.LastSeen, got.Runtimes)
 	}
 }
