@@ -7,6 +7,13 @@
 // instead compares a promote's acks on one replica (SQLite, then
 // PostgreSQL) with K replicas on one PostgreSQL database (replicas.go).
 // make bench runs both.
+//
+// For a diagnosis: FLEETSIM_HEAP=file saves the control plane's heap
+// profile (and goroutines) once the fleet is connected,
+// FLEETSIM_BARE_HEAP=file the bare server's, FLEETSIM_PROFILE=file a CPU
+// profile of the promote, FLEETSIM_PROMOTE_HEAP=prefix heap profiles
+// before and after it (compare alloc_space with pprof -base), and
+// FLEETSIM_MEM_PROFILE_RATE the control plane's heap sampling rate.
 package main
 
 import (
@@ -326,6 +333,13 @@ func promote(ctx context.Context, res *result, n int, cp *exec.Cmd, certDir stri
 		profiled.Go(func() { profile("http://"+addrs[2]+"/debug/pprof/profile?seconds=3", f) })
 		defer profiled.Wait() // the control plane lives until the profile is saved
 	}
+	// FLEETSIM_PROMOTE_HEAP=prefix saves heap profiles (after a
+	// collection) before the promote and once it completed: their
+	// difference in alloc_space is what the promote allocated.
+	heapPrefix := os.Getenv("FLEETSIM_PROMOTE_HEAP")
+	if heapPrefix != "" {
+		profile("http://"+addrs[2]+"/debug/pprof/heap?gc=1", heapPrefix+".before")
+	}
 	cpCPU0, agentsCPU0 := procCPU(cp.Process.Pid), selfCPU()
 	t0 := time.Now()
 	stream, err := admin.PromoteRuntimeImage(ctx, &controlplanev1.PromoteRuntimeImageRequest{Runtime: "codex", ImageRef: repo + "@" + digestV2,
@@ -346,6 +360,9 @@ func promote(ctx context.Context, res *result, n int, cp *exec.Cmd, certDir stri
 			res.CPPromoteCPU = max(raw.Seconds()-idleRate*res.StoredAll, 0)
 			res.CPPromoteCPUPerAgent = res.CPPromoteCPU / float64(n)
 			res.AgentsPromoteCPU = (selfCPU() - agentsCPU0).Seconds()
+			if heapPrefix != "" {
+				profile("http://"+addrs[2]+"/debug/pprof/heap?gc=1", heapPrefix+".after")
+			}
 			if c := resp.GetEvent().GetCounts(); int(c.GetSucceeded()) != n {
 				return fmt.Errorf("rollout: %v", resp.GetEvent())
 			}

@@ -133,6 +133,32 @@ func deniedAgentDial(t *testing.T, h *harness, stem string) error {
 	}
 }
 
+// Denying an agent's certificate ends its stream with the reason, though
+// agent streams are not tracked call by call: the fleet closes the
+// session of that serial, and no other.
+func TestDenyCertificateEndsTheAgentsStream(t *testing.T) {
+	h := newHarness(t, "acme", "globex")
+	acme := h.agent("acme", codex(digestV1))
+	globex := h.agent("globex", codex(digestV1))
+	serial := identity.SerialHex(h.pki.Source(t, "agent-acme").Current().Leaf)
+	if _, err := h.operator().DenyCertificate(ctx(t), &controlplanev1.DenyCertificateRequest{Serial: serial, Reason: "host sold"}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-acme.Done():
+	case <-time.After(time.Second):
+		t.Fatal("acme's stream still open a second after its certificate was denied")
+	}
+	if err := acme.Err(); status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), "host sold") {
+		t.Fatalf("acme's stream ended with %v; want PermissionDenied with the reason", err)
+	}
+	select {
+	case <-globex.Done():
+		t.Fatalf("globex's stream ended: %v", globex.Err())
+	case <-time.After(300 * time.Millisecond):
+	}
+}
+
 // Agent streams are not tracked call by call (a denial closes their
 // sessions, as above): thousands of idle streams would each keep a
 // tracked context. An admin stream is tracked.
