@@ -12,8 +12,10 @@
 // profile (and goroutines) once the fleet is connected,
 // FLEETSIM_BARE_HEAP=file the bare server's, FLEETSIM_PROFILE=file a CPU
 // profile of the promote, FLEETSIM_PROMOTE_HEAP=prefix heap profiles
-// before and after it (compare alloc_space with pprof -base), and
-// FLEETSIM_MEM_PROFILE_RATE the control plane's heap sampling rate.
+// before and after it (compare alloc_space with pprof -base),
+// FLEETSIM_MEM_PROFILE_RATE the control plane's heap sampling rate, and
+// FLEETSIM_HOLD=seconds keeps the fleet connected that long, printing
+// the control plane's RSS.
 package main
 
 import (
@@ -255,6 +257,16 @@ func run(n int, cpBin, work string) (result, error) {
 	collect(addrs[2])
 	res.LiveHeapPerAgentBytes = int64((metric(metricsURL, "go_memstats_heap_inuse_bytes") - liveHeapBefore) / float64(n))
 	res.LiveStackPerAgentBytes = int64((metric(metricsURL, "go_memstats_stack_inuse_bytes") - liveStackBefore) / float64(n))
+	// FLEETSIM_HOLD=seconds keeps the connected fleet that long before
+	// the promote, printing the control plane's RSS an agent every 30 s:
+	// how it grows between collections on a process that runs for a while.
+	if hold, _ := strconv.Atoi(os.Getenv("FLEETSIM_HOLD")); hold > 0 {
+		for until := time.Now().Add(time.Duration(hold) * time.Second); time.Now().Before(until); {
+			time.Sleep(min(30*time.Second, time.Until(until)))
+			fmt.Fprintf(os.Stderr, "  held %s: RSS %s an agent, heap in use %s\n", time.Since(start).Round(time.Second),
+				kib((rss(cp.Process.Pid)-res.RSSBeforeBytes)/int64(n)), kib(int64((metric(metricsURL, "go_memstats_heap_inuse_bytes")-heapBefore)/float64(n))))
+		}
+	}
 	if f := os.Getenv("FLEETSIM_HEAP"); f != "" {
 		profile("http://"+addrs[2]+"/debug/pprof/heap?gc=1", f)
 		profile("http://"+addrs[2]+"/debug/pprof/goroutine?debug=1", f+".goroutines")
