@@ -27,6 +27,7 @@ type Store interface {
 	ListAgents(ctx context.Context) ([]store.Agent, error)
 	GetAgents(ctx context.Context, ids []string) ([]store.Agent, error)
 	PutAgents(ctx context.Context, agents []store.Agent) error
+	TouchAgents(ctx context.Context, seen []store.AgentSeen) error
 	ListPins(ctx context.Context) ([]store.Pin, error)
 	ListHolds(ctx context.Context) ([]store.Hold, error)
 	PutHold(ctx context.Context, h store.Hold) error
@@ -74,6 +75,14 @@ func (c *Config) CheckAndSetDefaults() error {
 	return nil
 }
 
+// unstored is what of an agent's record Run has yet to write.
+type unstored uint8
+
+const (
+	lastSeenOnly unstored = iota + 1 // a heartbeat that changed nothing else
+	wholeRecord
+)
+
 // Fleet is safe for concurrent use.
 type Fleet struct {
 	cfg     Config
@@ -84,7 +93,7 @@ type Fleet struct {
 	// dirty agents are written to the store by Run, in batches: a
 	// heartbeat from every agent every 15 s is too many transactions to
 	// write one by one.
-	dirty map[string]bool
+	dirty map[string]unstored
 	pins  map[string]store.Pin  // by runtime
 	holds map[string]store.Hold // by tenant
 	// deniedTenants are the tenant denials last read from the store, so a
@@ -105,7 +114,7 @@ func New(ctx context.Context, cfg Config) (*Fleet, error) {
 		return nil, err
 	}
 	f := &Fleet{cfg: cfg, watches: pubsub.NewHub[struct{}, Change](4096),
-		agents: map[string]*store.Agent{}, dirty: map[string]bool{}, pins: map[string]store.Pin{}, holds: map[string]store.Hold{}, deniedTenants: map[string]bool{}}
+		agents: map[string]*store.Agent{}, dirty: map[string]unstored{}, pins: map[string]store.Pin{}, holds: map[string]store.Hold{}, deniedTenants: map[string]bool{}}
 	agents, err := cfg.Store.ListAgents(ctx)
 	if err != nil {
 		return nil, err
@@ -145,14 +154,18 @@ func (f *Fleet) Connected(s *session.Session, hello *tenantagentv1.Hello) store.
 }
 
 // Health records a heartbeat, under the reporting agent only (see
-// Connected). A heartbeat that says what the record already does is not
-// stored again until LastSeenEvery has passed: at 10,000 agents, storing
-// every one was 667 records a second to write (and, with replicas, to
-// read again on every other replica) to move a time.
+// Connected). A heartbeat that says what the record already does stores
+// only its time, and only once LastSeenEvery has passed: at 10,000
+// agents, storing every one was 667 records a second to write (and, with
+// replicas, to read again on every other replica) to move a time.
 func (f *Fleet) Health(s *session.Session, h *tenantagentv1.HealthReport) store.Agent {
 	now := f.cfg.Now()
 	a, ok := f.Agent(s.Identity.ID)
-	if ok && a.ConnectedAt.Equal(s.ConnectedAt) && now.Sub(a.LastSeen) < f.cfg.LastSeenEvery && sameHealth(a, h) {
+	if ok && a.ConnectedAt.Equal(s.ConnectedAt) && sameHealth(a, h) {
+		if now.Sub(a.LastSeen) >= f.cfg.LastSeenEvery {
+			a.LastSeen = now
+			f.keep(a, lastSeenOnly)
+		}
 		f.publish(controlplanev1.AgentEventKind_AGENT_EVENT_KIND_HEALTH, a)
 		return a
 	}
@@ -191,11 +204,16 @@ func (f *Fleet) Disconnected(s *session.Session) {
 
 // put records an agent in memory, for Run to store, and tells watchers.
 func (f *Fleet) put(a store.Agent, kind controlplanev1.AgentEventKind) {
+	f.keep(a, wholeRecord)
+	f.publish(kind, a)
+}
+
+// keep records an agent in memory and marks what of it Run must store.
+func (f *Fleet) keep(a store.Agent, w unstored) {
 	f.mu.Lock()
 	f.agents[a.Identity] = &a
-	f.dirty[a.Identity] = true
+	f.dirty[a.Identity] = max(f.dirty[a.Identity], w)
 	f.mu.Unlock()
-	f.publish(kind, a)
 }
 
 // publish tells watchers of a change of a's. Every heartbeat of every
@@ -229,30 +247,43 @@ func (f *Fleet) Run(ctx context.Context, interval time.Duration) {
 	}
 }
 
-// Flush writes the changed agent records now.
+// Flush writes the changed agent records now: whole records, then the
+// last-seen times of those whose heartbeats changed nothing else.
 func (f *Fleet) Flush(ctx context.Context) {
 	f.mu.Lock()
-	batch := make([]store.Agent, 0, len(f.dirty))
-	for id := range f.dirty {
-		batch = append(batch, *f.agents[id])
+	pending := f.dirty
+	f.dirty = map[string]unstored{}
+	var whole []store.Agent
+	var seen []store.AgentSeen
+	ids := make([]string, 0, len(pending))
+	for id, w := range pending {
+		ids = append(ids, id)
+		a := f.agents[id]
+		if w == wholeRecord {
+			whole = append(whole, *a)
+		} else {
+			seen = append(seen, store.AgentSeen{Identity: id, At: a.LastSeen})
+		}
 	}
-	f.dirty = map[string]bool{}
 	f.mu.Unlock()
-	if len(batch) == 0 {
+	if len(ids) == 0 {
 		return
 	}
-	if err := f.cfg.Store.PutAgents(ctx, batch); err != nil {
-		f.cfg.Logger.Error("cannot record agents; will retry", "agents", len(batch), "error", err)
+	var err error
+	if len(whole) > 0 {
+		err = f.cfg.Store.PutAgents(ctx, whole)
+	}
+	if err == nil {
+		err = f.cfg.Store.TouchAgents(ctx, seen)
+	}
+	if err != nil {
+		f.cfg.Logger.Error("cannot record agents; will retry", "agents", len(ids), "error", err)
 		f.mu.Lock()
-		for _, a := range batch {
-			f.dirty[a.Identity] = true
+		for id, w := range pending {
+			f.dirty[id] = max(f.dirty[id], w)
 		}
 		f.mu.Unlock()
 		return
-	}
-	ids := make([]string, len(batch))
-	for i, a := range batch {
-		ids[i] = a.Identity
 	}
 	f.cfg.Cluster.AgentsChanged(ids...)
 }
@@ -433,6 +464,37 @@ type RuntimeView struct {
 type Change struct {
 	Kind  controlplanev1.AgentEventKind
 	Agent AgentView
+}
+
+// PinCount is how many containers of a runtime run its pin, and how many
+// do not.
+type PinCount struct{ On, Off int }
+
+// PinCounts counts the containers of every agent's pinned runtimes, by
+// runtime, in place: a /metrics scrape at 10,000 agents copied, sorted and
+// viewed every record for these few numbers.
+func (f *Fleet) PinCounts() map[string]PinCount {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	counts := map[string]PinCount{}
+	for _, a := range f.agents {
+		for _, r := range a.Runtimes {
+			p, ok := f.pins[r.GetRuntime()]
+			if !ok {
+				continue
+			}
+			n := counts[r.GetRuntime()]
+			for _, c := range r.GetContainers() {
+				if c.GetImageDigest() == p.Digest {
+					n.On++
+				} else {
+					n.Off++
+				}
+			}
+			counts[r.GetRuntime()] = n
+		}
+	}
+	return counts
 }
 
 // View is an agent compared with the pins, holds and denials.

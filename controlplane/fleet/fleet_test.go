@@ -2,8 +2,10 @@ package fleet
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"strings"
 	"testing"
 	"time"
@@ -108,6 +110,38 @@ func TestReportsAreKeptUnderTheSessionsIdentityAndViewComparesWithThePin(t *test
 	}
 }
 
+// PinCounts, read in place for /metrics, says what the agents' views add
+// up to.
+func TestPinCountsAddUpTheViews(t *testing.T) {
+	e := newEnv(t, openStore(t))
+	e.f.SetPin(store.Pin{Runtime: "codex", Digest: "sha256:new"})
+	e.f.SetPin(store.Pin{Runtime: "claude", Digest: "sha256:c2"})
+	rt := func(runtime string, digests ...string) *tenantagentv1.RuntimeStatus {
+		r := &tenantagentv1.RuntimeStatus{Runtime: runtime}
+		for i, d := range digests {
+			r.Containers = append(r.Containers, &tenantagentv1.ContainerStatus{Name: fmt.Sprintf("ws-%d", i), ImageDigest: d})
+		}
+		return r
+	}
+	e.f.Connected(e.connect("acme", "a1", "01"), &tenantagentv1.Hello{Runtimes: []*tenantagentv1.RuntimeStatus{
+		rt("codex", "sha256:new", "sha256:old", "sha256:old"), rt("unpinned", "sha256:x")}})
+	e.f.Connected(e.connect("globex", "g1", "02"), &tenantagentv1.Hello{Runtimes: []*tenantagentv1.RuntimeStatus{
+		rt("codex", "sha256:new"), rt("claude", "sha256:c1")}})
+	want := map[string]PinCount{}
+	for _, a := range e.f.Agents("") {
+		for _, r := range e.f.View(a).Runtimes {
+			if r.PinnedDigest != "" {
+				n := want[r.Status.GetRuntime()]
+				n.On, n.Off = n.On+int(r.OnPin), n.Off+int(r.OffPin)
+				want[r.Status.GetRuntime()] = n
+			}
+		}
+	}
+	if got := e.f.PinCounts(); !maps.Equal(got, want) || got["codex"] != (PinCount{On: 2, Off: 2}) {
+		t.Errorf("PinCounts() = %v; want %v, the views' sums (codex 2 on, 2 off)", got, want)
+	}
+}
+
 // A heartbeat builds a view only for watchers; one who starts watching
 // between two heartbeats gets the next one, compared with the pin.
 func TestHealthReachesWatchersWhoStartBetweenHeartbeats(t *testing.T) {
@@ -164,8 +198,19 @@ func BenchmarkHealth(b *testing.B) {
 // A heartbeat that changes nothing but the time is stored once a minute
 // (LastSeenEvery); one that changes the agent's health is stored at
 // once. Watchers here hear of every heartbeat.
+// recordingStore counts the agent records written whole.
+type recordingStore struct {
+	store.Store
+	whole int
+}
+
+func (r *recordingStore) PutAgents(ctx context.Context, agents []store.Agent) error {
+	r.whole += len(agents)
+	return r.Store.PutAgents(ctx, agents)
+}
+
 func TestUnchangedHeartbeatsStoreTheirTimeOnlyEveryLastSeenEvery(t *testing.T) {
-	st := openStore(t)
+	st := &recordingStore{Store: openStore(t)}
 	sessions := session.NewRegistry(8)
 	now := time.Unix(1000, 0)
 	f, err := New(context.Background(), Config{Store: st, Sessions: sessions, Deny: auth.NewDenyList(),
@@ -208,9 +253,13 @@ func TestUnchangedHeartbeatsStoreTheirTimeOnlyEveryLastSeenEvery(t *testing.T) {
 	}
 
 	now = now.Add(31 * time.Second)
+	st.whole = 0
 	f.Health(s, health("sha256:old"))
-	if got := stored(); !got.LastSeen.Equal(now) {
-		t.Errorf("an unchanged heartbeat a minute on stored last seen %v; want %v", got.LastSeen, now)
+	if got := stored(); !got.LastSeen.Equal(now) || len(got.Runtimes) != 1 {
+		t.Errorf("an unchanged heartbeat a minute on stored last seen %v with %v; want %v and the runtimes kept", got.LastSeen, got.Runtimes, now)
+	}
+	if st.whole != 0 {
+		t.Errorf("an unchanged heartbeat rewrote %d whole records; want only its time stored", st.whole)
 	}
 
 	now = now.Add(time.Second)
@@ -218,5 +267,8 @@ func TestUnchangedHeartbeatsStoreTheirTimeOnlyEveryLastSeenEvery(t *testing.T) {
 	got := stored()
 	if !got.LastSeen.Equal(now) || got.Runtimes[0].GetContainers()[0].GetImageDigest() != "sha256:new" {
 		t.Errorf("a changed heartbeat a second on stored %v with %v; want it at once", got.LastSeen, got.Runtimes)
+	}
+	if st.whole != 1 {
+		t.Errorf("a changed heartbeat wrote %d whole records; want 1", st.whole)
 	}
 }

@@ -96,7 +96,7 @@ func (f *Fleet) ReloadAgents(ctx context.Context, ids []string, all bool) error 
 		}
 		f.mu.Lock()
 		old, known := f.agents[a.Identity]
-		if f.dirty[a.Identity] || (known && old.LastSeen.Equal(a.LastSeen) && old.ConnectedAt.Equal(a.ConnectedAt)) {
+		if f.dirty[a.Identity] != 0 || (known && old.LastSeen.Equal(a.LastSeen) && old.ConnectedAt.Equal(a.ConnectedAt)) {
 			// Dirty: the stream was here a moment ago and ours is newer.
 			// Unchanged: nothing to tell (a full reload reads them all).
 			f.mu.Unlock()

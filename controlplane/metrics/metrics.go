@@ -142,25 +142,8 @@ func (c *liveCollector) Collect(ch chan<- prometheus.Metric) {
 	for tenant, age := range oldest {
 		ch <- prometheus.MustNewConstMetric(heartbeatDesc, prometheus.GaugeValue, age.Seconds(), tenant)
 	}
-	type key struct {
-		runtime string
-		onPin   bool
-	}
-	counts := map[key]int{}
-	for _, a := range c.fleet.Agents("") {
-		for _, r := range c.fleet.View(a).Runtimes {
-			if r.PinnedDigest == "" {
-				continue
-			}
-			counts[key{r.Status.GetRuntime(), true}] += int(r.OnPin)
-			counts[key{r.Status.GetRuntime(), false}] += int(r.OffPin)
-		}
-	}
-	for k, n := range counts {
-		onPin := "false"
-		if k.onPin {
-			onPin = "true"
-		}
-		ch <- prometheus.MustNewConstMetric(containerDesc, prometheus.GaugeValue, float64(n), k.runtime, onPin)
+	for runtime, n := range c.fleet.PinCounts() {
+		ch <- prometheus.MustNewConstMetric(containerDesc, prometheus.GaugeValue, float64(n.On), runtime, "true")
+		ch <- prometheus.MustNewConstMetric(containerDesc, prometheus.GaugeValue, float64(n.Off), runtime, "false")
 	}
 }

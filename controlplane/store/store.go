@@ -168,6 +168,12 @@ type Agent struct {
 	Runtimes        []*tenantagentv1.RuntimeStatus
 }
 
+// AgentSeen is when an agent was last seen (TouchAgents).
+type AgentSeen struct {
+	Identity string
+	At       time.Time
+}
+
 // Hold stops automatic refreshes for a tenant.
 type Hold struct {
 	Tenant string
@@ -298,6 +304,11 @@ type Store interface {
 	// GetAgents returns the records of those identities that exist,
 	// ordered by tenant and identity.
 	GetAgents(ctx context.Context, ids []string) ([]Agent, error)
+	// TouchAgents moves the last-seen times of existing records, in one
+	// transaction, each only forward, and writes nothing else: most
+	// heartbeats change nothing but the time, and a whole record is too
+	// much to rewrite for that. Identities with no record are ignored.
+	TouchAgents(ctx context.Context, seen []AgentSeen) error
 
 	// PutHold, DeleteHold and ListHolds manage tenant holds.
 	PutHold(ctx context.Context, h Hold) error

@@ -36,6 +36,20 @@ func (s *Store) PutAgents(ctx context.Context, agents []store.Agent) error {
 	})
 }
 
+// TouchAgents is one statement on two arrays, identities and times.
+func (s *Store) TouchAgents(ctx context.Context, seen []store.AgentSeen) error {
+	if len(seen) == 0 {
+		return nil
+	}
+	ids, at := make([]string, len(seen)), make([]int64, len(seen))
+	for i, a := range seen {
+		ids[i], at[i] = a.Identity, a.At.UnixNano()
+	}
+	_, err := s.pool.Exec(ctx, `UPDATE agents SET last_seen = GREATEST(agents.last_seen, s.at)
+		FROM unnest($1::text[], $2::bigint[]) AS s(identity, at) WHERE agents.identity = s.identity`, ids, at)
+	return err
+}
+
 func (s *Store) ListAgents(ctx context.Context) ([]store.Agent, error) {
 	return queryAll(ctx, s.pool, sqlrow.ScanAgent, `SELECT `+sqlrow.AgentColumns+` FROM agents ORDER BY tenant, identity`)
 }

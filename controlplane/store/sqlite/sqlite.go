@@ -568,6 +568,24 @@ func (s *Store) PutAgents(ctx context.Context, agents []store.Agent) error {
 	})
 }
 
+// TouchAgents is one statement on a JSON array of [identity, nanos].
+func (s *Store) TouchAgents(ctx context.Context, seen []store.AgentSeen) error {
+	if len(seen) == 0 {
+		return nil
+	}
+	pairs := make([][2]any, len(seen))
+	for i, a := range seen {
+		pairs[i] = [2]any{a.Identity, a.At.UnixNano()}
+	}
+	list, err := dialect.List(pairs)
+	if err != nil {
+		return err
+	}
+	_, err = s.db.ExecContext(ctx, `UPDATE agents SET last_seen = max(last_seen, j.value ->> 1)
+		FROM json_each(?) AS j WHERE agents.identity = j.value ->> 0`, list)
+	return err
+}
+
 func (s *Store) ListAgents(ctx context.Context) ([]store.Agent, error) {
 	return queryAll(ctx, s.db, sqlrow.ScanAgent, `SELECT `+sqlrow.AgentColumns+` FROM agents ORDER BY tenant, identity`)
 }

@@ -52,6 +52,7 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"UpdateRolloutIsFenced", testUpdateRollout},
 		{"SetRolloutStateMovesOnlyFromTheGivenStates", testSetRolloutState},
 		{"GetAgents", testGetAgents},
+		{"TouchAgents", testTouchAgents},
 		{"OneCommandPerRolloutAgentAndKind", testRolloutCommandConflict},
 		{"RotateTicketKeys", testRotateTicketKeys},
 	} {
@@ -450,6 +451,35 @@ func testAgents(t *testing.T, s store.Store) {
 	agents, _ = s.ListAgents(ctx)
 	if len(agents) != 3 || agents[2].DockerReachable || len(agents[2].Runtimes) != 0 {
 		t.Errorf("replaced agent = %+v", agents[2])
+	}
+}
+
+func testTouchAgents(t *testing.T, s store.Store) {
+	ctx := context.Background()
+	a := store.Agent{Identity: "spiffe://td/tenant/acme/a", Tenant: "acme", Name: "a", ConnectedAt: at(1), LastSeen: at(5), Hostname: "h",
+		AgentVersion: "1", DockerReachable: true,
+		Runtimes: []*tenantagentv1.RuntimeStatus{{Runtime: "codex", Containers: []*tenantagentv1.ContainerStatus{{Name: "ws-1", ImageDigest: "sha256:a"}}}}}
+	b := store.Agent{Identity: "spiffe://td/tenant/acme/b", Tenant: "acme", ConnectedAt: at(1), LastSeen: at(5)}
+	if err := s.PutAgents(ctx, []store.Agent{a, b}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.TouchAgents(ctx, []store.AgentSeen{{Identity: a.Identity, At: at(9)}, {Identity: b.Identity, At: at(3)}, {Identity: "spiffe://td/tenant/acme/nobody", At: at(9)}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.TouchAgents(ctx, nil); err != nil {
+		t.Fatalf("TouchAgents(nil) = %v", err)
+	}
+	agents, err := s.ListAgents(ctx)
+	if err != nil || len(agents) != 2 {
+		t.Fatalf("agents = %+v, %v; want a and b only (a touch creates no record)", agents, err)
+	}
+	want := a
+	want.LastSeen = at(9)
+	if !agentEqual(agents[0], want) || len(agents[0].Runtimes) != 1 || !proto.Equal(agents[0].Runtimes[0], a.Runtimes[0]) {
+		t.Errorf("touched agent = %+v; want %+v with its runtimes (only last seen moved)", agents[0], want)
+	}
+	if !agents[1].LastSeen.Equal(at(5)) {
+		t.Errorf("an older touch set last seen to %v; want %v kept (only forward)", agents[1].LastSeen, at(5))
 	}
 }
 
