@@ -17,6 +17,7 @@ import (
 	"io"
 	"log/slog"
 	"math/rand/v2"
+	"slices"
 	"time"
 
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
@@ -28,6 +29,7 @@ import (
 	"google.golang.org/grpc/resolver"
 	"google.golang.org/grpc/resolver/manual"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/molecule-ai/tenant-agent/agent/runner"
@@ -319,12 +321,12 @@ func (e *reconnectError) Error() string { return "reconnect requested: " + e.rea
 func session(ctx context.Context, cfg Config, client tenantagentv1.AgentServiceClient, at *target) (time.Time, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	stream, interval, err := handshake(ctx, cfg, client, at)
+	stream, interval, reports, err := handshake(ctx, cfg, client, at)
 	if err != nil {
 		return time.Time{}, err
 	}
 	welcomedAt := time.Now()
-	w := &welcomed{cfg: cfg, stream: stream, out: make(chan *tenantagentv1.AgentMessage, 1024), recvErr: make(chan error, 1), endAsked: make(chan struct{})}
+	w := &welcomed{cfg: cfg, stream: stream, reports: reports, out: make(chan *tenantagentv1.AgentMessage, 1024), recvErr: make(chan error, 1), endAsked: make(chan struct{})}
 	cfg.Runner.SetSender(w.queue)
 	defer cfg.Runner.SetSender(nil)
 	if err := w.sendOutbox(); err != nil {
@@ -335,22 +337,24 @@ func session(ctx context.Context, cfg Config, client tenantagentv1.AgentServiceC
 }
 
 // handshake opens the stream, says Hello and waits for Welcome; it
-// returns the heartbeat interval to keep, Welcome's or the configured one.
-func handshake(ctx context.Context, cfg Config, client tenantagentv1.AgentServiceClient, at *target) (tenantagentv1.AgentService_ConnectClient, time.Duration, error) {
+// returns the heartbeat interval to keep, Welcome's or the configured one,
+// and the stream's reporter.
+func handshake(ctx context.Context, cfg Config, client tenantagentv1.AgentServiceClient, at *target) (tenantagentv1.AgentService_ConnectClient, time.Duration, *reporter, error) {
 	stream, err := client.Connect(ctx)
 	if err != nil {
-		return nil, 0, err
+		return nil, 0, nil, err
 	}
-	if err := stream.Send(helloMessage(ctx, cfg)); err != nil {
-		return nil, 0, streamError(stream, err)
+	hello := helloMessage(ctx, cfg)
+	if err := stream.Send(hello); err != nil {
+		return nil, 0, nil, streamError(stream, err)
 	}
 	first, err := stream.Recv()
 	if err != nil {
-		return nil, 0, err
+		return nil, 0, nil, err
 	}
 	welcome := first.GetWelcome()
 	if welcome == nil {
-		return nil, 0, errors.New("the control plane's first message was not Welcome")
+		return nil, 0, nil, errors.New("the control plane's first message was not Welcome")
 	}
 	interval := cfg.HeartbeatInterval
 	if d := welcome.GetHeartbeatInterval().AsDuration(); d > 0 {
@@ -362,14 +366,15 @@ func handshake(ctx context.Context, cfg Config, client tenantagentv1.AgentServic
 	cfg.Logger.Info("connected to the control plane", "address", at.addr, "peer", at.peer, "identity", welcome.GetIdentity(), "heartbeat", interval, "control_plane_version", welcome.GetControlPlaneVersion())
 	cfg.Observer.Connected(true)
 	cfg.Observer.Heartbeat() // Hello was the first report
-	return stream, interval, nil
+	return stream, interval, &reporter{cfg: cfg, unchangedOK: welcome.GetAcceptsUnchangedRuntimes(), held: hello.GetHello().GetRuntimes()}, nil
 }
 
 // welcomed is a stream past Welcome: one goroutine receives (receive),
 // the session's sends everything (serve).
 type welcomed struct {
-	cfg    Config
-	stream tenantagentv1.AgentService_ConnectClient
+	cfg     Config
+	stream  tenantagentv1.AgentService_ConnectClient
+	reports *reporter
 	// out queues the runner's messages for serve.
 	out chan *tenantagentv1.AgentMessage
 	// recvErr is how the stream ended, as receive saw it.
@@ -444,7 +449,7 @@ func (w *welcomed) serve(ctx context.Context, interval time.Duration) error {
 		case m := <-w.out:
 			err = w.stream.Send(m)
 		case <-heartbeat.C:
-			err = sendHealth(ctx, w.cfg, w.stream)
+			err = w.reports.send(ctx, w.stream)
 			if err == nil {
 				// Results the control plane has not confirmed go again,
 				// in case one was dropped on a full queue.
@@ -456,7 +461,7 @@ func (w *welcomed) serve(ctx context.Context, interval time.Duration) error {
 			}
 		case <-debounce:
 			debounce = nil
-			err = sendHealth(ctx, w.cfg, w.stream)
+			err = w.reports.send(ctx, w.stream)
 		}
 		if err != nil {
 			return w.ended(err)
@@ -534,7 +539,19 @@ func helloMessage(ctx context.Context, cfg Config) *tenantagentv1.AgentMessage {
 	return &tenantagentv1.AgentMessage{Body: &tenantagentv1.AgentMessage_Hello{Hello: hello}}
 }
 
-func sendHealth(ctx context.Context, cfg Config, stream tenantagentv1.AgentService_ConnectClient) error {
+// reporter sends one stream's health reports. Once Welcome says the
+// control plane accepts it, a report whose runtimes are those it last
+// sent says so instead of sending them again: a host's containers are
+// most of a heartbeat, and most heartbeats change nothing.
+type reporter struct {
+	cfg         Config
+	unchangedOK bool
+	// held are the runtimes last sent on this stream, Hello's at first.
+	held []*tenantagentv1.RuntimeStatus
+}
+
+func (r *reporter) send(ctx context.Context, stream tenantagentv1.AgentService_ConnectClient) error {
+	cfg := r.cfg
 	running, _ := cfg.trim.held(cfg.Runner.Held())
 	h := &tenantagentv1.HealthReport{ObservedAt: timestamppb.Now(), AgentVersion: limits.Truncate(cfg.Version, limits.Version), RunningCommandIds: running}
 	runtimes, err := cfg.Inventory(ctx)
@@ -542,9 +559,19 @@ func sendHealth(ctx context.Context, cfg Config, stream tenantagentv1.AgentServi
 	if err != nil {
 		h.DockerError = limits.Truncate(err.Error(), limits.Message)
 	}
+	whole := h.Runtimes
+	if r.unchangedOK && sameRuntimes(whole, r.held) {
+		h.Runtimes, h.RuntimesUnchanged = nil, true
+	}
 	if err := stream.Send(&tenantagentv1.AgentMessage{Body: &tenantagentv1.AgentMessage_Health{Health: h}}); err != nil {
 		return err
 	}
+	r.held = whole
 	cfg.Observer.Heartbeat()
 	return nil
+}
+
+// sameRuntimes reports whether two inventories say the same, in order.
+func sameRuntimes(a, b []*tenantagentv1.RuntimeStatus) bool {
+	return slices.EqualFunc(a, b, func(x, y *tenantagentv1.RuntimeStatus) bool { return proto.Equal(x, y) })
 }

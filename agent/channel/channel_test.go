@@ -52,6 +52,12 @@ func (s *refusing) dials() []time.Time {
 // server and the agent's log.
 func run(t *testing.T, srv *refusing, backoffMax time.Duration) *testlog.Buffer {
 	t.Helper()
+	return runWithBackoff(t, serve(t, srv), insecure.NewCredentials(), 10*time.Millisecond, backoffMax)
+}
+
+// serve serves srv on loopback until the test ends and returns its address.
+func serve(t *testing.T, srv tenantagentv1.AgentServiceServer) string {
+	t.Helper()
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -60,29 +66,33 @@ func run(t *testing.T, srv *refusing, backoffMax time.Duration) *testlog.Buffer 
 	tenantagentv1.RegisterAgentServiceServer(gs, srv)
 	go gs.Serve(lis)
 	t.Cleanup(gs.Stop)
-	return runWithBackoff(t, lis.Addr().String(), insecure.NewCredentials(), 10*time.Millisecond, backoffMax)
+	return lis.Addr().String()
 }
 
 // runWithBackoff runs the channel on addr until the test ends and returns its
 // log.
 func runWithBackoff(t *testing.T, addr string, creds credentials.TransportCredentials, backoffBase, backoffMax time.Duration) *testlog.Buffer {
 	t.Helper()
+	return runUntilTestEnds(t, Config{Addr: addr, Creds: creds, BackoffBase: backoffBase, BackoffMax: backoffMax,
+		Inventory: func(context.Context) ([]*tenantagentv1.RuntimeStatus, error) { return nil, nil }})
+}
+
+// runUntilTestEnds runs the channel with cfg, a journal and a runner, as tenant
+// acme, until the test ends, and returns its log.
+func runUntilTestEnds(t *testing.T, cfg Config) *testlog.Buffer {
+	t.Helper()
 	j, err := journal.Open(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
 	logs := &testlog.Buffer{}
+	cfg.Tenant, cfg.Runner, cfg.Logger = "acme", runner.New(runner.Config{Journal: j}), logs.Logger(t, "agent")
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	t.Cleanup(func() { cancel(); <-done })
 	go func() {
 		defer close(done)
-		Run(ctx, Config{
-			Addr: addr, Creds: creds, Tenant: "acme",
-			Inventory: func(context.Context) ([]*tenantagentv1.RuntimeStatus, error) { return nil, nil },
-			Runner:    runner.New(runner.Config{Journal: j}), BackoffBase: backoffBase, BackoffMax: backoffMax,
-			Logger: logs.Logger(t, "agent"),
-		})
+		Run(ctx, cfg)
 	}()
 	return logs
 }

@@ -44,6 +44,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/molecule-ai/tenant-agent/agent/channel"
 	"github.com/molecule-ai/tenant-agent/agent/docker"
@@ -124,6 +125,7 @@ func main() {
 	replicas := flag.Int("replicas", 0, "instead: compare one replica on SQLite, one on PostgreSQL and this many on one PostgreSQL database (internal/pgserver), promoting through the first")
 	promotes := flag.Int("promotes", 3, "with -replicas: promotes per setup")
 	pgStatements := flag.Bool("pg-statements", false, "with -replicas: have PostgreSQL log every statement and count them per promote (slows PostgreSQL; a diagnosis, not a measurement)")
+	flag.IntVar(&containersPerAgent, "containers", 1, "containers each simulated agent reports in its heartbeats (one runtime); a real host's report is larger than the default's")
 	skipFlag := flag.String("skip", "", "phases to leave out, comma-separated: promote, kill, term (the two restart storms), bare (for iterating; make bench runs all)")
 	bareServeMode := flag.Bool("bare-serve", false, "internal: be the bare broadcast server of the parent fleetsim (certificates in -workdir)")
 	flag.Parse()
@@ -172,6 +174,9 @@ func main() {
 
 // skip holds the phases -skip leaves out.
 var skip = map[string]bool{}
+
+// containersPerAgent is -containers.
+var containersPerAgent = 1
 
 func kib(b int64) string { return fmt.Sprintf("%.1f KiB", float64(b)/1024) }
 
@@ -579,10 +584,16 @@ func (x *instantExecutor) inventory(context.Context) ([]*tenantagentv1.RuntimeSt
 	if d == "" {
 		d = digestV1
 	}
-	return []*tenantagentv1.RuntimeStatus{{Runtime: "codex", ImageRepository: repo, Containers: []*tenantagentv1.ContainerStatus{{
-		Name: "ws-1", Id: "sim", ImageRef: repo + "@" + d, ImageDigest: d, State: tenantagentv1.ContainerState_CONTAINER_STATE_RUNNING,
-	}}}}, nil
+	containers := make([]*tenantagentv1.ContainerStatus, containersPerAgent)
+	for i := range containers {
+		containers[i] = &tenantagentv1.ContainerStatus{Name: fmt.Sprintf("ws-%d", i+1), Id: fmt.Sprintf("%064x", i+1), ImageRef: repo + "@" + d, ImageDigest: d,
+			State: tenantagentv1.ContainerState_CONTAINER_STATE_RUNNING, Health: tenantagentv1.ContainerHealth_CONTAINER_HEALTH_HEALTHY, StartedAt: simStarted}
+	}
+	return []*tenantagentv1.RuntimeStatus{{Runtime: "codex", ImageRepository: repo, Containers: containers}}, nil
 }
+
+// simStarted is when every simulated container started.
+var simStarted = timestamppb.New(time.Unix(1_700_000_000, 0))
 
 // ackLatencies reads, from the control plane's own record, when each of a
 // rollout's commands was acknowledged (journaled by its agent), relative

@@ -158,6 +158,7 @@ func (s *service) open(stream tenantagentv1.AgentService_ConnectServer) (*agentS
 	_ = sess.Send(&tenantagentv1.ControlMessage{Body: &tenantagentv1.ControlMessage_Welcome{Welcome: &tenantagentv1.Welcome{
 		Identity: id.ID, Tenant: id.Tenant, AgentName: id.Name,
 		HeartbeatInterval: durationpb.New(s.cfg.HeartbeatInterval), ControlPlaneVersion: version.String(),
+		AcceptsUnchangedRuntimes: true, // fleet.Health keeps the record's
 	}}})
 	// The session sends from a goroutine of its own only while messages
 	// wait. gRPC ends a blocked Recv only with the stream, so a session

@@ -95,6 +95,9 @@ func checkHealth(h *tenantagentv1.HealthReport) error {
 	c.count("health.running_command_ids", len(h.GetRunningCommandIds()), limits.HeldCommands)
 	c.ids("health.running_command_ids", h.GetRunningCommandIds())
 	c.runtimes("health.runtimes", h.GetRuntimes())
+	if c.err == nil && h.GetRuntimesUnchanged() && len(h.GetRuntimes()) > 0 {
+		c.err = cperr.Invalid("health.runtimes lists %d runtimes but runtimes_unchanged says they are the previous report's; send one or the other", len(h.GetRuntimes()))
+	}
 	return c.err
 }
 

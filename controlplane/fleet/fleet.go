@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"slices"
 	"sort"
 	"sync"
 	"time"
@@ -154,14 +155,20 @@ func (f *Fleet) Connected(s *session.Session, hello *tenantagentv1.Hello) store.
 }
 
 // Health records a heartbeat, under the reporting agent only (see
-// Connected). A heartbeat that says what the record already does stores
-// only its time, and only once LastSeenEvery has passed: at 10,000
-// agents, storing every one was 667 records a second to write (and, with
-// replicas, to read again on every other replica) to move a time.
+// Connected). A report whose runtimes are unchanged (the agent's previous
+// report on this stream said them) keeps the record's. A heartbeat that
+// says what the record already does stores only its time, and only once
+// LastSeenEvery has passed: at 10,000 agents, storing every one was 667
+// records a second to write (and, with replicas, to read again on every
+// other replica) to move a time.
 func (f *Fleet) Health(s *session.Session, h *tenantagentv1.HealthReport) store.Agent {
 	now := f.cfg.Now()
 	a, ok := f.Agent(s.Identity.ID)
-	if ok && a.ConnectedAt.Equal(s.ConnectedAt) && sameHealth(a, h) {
+	runtimes := h.GetRuntimes()
+	if h.GetRuntimesUnchanged() {
+		runtimes = a.Runtimes
+	}
+	if ok && a.ConnectedAt.Equal(s.ConnectedAt) && sameHealth(a, h, runtimes) {
 		if now.Sub(a.LastSeen) >= f.cfg.LastSeenEvery {
 			a.LastSeen = now
 			f.keep(a, lastSeenOnly)
@@ -170,7 +177,7 @@ func (f *Fleet) Health(s *session.Session, h *tenantagentv1.HealthReport) store.
 		return a
 	}
 	a.Identity, a.Tenant, a.Name, a.ConnectedAt = s.Identity.ID, s.Identity.Tenant, s.Identity.Name, s.ConnectedAt
-	a.LastSeen, a.DockerReachable, a.Runtimes = now, h.GetDockerReachable(), h.GetRuntimes()
+	a.LastSeen, a.DockerReachable, a.Runtimes = now, h.GetDockerReachable(), runtimes
 	if h.GetAgentVersion() != "" {
 		a.AgentVersion = h.GetAgentVersion()
 	}
@@ -178,18 +185,13 @@ func (f *Fleet) Health(s *session.Session, h *tenantagentv1.HealthReport) store.
 	return a
 }
 
-// sameHealth reports whether h says what a's record already does.
-func sameHealth(a store.Agent, h *tenantagentv1.HealthReport) bool {
-	if a.DockerReachable != h.GetDockerReachable() || (h.GetAgentVersion() != "" && h.GetAgentVersion() != a.AgentVersion) ||
-		len(a.Runtimes) != len(h.GetRuntimes()) {
+// sameHealth reports whether h, with these runtimes, says what a's
+// record already does.
+func sameHealth(a store.Agent, h *tenantagentv1.HealthReport, runtimes []*tenantagentv1.RuntimeStatus) bool {
+	if a.DockerReachable != h.GetDockerReachable() || (h.GetAgentVersion() != "" && h.GetAgentVersion() != a.AgentVersion) {
 		return false
 	}
-	for i, r := range h.GetRuntimes() {
-		if !proto.Equal(r, a.Runtimes[i]) {
-			return false
-		}
-	}
-	return true
+	return h.GetRuntimesUnchanged() || slices.EqualFunc(runtimes, a.Runtimes, func(x, y *tenantagentv1.RuntimeStatus) bool { return proto.Equal(x, y) })
 }
 
 // Disconnected records that an agent's stream closed.

@@ -850,6 +850,12 @@ type HealthReport struct {
 	Runtimes []*RuntimeStatus `protobuf:"bytes,5,rep,name=runtimes,proto3" json:"runtimes,omitempty"`
 	// running_command_ids lists commands the agent is executing now.
 	RunningCommandIds []string `protobuf:"bytes,6,rep,name=running_command_ids,json=runningCommandIds,proto3" json:"running_command_ids,omitempty"`
+	// runtimes_unchanged says the runtimes are exactly those of the agent's
+	// previous report on this stream (its Hello or last HealthReport), and
+	// runtimes is then empty. An agent sets it only when Welcome says the
+	// control plane accepts it: most heartbeats change nothing, and a host's
+	// containers are most of what a whole report costs both sides.
+	RuntimesUnchanged bool `protobuf:"varint,7,opt,name=runtimes_unchanged,json=runtimesUnchanged,proto3" json:"runtimes_unchanged,omitempty"`
 	unknownFields     protoimpl.UnknownFields
 	sizeCache         protoimpl.SizeCache
 }
@@ -924,6 +930,13 @@ func (x *HealthReport) GetRunningCommandIds() []string {
 		return x.RunningCommandIds
 	}
 	return nil
+}
+
+func (x *HealthReport) GetRuntimesUnchanged() bool {
+	if x != nil {
+		return x.RuntimesUnchanged
+	}
+	return false
 }
 
 // RuntimeStatus groups the managed containers of one runtime.
@@ -1777,8 +1790,12 @@ type Welcome struct {
 	HeartbeatInterval *durationpb.Duration `protobuf:"bytes,4,opt,name=heartbeat_interval,json=heartbeatInterval,proto3" json:"heartbeat_interval,omitempty"`
 	// control_plane_version is the control plane's build version.
 	ControlPlaneVersion string `protobuf:"bytes,5,opt,name=control_plane_version,json=controlPlaneVersion,proto3" json:"control_plane_version,omitempty"`
-	unknownFields       protoimpl.UnknownFields
-	sizeCache           protoimpl.SizeCache
+	// accepts_unchanged_runtimes says the control plane understands
+	// HealthReport.runtimes_unchanged. An older control plane leaves it
+	// unset, and the agent then sends every report whole.
+	AcceptsUnchangedRuntimes bool `protobuf:"varint,6,opt,name=accepts_unchanged_runtimes,json=acceptsUnchangedRuntimes,proto3" json:"accepts_unchanged_runtimes,omitempty"`
+	unknownFields            protoimpl.UnknownFields
+	sizeCache                protoimpl.SizeCache
 }
 
 func (x *Welcome) Reset() {
@@ -1844,6 +1861,13 @@ func (x *Welcome) GetControlPlaneVersion() string {
 		return x.ControlPlaneVersion
 	}
 	return ""
+}
+
+func (x *Welcome) GetAcceptsUnchangedRuntimes() bool {
+	if x != nil {
+		return x.AcceptsUnchangedRuntimes
+	}
+	return false
 }
 
 // RefreshRuntimeImage asks the agent to pull an image by digest and recreate
@@ -2324,7 +2348,7 @@ const file_tenantagent_v1_agent_service_proto_rawDesc = "" +
 	"\x10docker_reachable\x18\x05 \x01(\bR\x0fdockerReachable\x129\n" +
 	"\bruntimes\x18\x06 \x03(\v2\x1d.tenantagent.v1.RuntimeStatusR\bruntimes\x12,\n" +
 	"\x12result_command_ids\x18\a \x03(\tR\x10resultCommandIds\x12.\n" +
-	"\x13running_command_ids\x18\b \x03(\tR\x11runningCommandIds\"\xa9\x02\n" +
+	"\x13running_command_ids\x18\b \x03(\tR\x11runningCommandIds\"\xd8\x02\n" +
 	"\fHealthReport\x12;\n" +
 	"\vobserved_at\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"observedAt\x12#\n" +
@@ -2332,7 +2356,8 @@ const file_tenantagent_v1_agent_service_proto_rawDesc = "" +
 	"\x10docker_reachable\x18\x03 \x01(\bR\x0fdockerReachable\x12!\n" +
 	"\fdocker_error\x18\x04 \x01(\tR\vdockerError\x129\n" +
 	"\bruntimes\x18\x05 \x03(\v2\x1d.tenantagent.v1.RuntimeStatusR\bruntimes\x12.\n" +
-	"\x13running_command_ids\x18\x06 \x03(\tR\x11runningCommandIds\"\x95\x01\n" +
+	"\x13running_command_ids\x18\x06 \x03(\tR\x11runningCommandIds\x12-\n" +
+	"\x12runtimes_unchanged\x18\a \x01(\bR\x11runtimesUnchanged\"\x95\x01\n" +
 	"\rRuntimeStatus\x12\x18\n" +
 	"\aruntime\x18\x01 \x01(\tR\aruntime\x12)\n" +
 	"\x10image_repository\x18\x02 \x01(\tR\x0fimageRepository\x12?\n" +
@@ -2418,14 +2443,15 @@ const file_tenantagent_v1_agent_service_proto_rawDesc = "" +
 	"healthGate\x12?\n" +
 	"\ffailed_phase\x18\n" +
 	" \x01(\x0e2\x1c.tenantagent.v1.CommandPhaseR\vfailedPhase\x12\x14\n" +
-	"\x05error\x18\v \x01(\tR\x05error\"\xda\x01\n" +
+	"\x05error\x18\v \x01(\tR\x05error\"\x98\x02\n" +
 	"\aWelcome\x12\x1a\n" +
 	"\bidentity\x18\x01 \x01(\tR\bidentity\x12\x16\n" +
 	"\x06tenant\x18\x02 \x01(\tR\x06tenant\x12\x1d\n" +
 	"\n" +
 	"agent_name\x18\x03 \x01(\tR\tagentName\x12H\n" +
 	"\x12heartbeat_interval\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\x11heartbeatInterval\x122\n" +
-	"\x15control_plane_version\x18\x05 \x01(\tR\x13controlPlaneVersion\"\x8e\x02\n" +
+	"\x15control_plane_version\x18\x05 \x01(\tR\x13controlPlaneVersion\x12<\n" +
+	"\x1aaccepts_unchanged_runtimes\x18\x06 \x01(\bR\x18acceptsUnchangedRuntimes\"\x8e\x02\n" +
 	"\x13RefreshRuntimeImage\x12\x1d\n" +
 	"\n" +
 	"command_id\x18\x01 \x01(\tR\tcommandId\x12\x18\n" +
