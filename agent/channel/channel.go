@@ -366,7 +366,9 @@ func handshake(ctx context.Context, cfg Config, client tenantagentv1.AgentServic
 	cfg.Logger.Info("connected to the control plane", "address", at.addr, "peer", at.peer, "identity", welcome.GetIdentity(), "heartbeat", interval, "control_plane_version", welcome.GetControlPlaneVersion())
 	cfg.Observer.Connected(true)
 	cfg.Observer.Heartbeat() // Hello was the first report
-	return stream, interval, &reporter{cfg: cfg, unchangedOK: welcome.GetAcceptsUnchangedRuntimes(), held: hello.GetHello().GetRuntimes()}, nil
+	reports := &reporter{cfg: cfg, unchangedOK: welcome.GetAcceptsUnchangedRuntimes(), held: hello.GetHello().GetRuntimes(),
+		wholeEvery: wholeReportEvery, wholeAt: time.Now()}
+	return stream, interval, reports, nil
 }
 
 // welcomed is a stream past Welcome: one goroutine receives (receive),
@@ -539,15 +541,24 @@ func helloMessage(ctx context.Context, cfg Config) *tenantagentv1.AgentMessage {
 	return &tenantagentv1.AgentMessage{Body: &tenantagentv1.AgentMessage_Hello{Hello: hello}}
 }
 
+// wholeReportEvery bounds how long runtimes go unsent: should the control
+// plane's record of them ever differ from what it was sent, a whole
+// report puts it right.
+const wholeReportEvery = 10 * time.Minute
+
 // reporter sends one stream's health reports. Once Welcome says the
 // control plane accepts it, a report whose runtimes are those it last
-// sent says so instead of sending them again: a host's containers are
-// most of a heartbeat, and most heartbeats change nothing.
+// sent says so instead of sending them again (at most for wholeEvery): a
+// host's containers are most of a heartbeat, and most heartbeats change
+// nothing.
 type reporter struct {
 	cfg         Config
 	unchangedOK bool
-	// held are the runtimes last sent on this stream, Hello's at first.
-	held []*tenantagentv1.RuntimeStatus
+	// held are the runtimes last sent on this stream, Hello's at first,
+	// at wholeAt.
+	held       []*tenantagentv1.RuntimeStatus
+	wholeAt    time.Time
+	wholeEvery time.Duration
 }
 
 func (r *reporter) send(ctx context.Context, stream tenantagentv1.AgentService_ConnectClient) error {
@@ -559,14 +570,16 @@ func (r *reporter) send(ctx context.Context, stream tenantagentv1.AgentService_C
 	if err != nil {
 		h.DockerError = limits.Truncate(err.Error(), limits.Message)
 	}
-	whole := h.Runtimes
-	if r.unchangedOK && sameRuntimes(whole, r.held) {
+	whole, now := h.Runtimes, time.Now()
+	if r.unchangedOK && now.Sub(r.wholeAt) < r.wholeEvery && sameRuntimes(whole, r.held) {
 		h.Runtimes, h.RuntimesUnchanged = nil, true
 	}
 	if err := stream.Send(&tenantagentv1.AgentMessage{Body: &tenantagentv1.AgentMessage_Health{Health: h}}); err != nil {
 		return err
 	}
-	r.held = whole
+	if !h.RuntimesUnchanged {
+		r.held, r.wholeAt = whole, now
+	}
 	cfg.Observer.Heartbeat()
 	return nil
 }

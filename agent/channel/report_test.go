@@ -12,6 +12,8 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 
+	"github.com/molecule-ai/tenant-agent/agent/journal"
+	"github.com/molecule-ai/tenant-agent/agent/runner"
 	tenantagentv1 "github.com/molecule-ai/tenant-agent/gen/tenantagent/v1"
 )
 
@@ -142,5 +144,50 @@ func TestReportsAreWholeForAControlPlaneThatDoesNotAccept(t *testing.T) {
 		if r.GetRuntimesUnchanged() || !sameRuntimes(r.GetRuntimes(), *inventoryOn("sha256:old")) {
 			t.Errorf("report %d to an older control plane: unchanged %v, runtimes %v; want the whole inventory", i, r.GetRuntimesUnchanged(), r.GetRuntimes())
 		}
+	}
+}
+
+// sentReports is a stream that keeps the health reports sent on it.
+type sentReports struct {
+	tenantagentv1.AgentService_ConnectClient
+	got []*tenantagentv1.HealthReport
+}
+
+func (s *sentReports) Send(m *tenantagentv1.AgentMessage) error {
+	s.got = append(s.got, m.GetHealth())
+	return nil
+}
+
+// However long runtimes stay unchanged, a whole report goes every
+// wholeEvery, so a control plane whose record ever drifted is put right.
+func TestUnchangedRuntimesAreSentWholeEveryWholeEvery(t *testing.T) {
+	j, err := journal.Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	inventory := inventoryOn("sha256:old")
+	cfg := Config{Addr: "127.0.0.1:1", Creds: insecure.NewCredentials(), Runner: runner.New(runner.Config{Journal: j}),
+		Inventory: func(context.Context) ([]*tenantagentv1.RuntimeStatus, error) { return *inventory, nil }}
+	if err := cfg.CheckAndSetDefaults(); err != nil {
+		t.Fatal(err)
+	}
+	r := &reporter{cfg: cfg, unchangedOK: true, held: *inventory, wholeAt: time.Now(), wholeEvery: time.Hour}
+	stream := &sentReports{}
+	send := func() *tenantagentv1.HealthReport {
+		t.Helper()
+		if err := r.send(context.Background(), stream); err != nil {
+			t.Fatal(err)
+		}
+		return stream.got[len(stream.got)-1]
+	}
+	if h := send(); !h.GetRuntimesUnchanged() {
+		t.Fatalf("a report within wholeEvery of Hello was whole")
+	}
+	r.wholeAt = time.Now().Add(-time.Hour)
+	if h := send(); h.GetRuntimesUnchanged() || !sameRuntimes(h.GetRuntimes(), *inventory) {
+		t.Fatalf("a report wholeEvery after the last whole one said unchanged %v, runtimes %v; want them whole", h.GetRuntimesUnchanged(), h.GetRuntimes())
+	}
+	if h := send(); !h.GetRuntimesUnchanged() {
+		t.Errorf("the report after a whole one was whole again; want unchanged")
 	}
 }

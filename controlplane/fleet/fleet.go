@@ -11,6 +11,7 @@ import (
 	"sort"
 	"sync"
 	"time"
+	"unique"
 
 	"google.golang.org/protobuf/proto"
 
@@ -121,6 +122,7 @@ func New(ctx context.Context, cfg Config) (*Fleet, error) {
 		return nil, err
 	}
 	for i := range agents {
+		intern(agents[i].Runtimes)
 		f.agents[agents[i].Identity] = &agents[i]
 	}
 	if err := f.ReloadState(ctx); err != nil {
@@ -150,6 +152,7 @@ func (f *Fleet) Connected(s *session.Session, hello *tenantagentv1.Hello) store.
 		Hostname: hello.GetHostname(), AgentVersion: hello.GetAgentVersion(), DockerVersion: hello.GetDockerVersion(),
 		DockerReachable: hello.GetDockerReachable(), Runtimes: hello.GetRuntimes(),
 	}
+	intern(a.Runtimes)
 	f.put(a, controlplanev1.AgentEventKind_AGENT_EVENT_KIND_CONNECTED)
 	return a
 }
@@ -178,11 +181,26 @@ func (f *Fleet) Health(s *session.Session, h *tenantagentv1.HealthReport) store.
 	}
 	a.Identity, a.Tenant, a.Name, a.ConnectedAt = s.Identity.ID, s.Identity.Tenant, s.Identity.Name, s.ConnectedAt
 	a.LastSeen, a.DockerReachable, a.Runtimes = now, h.GetDockerReachable(), runtimes
+	if !h.GetRuntimesUnchanged() {
+		intern(a.Runtimes)
+	}
 	if h.GetAgentVersion() != "" {
 		a.AgentVersion = h.GetAgentVersion()
 	}
 	f.put(a, controlplanev1.AgentEventKind_AGENT_EVENT_KIND_HEALTH)
 	return a
+}
+
+// intern makes the names and image strings of reported runtimes share
+// one copy each (unique.Make): every agent's containers name the same few
+// runtimes, repositories and digests.
+func intern(rs []*tenantagentv1.RuntimeStatus) {
+	for _, r := range rs {
+		r.Runtime, r.ImageRepository = unique.Make(r.Runtime).Value(), unique.Make(r.ImageRepository).Value()
+		for _, c := range r.Containers {
+			c.ImageRef, c.ImageDigest = unique.Make(c.ImageRef).Value(), unique.Make(c.ImageDigest).Value()
+		}
+	}
 }
 
 // sameHealth reports whether h, with these runtimes, says what a's

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/molecule-ai/tenant-agent/controlplane/auth"
 	"github.com/molecule-ai/tenant-agent/controlplane/session"
@@ -139,6 +140,28 @@ func TestPinCountsAddUpTheViews(t *testing.T) {
 	}
 	if got := e.f.PinCounts(); !maps.Equal(got, want) || got["codex"] != (PinCount{On: 2, Off: 2}) {
 		t.Errorf("PinCounts() = %v; want %v, the views' sums (codex 2 on, 2 off)", got, want)
+	}
+}
+
+// Records hold one copy of the image strings every agent repeats, from a
+// Hello or from a heartbeat.
+func TestRecordsShareImageStrings(t *testing.T) {
+	e := newEnv(t, openStore(t))
+	report := func() []*tenantagentv1.RuntimeStatus { // fresh strings, as decoded
+		return []*tenantagentv1.RuntimeStatus{{Runtime: strings.Clone("codex"), ImageRepository: strings.Clone("registry.example/codex"),
+			Containers: []*tenantagentv1.ContainerStatus{{Name: "ws-1", ImageRef: strings.Clone("registry.example/codex@sha256:aa"), ImageDigest: strings.Clone("sha256:aa")}}}}
+	}
+	e.f.Connected(e.connect("acme", "a1", "01"), &tenantagentv1.Hello{Runtimes: report()})
+	globex := e.connect("globex", "g1", "02")
+	e.f.Connected(globex, &tenantagentv1.Hello{})
+	e.f.Health(globex, &tenantagentv1.HealthReport{Runtimes: report()})
+	agents := e.f.Agents("")
+	x, y := agents[0].Runtimes[0], agents[1].Runtimes[0]
+	for _, pair := range [][2]string{{x.Runtime, y.Runtime}, {x.ImageRepository, y.ImageRepository},
+		{x.Containers[0].ImageRef, y.Containers[0].ImageRef}, {x.Containers[0].ImageDigest, y.Containers[0].ImageDigest}} {
+		if unsafe.StringData(pair[0]) != unsafe.StringData(pair[1]) {
+			t.Errorf("%q is held twice", pair[0])
+		}
 	}
 }
 

@@ -102,6 +102,7 @@ func (f *Fleet) ReloadAgents(ctx context.Context, ids []string, all bool) error 
 			f.mu.Unlock()
 			continue
 		}
+		intern(a.Runtimes)
 		f.agents[a.Identity] = &a
 		f.mu.Unlock()
 		if !f.watched() {
