@@ -1,15 +1,22 @@
 // Package version reports the build version of both binaries.
 package version
 
-import "runtime/debug"
+import (
+	"runtime/debug"
+	"sync"
+)
 
 // Version is set at link time by the Makefile
 // (-X github.com/molecule-ai/tenant-agent/pkg/version.Version=...).
 // When empty, the module version or VCS revision from the build info is used.
 var Version string
 
-// String returns the build version, never empty.
-func String() string {
+// String returns the build version, never empty. It is worked out once:
+// the control plane says it in every Welcome, and reading the build info
+// parses it anew (6 KB of garbage a call).
+func String() string { return once() }
+
+var once = sync.OnceValue(func() string {
 	if Version != "" {
 		return Version
 	}
@@ -39,4 +46,4 @@ func String() string {
 		revision += "-dirty"
 	}
 	return "devel-" + revision
-}
+})
