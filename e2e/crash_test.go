@@ -259,6 +259,49 @@ func TestPrefetchPullsWithoutTouchingContainers(t *testing.T) {
 	ws.waitHTTP("/version", "v2")
 }
 
+// Heartbeats that leave out unchanged runtimes keep the agent's record
+// true to the Engine, and a change still reaches the control plane.
+func TestUnchangedHeartbeatsKeepWhatTheEngineSays(t *testing.T) {
+	e := newEnv(t, "acme")
+	e.stopCP()
+	e.cp = nil
+	e.startCPWith(func(c *server.Config) { c.HeartbeatInterval = 100 * time.Millisecond })
+	ws := e.startWorkspace("acme", e.repo, e.v1, true)
+	e.startAgent("acme", e.cp.AgentAddr(), t.TempDir(), nil)
+	e.waitAgent("acme", 1)
+	record := func() *controlplanev1.Agent {
+		resp, err := e.admin().ListAgents(e.ctx(), &controlplanev1.ListAgentsRequest{Tenant: "acme"})
+		if err != nil || len(resp.GetAgents()) != 1 {
+			t.Fatalf("ListAgents = %v, %v", resp, err)
+		}
+		return resp.GetAgents()[0]
+	}
+	eventually(t, "a second of heartbeats", func() bool {
+		a := record()
+		return a.GetLastSeen().AsTime().Sub(a.GetConnectedAt().AsTime()) > time.Second
+	})
+	inspect, err := e.docker.ContainerInspect(e.ctx(), ws.name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rts := record().GetRuntimes()
+	if len(rts) != 1 || len(rts[0].GetStatus().GetContainers()) != 1 {
+		t.Fatalf("after a second of heartbeats the record shows %v; want the one workspace", rts)
+	}
+	c := rts[0].GetStatus().GetContainers()[0]
+	if c.GetId() != inspect.ID || c.GetName() != strings.TrimPrefix(inspect.Name, "/") || c.GetImageDigest() != e.v1 ||
+		c.GetState() != tenantagentv1.ContainerState_CONTAINER_STATE_RUNNING {
+		t.Errorf("the record shows %v; the Engine says %s %s running %v on %s", c, inspect.ID, inspect.Name, inspect.State.Running, e.v1)
+	}
+	if err := e.docker.ContainerStop(e.ctx(), ws.name, container.StopOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the stop reported", func() bool {
+		c := record().GetRuntimes()[0].GetStatus().GetContainers()
+		return len(c) == 1 && c[0].GetState() == tenantagentv1.ContainerState_CONTAINER_STATE_EXITED
+	})
+}
+
 // Health follows Docker events, not only the heartbeat: with a heartbeat
 // of an hour, a stopped container still shows up at the control plane.
 func TestHealthFollowsDockerEvents(t *testing.T) {
